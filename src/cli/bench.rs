@@ -1,0 +1,226 @@
+//! `mllp-proxy bench`: a closed-loop load generator. Each connection sends one message, waits
+//! for its ACK, and sends the next, like a real sending system; latency is send-to-ACK.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::{ClientError, ClientTarget, MllpClient, TlsArgs};
+use crate::cli::send::parse_duration_arg;
+use crate::hl7::parse_ack;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Target HOST:PORT (the proxy with TLS options, or an engine in plain MLLP).
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Measured messages per connection.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
+    /// Unmeasured messages per connection sent first (connection set-up, caches).
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Approximate size of each message in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Bound on each exchange.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Measured messages acknowledged.
+    pub messages: u64,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// Latency histogram in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl BenchResult {
+    /// Acknowledged messages per second.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the benchmark and prints a summary; errors when any exchange fails.
+pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
+    if args.connections == 0 || args.messages == 0 {
+        return Err(ClientError("--connections and --messages must be at least 1".into()));
+    }
+    let target = args.tls.target(&args.to)?;
+    let total = (args.connections * args.messages) as u64;
+    let done = Arc::new(AtomicU64::new(0));
+    // Every connection is open and warmed up before the clock starts.
+    let barrier = Arc::new(tokio::sync::Barrier::new(args.connections + 1));
+    let mut tasks = Vec::with_capacity(args.connections);
+    for c in 0..args.connections {
+        let (target, done, barrier) = (target.clone(), done.clone(), barrier.clone());
+        let (n, warmup, size, timeout) = (args.messages, args.warmup, args.size, args.timeout);
+        tasks.push(tokio::spawn(async move {
+            connection(c, &target, n, warmup, size, timeout, &done, &barrier).await
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let n = done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprint!("\r  {n}/{total} messages, {:.0} msg/s   ", n as f64 / secs);
+                let _ = std::io::stderr().flush();
+            }
+        })
+    };
+    let mut latency = new_histogram()?;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(h)) => {
+                latency
+                    .add(&h)
+                    .map_err(|e| ClientError(format!("histogram: {e}")))?;
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(ClientError(format!("connection task: {e}")));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    eprintln!();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let result = BenchResult {
+        messages: latency.len(),
+        elapsed,
+        latency_us: latency,
+    };
+    let h = &result.latency_us;
+    println!(
+        "target {} ({}), {} connection(s) x {} messages of {} bytes",
+        args.to,
+        if target.tls.is_some() { "MLLP/TLS" } else { "MLLP" },
+        args.connections,
+        args.messages,
+        args.size
+    );
+    println!(
+        "throughput {:.0} msg/s over {:.2} s",
+        result.rate(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "latency us: p50 {} p90 {} p99 {} max {}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.max()
+    );
+    println!(
+        "RESULT msgs_per_sec={:.1} p50_us={} p90_us={} p99_us={} max_us={}",
+        result.rate(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.max()
+    );
+    Ok(result)
+}
+
+fn new_histogram() -> Result<Histogram<u64>, ClientError> {
+    // 1 µs to 10 min at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| ClientError(format!("histogram: {e}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    c: usize,
+    target: &ClientTarget,
+    n: usize,
+    warmup: usize,
+    size: usize,
+    timeout: Duration,
+    done: &AtomicU64,
+    barrier: &tokio::sync::Barrier,
+) -> Result<Histogram<u64>, ClientError> {
+    let connected = MllpClient::connect(target, timeout).await;
+    let mut client = match connected {
+        Ok(cl) => cl,
+        Err(e) => {
+            barrier.wait().await;
+            return Err(e);
+        }
+    };
+    let mut h = new_histogram()?;
+    let mut warm_err = None;
+    for i in 0..warmup {
+        let msg = message(c, i, size);
+        if let Err(e) = exchange(&mut client, &msg, timeout).await {
+            warm_err = Some(e);
+            break;
+        }
+    }
+    barrier.wait().await;
+    if let Some(e) = warm_err {
+        return Err(e);
+    }
+    for i in 0..n {
+        let msg = message(c, warmup + i, size);
+        let t = Instant::now();
+        exchange(&mut client, &msg, timeout).await?;
+        let us = t.elapsed().as_micros().max(1) as u64;
+        h.saturating_record(us);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    client.close().await;
+    Ok(h)
+}
+
+async fn exchange(client: &mut MllpClient, msg: &[u8], timeout: Duration) -> Result<(), ClientError> {
+    let answer = client.exchange(msg, timeout).await?;
+    match parse_ack(&answer) {
+        Some(a) if a.code.is_positive() => Ok(()),
+        Some(a) => Err(ClientError(format!("negative ACK {}", a.code))),
+        None => Err(ClientError("answer without MSA".into())),
+    }
+}
+
+/// A synthetic ORU^R01 of about `size` bytes with a unique control ID.
+pub fn message(conn: usize, i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "MSH|^~\\&|BENCH|LOADGEN|ENGINE|HOSP|20261126120000||ORU^R01^ORU_R01|B{conn}-{i}|P|2.5.1\r\
+         PID|1||BENCH-{i}^^^LOADGEN^MR||SYNTHETIC^PATIENT||20000101|U\r\
+         OBR|1|ORD-{i}||24331-1^Panel^LN\r"
+    )
+    .into_bytes();
+    let mut seq = 1;
+    while m.len() + 40 < size {
+        let room = size - m.len() - 40;
+        let value_len = room.min(200);
+        m.extend_from_slice(format!("OBX|{seq}|ST|X^Value^L||").as_bytes());
+        m.extend(std::iter::repeat_n(b'x', value_len));
+        m.extend_from_slice(b"||||||F\r");
+        seq += 1;
+    }
+    m
+}

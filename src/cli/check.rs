@@ -1,0 +1,109 @@
+//! `mllp-proxy check`: validates the configuration and loads every route's TLS material the way
+//! `run` would, without binding anything.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::tls::TlsMaterial;
+
+/// Certificates expiring sooner than this are warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Prints a summary of `path` to stdout and problems to stderr; `true` when there is no error.
+pub fn run(path: &Path) -> bool {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    println!(
+        "{}: {} route(s), admin on {}",
+        path.display(),
+        config.routes.len(),
+        config.admin.listen
+    );
+    let mut ok = true;
+    for (i, r) in config.routes.iter().enumerate() {
+        println!(
+            "route {}: listen {} -> {} (on failure: {}, validation: {}, max {} bytes)",
+            r.name,
+            r.listen,
+            r.upstream.targets.join(", "),
+            format!("{:?}", r.on_upstream_failure).to_lowercase(),
+            format!("{:?}", r.validation.mode).to_lowercase(),
+            r.validation.max_message_bytes
+        );
+        let material = match TlsMaterial::load(&r.tls) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: routes[{i}].{e}");
+                ok = false;
+                continue;
+            }
+        };
+        println!(
+            "  tls: min {}, reload every {:?}; server certificate {} expires {}",
+            r.tls.min_version,
+            r.tls.reload_interval,
+            material.server_subject,
+            describe(material.expiry.server_not_after, now)
+        );
+        println!(
+            "  client CA: {} certificate(s), earliest expiry {}; CRLs: {}",
+            material.counts.0,
+            describe(material.expiry.client_ca_not_after, now),
+            material.counts.1
+        );
+        if r.allowed_clients.is_empty() {
+            println!("  allowed_clients: any certificate verified by client_ca");
+        } else {
+            let list: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
+            println!("  allowed_clients: {}", list.join(", "));
+        }
+        for (key, not_after) in [
+            ("tls.certificate", material.expiry.server_not_after),
+            ("tls.client_ca", material.expiry.client_ca_not_after),
+        ] {
+            if not_after <= now {
+                eprintln!("error: routes[{i}].{key}: certificate expired on {}", date(not_after));
+                ok = false;
+            } else if not_after - now < EXPIRY_WARNING.as_secs() as i64 {
+                eprintln!(
+                    "warning: routes[{i}].{key}: certificate expires in {} day(s), on {}",
+                    (not_after - now) / 86_400,
+                    date(not_after)
+                );
+            }
+        }
+        for (j, (crl, next)) in material.crl_next_updates.iter().enumerate() {
+            if let Some(next) = next.filter(|n| *n < now) {
+                eprintln!(
+                    "warning: routes[{i}].tls.crl[{j}]: {} is past its next update ({}); fetch a fresh CRL",
+                    crl.display(),
+                    date(next)
+                );
+            }
+        }
+    }
+    if ok {
+        println!("configuration OK");
+    }
+    ok
+}
+
+fn describe(not_after: i64, now: i64) -> String {
+    format!("{} ({} days)", date(not_after), (not_after - now) / 86_400)
+}
+
+/// `YYYY-MM-DD` of a Unix timestamp.
+fn date(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    let s = crate::hl7::hl7_timestamp(t);
+    format!("{}-{}-{}", &s[0..4], &s[4..6], &s[6..8])
+}

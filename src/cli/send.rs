@@ -1,0 +1,76 @@
+//! `mllp-proxy send`: sends messages from files (or stdin) and prints each ACK's MSA-1 and MSA-2.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ClientError, MllpClient, TlsArgs};
+use crate::hl7::{Header, parse_ack};
+
+/// Arguments of `send`.
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Where to send: HOST:PORT of the proxy (TLS) or of an engine (plain).
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// How long to wait for each ACK.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+    /// Files holding one or more messages separated by blank lines; `-` or none reads stdin.
+    pub files: Vec<PathBuf>,
+}
+
+pub(crate) fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+/// Sends every message in order over one connection; `Ok(true)` when each got a positive ACK.
+pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
+    let mut messages = Vec::new();
+    let stdin = PathBuf::from("-");
+    let files = if args.files.is_empty() { std::slice::from_ref(&stdin) } else { &args.files[..] };
+    for file in files {
+        let bytes = if file.as_os_str() == "-" {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|e| ClientError(format!("stdin: {e}")))?;
+            b
+        } else {
+            std::fs::read(file).map_err(|e| ClientError(format!("{}: {e}", file.display())))?
+        };
+        messages.extend(super::split_messages(&bytes));
+    }
+    if messages.is_empty() {
+        return Err(ClientError("no message to send".into()));
+    }
+    let target = args.tls.target(&args.to)?;
+    let mut client = MllpClient::connect(&target, args.timeout).await?;
+    let mut all_positive = true;
+    for msg in &messages {
+        let control_id = Header::parse(msg)
+            .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
+            .unwrap_or_default();
+        let answer = match client.exchange(msg, args.timeout).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("no ACK for message {control_id}: {e}");
+                return Ok(false);
+            }
+        };
+        match parse_ack(&answer) {
+            Some(info) => {
+                println!("{} {}", info.code, String::from_utf8_lossy(info.control_id));
+                all_positive &= info.code.is_positive();
+            }
+            None => {
+                println!("? (answer to {control_id} has no MSA segment)");
+                all_positive = false;
+            }
+        }
+    }
+    client.close().await;
+    Ok(all_positive)
+}

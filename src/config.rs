@@ -1,0 +1,826 @@
+//! Configuration: YAML → raw serde structs (`deny_unknown_fields`) → a validated [`Config`].
+//!
+//! This is the only module that knows the YAML crate. Everything downstream receives typed
+//! values (socket addresses, durations, absolute paths), so a mistake in the file is reported
+//! once, at start-up, with the key path that holds it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `run` and `check` look when neither `-c` nor `$MLLP_PROXY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mllp-proxy/mllp-proxy.yaml";
+
+/// A configuration error: the key path that holds the mistake and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file itself could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML did not parse or did not fit the schema (serde names the key path).
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// The validated configuration of one proxy process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The admin HTTP server (metrics and probes).
+    pub admin: AdminConfig,
+    /// Log output format and default level.
+    pub logging: LoggingConfig,
+    /// How long a stop waits for in-flight exchanges.
+    pub shutdown: ShutdownConfig,
+    /// One listener per route, each forwarding to its own upstream.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// Default filter directive, overridden by `RUST_LOG`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable single lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// Upper bound on the drain after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+}
+
+/// One listening port, its TLS policy and the legacy engine behind it.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Bounded metric label and log field; `[a-z0-9_-]+`.
+    pub name: String,
+    /// Where senders connect (TLS).
+    pub listen: SocketAddr,
+    /// Server certificate, client CA and revocation lists.
+    pub tls: TlsConfig,
+    /// Identities admitted after verification; empty admits every verified certificate.
+    pub allowed_clients: Vec<ClientMatcher>,
+    /// The legacy engine.
+    pub upstream: UpstreamConfig,
+    /// What the sender sees when the engine fails.
+    pub on_upstream_failure: FailureMode,
+    /// Which messages are accepted for forwarding.
+    pub validation: ValidationConfig,
+    /// Bounds on connections and on how long a peer may hold one.
+    pub limits: LimitsConfig,
+}
+
+/// TLS material of a route. Paths are absolute (resolved against the configuration file).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub private_key: PathBuf,
+    /// PEM bundle of the CAs that issue sender certificates.
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists, PEM or DER.
+    pub crl: Vec<PathBuf>,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// How often the files are compared with the material in service.
+    pub reload_interval: Duration,
+}
+
+/// Lowest accepted TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// One entry of `allowed_clients`; a client is admitted when any entry matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatcher {
+    /// Subject common name, exact.
+    Cn(String),
+    /// DNS SAN, exact or `*.` for exactly one leading label.
+    Dns(String),
+    /// URI SAN, exact (SPIFFE IDs).
+    Uri(String),
+    /// e-mail SAN, exact (case-insensitive).
+    Email(String),
+}
+
+/// The legacy engine targets of a route.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Tried in order on every (re)connect.
+    pub targets: Vec<String>,
+    /// Bound on one TCP connect.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the engine's ACK after forwarding.
+    pub ack_timeout: Duration,
+}
+
+/// Behaviour when the engine cannot be reached or answers wrongly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Close the sender's connection without an ACK, so it resends.
+    Close,
+    /// Answer AR (CR in enhanced mode) and keep the connection.
+    Nak,
+}
+
+/// Validation policy of a route.
+#[derive(Debug, Clone)]
+pub struct ValidationConfig {
+    /// How much of HL7 is checked.
+    pub mode: ValidationMode,
+    /// Largest message accepted, excluding framing bytes.
+    pub max_message_bytes: usize,
+    /// Allowed `MSH-9` types (`ADT^A01`, `ORU^*`); empty allows all.
+    pub message_types: Vec<String>,
+    /// Allowed `MSH-12` versions; empty allows all.
+    pub versions: Vec<String>,
+    /// Allowed `MSH-11` processing IDs; empty allows all.
+    pub processing_ids: Vec<String>,
+}
+
+/// How much of HL7 is checked before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationMode {
+    /// Full header and segment checks.
+    Strict,
+    /// Strict, but `\n`/`\r\n` terminators are accepted and normalised.
+    Lenient,
+    /// Framing and size only.
+    Off,
+}
+
+/// Per-route bounds.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Open connections at once; excess ones are closed right after accept.
+    pub max_connections: usize,
+    /// Bound on the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A started frame must end within this.
+    pub frame_timeout: Duration,
+    /// A connection with no frame in progress is closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; relative paths inside resolve against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::from_yaml(&text, &base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates YAML text; `base_dir` anchors relative file paths.
+    pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        raw.validate(base_dir)
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        })
+    }
+}
+
+impl fmt::Display for ClientMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientMatcher::Cn(v) => write!(f, "cn={v}"),
+            ClientMatcher::Dns(v) => write!(f, "dns={v}"),
+            ClientMatcher::Uri(v) => write!(f, "uri={v}"),
+            ClientMatcher::Email(v) => write!(f, "email={v}"),
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `1h` (an integer and a unit; no unit is an error).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (write 500ms, 30s, 15m or 1h)"))?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (write 500ms, 30s, 15m or 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}` (ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw serde structs: the file exactly as written, before validation.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    logging: RawLogging,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+    #[serde(default = "default_log_level")]
+    level: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    listen: String,
+    tls: RawTls,
+    #[serde(default)]
+    allowed_clients: Vec<RawClientMatcher>,
+    upstream: RawUpstream,
+    #[serde(default = "default_failure_mode")]
+    on_upstream_failure: FailureMode,
+    #[serde(default)]
+    validation: RawValidation,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: String,
+    private_key: String,
+    client_ca: String,
+    #[serde(default)]
+    crl: Vec<String>,
+    #[serde(default = "default_min_version")]
+    min_version: String,
+    #[serde(default = "default_reload_interval")]
+    reload_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientMatcher {
+    cn: Option<String>,
+    dns: Option<String>,
+    uri: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    targets: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_ack_timeout")]
+    ack_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidation {
+    #[serde(default = "default_validation_mode")]
+    mode: ValidationMode,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: u64,
+    #[serde(default)]
+    message_types: Vec<String>,
+    #[serde(default)]
+    versions: Vec<String>,
+    #[serde(default)]
+    processing_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_max_connections")]
+    max_connections: u64,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout: String,
+    #[serde(default = "default_frame_timeout")]
+    frame_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+impl Default for RawValidation {
+    fn default() -> Self {
+        Self {
+            mode: default_validation_mode(),
+            max_message_bytes: default_max_message_bytes(),
+            message_types: Vec::new(),
+            versions: Vec::new(),
+            processing_ids: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            frame_timeout: default_frame_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9575".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_drain_timeout() -> String {
+    "30s".into()
+}
+fn default_failure_mode() -> FailureMode {
+    FailureMode::Close
+}
+fn default_min_version() -> String {
+    "1.2".into()
+}
+fn default_reload_interval() -> String {
+    "30s".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_ack_timeout() -> String {
+    "30s".into()
+}
+fn default_validation_mode() -> ValidationMode {
+    ValidationMode::Strict
+}
+fn default_max_message_bytes() -> u64 {
+    1_048_576
+}
+fn default_max_connections() -> u64 {
+    1024
+}
+fn default_handshake_timeout() -> String {
+    "10s".into()
+}
+fn default_frame_timeout() -> String {
+    "60s".into()
+}
+fn default_idle_timeout() -> String {
+    "15m".into()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: raw → typed, naming the key path on every error.
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+fn addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid(key, format!("`{text}` is not an IP:port address")))
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(text).map_err(|reason| invalid(key, reason))?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn file(key: &str, text: &str, base: &Path) -> Result<PathBuf, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(invalid(key, "must name a file"));
+    }
+    let p = Path::new(text);
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    })
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let admin = AdminConfig {
+            listen: addr("admin.listen", &self.admin.listen)?,
+        };
+        let logging = LoggingConfig {
+            format: self.logging.format,
+            level: self.logging.level,
+        };
+        let shutdown = ShutdownConfig {
+            drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
+        };
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one route is required"));
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, raw) in self.routes.into_iter().enumerate() {
+            let route = raw.validate(&format!("routes[{i}]"), base)?;
+            if !names.insert(route.name.clone()) {
+                return Err(invalid(
+                    format!("routes[{i}].name"),
+                    format!("`{}` is used by another route", route.name),
+                ));
+            }
+            if route.listen.port() != 0 && !listens.insert(route.listen) {
+                return Err(invalid(
+                    format!("routes[{i}].listen"),
+                    format!("{} is used by another route", route.listen),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            admin,
+            logging,
+            shutdown,
+            routes,
+        })
+    }
+}
+
+impl RawRoute {
+    fn validate(self, k: &str, base: &Path) -> Result<RouteConfig, ConfigError> {
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(invalid(
+                format!("{k}.name"),
+                format!("`{}` must match [a-z0-9_-]+", self.name),
+            ));
+        }
+        let listen = addr(&format!("{k}.listen"), &self.listen)?;
+
+        let t = &self.tls;
+        let min_version = match t.min_version.as_str() {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(invalid(
+                    format!("{k}.tls.min_version"),
+                    format!("`{other}` is not supported (1.2 or 1.3)"),
+                ));
+            }
+        };
+        let mut crl = Vec::with_capacity(t.crl.len());
+        for (j, c) in t.crl.iter().enumerate() {
+            crl.push(file(&format!("{k}.tls.crl[{j}]"), c, base)?);
+        }
+        let tls = TlsConfig {
+            certificate: file(&format!("{k}.tls.certificate"), &t.certificate, base)?,
+            private_key: file(&format!("{k}.tls.private_key"), &t.private_key, base)?,
+            client_ca: file(&format!("{k}.tls.client_ca"), &t.client_ca, base)?,
+            crl,
+            min_version,
+            reload_interval: duration(&format!("{k}.tls.reload_interval"), &t.reload_interval)?,
+        };
+
+        let mut allowed_clients = Vec::with_capacity(self.allowed_clients.len());
+        for (j, m) in self.allowed_clients.into_iter().enumerate() {
+            allowed_clients.push(m.validate(&format!("{k}.allowed_clients[{j}]"))?);
+        }
+
+        if self.upstream.targets.is_empty() {
+            return Err(invalid(
+                format!("{k}.upstream.targets"),
+                "at least one host:port is required",
+            ));
+        }
+        for (j, target) in self.upstream.targets.iter().enumerate() {
+            let ok = target
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    format!("{k}.upstream.targets[{j}]"),
+                    format!("`{target}` is not host:port"),
+                ));
+            }
+        }
+        let upstream = UpstreamConfig {
+            targets: self.upstream.targets,
+            connect_timeout: duration(
+                &format!("{k}.upstream.connect_timeout"),
+                &self.upstream.connect_timeout,
+            )?,
+            ack_timeout: duration(
+                &format!("{k}.upstream.ack_timeout"),
+                &self.upstream.ack_timeout,
+            )?,
+        };
+
+        let v = self.validation;
+        // Below a few hundred bytes not even an MSH fits; above 64 MiB one sender could pin
+        // that much memory per connection.
+        if !(256..=64 * 1024 * 1024).contains(&v.max_message_bytes) {
+            return Err(invalid(
+                format!("{k}.validation.max_message_bytes"),
+                "must be between 256 and 67108864",
+            ));
+        }
+        for (j, t) in v.message_types.iter().enumerate() {
+            let ok = !t.is_empty()
+                && t.split('^').count() <= 2
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'^' || b == b'*');
+            if !ok {
+                return Err(invalid(
+                    format!("{k}.validation.message_types[{j}]"),
+                    format!("`{t}` is not TYPE, TYPE^EVENT or TYPE^*"),
+                ));
+            }
+        }
+        let validation = ValidationConfig {
+            mode: v.mode,
+            max_message_bytes: usize::try_from(v.max_message_bytes).unwrap_or(usize::MAX),
+            message_types: v.message_types,
+            versions: v.versions,
+            processing_ids: v.processing_ids,
+        };
+
+        let l = self.limits;
+        if l.max_connections == 0 || l.max_connections > 1_000_000 {
+            return Err(invalid(
+                format!("{k}.limits.max_connections"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        let limits = LimitsConfig {
+            max_connections: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
+            handshake_timeout: duration(
+                &format!("{k}.limits.handshake_timeout"),
+                &l.handshake_timeout,
+            )?,
+            frame_timeout: duration(&format!("{k}.limits.frame_timeout"), &l.frame_timeout)?,
+            idle_timeout: duration(&format!("{k}.limits.idle_timeout"), &l.idle_timeout)?,
+        };
+
+        Ok(RouteConfig {
+            name: self.name,
+            listen,
+            tls,
+            allowed_clients,
+            upstream,
+            on_upstream_failure: self.on_upstream_failure,
+            validation,
+            limits,
+        })
+    }
+}
+
+impl RawClientMatcher {
+    fn validate(self, k: &str) -> Result<ClientMatcher, ConfigError> {
+        let mut set = Vec::new();
+        if let Some(v) = self.cn {
+            set.push(ClientMatcher::Cn(v));
+        }
+        if let Some(v) = self.dns {
+            set.push(ClientMatcher::Dns(v.to_ascii_lowercase()));
+        }
+        if let Some(v) = self.uri {
+            set.push(ClientMatcher::Uri(v));
+        }
+        if let Some(v) = self.email {
+            set.push(ClientMatcher::Email(v));
+        }
+        if set.len() != 1 {
+            return Err(invalid(k, "each entry takes exactly one of cn, dns, uri, email"));
+        }
+        let m = set.remove(0);
+        let value = match &m {
+            ClientMatcher::Cn(v)
+            | ClientMatcher::Dns(v)
+            | ClientMatcher::Uri(v)
+            | ClientMatcher::Email(v) => v,
+        };
+        if value.is_empty() {
+            return Err(invalid(k, "the value must not be empty"));
+        }
+        if let ClientMatcher::Dns(v) = &m {
+            if v.contains('*') && !(v.starts_with("*.") && !v[2..].contains('*')) {
+                return Err(invalid(
+                    k,
+                    format!("`{v}`: a wildcard is allowed only as a leading `*.`"),
+                ));
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+routes:
+  - name: lab
+    listen: "127.0.0.1:2575"
+    tls:
+      certificate: tls/server.crt
+      private_key: tls/server.key
+      client_ca: tls/ca.crt
+    upstream:
+      targets: ["127.0.0.1:3575"]
+"#;
+
+    fn err(yaml: &str) -> String {
+        match Config::from_yaml(yaml, Path::new("/etc/mllp")) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = Config::from_yaml(MINIMAL, Path::new("/etc/mllp")).unwrap();
+        assert_eq!(c.admin.listen, "127.0.0.1:9575".parse().unwrap());
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+        let r = &c.routes[0];
+        assert_eq!(r.tls.certificate, PathBuf::from("/etc/mllp/tls/server.crt"));
+        assert_eq!(r.tls.min_version, TlsVersion::Tls12);
+        assert_eq!(r.on_upstream_failure, FailureMode::Close);
+        assert_eq!(r.validation.mode, ValidationMode::Strict);
+        assert_eq!(r.validation.max_message_bytes, 1_048_576);
+        assert_eq!(r.limits.max_connections, 1024);
+        assert_eq!(r.limits.idle_timeout, Duration::from_secs(900));
+        assert_eq!(r.upstream.ack_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let yaml = MINIMAL.replace("client_ca: tls/ca.crt", "client_ca: tls/ca.crt\n      cliant: x");
+        let e = err(&yaml);
+        assert!(e.contains("routes[0].tls"), "{e}");
+        assert!(e.contains("cliant"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("listen: \"127.0.0.1:2575\"", "listen: \"nowhere\"", "routes[0].listen"),
+            ("name: lab", "name: Lab Results", "routes[0].name"),
+            (
+                "targets: [\"127.0.0.1:3575\"]",
+                "targets: [\"127.0.0.1:3575\"]\n      ack_timeout: 30",
+                "routes[0].upstream.ack_timeout",
+            ),
+            (
+                "targets: [\"127.0.0.1:3575\"]",
+                "targets: [\"engine\"]",
+                "routes[0].upstream.targets[0]",
+            ),
+            ("targets: [\"127.0.0.1:3575\"]", "targets: []", "routes[0].upstream.targets"),
+        ];
+        for (from, to, key) in cases {
+            let e = err(&MINIMAL.replace(from, to));
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn allow_list_entries_take_one_kind() {
+        let yaml = MINIMAL.replace(
+            "    upstream:",
+            "    allowed_clients:\n      - dns: \"*.lab.example.org\"\n      - uri: spiffe://h/lab\n      - cn: x\n        dns: y\n    upstream:",
+        );
+        let e = err(&yaml);
+        assert!(e.starts_with("routes[0].allowed_clients[2]"), "{e}");
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

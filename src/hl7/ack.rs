@@ -1,0 +1,379 @@
+//! Acknowledgments: reading the engine's MSA, and writing the proxy's own NAKs.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::message::{Header, field, segments};
+
+/// MSA-1 acknowledgment code, as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCode {
+    /// Application accept.
+    AA,
+    /// Application error.
+    AE,
+    /// Application reject.
+    AR,
+    /// Commit accept (enhanced mode).
+    CA,
+    /// Commit error (enhanced mode).
+    CE,
+    /// Commit reject (enhanced mode).
+    CR,
+    /// Anything else.
+    Other,
+}
+
+/// What the proxy read from an acknowledgment.
+#[derive(Debug, Clone, Copy)]
+pub struct AckInfo<'a> {
+    /// MSA-1.
+    pub code: AckCode,
+    /// MSA-2: the control ID of the acknowledged message.
+    pub control_id: &'a [u8],
+}
+
+/// Why the proxy refuses a message itself; picks the MSA-1 code and the ERR code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NakReason {
+    /// A content error (HL7 table 0357 code and text): answered AE / CE.
+    Content {
+        /// Table 0357 code (100, 101, 102, 207).
+        code: u16,
+        /// Human-readable reason, free of HL7 delimiters.
+        text: &'static str,
+    },
+    /// An unacceptable MSH-9, MSH-11 or MSH-12: answered AR / CR.
+    Unsupported {
+        /// Table 0357 code (200, 202, 203).
+        code: u16,
+        /// Human-readable reason, free of HL7 delimiters.
+        text: &'static str,
+    },
+    /// The engine failed; the sender should resend later: answered AR / CR with code 207.
+    UpstreamFailed,
+}
+
+impl AckCode {
+    /// Parses MSA-1.
+    pub fn parse(code: &[u8]) -> Self {
+        match code {
+            b"AA" => AckCode::AA,
+            b"AE" => AckCode::AE,
+            b"AR" => AckCode::AR,
+            b"CA" => AckCode::CA,
+            b"CE" => AckCode::CE,
+            b"CR" => AckCode::CR,
+            _ => AckCode::Other,
+        }
+    }
+
+    /// The metric label and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckCode::AA => "AA",
+            AckCode::AE => "AE",
+            AckCode::AR => "AR",
+            AckCode::CA => "CA",
+            AckCode::CE => "CE",
+            AckCode::CR => "CR",
+            AckCode::Other => "other",
+        }
+    }
+
+    /// Whether a sender treats this code as delivered.
+    pub fn is_positive(self) -> bool {
+        matches!(self, AckCode::AA | AckCode::CA)
+    }
+}
+
+impl fmt::Display for AckCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl NakReason {
+    /// The bounded metric label of this reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            NakReason::Content { code: 100, .. } => "segment",
+            NakReason::Content { code: 101, .. } => "required_field",
+            NakReason::Content { code: 102, .. } => "data_type",
+            NakReason::Content { code: 207, .. } => "too_large",
+            NakReason::Content { .. } => "content",
+            NakReason::Unsupported { code: 200, .. } => "message_type",
+            NakReason::Unsupported { code: 202, .. } => "processing_id",
+            NakReason::Unsupported { code: 203, .. } => "version",
+            NakReason::Unsupported { .. } => "unsupported",
+            NakReason::UpstreamFailed => "upstream",
+        }
+    }
+
+    fn parts(self) -> (bool, u16, &'static str) {
+        match self {
+            NakReason::Content { code, text } => (false, code, text),
+            NakReason::Unsupported { code, text } => (true, code, text),
+            NakReason::UpstreamFailed => (
+                true,
+                207,
+                "upstream engine failed; message not delivered; resend later",
+            ),
+        }
+    }
+}
+
+/// Reads MSA-1 and MSA-2 from an acknowledgment; `None` when it is not one.
+pub fn parse_ack(msg: &[u8]) -> Option<AckInfo<'_>> {
+    let header = Header::parse(msg).ok()?;
+    let sep = header.separators.field;
+    let msa = segments(msg).find(|s| s.len() >= 4 && s.starts_with(b"MSA") && s[3] == sep)?;
+    let code = field(msa, sep, 1);
+    if code.is_empty() {
+        return None;
+    }
+    Some(AckInfo {
+        code: AckCode::parse(code),
+        control_id: field(msa, sep, 2),
+    })
+}
+
+/// Builds the proxy's negative acknowledgment of a message it refused.
+///
+/// `header` is `None` when not even MSH could be read; the NAK then uses standard delimiters,
+/// version 2.5 and an empty MSA-2.
+pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
+    let (unsupported, err_code, text) = reason.parts();
+    let enhanced = header.is_some_and(|h| h.enhanced_mode());
+    let code = match (enhanced, unsupported) {
+        (false, false) => "AE",
+        (false, true) => "AR",
+        (true, false) => "CE",
+        (true, true) => "CR",
+    };
+    let mut out = Vec::with_capacity(256);
+    let d = write_ack_header(&mut out, header, code, text);
+    // ERR-1 (segment^seq^field^code&text&table) before v2.5, ERR-3 (code^text^table) after.
+    let code_digits = err_code.to_string();
+    let parts: [&[u8]; 3] = [code_digits.as_bytes(), text.as_bytes(), b"HL70357"];
+    out.extend_from_slice(b"ERR");
+    out.push(d.field);
+    let joiner = if d.pre_25 {
+        out.extend_from_slice(&[d.component; 3]);
+        d.subcomponent
+    } else {
+        out.push(d.field);
+        out.push(d.field);
+        d.component
+    };
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(joiner);
+        }
+        out.extend_from_slice(part);
+    }
+    if !d.pre_25 {
+        out.push(d.field);
+        out.push(b'E');
+    }
+    out.push(b'\r');
+    out
+}
+
+/// Builds a positive acknowledgment (`AA`, or `CA` in enhanced mode): what the stand-in engine
+/// of `ack-server` and `demo` answers.
+pub fn build_accept(header: Option<&Header<'_>>) -> Vec<u8> {
+    let code = if header.is_some_and(|h| h.enhanced_mode()) { "CA" } else { "AA" };
+    let mut out = Vec::with_capacity(160);
+    write_ack_header(&mut out, header, code, "");
+    out
+}
+
+struct Delimiters {
+    field: u8,
+    component: u8,
+    subcomponent: u8,
+    pre_25: bool,
+}
+
+/// Writes MSH (parties swapped, fresh control ID) and MSA of an acknowledgment of `header`.
+fn write_ack_header(out: &mut Vec<u8>, header: Option<&Header<'_>>, code: &str, text: &str) -> Delimiters {
+    let (f, c, s, enc): (u8, u8, u8, &[u8]) = match header {
+        Some(h) => (
+            h.separators.field,
+            h.separators.component,
+            h.separators.subcomponent,
+            h.encoding_characters,
+        ),
+        None => (b'|', b'^', b'&', b"^~\\&"),
+    };
+    let h = header.copied();
+    let version = header.map_or(&b"2.5"[..], |h| {
+        if h.version.is_empty() { b"2.5" } else { h.version }
+    });
+    let trigger = h.map_or(&[][..], |h| h.message_type_component(2));
+
+    out.extend_from_slice(b"MSH");
+    out.push(f);
+    out.extend_from_slice(enc);
+    for part in [
+        h.map_or(&[][..], |h| h.receiving_application),
+        h.map_or(&[][..], |h| h.receiving_facility),
+        h.map_or(&[][..], |h| h.sending_application),
+        h.map_or(&[][..], |h| h.sending_facility),
+    ] {
+        out.push(f);
+        out.extend_from_slice(part);
+    }
+    out.push(f);
+    out.extend_from_slice(hl7_timestamp(SystemTime::now()).as_bytes());
+    out.push(f); // MSH-8 security
+    out.push(f);
+    out.extend_from_slice(b"ACK");
+    if !trigger.is_empty() {
+        out.push(c);
+        out.extend_from_slice(trigger);
+        out.push(c);
+        out.extend_from_slice(b"ACK");
+    }
+    out.push(f);
+    out.extend_from_slice(fresh_control_id().as_bytes());
+    out.push(f);
+    out.extend_from_slice(h.map_or(&[][..], |h| h.processing_id));
+    out.push(f);
+    out.extend_from_slice(version);
+    out.push(b'\r');
+
+    out.extend_from_slice(b"MSA");
+    out.push(f);
+    out.extend_from_slice(code.as_bytes());
+    out.push(f);
+    out.extend_from_slice(h.map_or(&[][..], |h| h.control_id));
+    if !text.is_empty() {
+        out.push(f);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.push(b'\r');
+    Delimiters {
+        field: f,
+        component: c,
+        subcomponent: s,
+        pre_25: is_pre_25(version),
+    }
+}
+
+fn is_pre_25(version: &[u8]) -> bool {
+    matches!(
+        version.get(..3),
+        Some(b"2.1") | Some(b"2.2") | Some(b"2.3") | Some(b"2.4")
+    )
+}
+
+/// A control ID unique within this process, at most 20 characters (the v2.3 limit).
+fn fresh_control_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000_000;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        % 10_000_000_000;
+    format!("PX{secs:010}{n:07}")
+}
+
+/// `YYYYMMDDHHMMSS` in UTC, the HL7 DTM form without zone.
+pub(crate) fn hl7_timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const ADT: &[u8] =
+        b"MSH|^~\\&|ADM|WARD|LAB|HOSP|20260101120000||ADT^A01^ADT_A01|MSG42|P|2.5.1\rPID|1\r";
+
+    #[test]
+    fn nak_swaps_parties_and_echoes_the_control_id() {
+        let h = Header::parse(ADT).unwrap();
+        let nak = build_nak(
+            Some(&h),
+            NakReason::Content {
+                code: 101,
+                text: "required field missing",
+            },
+        );
+        let text = String::from_utf8(nak.clone()).unwrap();
+        let segs: Vec<&str> = text.split('\r').collect();
+        let msh: Vec<&str> = segs[0].split('|').collect();
+        assert_eq!(&msh[2..6], &["LAB", "HOSP", "ADM", "WARD"]);
+        assert_eq!(msh[8], "ACK^A01^ACK");
+        assert_eq!(msh[9].len(), 19);
+        assert_eq!(&msh[10..12], &["P", "2.5.1"]);
+        assert_eq!(segs[1], "MSA|AE|MSG42|required field missing");
+        assert_eq!(segs[2], "ERR|||101^required field missing^HL70357|E");
+        let info = parse_ack(&nak).unwrap();
+        assert_eq!(info.code, AckCode::AE);
+        assert_eq!(info.control_id, b"MSG42");
+    }
+
+    #[test]
+    fn enhanced_mode_and_old_versions() {
+        let m = b"MSH|^~\\&|A|B|C|D|||ORU^R01|X9|T|2.3|||AL|NE\r";
+        let h = Header::parse(m).unwrap();
+        let nak = build_nak(Some(&h), NakReason::UpstreamFailed);
+        let info = parse_ack(&nak).unwrap();
+        assert_eq!(info.code, AckCode::CR);
+        let text = String::from_utf8(nak).unwrap();
+        assert!(text.contains("\rERR|^^^207&upstream engine failed"), "{text}");
+    }
+
+    #[test]
+    fn unreadable_header_gets_a_generic_nak() {
+        let nak = build_nak(None, NakReason::Content { code: 100, text: "no MSH" });
+        let info = parse_ack(&nak).unwrap();
+        assert_eq!(info.code, AckCode::AE);
+        assert!(info.control_id.is_empty());
+    }
+
+    #[test]
+    fn reads_msa_and_refuses_non_acks() {
+        let ack = b"MSH|^~\\&|LAB|HOSP|ADM|WARD|20260101||ACK^A01^ACK|A1|P|2.5.1\rMSA|AA|MSG42\r";
+        let info = parse_ack(ack).unwrap();
+        assert_eq!((info.code, info.control_id), (AckCode::AA, &b"MSG42"[..]));
+        assert!(parse_ack(ADT).is_none());
+        assert!(parse_ack(b"garbage").is_none());
+    }
+
+    #[test]
+    fn timestamps_are_civil_utc() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 3661); // 2026-01-01T01:01:01Z
+        assert_eq!(hl7_timestamp(t), "20260101010101");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,199 @@
+//! Zero-copy reading of the MSH segment and of segments and fields of any message.
+
+/// The delimiters a message declares in MSH-1 and MSH-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Separators {
+    /// MSH-1, usually `|`.
+    pub field: u8,
+    /// First encoding character, usually `^`.
+    pub component: u8,
+    /// Second encoding character, usually `~`.
+    pub repetition: u8,
+    /// Third encoding character, usually `\`.
+    pub escape: u8,
+    /// Fourth encoding character, usually `&`.
+    pub subcomponent: u8,
+    /// Fifth encoding character (v2.7+), usually `#`.
+    pub truncation: Option<u8>,
+}
+
+/// Why the MSH header could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The message does not start with `MSH`.
+    #[error("message does not start with an MSH segment")]
+    NoMsh,
+    /// MSH-1 is missing or is a letter, digit or line break.
+    #[error("MSH-1 field separator is invalid")]
+    BadFieldSeparator,
+    /// MSH-2 is not four or five distinct delimiter characters.
+    #[error("MSH-2 encoding characters are invalid")]
+    BadEncodingCharacters,
+}
+
+/// The fields of MSH the proxy needs, as slices of the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a> {
+    /// The delimiters declared by this message.
+    pub separators: Separators,
+    /// MSH-2 exactly as written.
+    pub encoding_characters: &'a [u8],
+    /// MSH-3 sending application.
+    pub sending_application: &'a [u8],
+    /// MSH-4 sending facility.
+    pub sending_facility: &'a [u8],
+    /// MSH-5 receiving application.
+    pub receiving_application: &'a [u8],
+    /// MSH-6 receiving facility.
+    pub receiving_facility: &'a [u8],
+    /// MSH-9 message type, all components.
+    pub message_type: &'a [u8],
+    /// MSH-10 message control ID.
+    pub control_id: &'a [u8],
+    /// MSH-11 processing ID.
+    pub processing_id: &'a [u8],
+    /// MSH-12 version ID.
+    pub version: &'a [u8],
+    /// MSH-15 accept acknowledgment type (non-empty means enhanced mode).
+    pub accept_ack_type: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    /// Reads MSH from the start of `msg`. The segment ends at the first `\r` or `\n`.
+    pub fn parse(msg: &'a [u8]) -> Result<Self, HeaderError> {
+        if !msg.starts_with(b"MSH") {
+            return Err(HeaderError::NoMsh);
+        }
+        let field = *msg.get(3).ok_or(HeaderError::BadFieldSeparator)?;
+        if !is_delimiter(field) {
+            return Err(HeaderError::BadFieldSeparator);
+        }
+        let end = msg
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(msg.len());
+        let seg = &msg[..end];
+        // fields[0] = "MSH", fields[1] = MSH-2, fields[n-1] = MSH-n for n >= 2.
+        let mut fields: [&[u8]; 18] = [&[]; 18];
+        for (i, f) in seg.split(|&b| b == field).take(18).enumerate() {
+            fields[i] = f;
+        }
+        let enc = fields[1];
+        let valid_enc = (enc.len() == 4 || enc.len() == 5)
+            && enc.iter().all(|&b| is_delimiter(b) && b != field)
+            && enc
+                .iter()
+                .enumerate()
+                .all(|(i, b)| !enc[i + 1..].contains(b));
+        if !valid_enc {
+            return Err(HeaderError::BadEncodingCharacters);
+        }
+        let separators = Separators {
+            field,
+            component: enc[0],
+            repetition: enc[1],
+            escape: enc[2],
+            subcomponent: enc[3],
+            truncation: enc.get(4).copied(),
+        };
+        Ok(Header {
+            separators,
+            encoding_characters: enc,
+            sending_application: fields[2],
+            sending_facility: fields[3],
+            receiving_application: fields[4],
+            receiving_facility: fields[5],
+            message_type: fields[8],
+            control_id: fields[9],
+            processing_id: fields[10],
+            version: fields[11],
+            accept_ack_type: fields[14],
+        })
+    }
+
+    /// Component `n` (1-based) of MSH-9: 1 is the type (`ADT`), 2 the trigger (`A01`).
+    pub fn message_type_component(&self, n: usize) -> &'a [u8] {
+        component(self.message_type, self.separators.component, n)
+    }
+
+    /// First component of MSH-12 (a version may carry an internationalisation code after it).
+    pub fn version_id(&self) -> &'a [u8] {
+        component(self.version, self.separators.component, 1)
+    }
+
+    /// First component of MSH-11 (`P`, `T`, `D`).
+    pub fn processing_id_value(&self) -> &'a [u8] {
+        component(self.processing_id, self.separators.component, 1)
+    }
+
+    /// Whether the message is itself an acknowledgment (MSH-9 type `ACK`).
+    pub fn is_ack(&self) -> bool {
+        self.message_type_component(1) == b"ACK"
+    }
+
+    /// Whether the sender asked for enhanced-mode accept acknowledgments (MSH-15 set).
+    pub fn enhanced_mode(&self) -> bool {
+        !self.accept_ack_type.is_empty()
+    }
+}
+
+/// Component `n` (1-based) of a field; empty when absent.
+pub(crate) fn component(field: &[u8], sep: u8, n: usize) -> &[u8] {
+    field
+        .split(|&b| b == sep)
+        .nth(n.saturating_sub(1))
+        .unwrap_or(&[])
+}
+
+/// Field `n` of a non-MSH segment (`n` = 1 is the first after the segment ID).
+pub(crate) fn field(segment: &[u8], sep: u8, n: usize) -> &[u8] {
+    segment.split(|&b| b == sep).nth(n).unwrap_or(&[])
+}
+
+/// Segments of a message, split on `\r` and `\n`, without empty ones.
+pub(crate) fn segments(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    msg.split(|&b| b == b'\r' || b == b'\n')
+        .filter(|s| !s.is_empty())
+}
+
+fn is_delimiter(b: u8) -> bool {
+    b.is_ascii_graphic() && !b.is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_header_fields() {
+        let m = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20260101120000||ORU^R01^ORU_R01|C123|P|2.5.1|||AL\rPID|1\r";
+        let h = Header::parse(m).unwrap();
+        assert_eq!(h.sending_application, b"LAB");
+        assert_eq!(h.receiving_facility, b"HOSP");
+        assert_eq!(h.message_type_component(1), b"ORU");
+        assert_eq!(h.message_type_component(2), b"R01");
+        assert_eq!(h.control_id, b"C123");
+        assert_eq!(h.processing_id_value(), b"P");
+        assert_eq!(h.version_id(), b"2.5.1");
+        assert!(h.enhanced_mode());
+        assert_eq!(h.separators.truncation, None);
+    }
+
+    #[test]
+    fn five_encoding_characters_and_odd_separators() {
+        let h = Header::parse(b"MSH#$~\\&^#A#B#C#D#T##ADT$A01#X1#P#2.7\r").unwrap();
+        assert_eq!(h.separators.field, b'#');
+        assert_eq!(h.separators.truncation, Some(b'^'));
+        assert_eq!(h.message_type_component(2), b"A01");
+        assert_eq!(h.control_id, b"X1");
+    }
+
+    #[test]
+    fn broken_headers_are_named() {
+        assert_eq!(Header::parse(b"PID|1").unwrap_err(), HeaderError::NoMsh);
+        assert_eq!(Header::parse(b"MSHA^~\\&").unwrap_err(), HeaderError::BadFieldSeparator);
+        assert_eq!(Header::parse(b"MSH").unwrap_err(), HeaderError::BadFieldSeparator);
+        assert_eq!(Header::parse(b"MSH|^^\\&|").unwrap_err(), HeaderError::BadEncodingCharacters);
+        assert_eq!(Header::parse(b"MSH|^~|").unwrap_err(), HeaderError::BadEncodingCharacters);
+    }
+}

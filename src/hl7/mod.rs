@@ -1,0 +1,14 @@
+//! HL7 v2 over the frame's bytes: header reading, validation, acknowledgments.
+//!
+//! Nothing here allocates on the forwarding path or assumes UTF-8: fields are byte slices into
+//! the frame, and the only copies made are of messages that lenient mode must re-terminate and
+//! of NAKs the proxy writes itself.
+
+mod ack;
+mod message;
+mod validate;
+
+pub(crate) use ack::hl7_timestamp;
+pub use ack::{AckCode, AckInfo, NakReason, build_accept, build_nak, parse_ack};
+pub use message::{Header, HeaderError, Separators};
+pub use validate::{Rejection, Validator};

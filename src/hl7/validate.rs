@@ -1,0 +1,237 @@
+//! The per-route validation policy (`strict`, `lenient`, `off`) and allow-lists.
+
+use std::borrow::Cow;
+
+use super::ack::NakReason;
+use super::message::{Header, HeaderError};
+use crate::config::{ValidationConfig, ValidationMode};
+
+/// A refused message: the NAK reason and whether its header could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Picks the MSA-1 and ERR codes of the NAK.
+    pub reason: NakReason,
+}
+
+/// A route's validation rules, compiled once.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    mode: ValidationMode,
+    message_types: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    versions: Vec<Vec<u8>>,
+    processing_ids: Vec<Vec<u8>>,
+}
+
+impl Validator {
+    /// Compiles the rules of one route.
+    pub fn new(cfg: &ValidationConfig) -> Self {
+        let message_types = cfg
+            .message_types
+            .iter()
+            .map(|t| match t.split_once('^') {
+                Some((ty, "*")) | Some((ty, "")) => (ty.as_bytes().to_vec(), None),
+                Some((ty, ev)) => (ty.as_bytes().to_vec(), Some(ev.as_bytes().to_vec())),
+                None => (t.as_bytes().to_vec(), None),
+            })
+            .collect();
+        Self {
+            mode: cfg.mode,
+            message_types,
+            versions: cfg.versions.iter().map(|v| v.as_bytes().to_vec()).collect(),
+            processing_ids: cfg
+                .processing_ids
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// The validation mode.
+    pub fn mode(&self) -> ValidationMode {
+        self.mode
+    }
+
+    /// Checks `msg`; returns the bytes to forward (re-terminated in lenient mode) or why not.
+    pub fn check<'a>(&self, msg: &'a [u8]) -> Result<Cow<'a, [u8]>, Rejection> {
+        if self.mode == ValidationMode::Off {
+            return Ok(Cow::Borrowed(msg));
+        }
+        let header = Header::parse(msg).map_err(|e| match e {
+            HeaderError::NoMsh => content(100, "message does not start with an MSH segment"),
+            HeaderError::BadFieldSeparator => content(102, "MSH-1 field separator is invalid"),
+            HeaderError::BadEncodingCharacters => {
+                content(102, "MSH-2 encoding characters are invalid")
+            }
+        })?;
+        if msg.iter().any(|&b| b == crate::mllp::SB || b == crate::mllp::EB) {
+            return Err(content(102, "message contains an MLLP framing byte"));
+        }
+        let bytes = if self.mode == ValidationMode::Lenient {
+            normalise_terminators(msg)
+        } else {
+            Cow::Borrowed(msg)
+        };
+        check_segments(&bytes, header.separators.field)?;
+        if header.message_type_component(1).is_empty() {
+            return Err(content(101, "MSH-9 message type is missing"));
+        }
+        if header.control_id.is_empty() {
+            return Err(content(101, "MSH-10 message control ID is missing"));
+        }
+        if header.version_id().is_empty() {
+            return Err(content(101, "MSH-12 version ID is missing"));
+        }
+        self.check_allow_lists(&header)?;
+        Ok(bytes)
+    }
+
+    fn check_allow_lists(&self, h: &Header<'_>) -> Result<(), Rejection> {
+        // Acknowledgments flow regardless of the type allow-list: it lists what may be sent.
+        if !self.message_types.is_empty() && !h.is_ack() {
+            let ty = h.message_type_component(1);
+            let ev = h.message_type_component(2);
+            let ok = self
+                .message_types
+                .iter()
+                .any(|(t, e)| t == ty && e.as_ref().is_none_or(|e| e == ev));
+            if !ok {
+                return Err(unsupported(200, "message type not accepted on this route"));
+            }
+        }
+        if !self.versions.is_empty() && !self.versions.iter().any(|v| v == h.version_id()) {
+            return Err(unsupported(203, "version ID not accepted on this route"));
+        }
+        if !self.processing_ids.is_empty()
+            && !self
+                .processing_ids
+                .iter()
+                .any(|p| p == h.processing_id_value())
+        {
+            return Err(unsupported(202, "processing ID not accepted on this route"));
+        }
+        Ok(())
+    }
+}
+
+fn content(code: u16, text: &'static str) -> Rejection {
+    Rejection {
+        reason: NakReason::Content { code, text },
+    }
+}
+
+fn unsupported(code: u16, text: &'static str) -> Rejection {
+    Rejection {
+        reason: NakReason::Unsupported { code, text },
+    }
+}
+
+/// Strict segment rules: `\r` terminators (including the last), no empty segments, and IDs of
+/// three upper-case letters or digits followed by the field separator or the terminator.
+fn check_segments(msg: &[u8], field_sep: u8) -> Result<(), Rejection> {
+    if msg.contains(&b'\n') {
+        return Err(content(100, "segments must be terminated by CR only"));
+    }
+    let Some(body) = msg.strip_suffix(b"\r") else {
+        return Err(content(100, "the last segment is not terminated by CR"));
+    };
+    for seg in body.split(|&b| b == b'\r') {
+        if seg.is_empty() {
+            return Err(content(100, "empty segment"));
+        }
+        let id_ok = seg.len() >= 3
+            && seg[..3]
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && seg.get(3).is_none_or(|&b| b == field_sep);
+        if !id_ok {
+            return Err(content(100, "segment ID is not three upper-case letters or digits"));
+        }
+    }
+    Ok(())
+}
+
+/// `\r\n` and lone `\n` become `\r`, and a missing final `\r` is added; nothing else changes.
+fn normalise_terminators(msg: &[u8]) -> Cow<'_, [u8]> {
+    if !msg.contains(&b'\n') && msg.last() == Some(&b'\r') {
+        return Cow::Borrowed(msg);
+    }
+    let mut out = Vec::with_capacity(msg.len() + 1);
+    let mut i = 0;
+    while i < msg.len() {
+        match msg[i] {
+            b'\r' if msg.get(i + 1) == Some(&b'\n') => {
+                out.push(b'\r');
+                i += 2;
+            }
+            b'\n' => {
+                out.push(b'\r');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    if out.last() != Some(&b'\r') {
+        out.push(b'\r');
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator(mode: ValidationMode) -> Validator {
+        Validator::new(&ValidationConfig {
+            mode,
+            max_message_bytes: 1 << 20,
+            message_types: vec!["ADT^A01".into(), "ORU^*".into()],
+            versions: vec![],
+            processing_ids: vec![],
+        })
+    }
+
+    const GOOD: &[u8] = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rPID|1||123\r";
+
+    #[test]
+    fn strict_accepts_a_good_message_unchanged() {
+        let v = validator(ValidationMode::Strict);
+        assert!(matches!(v.check(GOOD), Ok(Cow::Borrowed(b)) if b == GOOD));
+    }
+
+    #[test]
+    fn lenient_rewrites_only_terminators() {
+        let v = validator(ValidationMode::Lenient);
+        let crlf = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\r\nPID|1||123";
+        assert_eq!(v.check(crlf).unwrap().as_ref(), GOOD);
+        let lf = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\nPID|1||123\n";
+        assert_eq!(v.check(lf).unwrap().as_ref(), GOOD);
+        assert!(validator(ValidationMode::Strict).check(crlf).is_err());
+    }
+
+    #[test]
+    fn rejections_carry_table_0357_codes() {
+        let v = validator(ValidationMode::Strict);
+        let code = |m: &[u8]| match v.check(m).unwrap_err().reason {
+            NakReason::Content { code, .. } | NakReason::Unsupported { code, .. } => code,
+            NakReason::UpstreamFailed => 0,
+        };
+        assert_eq!(code(b"PID|1\r"), 100);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01||P|2.5\r"), 101);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|\r"), 101);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\rpid|1\r"), 100);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\r\rPID|1\r"), 100);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A04|X|P|2.5\r"), 200);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ORM^O01|X|P|2.5\r"), 200);
+        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\rPID|\x0b1\r"), 102);
+        assert!(v.check(b"MSH|^~\\&|A|B|C|D|1||ORU^R30|X|P|2.5\r").is_ok());
+    }
+
+    #[test]
+    fn off_forwards_anything_framed() {
+        let v = validator(ValidationMode::Off);
+        assert!(v.check(b"\xff\xfe not hl7").is_ok());
+    }
+}

@@ -1,0 +1,34 @@
+//! mllp-proxy: a mutual-TLS front for legacy HL7 v2 engines that speak plain MLLP.
+//!
+//! The data path, one sender connection at a time ([`session`]):
+//!
+//! ```text
+//!  sender ──TLS──▶ listener ──▶ session: handshake (tls) → identity / allow-list
+//!                                  │
+//!                                  ├─ read one MLLP frame (mllp) under frame/idle time-outs
+//!                                  ├─ validate and re-frame the HL7 message (hl7)
+//!                                  │     refused → proxy NAK (AE/AR, CE/CR) back to the sender
+//!                                  ├─ forward over plain MLLP (upstream), one message in flight
+//!                                  ├─ read exactly one ACK, check MSA-2 == MSH-10
+//!                                  └─ relay the engine's ACK, byte-identical but for framing
+//! ```
+//!
+//! The proxy never invents a positive ACK: the sender gets the engine's own ACK, a NAK the proxy
+//! wrote because it refused the message, or nothing (the connection closes) so that it resends.
+//! [`proxy::start`] assembles routes, the admin server ([`admin`]) and TLS reloading;
+//! [`metrics`] holds every counter; the tool commands live in [`cli`].
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod hl7;
+pub mod listener;
+pub mod metrics;
+pub mod mllp;
+pub mod proxy;
+pub mod session;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,198 @@
+//! The `mllp-proxy` binary: argument parsing, logging set-up and exit codes only.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mllp_proxy::cli;
+use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use mllp_proxy::metrics::Metrics;
+use mllp_proxy::shutdown::{Signal, Signals};
+use tracing_subscriber::EnvFilter;
+
+/// mTLS-terminating proxy for HL7 v2 over MLLP, in front of legacy engines.
+#[derive(Debug, Parser)]
+#[command(name = "mllp-proxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the proxy.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, env = "MLLP_PROXY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validates the configuration and TLS material; exit 1 on error.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, env = "MLLP_PROXY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Self-contained round trip on the example configuration and certificates.
+    Demo {
+        /// Exit after the round trip (status 0 only if every message got AA).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Sends messages and prints each ACK's MSA-1 and MSA-2.
+    Send(cli::send::SendArgs),
+    /// A stand-in legacy engine: plain MLLP, AA to every message.
+    AckServer(cli::ack_server::AckServerArgs),
+    /// Load generator: throughput and latency percentiles.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(args.command))
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::Run { config } => run(config).await,
+        Command::Check { config } => {
+            init_tracing(LogFormat::Text, "warn");
+            status(cli::check::run(&config))
+        }
+        Command::Demo { once } => {
+            init_tracing(LogFormat::Text, "warn");
+            report(cli::demo::run(once).await)
+        }
+        Command::Send(a) => {
+            init_tracing(LogFormat::Text, "warn");
+            report(cli::send::run(a).await)
+        }
+        Command::AckServer(a) => {
+            init_tracing(LogFormat::Text, "info");
+            ack_server(a).await
+        }
+        Command::Bench(a) => {
+            init_tracing(LogFormat::Text, "warn");
+            report(cli::bench::run(a).await.map(|_| true))
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.logging.format, &config.logging.level);
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let drain = config.shutdown.drain_timeout;
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create metrics");
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy = match mllp_proxy::proxy::start(config, metrics).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
+    loop {
+        match signals.next().await {
+            Signal::Reload => {
+                tracing::info!("SIGHUP: reloading TLS material");
+                proxy.reload_tls();
+            }
+            Signal::Terminate => break,
+        }
+    }
+    tracing::info!("stopping: no new connections; finishing in-flight exchanges");
+    let drained = proxy.shutdown(drain).await;
+    tracing::info!(drained, "stopped");
+    ExitCode::SUCCESS
+}
+
+async fn ack_server(args: cli::ack_server::AckServerArgs) -> ExitCode {
+    let log = match &args.log {
+        Some(p) => match cli::ack_server::open_log(p).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: --log {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: --listen {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %addr, "ack-server listening (plain MLLP, AA to every message)");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(cli::ack_server::serve(listener, log, stop.clone()));
+    if let Ok(mut signals) = Signals::new() {
+        while signals.next().await != Signal::Terminate {}
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    stop.cancel();
+    let _ = server.await;
+    ExitCode::SUCCESS
+}
+
+fn report(r: Result<bool, cli::ClientError>) -> ExitCode {
+    match r {
+        Ok(ok) => status(ok),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides `level`.
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging not initialised: {e}");
+    }
+}

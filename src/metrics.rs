@@ -1,0 +1,242 @@
+//! Prometheus metrics: one [`Metrics`] value owns the registry and typed handles, and is passed
+//! to whoever records. There are no globals, so tests can run several proxies in one process.
+//!
+//! Label values come from bounded sets only (route names from the configuration, target
+//! addresses from the configuration, fixed reason and code words); never identities, control IDs
+//! or message content.
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Buckets for message sizes: 128 B to 64 MiB.
+const BYTES_BUCKETS: &[f64] = &[
+    128.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0,
+    16_777_216.0, 67_108_864.0,
+];
+
+/// All metrics of one proxy process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted (before the TLS handshake).
+    pub connections_accepted: IntCounterVec,
+    /// Connections open now.
+    pub connections_active: IntGaugeVec,
+    /// Connections closed at once because `max_connections` was reached.
+    pub connections_rejected: IntCounterVec,
+    /// Failed TLS handshakes by reason.
+    pub tls_handshake_failures: IntCounterVec,
+    /// Verified clients refused by `allowed_clients`.
+    pub clients_denied: IntCounterVec,
+    /// Frames received from senders.
+    pub messages_received: IntCounterVec,
+    /// Messages refused by the proxy (NAKed or, when no NAK was possible, dropped) by reason.
+    pub messages_rejected: IntCounterVec,
+    /// Messages written to the upstream.
+    pub messages_forwarded: IntCounterVec,
+    /// Upstream acknowledgments relayed, by MSA-1 code.
+    pub acks: IntCounterVec,
+    /// Upstream failures by target and kind.
+    pub upstream_failures: IntCounterVec,
+    /// 1 while the last attempt to reach a target succeeded.
+    pub upstream_up: IntGaugeVec,
+    /// Forward-to-ACK latency.
+    pub upstream_ack_seconds: HistogramVec,
+    /// Sizes of received messages.
+    pub message_bytes: HistogramVec,
+    /// Bytes outside frames, discarded.
+    pub discarded_bytes: IntCounterVec,
+    /// notAfter of the server certificate and of the earliest client CA.
+    pub certificate_expiry: GaugeVec,
+    /// TLS material reloads by result.
+    pub tls_reloads: IntCounterVec,
+    build_info: IntGaugeVec,
+}
+
+/// Handles of one route, bound once so the per-message path does no label lookups.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// The route name (label value).
+    pub route: String,
+    /// See [`Metrics::connections_accepted`].
+    pub connections_accepted: IntCounter,
+    /// See [`Metrics::connections_active`].
+    pub connections_active: IntGauge,
+    /// See [`Metrics::connections_rejected`].
+    pub connections_rejected: IntCounter,
+    /// See [`Metrics::clients_denied`].
+    pub clients_denied: IntCounter,
+    /// See [`Metrics::messages_received`].
+    pub messages_received: IntCounter,
+    /// See [`Metrics::messages_forwarded`].
+    pub messages_forwarded: IntCounter,
+    /// See [`Metrics::upstream_ack_seconds`].
+    pub upstream_ack_seconds: Histogram,
+    /// See [`Metrics::message_bytes`].
+    pub message_bytes: Histogram,
+    /// See [`Metrics::discarded_bytes`].
+    pub discarded_bytes: IntCounter,
+    all: Metrics,
+}
+
+/// Failed to create or register a metric (a programming error, reported at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Creates and registers every metric, plus `process_*` on Linux.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["route"])?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "mllp_proxy_certificate_expiry_timestamp_seconds",
+                "notAfter of the server certificate and of the earliest-expiring client CA, as a Unix timestamp.",
+            ),
+            &["route", "role"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+
+        let m = Metrics {
+            connections_accepted: counter("mllp_proxy_connections_accepted_total", "TCP connections accepted.", &["route"])?,
+            connections_active: gauge("mllp_proxy_connections_active", "Sender connections open now.", &["route"])?,
+            connections_rejected: counter("mllp_proxy_connections_rejected_total", "Connections closed at once because max_connections was reached.", &["route"])?,
+            tls_handshake_failures: counter("mllp_proxy_tls_handshake_failures_total", "TLS handshakes that failed, by reason.", &["route", "reason"])?,
+            clients_denied: counter("mllp_proxy_clients_denied_total", "Verified clients refused by allowed_clients.", &["route"])?,
+            messages_received: counter("mllp_proxy_messages_received_total", "Messages received from senders.", &["route"])?,
+            messages_rejected: counter("mllp_proxy_messages_rejected_total", "Messages refused by the proxy, by reason.", &["route", "reason"])?,
+            messages_forwarded: counter("mllp_proxy_messages_forwarded_total", "Messages written to the upstream engine.", &["route"])?,
+            acks: counter("mllp_proxy_acks_total", "Upstream acknowledgments relayed to senders, by MSA-1 code.", &["route", "code"])?,
+            upstream_failures: counter("mllp_proxy_upstream_failures_total", "Upstream failures by target and kind.", &["route", "target", "kind"])?,
+            upstream_up: gauge("mllp_proxy_upstream_up", "1 if the last attempt to reach the target succeeded.", &["route", "target"])?,
+            upstream_ack_seconds: histogram("mllp_proxy_upstream_ack_seconds", "Time from forwarding a message to receiving the engine's ACK.", SECONDS_BUCKETS)?,
+            message_bytes: histogram("mllp_proxy_message_bytes", "Size of received messages in bytes.", BYTES_BUCKETS)?,
+            discarded_bytes: counter("mllp_proxy_discarded_bytes_total", "Bytes received outside MLLP frames and discarded.", &["route"])?,
+            certificate_expiry,
+            tls_reloads: counter("mllp_proxy_tls_reloads_total", "Reloads of TLS material, by result.", &["route", "result"])?,
+            build_info: gauge("mllp_proxy_build_info", "Build information; always 1.", &["version"])?,
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    /// Handles bound to one route's label.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let r = [route];
+        RouteMetrics {
+            route: route.to_string(),
+            connections_accepted: self.connections_accepted.with_label_values(&r),
+            connections_active: self.connections_active.with_label_values(&r),
+            connections_rejected: self.connections_rejected.with_label_values(&r),
+            clients_denied: self.clients_denied.with_label_values(&r),
+            messages_received: self.messages_received.with_label_values(&r),
+            messages_forwarded: self.messages_forwarded.with_label_values(&r),
+            upstream_ack_seconds: self.upstream_ack_seconds.with_label_values(&r),
+            message_bytes: self.message_bytes.with_label_values(&r),
+            discarded_bytes: self.discarded_bytes.with_label_values(&r),
+            all: self.clone(),
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on a metric family that breaks the format, which the
+        // fixed definitions above cannot produce; an empty scrape is the bounded answer.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl RouteMetrics {
+    /// Counts a TLS handshake failure.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.all
+            .tls_handshake_failures
+            .with_label_values(&[&self.route, reason])
+            .inc();
+    }
+
+    /// Counts a message the proxy refused.
+    pub fn rejected(&self, reason: &'static str) {
+        self.all
+            .messages_rejected
+            .with_label_values(&[&self.route, reason])
+            .inc();
+    }
+
+    /// Counts a relayed upstream acknowledgment.
+    pub fn ack(&self, code: &'static str) {
+        self.all.acks.with_label_values(&[&self.route, code]).inc();
+    }
+
+    /// Counts an upstream failure and marks the target down for connect failures.
+    pub fn upstream_failed(&self, target: &str, kind: &'static str) {
+        self.all
+            .upstream_failures
+            .with_label_values(&[&self.route, target, kind])
+            .inc();
+        if kind == "connect" {
+            self.set_upstream_up(target, false);
+        }
+    }
+
+    /// Records whether a target was reachable on the last attempt.
+    pub fn set_upstream_up(&self, target: &str, up: bool) {
+        self.all
+            .upstream_up
+            .with_label_values(&[&self.route, target])
+            .set(i64::from(up));
+    }
+
+    /// Records a certificate's notAfter for `role` (`server`, `client_ca`).
+    pub fn set_expiry(&self, role: &'static str, not_after_unix: i64) {
+        self.all
+            .certificate_expiry
+            .with_label_values(&[&self.route, role])
+            .set(not_after_unix as f64);
+    }
+
+    /// Counts a TLS reload attempt.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.all
+            .tls_reloads
+            .with_label_values(&[&self.route, result])
+            .inc();
+    }
+}

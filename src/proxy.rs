@@ -1,0 +1,180 @@
+//! Assembling a running proxy from a [`Config`]: load TLS, bind every listener and the admin
+//! server, spawn the accept loops and reloaders, and drain on shutdown.
+//!
+//! Binding happens here, before anything is spawned, so a port that is taken fails start-up
+//! with its key named, and tests can configure port 0 and read back the bound addresses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::hl7::Validator;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::session::RouteContext;
+use crate::tls::{AllowList, TlsError, TlsMaterial, TlsReloader};
+use crate::upstream::Upstream;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS material of a route failed to load.
+    #[error("routes[{index}].{source}")]
+    Tls {
+        /// Index of the route.
+        index: usize,
+        /// What failed.
+        source: TlsError,
+    },
+    /// A listen address could not be bound.
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configuration key.
+        key: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy: its bound addresses and the handles to reload and stop it.
+pub struct RunningProxy {
+    /// `(route name, bound address)` in configuration order.
+    pub routes: Vec<(String, SocketAddr)>,
+    /// The bound admin address.
+    pub admin: SocketAddr,
+    metrics: Metrics,
+    admin_state: Arc<AdminState>,
+    stop_accepting: CancellationToken,
+    stop_admin: CancellationToken,
+    sessions: TaskTracker,
+    background: TaskTracker,
+    hup: watch::Sender<u64>,
+}
+
+/// Loads, binds and spawns everything described by `config`.
+pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, StartError> {
+    let stop_accepting = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let background = TaskTracker::new();
+    let (hup, hup_rx) = watch::channel(0u64);
+
+    let mut prepared = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.into_iter().enumerate() {
+        let material = TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
+        let listener = TcpListener::bind(route.listen).await.map_err(|source| StartError::Bind {
+            key: format!("routes[{index}].listen"),
+            addr: route.listen,
+            source,
+        })?;
+        prepared.push((route, material, listener));
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen).await.map_err(|source| StartError::Bind {
+        key: "admin.listen".into(),
+        addr: config.admin.listen,
+        source,
+    })?;
+    let admin_addr = local_addr(&admin_listener, config.admin.listen);
+
+    let mut routes = Vec::with_capacity(prepared.len());
+    for (route, material, listener) in prepared {
+        let addr = local_addr(&listener, route.listen);
+        let rm = metrics.route(&route.name);
+        for target in &route.upstream.targets {
+            // Unknown until the first connect: exported as down so an alert can see it.
+            rm.set_upstream_up(target, false);
+        }
+        let (reloader, tls) = TlsReloader::new(route.tls.clone(), material, rm.clone());
+        // An engine may echo the message in its ACK; anything larger is not an ACK.
+        let max_ack = route.validation.max_message_bytes.saturating_add(64 * 1024);
+        let ctx = Arc::new(RouteContext {
+            allow: AllowList::new(route.allowed_clients.clone()),
+            validator: Validator::new(&route.validation),
+            upstream: Upstream::new(route.upstream.clone(), max_ack, rm.clone()),
+            tls,
+            metrics: rm,
+            cfg: route,
+        });
+        tracing::info!(
+            route = %ctx.cfg.name,
+            listen = %addr,
+            upstream = %ctx.cfg.upstream.targets.join(","),
+            validation = ?ctx.validator.mode(),
+            "route listening"
+        );
+        routes.push((ctx.cfg.name.clone(), addr));
+        background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
+        background.spawn(listener::serve(listener, ctx, sessions.clone(), stop_accepting.clone()));
+    }
+
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+    background.spawn(admin::serve(admin_listener, admin_state.clone(), stop_admin.clone()));
+    admin_state.ready.store(true, Ordering::Release);
+    tracing::info!(admin = %admin_addr, "admin listening (/metrics, /healthz, /readyz)");
+
+    Ok(RunningProxy {
+        routes,
+        admin: admin_addr,
+        metrics,
+        admin_state,
+        stop_accepting,
+        stop_admin,
+        sessions,
+        background,
+        hup,
+    })
+}
+
+impl RunningProxy {
+    /// The metrics of this proxy.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The bound address of the route named `name`.
+    pub fn route_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.routes.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Reloads TLS material of every route now (what SIGHUP does).
+    pub fn reload_tls(&self) {
+        self.hup.send_modify(|n| *n += 1);
+    }
+
+    /// Stops accepting, lets sessions finish their current exchange for up to `drain`, then
+    /// stops the admin server. Returns whether every session ended within `drain`.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.admin_state.ready.store(false, Ordering::Release);
+        self.stop_accepting.cancel();
+        self.sessions.close();
+        let open = self.sessions.len();
+        if open > 0 {
+            tracing::info!(sessions = open, drain_timeout = ?drain, "draining sessions");
+        }
+        let drained = tokio::time::timeout(drain, self.sessions.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!(sessions = self.sessions.len(), "drain_timeout reached with sessions still open; closing them");
+        }
+        self.stop_admin.cancel();
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(6), self.background.wait()).await;
+        drained
+    }
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(configured)
+}

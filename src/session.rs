@@ -1,0 +1,470 @@
+//! One sender's connection: handshake → identity → read frame → validate → forward → await
+//! ACK → relay, in order, one message at a time.
+//!
+//! The session only stops between exchanges: once a message is written to the engine, its ACK
+//! (or the failure) is dealt with before anything else, shutdown included.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{FailureMode, RouteConfig};
+use crate::hl7::{self, Header, NakReason};
+use crate::metrics::RouteMetrics;
+use crate::mllp::{Frame, MllpCodec, MllpError};
+use crate::tls::{AllowList, ClientIdentity, TlsWatch, handshake_failure_reason};
+use crate::upstream::{Upstream, UpstreamConn, UpstreamError};
+
+/// Everything a session of one route needs, shared by all its sessions.
+pub struct RouteContext {
+    /// The route's validated configuration.
+    pub cfg: RouteConfig,
+    /// The TLS configuration in service (replaced on reload).
+    pub tls: TlsWatch,
+    /// `allowed_clients`.
+    pub allow: AllowList,
+    /// The validation rules.
+    pub validator: hl7::Validator,
+    /// The engine.
+    pub upstream: Upstream,
+    /// Metric handles bound to this route.
+    pub metrics: RouteMetrics,
+}
+
+/// Why a session ended; `side` says who caused it.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("sender closed the connection")]
+    SenderClosed,
+    #[error("idle timeout")]
+    Idle,
+    #[error("shutting down")]
+    Shutdown,
+    #[error("frame not completed within frame_timeout")]
+    FrameTimeout,
+    #[error("sender: {0}")]
+    Sender(String),
+    #[error("oversize message whose header could not be read")]
+    OversizeUnreadable,
+    #[error("upstream failed, connection closed without ACK: {0}")]
+    Upstream(UpstreamError),
+}
+
+impl SessionEnd {
+    fn side(&self) -> &'static str {
+        match self {
+            SessionEnd::Upstream(_) => "upstream",
+            SessionEnd::Shutdown => "proxy",
+            _ => "sender",
+        }
+    }
+
+    /// Routine ends are logged at debug; the rest need an operator's eye.
+    fn routine(&self) -> bool {
+        matches!(
+            self,
+            SessionEnd::SenderClosed | SessionEnd::Idle | SessionEnd::Shutdown
+        )
+    }
+}
+
+/// Serves one accepted TCP connection until the sender leaves, a limit ends it or `shutdown`.
+pub async fn serve(
+    ctx: Arc<RouteContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!(
+        "session",
+        route = %ctx.cfg.name,
+        peer = %peer,
+        conn = conn_id,
+        client = tracing::field::Empty
+    );
+    async move {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let acceptor = TlsAcceptor::from(ctx.tls.borrow().clone());
+        let tls = match tokio::time::timeout(ctx.cfg.limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = handshake_failure_reason(&e);
+                ctx.metrics.handshake_failed(reason);
+                tracing::warn!(side = "sender", reason, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.handshake_failed("timeout");
+                tracing::warn!(side = "sender", reason = "timeout", "TLS handshake not completed within handshake_timeout");
+                return;
+            }
+        };
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(ClientIdentity::from_der)
+            .unwrap_or_default();
+        tracing::Span::current().record("client", tracing::field::display(&identity));
+        let mut tls = tls;
+        if !ctx.allow.admits(&identity) {
+            ctx.metrics.clients_denied.inc();
+            tracing::warn!(side = "sender", client = %identity, "client certificate verified but not in allowed_clients; connection refused");
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            return;
+        }
+        tracing::debug!("session started");
+        let mut session = Session::new(&ctx);
+        let end = session.run(&mut tls, &shutdown).await;
+        if end.routine() {
+            tracing::debug!(side = end.side(), reason = %end, "session ended");
+        } else {
+            tracing::warn!(side = end.side(), reason = %end, "session ended");
+        }
+        // close_notify, bounded: a sender that stopped reading must not hold the task.
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// The per-connection state after the handshake; generic over the stream for tests.
+struct Session<'a> {
+    ctx: &'a RouteContext,
+    codec: MllpCodec,
+    buf: BytesMut,
+    upstream: Option<UpstreamConn>,
+    out: BytesMut,
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a RouteContext) -> Self {
+        Self {
+            ctx,
+            codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
+            buf: BytesMut::with_capacity(8 * 1024),
+            upstream: None,
+            out: BytesMut::with_capacity(1024),
+        }
+    }
+
+    async fn run<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> SessionEnd
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let frame = match self.next_frame(stream, shutdown).await {
+                Ok(f) => f,
+                Err(end) => return end,
+            };
+            if let Err(end) = self.handle(stream, frame).await {
+                return end;
+            }
+        }
+    }
+
+    /// The next frame, under `idle_timeout` between frames and `frame_timeout` within one.
+    async fn next_frame<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> Result<Frame, SessionEnd>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let limits = &self.ctx.cfg.limits;
+        let mut frame_deadline: Option<Instant> = None;
+        loop {
+            if !self.codec.in_frame() && shutdown.is_cancelled() {
+                return Err(SessionEnd::Shutdown);
+            }
+            let decoded = self.codec.decode(&mut self.buf);
+            self.count_discarded();
+            match decoded {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(SessionEnd::Sender(e.to_string())),
+            }
+            // Reading in chunks of at least 8 KiB keeps syscalls few; the codec bounds the total.
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8 * 1024);
+            }
+            let n = if self.codec.in_frame() {
+                let deadline = *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+                match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.buf)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(SessionEnd::FrameTimeout),
+                }
+            } else {
+                frame_deadline = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut self.buf)) => match r {
+                        Ok(r) => r,
+                        Err(_) => return Err(SessionEnd::Idle),
+                    },
+                }
+            };
+            match n {
+                Ok(0) => {
+                    let last = self.codec.decode_eof(&mut self.buf);
+                    self.count_discarded();
+                    return match last {
+                        Ok(Some(frame)) => Ok(frame),
+                        Ok(None) => Err(SessionEnd::SenderClosed),
+                        Err(MllpError::TruncatedFrame { received }) => Err(SessionEnd::Sender(format!(
+                            "connection closed inside a frame after {received} bytes"
+                        ))),
+                        Err(e) => Err(SessionEnd::Sender(e.to_string())),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(SessionEnd::Sender(e.to_string())),
+            }
+        }
+    }
+
+    fn count_discarded(&mut self) {
+        let n = self.codec.take_discarded();
+        if n > 0 {
+            self.ctx.metrics.discarded_bytes.inc_by(n);
+            tracing::debug!(side = "sender", bytes = n, "discarded bytes outside MLLP frames");
+        }
+    }
+
+    /// One exchange: validate, forward, relay (or NAK). `Err` ends the session.
+    async fn handle<S>(&mut self, stream: &mut S, frame: Frame) -> Result<(), SessionEnd>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let m = &self.ctx.metrics;
+        m.messages_received.inc();
+        let msg = match frame {
+            Frame::Message(msg) => msg,
+            Frame::Oversize { head, len } => {
+                m.message_bytes.observe(len as f64);
+                m.rejected("too_large");
+                // Only a complete MSH segment in the kept head is trusted for the NAK.
+                let header = head
+                    .contains(&b'\r')
+                    .then(|| Header::parse(&head).ok())
+                    .flatten()
+                    .filter(|h| !h.is_ack());
+                tracing::warn!(side = "sender", bytes = len, limit = self.ctx.cfg.validation.max_message_bytes, "message over max_message_bytes refused");
+                let Some(h) = header else {
+                    return Err(SessionEnd::OversizeUnreadable);
+                };
+                let nak = hl7::build_nak(
+                    Some(&h),
+                    NakReason::Content {
+                        code: 207,
+                        text: "message exceeds the size limit of this route",
+                    },
+                );
+                return self.reply(stream, &nak).await;
+            }
+        };
+        m.message_bytes.observe(msg.len() as f64);
+
+        let forward = match self.ctx.validator.check(&msg) {
+            Ok(bytes) => bytes,
+            Err(rejection) => {
+                let header = Header::parse(&msg).ok();
+                m.rejected(rejection.reason.label());
+                log_message("refused", header.as_ref(), msg.len());
+                if header.is_some_and(|h| h.is_ack()) {
+                    // An acknowledgment is never answered, not even with a NAK.
+                    return Ok(());
+                }
+                let nak = hl7::build_nak(header.as_ref(), rejection.reason);
+                tracing::info!(side = "sender", reason = rejection.reason.label(), control_id = %lossy(header.map_or(&[][..], |h| h.control_id)), "message refused with NAK");
+                return self.reply(stream, &nak).await;
+            }
+        };
+        let header = Header::parse(&forward).ok();
+        let is_ack = header.is_some_and(|h| h.is_ack());
+        let control_id: Bytes = header.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(h.control_id));
+        self.out.clear();
+        MllpCodec::write_frame(&forward, &mut self.out);
+        let framed = self.out.split().freeze();
+
+        if is_ack {
+            // The engine does not answer an acknowledgment; waiting for one would stall the sender.
+            let r = self.forward_only(&framed).await;
+            return match r {
+                Ok(()) => {
+                    m.messages_forwarded.inc();
+                    log_message("forwarded acknowledgment", header.as_ref(), forward.len());
+                    Ok(())
+                }
+                Err(e) => self.upstream_failed(stream, e, None).await,
+            };
+        }
+
+        let started = Instant::now();
+        let ack = match self.exchange(&framed).await {
+            Ok(ack) => ack,
+            Err(e) => return self.upstream_failed(stream, e, header.as_ref()).await,
+        };
+        m.messages_forwarded.inc();
+        let elapsed = started.elapsed();
+        let Some(info) = hl7::parse_ack(&ack) else {
+            let target = self.drop_upstream();
+            let e = UpstreamError::Protocol { target, detail: "answer is not an acknowledgment (no MSH/MSA)" };
+            return self.upstream_failed(stream, e, header.as_ref()).await;
+        };
+        // Without a readable MSH-10 (validation off) there is nothing to correlate against.
+        if !control_id.is_empty() && info.control_id != control_id.as_ref() {
+            let target = self.drop_upstream();
+            tracing::warn!(side = "upstream", expected = %lossy(&control_id), got = %lossy(info.control_id), "ACK MSA-2 does not match MSH-10; ACK dropped");
+            let e = UpstreamError::Protocol { target, detail: "ACK MSA-2 does not match the message's MSH-10" };
+            return self.upstream_failed(stream, e, header.as_ref()).await;
+        }
+        m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
+        m.ack(info.code.as_str());
+        tracing::debug!(
+            message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
+            control_id = %lossy(&control_id),
+            bytes = forward.len(),
+            ack = %info.code,
+            upstream_ms = elapsed.as_secs_f64() * 1000.0,
+            "relayed ACK"
+        );
+        self.reply(stream, &ack).await
+    }
+
+    /// Forwards over the kept connection (reconnecting when the engine dropped it) and reads
+    /// one answer. A reused connection that fails before answering anything is retried once on
+    /// a fresh one: that is the engine having closed it just as we wrote.
+    async fn exchange(&mut self, framed: &[u8]) -> Result<Bytes, UpstreamError> {
+        let ack_timeout = self.ctx.upstream.ack_timeout();
+        let reused = self.ensure_upstream().await?;
+        let first = self.conn_mut()?.exchange(framed, ack_timeout).await;
+        match first {
+            Ok(ack) => Ok(ack),
+            Err(UpstreamError::Closed { answered: false, target, detail }) if reused => {
+                tracing::debug!(side = "upstream", target = %target, detail = %detail, "reused upstream connection was closed; retrying on a new one");
+                self.upstream = None;
+                self.ensure_upstream().await?;
+                let second = self.conn_mut()?.exchange(framed, ack_timeout).await;
+                if second.is_err() {
+                    self.upstream = None;
+                }
+                second
+            }
+            Err(e) => {
+                self.upstream = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn forward_only(&mut self, framed: &[u8]) -> Result<(), UpstreamError> {
+        let timeout = self.ctx.upstream.ack_timeout();
+        self.ensure_upstream().await?;
+        let r = self.conn_mut()?.send_only(framed, timeout).await;
+        if r.is_err() {
+            self.upstream = None;
+        }
+        r
+    }
+
+    /// Makes sure an open upstream connection exists; returns whether it was reused.
+    async fn ensure_upstream(&mut self) -> Result<bool, UpstreamError> {
+        if let Some(conn) = self.upstream.as_mut() {
+            match conn.check_idle() {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    let target = conn.target().to_string();
+                    if e.kind() == "protocol" {
+                        self.ctx.metrics.upstream_failed(&target, "protocol");
+                        tracing::warn!(side = "upstream", target = %target, error = %e, "upstream connection discarded");
+                    } else {
+                        tracing::debug!(side = "upstream", target = %target, error = %e, "engine closed the idle connection; reconnecting");
+                    }
+                    self.upstream = None;
+                }
+            }
+        }
+        self.upstream = Some(self.ctx.upstream.connect().await?);
+        Ok(false)
+    }
+
+    fn conn_mut(&mut self) -> Result<&mut UpstreamConn, UpstreamError> {
+        self.upstream
+            .as_mut()
+            .ok_or_else(|| UpstreamError::Connect("no connection".into()))
+    }
+
+    fn drop_upstream(&mut self) -> String {
+        self.upstream
+            .take()
+            .map(|c| c.target().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Applies `on_upstream_failure`: close without ACK, or answer AR/CR.
+    async fn upstream_failed<S>(&mut self, stream: &mut S, e: UpstreamError, header: Option<&Header<'_>>) -> Result<(), SessionEnd>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        self.upstream = None;
+        let m = &self.ctx.metrics;
+        if let Some(target) = e.target() {
+            m.upstream_failed(target, e.kind());
+        }
+        // Connect failures were counted per target as each was tried.
+        tracing::warn!(side = "upstream", kind = e.kind(), error = %e, "upstream failure");
+        let answerable = header.is_some_and(|h| !h.is_ack());
+        match (self.ctx.cfg.on_upstream_failure, answerable) {
+            (FailureMode::Nak, true) => {
+                m.rejected(NakReason::UpstreamFailed.label());
+                let nak = hl7::build_nak(header, NakReason::UpstreamFailed);
+                self.reply(stream, &nak).await
+            }
+            _ => Err(SessionEnd::Upstream(e)),
+        }
+    }
+
+    /// Writes one framed answer to the sender, bounded by `frame_timeout`.
+    async fn reply<S>(&mut self, stream: &mut S, msg: &[u8]) -> Result<(), SessionEnd>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        self.out.clear();
+        MllpCodec::write_frame(msg, &mut self.out);
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.ctx.cfg.limits.frame_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionEnd::Sender(format!("writing the answer failed: {e}"))),
+            Err(_) => Err(SessionEnd::Sender("sender did not read its answer within frame_timeout".into())),
+        }
+    }
+}
+
+fn log_message(what: &str, header: Option<&Header<'_>>, len: usize) {
+    tracing::debug!(
+        message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
+        control_id = %lossy(header.map_or(&[][..], |h| h.control_id)),
+        bytes = len,
+        "{what}"
+    );
+}
+
+/// Header fields for logs. Bounded in length: a hostile sender controls these bytes.
+fn lossy(b: &[u8]) -> String {
+    let b = &b[..b.len().min(64)];
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,284 @@
+//! TLS: building the rustls server configuration of a route from its PEM files, the client
+//! verifier (client CA, CRLs), identity extraction and allow-lists, and reloading.
+//!
+//! Loading is all-or-nothing: [`TlsMaterial::load`] reads every file, checks that the pieces fit
+//! together and only then yields a configuration, so a half-written secret never reaches a
+//! handshake.
+
+mod identity;
+mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::config::{TlsConfig, TlsVersion};
+
+pub use identity::{AllowList, ClientIdentity};
+pub use reload::{TlsReloader, TlsWatch};
+
+/// A TLS material error: the configuration key, the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {path}: {reason}")]
+pub struct TlsError {
+    /// The configuration key that names the file (`tls.certificate`, …).
+    pub key: &'static str,
+    /// The file at fault.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Certificate lifetimes, for the expiry metric and `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// notAfter of the server (leaf) certificate, Unix seconds.
+    pub server_not_after: i64,
+    /// Earliest notAfter among the client CA certificates, Unix seconds.
+    pub client_ca_not_after: i64,
+}
+
+/// A loaded, consistent set of TLS material for one route.
+pub struct TlsMaterial {
+    /// The configuration new handshakes use.
+    pub server_config: Arc<ServerConfig>,
+    /// Lifetimes of what was loaded.
+    pub expiry: Expiry,
+    /// Subject of the server certificate, for `check` and logs.
+    pub server_subject: String,
+    /// Number of client CA certificates and CRLs loaded.
+    pub counts: (usize, usize),
+    /// Next-update times of the CRLs (Unix seconds), for `check`.
+    pub crl_next_updates: Vec<(PathBuf, Option<i64>)>,
+    /// The raw file contents, compared on each poll to detect changes.
+    pub(crate) fingerprint: Vec<Vec<u8>>,
+}
+
+/// The crypto provider used everywhere: aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TlsMaterial {
+    /// Reads and checks the files named by `cfg`.
+    pub fn load(cfg: &TlsConfig) -> Result<Self, TlsError> {
+        let files = read_files(cfg)?;
+        Self::from_contents(cfg, files)
+    }
+
+    fn from_contents(cfg: &TlsConfig, files: Vec<Vec<u8>>) -> Result<Self, TlsError> {
+        let provider = provider();
+        let err = |key: &'static str, path: &Path, reason: String| TlsError {
+            key,
+            path: path.to_path_buf(),
+            reason,
+        };
+
+        let chain = parse_certs(&files[0])
+            .map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
+        let key = PrivateKeyDer::from_pem_slice(&files[1])
+            .map_err(|e| err("tls.private_key", &cfg.private_key, format!("no usable PEM private key ({e})")))?;
+        let (server_not_after, server_subject) = leaf_info(&chain[0])
+            .map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+            |e| err("tls.private_key", &cfg.private_key, format!("does not fit the certificate: {e}")),
+        )?;
+
+        let cas = parse_certs(&files[2]).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
+        let mut roots = RootCertStore::empty();
+        let mut client_ca_not_after = i64::MAX;
+        for ca in &cas {
+            let (not_after, _) = leaf_info(ca).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
+            client_ca_not_after = client_ca_not_after.min(not_after);
+            roots
+                .add(ca.clone())
+                .map_err(|e| err("tls.client_ca", &cfg.client_ca, format!("not a usable CA certificate: {e}")))?;
+        }
+
+        let mut crls = Vec::with_capacity(cfg.crl.len());
+        let mut crl_next_updates = Vec::with_capacity(cfg.crl.len());
+        for (path, bytes) in cfg.crl.iter().zip(&files[3..]) {
+            let der = if bytes.starts_with(b"-----BEGIN") {
+                CertificateRevocationListDer::from_pem_slice(bytes)
+                    .map_err(|e| err("tls.crl", path, format!("no PEM X509 CRL ({e})")))?
+            } else {
+                CertificateRevocationListDer::from(bytes.clone())
+            };
+            let next = crl_next_update(der.as_ref()).map_err(|r| err("tls.crl", path, r))?;
+            crl_next_updates.push((path.clone(), next));
+            crls.push(der);
+        }
+        let crl_count = crls.len();
+
+        // Revocation is checked for the sender's own certificate; a sender whose CA has no CRL
+        // configured is not refused for that (the CA bundle may mix CAs with and without CRLs).
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| {
+                let (key, path) = if cfg.crl.is_empty() {
+                    ("tls.client_ca", &cfg.client_ca)
+                } else {
+                    ("tls.crl", &cfg.crl[0])
+                };
+                err(key, path, format!("client verifier: {e}"))
+            })?;
+
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let server_config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| err("tls.min_version", &cfg.certificate, e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| err("tls.certificate", &cfg.certificate, e.to_string()))?;
+
+        Ok(TlsMaterial {
+            server_config: Arc::new(server_config),
+            expiry: Expiry {
+                server_not_after,
+                client_ca_not_after,
+            },
+            server_subject,
+            counts: (cas.len(), crl_count),
+            crl_next_updates,
+            fingerprint: files,
+        })
+    }
+}
+
+/// Reads every file of `cfg` in a fixed order: certificate, key, client CA, CRLs.
+fn read_files(cfg: &TlsConfig) -> Result<Vec<Vec<u8>>, TlsError> {
+    let mut named: Vec<(&'static str, &Path)> = vec![
+        ("tls.certificate", &cfg.certificate),
+        ("tls.private_key", &cfg.private_key),
+        ("tls.client_ca", &cfg.client_ca),
+    ];
+    named.extend(cfg.crl.iter().map(|p| ("tls.crl", p.as_path())));
+    named
+        .into_iter()
+        .map(|(key, path)| {
+            std::fs::read(path).map_err(|e| TlsError {
+                key,
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err("no PEM CERTIFICATE block found".into());
+    }
+    Ok(certs)
+}
+
+/// notAfter (Unix seconds) and subject of a certificate.
+fn leaf_info(der: &CertificateDer<'_>) -> Result<(i64, String), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    Ok((
+        cert.validity().not_after.timestamp(),
+        cert.subject().to_string(),
+    ))
+}
+
+fn crl_next_update(der: &[u8]) -> Result<Option<i64>, String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not an X.509 CRL ({e})"))?;
+    Ok(crl.next_update().map(|t| t.timestamp()))
+}
+
+/// A client configuration for the tool commands and tests: trust `ca`, present `cert_key`.
+pub fn client_config(
+    ca: &Path,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|e| TlsError {
+            key,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let mut roots = RootCertStore::empty();
+    for ca_cert in parse_certs(&read("--ca", ca)?).map_err(|reason| TlsError {
+        key: "--ca",
+        path: ca.to_path_buf(),
+        reason,
+    })? {
+        roots.add(ca_cert).map_err(|e| TlsError {
+            key: "--ca",
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            key: "--ca",
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let config = match cert_key {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = parse_certs(&read("--cert", cert)?).map_err(|reason| TlsError {
+                key: "--cert",
+                path: cert.to_path_buf(),
+                reason,
+            })?;
+            let pk = PrivateKeyDer::from_pem_slice(&read("--key", key)?).map_err(|e| TlsError {
+                key: "--key",
+                path: key.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, pk)
+                .map_err(|e| TlsError {
+                    key: "--key",
+                    path: key.to_path_buf(),
+                    reason: e.to_string(),
+                })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// Maps a failed handshake to a bounded metric label.
+pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => "eof",
+            _ => "io",
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_client_cert",
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => "expired",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(CertificateError::Revoked) => "revoked",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::InvalidMessage(_) => "not_tls",
+        Error::AlertReceived(_) => "alert",
+        _ => "protocol",
+    }
+}
