@@ -1,0 +1,335 @@
+//! The core promises: delivery in order, identity at the door, upstream failures never turning
+//! into a positive ACK, framing quirks, and a clean drain on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mllp_proxy::cli::MllpClient;
+use mllp_proxy::mllp::MllpCodec;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
+    // One sender, 1,000 messages: the engine sees each byte-identical and in order, and every
+    // ACK the sender gets carries the matching MSA-2.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let sent: Vec<Vec<u8>> = (0..1000).map(|i| adt(&format!("ONE-{i:04}"))).collect();
+    for (i, msg) in sent.iter().enumerate() {
+        let ack = client.exchange(msg, T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), format!("ONE-{i:04}")));
+    }
+    let received = engine.received();
+    assert_eq!(received.len(), 1000);
+    for (got, want) in received.iter().zip(&sent) {
+        assert_eq!(got.as_ref(), want.as_slice());
+    }
+    assert_eq!(metric(&proxy, "mllp_proxy_messages_forwarded_total{route=\"test\"}").await, 1000.0);
+    assert_eq!(metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await, 1000.0);
+    // One upstream connection carried everything: connections are kept, not made per message.
+    assert_eq!(engine.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_senders_are_each_served_in_order() {
+    // 20 senders × 50 messages at once: per connection, order and correlation hold.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        tasks.push(tokio::spawn(async move {
+            let mut client = MllpClient::connect(&target, T).await.expect("connect");
+            for i in 0..50 {
+                let id = format!("C{c:02}-{i:03}");
+                let ack = client.exchange(&adt(&id), T).await.expect("ACK");
+                assert_eq!(msa(&ack), ("AA".into(), id));
+            }
+            client.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender task");
+    }
+    let received = engine.received();
+    assert_eq!(received.len(), 1000);
+    for c in 0..20 {
+        let prefix = format!("|C{c:02}-");
+        let ids: Vec<String> = received
+            .iter()
+            .filter_map(|m| {
+                let s = String::from_utf8_lossy(m);
+                s.find(&prefix).map(|at| s[at + 1..at + 8].to_string())
+            })
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| format!("C{c:02}-{i:03}")).collect();
+        assert_eq!(ids, want, "sender {c}");
+    }
+    assert!(eventually(T, || async { metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0 }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_read() {
+    // No certificate, a certificate from another CA, an expired one: the handshake fails, the
+    // sender gets no answer, and the engine sees nothing.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    for (which, reason) in [
+        (ClientCert::None, "no_client_cert"),
+        (ClientCert::OtherCa, "unknown_ca"),
+        (ClientCert::Expired, "expired"),
+    ] {
+        let target = pki.target(proxy.routes[0].1, which);
+        // With TLS 1.3 the client finishes its side first and learns of the refusal on read.
+        let outcome = match MllpClient::connect(&target, T).await {
+            Err(_) => None,
+            Ok(mut c) => Some(c.exchange(&adt("REFUSED-1"), T).await),
+        };
+        assert!(matches!(outcome, None | Some(Err(_))), "{which:?} got an answer: {outcome:?}");
+        let sample = format!("mllp_proxy_tls_handshake_failures_total{{reason=\"{reason}\",route=\"test\"}}");
+        assert!(eventually(T, || async { metric(&proxy, &sample).await == 1.0 }).await, "{sample}");
+    }
+    assert!(engine.received().is_empty());
+    assert_eq!(metric(&proxy, "mllp_proxy_messages_received_total{route=\"test\"}").await, 0.0);
+}
+
+/// Sends one message through a proxy whose engine misbehaves as `bad`, in `mode`, and checks
+/// the sender never sees a positive ACK; then the engine recovers and delivery resumes.
+async fn upstream_failure_case(bad: Behaviour, mode: &str) {
+    let pki = Pki::new();
+    let engine = Engine::start(bad).await;
+    let extra = format!("    on_upstream_failure: {mode}\n");
+    let mut cfg = pki.config(&[engine.target()], &extra);
+    cfg.routes[0].upstream.ack_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let answer = client.exchange(&adt("FAIL-1"), T).await;
+    match mode {
+        "close" => assert!(answer.is_err(), "{bad:?}: expected the connection closed, got {answer:?}"),
+        _ => {
+            let answer = answer.expect("a NAK");
+            assert_eq!(msa(&answer), ("AR".into(), "FAIL-1".into()), "{bad:?}");
+        }
+    }
+    // Once the engine behaves, the next message is delivered.
+    engine.set(Behaviour::Ack);
+    let mut client = if mode == "close" { connect(&pki, &proxy, ClientCert::Good).await } else { client };
+    let ack = client.exchange(&adt("FAIL-2"), T).await.expect("delivered after recovery");
+    assert_eq!(msa(&ack), ("AA".into(), "FAIL-2".into()));
+    let kind = match bad {
+        Behaviour::Silent => "timeout",
+        Behaviour::CloseAfterRead => "closed",
+        _ => "protocol",
+    };
+    let sample = format!(
+        "mllp_proxy_upstream_failures_total{{kind=\"{kind}\",route=\"test\",target=\"{}\"}}",
+        engine.target()
+    );
+    assert_eq!(metric(&proxy, &sample).await, 1.0, "{sample}");
+    assert_eq!(metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_engine_never_yields_a_positive_ack() {
+    // The engine accepts but never answers: ack_timeout, then close (or AR in nak mode).
+    upstream_failure_case(Behaviour::Silent, "close").await;
+    upstream_failure_case(Behaviour::Silent, "nak").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_closing_after_reading_never_yields_a_positive_ack() {
+    // The engine reads the message and closes without answering.
+    upstream_failure_case(Behaviour::CloseAfterRead, "close").await;
+    upstream_failure_case(Behaviour::CloseAfterRead, "nak").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_with_wrong_control_id_or_garbage_is_dropped() {
+    // An ACK whose MSA-2 is not the message's MSH-10, or an answer that is not an ACK.
+    upstream_failure_case(Behaviour::WrongControlId, "close").await;
+    upstream_failure_case(Behaviour::WrongControlId, "nak").await;
+    upstream_failure_case(Behaviour::Garbage, "nak").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_refusing_connections_then_coming_back() {
+    // Nothing listens on the target: close mode closes, nak mode answers AR; when the engine
+    // starts on that port, the next message is delivered.
+    for mode in ["close", "nak"] {
+        let pki = Pki::new();
+        let addr = unused_addr().await;
+        let proxy = start_proxy(pki.config(&[addr.to_string()], &format!("    on_upstream_failure: {mode}\n"))).await;
+        let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+        let answer = client.exchange(&adt("DOWN-1"), T).await;
+        if mode == "close" {
+            assert!(answer.is_err(), "{answer:?}");
+            client = connect(&pki, &proxy, ClientCert::Good).await;
+        } else {
+            let nak = answer.expect("NAK");
+            assert_eq!(msa(&nak), ("AR".into(), "DOWN-1".into()));
+            assert!(String::from_utf8_lossy(&nak).contains("upstream engine failed"));
+        }
+        let sample = format!("mllp_proxy_upstream_up{{route=\"test\",target=\"{addr}\"}}");
+        assert_eq!(metric(&proxy, &sample).await, 0.0);
+        let engine = Engine::start_on(addr, Behaviour::Ack).await;
+        let ack = client.exchange(&adt("DOWN-2"), T).await.expect("delivered");
+        assert_eq!(msa(&ack), ("AA".into(), "DOWN-2".into()));
+        assert_eq!(engine.received().len(), 1);
+        assert_eq!(metric(&proxy, &sample).await, 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_target_takes_over_when_the_first_is_down() {
+    // Targets are tried in order: the first refuses, the second delivers.
+    let pki = Pki::new();
+    let down = unused_addr().await;
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[down.to_string(), engine.target()], "")).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let ack = client.exchange(&adt("FO-1"), T).await.expect("ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "FO-1".into()));
+    assert_eq!(engine.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_that_closes_after_every_ack_does_not_fail_the_next_message() {
+    // A quirky engine closes after each ACK: the proxy notices before reuse and reconnects.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::CloseAfterAck).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    for i in 0..20 {
+        let id = format!("Q-{i}");
+        let ack = client.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+    }
+    assert_eq!(engine.received().len(), 20);
+    assert_eq!(engine.connections(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_quirks_are_absorbed() {
+    // A frame split byte by byte, two frames in one write, garbage between frames, and an
+    // oversize frame (NAKed, and the connection still usable afterwards).
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].validation.max_message_bytes = 2048;
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+
+    let wire = MllpCodec::frame(&adt("SPLIT-1"));
+    for b in wire.iter() {
+        client.send_raw(&[*b]).await.expect("write");
+    }
+    assert_eq!(msa(&client.recv().await.expect("ACK")), ("AA".into(), "SPLIT-1".into()));
+
+    let mut two = MllpCodec::frame(&adt("TWO-1")).to_vec();
+    two.extend_from_slice(&MllpCodec::frame(&adt("TWO-2")));
+    client.send_raw(&two).await.expect("write");
+    assert_eq!(msa(&client.recv().await.expect("ACK")).1, "TWO-1");
+    assert_eq!(msa(&client.recv().await.expect("ACK")).1, "TWO-2");
+
+    let mut noisy = b"\r\n  noise \x00\xff".to_vec();
+    noisy.extend_from_slice(&MllpCodec::frame(&adt("NOISY-1")));
+    noisy.extend_from_slice(b"\n\n");
+    client.send_raw(&noisy).await.expect("write");
+    assert_eq!(msa(&client.recv().await.expect("ACK")).1, "NOISY-1");
+
+    let mut big = adt("BIG-1");
+    big.extend_from_slice(b"NTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 10_000));
+    big.push(b'\r');
+    let nak = client.exchange(&big, T).await.expect("NAK for oversize");
+    assert_eq!(msa(&nak), ("AE".into(), "BIG-1".into()));
+
+    let ack = client.exchange(&adt("AFTER-1"), T).await.expect("still usable");
+    assert_eq!(msa(&ack), ("AA".into(), "AFTER-1".into()));
+
+    let ids: Vec<String> = engine
+        .received()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).split('|').nth(9).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids, ["SPLIT-1", "TWO-1", "TWO-2", "NOISY-1", "AFTER-1"]);
+    assert_eq!(metric(&proxy, "mllp_proxy_messages_rejected_total{reason=\"too_large\",route=\"test\"}").await, 1.0);
+    assert!(metric(&proxy, "mllp_proxy_discarded_bytes_total{route=\"test\"}").await >= 13.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frame_without_a_readable_header_closes_the_connection() {
+    // Not even MSH in the first bytes: there is nobody to address a NAK to, so the connection
+    // is closed and the sender resends (or its operator looks).
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].validation.max_message_bytes = 1024;
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let answer = client.exchange(&vec![b'z'; 100_000], T).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(engine.received().is_empty());
+}
+
+#[test]
+fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
+    // The real binary: SIGTERM arrives while the engine is still working on a message. The ACK
+    // still reaches the sender, then the process exits 0.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(1500))));
+    let yaml = pki.config_yaml(&[engine.target()], "").replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let mut child = Command::new(binary())
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn mllp-proxy");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("proxy logged its listener").expect("read log");
+        if line.contains("route listening") {
+            let at = line.find("\"listen\":\"").expect("listen field") + 10;
+            let end = line[at..].find('"').expect("end quote");
+            break line[at..at + end].parse().expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    let outcome = rt.block_on(async {
+        let mut client = MllpClient::connect(&pki.target(addr, ClientCert::Good), T).await.expect("connect");
+        client.send(&adt("TERM-1")).await.expect("send");
+        assert!(eventually(T, || async { engine.received().len() == 1 }).await, "engine got the message");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        client.recv().await
+    });
+    let ack = outcome.expect("ACK relayed despite SIGTERM");
+    assert_eq!(msa(&ack), ("AA".into(), "TERM-1".into()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("proxy did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,6 @@
+//! Integration tests: real sockets on loopback, real TLS handshakes with certificates made per
+//! test, a stand-in engine, the binary itself where signals matter, and third-party HL7 peers.
+
+mod core;
+mod interop;
+mod support;

@@ -1,0 +1,345 @@
+//! Test support: certificates made with rcgen per test, a stand-in engine with misbehaviours,
+//! and a proxy started in-process on port 0.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mllp_proxy::cli::{ClientTarget, MllpClient, TlsArgs};
+use mllp_proxy::config::Config;
+use mllp_proxy::hl7::{Header, build_accept};
+use mllp_proxy::metrics::Metrics;
+use mllp_proxy::mllp::{Frame, MllpCodec};
+use mllp_proxy::proxy::RunningProxy;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// A test PKI in a temporary folder: a CA, a server certificate for localhost/127.0.0.1 and
+/// client certificates (good, from another CA, expired).
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+    other_ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// Which client certificate a test connects with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    Good,
+    None,
+    OtherCa,
+    Expired,
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertifiedIssuer::self_signed(ca_params("test CA"), KeyPair::generate().expect("key")).expect("ca");
+        let other_ca = CertifiedIssuer::self_signed(ca_params("other CA"), KeyPair::generate().expect("key")).expect("ca");
+        let pki = Pki { dir, ca, other_ca };
+        std::fs::write(pki.path("ca.crt"), pki.ca.pem()).expect("write");
+        std::fs::write(pki.path("other-ca.crt"), pki.other_ca.pem()).expect("write");
+        pki.issue_server("server", "localhost");
+        pki.issue_client("client", "lab-sender", &["lab.example.org"], &["spiffe://hospital.test/lab"], false, false);
+        pki.issue_client("other", "lab-sender", &["lab.example.org"], &[], true, false);
+        pki.issue_client("expired", "lab-sender", &["lab.example.org"], &[], false, true);
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `NAME.crt` and `NAME.key`: a server certificate for `cn`, localhost and 127.0.0.1.
+    pub fn issue_server(&self, name: &str, cn: &str) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &self.ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+
+    /// Writes `NAME.crt` and `NAME.key`: a client certificate.
+    pub fn issue_client(&self, name: &str, cn: &str, dns: &[&str], uris: &[&str], other_ca: bool, expired: bool) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).expect("params");
+        for u in uris {
+            p.subject_alt_names.push(SanType::URI(u.to_string().try_into().expect("uri")));
+        }
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let issuer = if other_ca { &self.other_ca } else { &self.ca };
+        let cert = p.signed_by(&key, issuer).expect("sign");
+        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+
+    /// The client-side TLS target for `addr` with the given certificate.
+    pub fn target(&self, addr: SocketAddr, which: ClientCert) -> ClientTarget {
+        let name = match which {
+            ClientCert::Good => Some("client"),
+            ClientCert::None => None,
+            ClientCert::OtherCa => Some("other"),
+            ClientCert::Expired => Some("expired"),
+        };
+        TlsArgs {
+            ca: Some(self.path("ca.crt")),
+            cert: name.map(|n| self.path(&format!("{n}.crt"))),
+            key: name.map(|n| self.path(&format!("{n}.key"))),
+            server_name: Some("localhost".into()),
+        }
+        .target(&addr.to_string())
+        .expect("client target")
+    }
+
+    /// A route configuration YAML forwarding to `targets`, with `extra` appended to the route.
+    pub fn config_yaml(&self, targets: &[String], extra: &str) -> String {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            r#"
+admin:
+  listen: "127.0.0.1:0"
+shutdown:
+  drain_timeout: 10s
+routes:
+  - name: test
+    listen: "127.0.0.1:0"
+    tls:
+      certificate: server.crt
+      private_key: server.key
+      client_ca: ca.crt
+    upstream:
+      targets: [{}]
+      connect_timeout: 1s
+      ack_timeout: 2s
+{extra}"#,
+            targets.join(", ")
+        )
+    }
+
+    /// The validated configuration of [`Pki::config_yaml`].
+    pub fn config(&self, targets: &[String], extra: &str) -> Config {
+        Config::from_yaml(&self.config_yaml(targets, extra), self.dir.path()).expect("test config")
+    }
+}
+
+/// Starts a proxy in-process on loopback port 0.
+pub async fn start_proxy(config: Config) -> RunningProxy {
+    mllp_proxy::proxy::start(config, Metrics::new().expect("metrics"))
+        .await
+        .expect("proxy starts")
+}
+
+/// Connects a client to the proxy's only route.
+pub async fn connect(pki: &Pki, proxy: &RunningProxy, which: ClientCert) -> MllpClient {
+    let addr = proxy.routes[0].1;
+    MllpClient::connect(&pki.target(addr, which), Duration::from_secs(5))
+        .await
+        .expect("client connects")
+}
+
+/// What the stand-in engine does with each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers AA with the right MSA-2.
+    Ack,
+    /// Reads and never answers.
+    Silent,
+    /// Reads the message, then closes the connection.
+    CloseAfterRead,
+    /// Answers AA with a wrong MSA-2.
+    WrongControlId,
+    /// Answers something that is not an acknowledgment.
+    Garbage,
+    /// Answers AA after a delay.
+    Delay(Duration),
+    /// Answers AA, then closes the connection (a quirk of some legacy engines).
+    CloseAfterAck,
+}
+
+/// A stand-in legacy engine on plain MLLP, recording what it receives.
+pub struct Engine {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Bytes>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    connections: Arc<Mutex<usize>>,
+    stop: CancellationToken,
+}
+
+impl Engine {
+    pub async fn start(b: Behaviour) -> Engine {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), b).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, b: Behaviour) -> Engine {
+        let listener = TcpListener::bind(addr).await.expect("engine binds");
+        let addr = listener.local_addr().expect("addr");
+        let engine = Engine {
+            addr,
+            received: Arc::default(),
+            behaviour: Arc::new(Mutex::new(b)),
+            connections: Arc::default(),
+            stop: CancellationToken::new(),
+        };
+        let (received, behaviour, stop, conns) = (
+            engine.received.clone(),
+            engine.behaviour.clone(),
+            engine.stop.clone(),
+            engine.connections.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((tcp, _)) = accepted else { continue };
+                *conns.lock().expect("lock") += 1;
+                let (received, behaviour, stop) = (received.clone(), behaviour.clone(), stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = engine_connection(tcp, received, behaviour) => {}
+                    }
+                });
+            }
+        });
+        engine
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().expect("lock") = b;
+    }
+
+    pub fn received(&self) -> Vec<Bytes> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        *self.connections.lock().expect("lock")
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn engine_connection(mut tcp: TcpStream, received: Arc<Mutex<Vec<Bytes>>>, behaviour: Arc<Mutex<Behaviour>>) {
+    let mut codec = MllpCodec::new(64 << 20);
+    let mut buf = BytesMut::new();
+    loop {
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            let Frame::Message(msg) = frame else { continue };
+            received.lock().expect("lock").push(msg.clone());
+            let b = *behaviour.lock().expect("lock");
+            let header = Header::parse(&msg).ok();
+            let answer = match b {
+                Behaviour::Silent => continue,
+                Behaviour::CloseAfterRead => return,
+                Behaviour::Garbage => b"this is not HL7".to_vec(),
+                Behaviour::WrongControlId => {
+                    let ack = String::from_utf8_lossy(&build_accept(header.as_ref())).into_owned();
+                    let id = header.map(|h| String::from_utf8_lossy(h.control_id).into_owned()).unwrap_or_default();
+                    ack.replace(&format!("MSA|AA|{id}"), "MSA|AA|SOMETHING-ELSE").into_bytes()
+                }
+                Behaviour::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    build_accept(header.as_ref())
+                }
+                Behaviour::Ack | Behaviour::CloseAfterAck => build_accept(header.as_ref()),
+            };
+            if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
+                return;
+            }
+            if b == Behaviour::CloseAfterAck {
+                return;
+            }
+        }
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A free loopback port with nothing listening on it (for "connection refused").
+pub async fn unused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A valid ADT^A01 with control ID `id` and a made-up patient.
+pub fn adt(id: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|ADT|WARD|LAB|HOSP|20261126120000||ADT^A01^ADT_A01|{id}|P|2.5.1\rEVN|A01|20261126120000\rPID|1||MRN{id}^^^HOSP^MR||DOE^JANE||19800101|F\r"
+    )
+    .into_bytes()
+}
+
+/// MSA-1 and MSA-2 of an answer, as strings.
+pub fn msa(answer: &[u8]) -> (String, String) {
+    let info = mllp_proxy::hl7::parse_ack(answer).expect("answer is an acknowledgment");
+    (info.code.to_string(), String::from_utf8_lossy(info.control_id).into_owned())
+}
+
+/// Scrapes `/metrics` over HTTP and returns the value of the sample `name{labels}` (0 if absent).
+pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
+    let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics").await.expect("scrape");
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("number"))
+}
+
+/// Polls `check` until it is true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The binary under test.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mllp-proxy"))
+}
