@@ -270,7 +270,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{text}` has an unknown unit `{unit}` (ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -648,7 +652,8 @@ impl RawRoute {
         for (j, t) in v.message_types.iter().enumerate() {
             let ok = !t.is_empty()
                 && t.split('^').count() <= 2
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'^' || b == b'*');
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'^' || b == b'*');
             if !ok {
                 return Err(invalid(
                     format!("{k}.validation.message_types[{j}]"),
@@ -710,7 +715,10 @@ impl RawClientMatcher {
             set.push(ClientMatcher::Email(v));
         }
         if set.len() != 1 {
-            return Err(invalid(k, "each entry takes exactly one of cn, dns, uri, email"));
+            return Err(invalid(
+                k,
+                "each entry takes exactly one of cn, dns, uri, email",
+            ));
         }
         let m = set.remove(0);
         let value = match &m {
@@ -723,7 +731,11 @@ impl RawClientMatcher {
             return Err(invalid(k, "the value must not be empty"));
         }
         if let ClientMatcher::Dns(v) = &m {
-            if v.contains('*') && !(v.starts_with("*.") && !v[2..].contains('*')) {
+            let wildcard_ok = match v.strip_prefix("*.") {
+                Some(rest) => !rest.is_empty() && !rest.contains('*'),
+                None => !v.contains('*'),
+            };
+            if !wildcard_ok {
                 return Err(invalid(
                     k,
                     format!("`{v}`: a wildcard is allowed only as a leading `*.`"),
@@ -775,7 +787,10 @@ routes:
 
     #[test]
     fn unknown_key_is_named_with_its_path() {
-        let yaml = MINIMAL.replace("client_ca: tls/ca.crt", "client_ca: tls/ca.crt\n      cliant: x");
+        let yaml = MINIMAL.replace(
+            "client_ca: tls/ca.crt",
+            "client_ca: tls/ca.crt\n      cliant: x",
+        );
         let e = err(&yaml);
         assert!(e.contains("routes[0].tls"), "{e}");
         assert!(e.contains("cliant"), "{e}");
@@ -784,7 +799,11 @@ routes:
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("listen: \"127.0.0.1:2575\"", "listen: \"nowhere\"", "routes[0].listen"),
+            (
+                "listen: \"127.0.0.1:2575\"",
+                "listen: \"nowhere\"",
+                "routes[0].listen",
+            ),
             ("name: lab", "name: Lab Results", "routes[0].name"),
             (
                 "targets: [\"127.0.0.1:3575\"]",
@@ -796,7 +815,11 @@ routes:
                 "targets: [\"engine\"]",
                 "routes[0].upstream.targets[0]",
             ),
-            ("targets: [\"127.0.0.1:3575\"]", "targets: []", "routes[0].upstream.targets"),
+            (
+                "targets: [\"127.0.0.1:3575\"]",
+                "targets: []",
+                "routes[0].upstream.targets",
+            ),
         ];
         for (from, to, key) in cases {
             let e = err(&MINIMAL.replace(from, to));

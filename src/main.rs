@@ -50,7 +50,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -119,14 +122,9 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
-    loop {
-        match signals.next().await {
-            Signal::Reload => {
-                tracing::info!("SIGHUP: reloading TLS material");
-                proxy.reload_tls();
-            }
-            Signal::Terminate => break,
-        }
+    while signals.next().await == Signal::Reload {
+        tracing::info!("SIGHUP: reloading TLS material");
+        proxy.reload_tls();
     }
     tracing::info!("stopping: no new connections; finishing in-flight exchanges");
     let drained = proxy.shutdown(drain).await;
@@ -177,7 +175,11 @@ fn report(r: Result<bool, cli::ClientError>) -> ExitCode {
 }
 
 fn status(ok: bool) -> ExitCode {
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides `level`.
@@ -187,6 +189,7 @@ fn init_tracing(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

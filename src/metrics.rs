@@ -6,8 +6,8 @@
 //! or message content.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
@@ -18,8 +18,17 @@ const SECONDS_BUCKETS: &[f64] = &[
 
 /// Buckets for message sizes: 128 B to 64 MiB.
 const BYTES_BUCKETS: &[f64] = &[
-    128.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0,
-    16_777_216.0, 67_108_864.0,
+    128.0,
+    512.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
 ];
 
 /// All metrics of one proxy process.
@@ -96,21 +105,27 @@ impl Metrics {
     /// Creates and registers every metric, plus `process_*` on Linux.
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["route"])?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    &["route"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let certificate_expiry = GaugeVec::new(
             Opts::new(
                 "mllp_proxy_certificate_expiry_timestamp_seconds",
@@ -121,31 +136,96 @@ impl Metrics {
         registry.register(Box::new(certificate_expiry.clone()))?;
 
         let m = Metrics {
-            connections_accepted: counter("mllp_proxy_connections_accepted_total", "TCP connections accepted.", &["route"])?,
-            connections_active: gauge("mllp_proxy_connections_active", "Sender connections open now.", &["route"])?,
-            connections_rejected: counter("mllp_proxy_connections_rejected_total", "Connections closed at once because max_connections was reached.", &["route"])?,
-            tls_handshake_failures: counter("mllp_proxy_tls_handshake_failures_total", "TLS handshakes that failed, by reason.", &["route", "reason"])?,
-            clients_denied: counter("mllp_proxy_clients_denied_total", "Verified clients refused by allowed_clients.", &["route"])?,
-            messages_received: counter("mllp_proxy_messages_received_total", "Messages received from senders.", &["route"])?,
-            messages_rejected: counter("mllp_proxy_messages_rejected_total", "Messages refused by the proxy, by reason.", &["route", "reason"])?,
-            messages_forwarded: counter("mllp_proxy_messages_forwarded_total", "Messages written to the upstream engine.", &["route"])?,
-            acks: counter("mllp_proxy_acks_total", "Upstream acknowledgments relayed to senders, by MSA-1 code.", &["route", "code"])?,
-            upstream_failures: counter("mllp_proxy_upstream_failures_total", "Upstream failures by target and kind.", &["route", "target", "kind"])?,
-            upstream_up: gauge("mllp_proxy_upstream_up", "1 if the last attempt to reach the target succeeded.", &["route", "target"])?,
-            upstream_ack_seconds: histogram("mllp_proxy_upstream_ack_seconds", "Time from forwarding a message to receiving the engine's ACK.", SECONDS_BUCKETS)?,
-            message_bytes: histogram("mllp_proxy_message_bytes", "Size of received messages in bytes.", BYTES_BUCKETS)?,
-            discarded_bytes: counter("mllp_proxy_discarded_bytes_total", "Bytes received outside MLLP frames and discarded.", &["route"])?,
+            connections_accepted: counter(
+                "mllp_proxy_connections_accepted_total",
+                "TCP connections accepted.",
+                &["route"],
+            )?,
+            connections_active: gauge(
+                "mllp_proxy_connections_active",
+                "Sender connections open now.",
+                &["route"],
+            )?,
+            connections_rejected: counter(
+                "mllp_proxy_connections_rejected_total",
+                "Connections closed at once because max_connections was reached.",
+                &["route"],
+            )?,
+            tls_handshake_failures: counter(
+                "mllp_proxy_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason.",
+                &["route", "reason"],
+            )?,
+            clients_denied: counter(
+                "mllp_proxy_clients_denied_total",
+                "Verified clients refused by allowed_clients.",
+                &["route"],
+            )?,
+            messages_received: counter(
+                "mllp_proxy_messages_received_total",
+                "Messages received from senders.",
+                &["route"],
+            )?,
+            messages_rejected: counter(
+                "mllp_proxy_messages_rejected_total",
+                "Messages refused by the proxy, by reason.",
+                &["route", "reason"],
+            )?,
+            messages_forwarded: counter(
+                "mllp_proxy_messages_forwarded_total",
+                "Messages written to the upstream engine.",
+                &["route"],
+            )?,
+            acks: counter(
+                "mllp_proxy_acks_total",
+                "Upstream acknowledgments relayed to senders, by MSA-1 code.",
+                &["route", "code"],
+            )?,
+            upstream_failures: counter(
+                "mllp_proxy_upstream_failures_total",
+                "Upstream failures by target and kind.",
+                &["route", "target", "kind"],
+            )?,
+            upstream_up: gauge(
+                "mllp_proxy_upstream_up",
+                "1 if the last attempt to reach the target succeeded.",
+                &["route", "target"],
+            )?,
+            upstream_ack_seconds: histogram(
+                "mllp_proxy_upstream_ack_seconds",
+                "Time from forwarding a message to receiving the engine's ACK.",
+                SECONDS_BUCKETS,
+            )?,
+            message_bytes: histogram(
+                "mllp_proxy_message_bytes",
+                "Size of received messages in bytes.",
+                BYTES_BUCKETS,
+            )?,
+            discarded_bytes: counter(
+                "mllp_proxy_discarded_bytes_total",
+                "Bytes received outside MLLP frames and discarded.",
+                &["route"],
+            )?,
             certificate_expiry,
-            tls_reloads: counter("mllp_proxy_tls_reloads_total", "Reloads of TLS material, by result.", &["route", "result"])?,
-            build_info: gauge("mllp_proxy_build_info", "Build information; always 1.", &["version"])?,
+            tls_reloads: counter(
+                "mllp_proxy_tls_reloads_total",
+                "Reloads of TLS material, by result.",
+                &["route", "result"],
+            )?,
+            build_info: gauge(
+                "mllp_proxy_build_info",
+                "Build information; always 1.",
+                &["version"],
+            )?,
             registry,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         #[cfg(target_os = "linux")]
-        m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 

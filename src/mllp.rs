@@ -128,24 +128,34 @@ impl Decoder for MllpCodec {
                         let content_len = end - 1;
                         if content_len > self.max_len {
                             // Grew past the limit within this single read: report it the same way.
-                            let head = Bytes::copy_from_slice(&buf[1..1 + OVERSIZE_HEAD_BYTES.min(content_len)]);
+                            let head = Bytes::copy_from_slice(
+                                &buf[1..1 + OVERSIZE_HEAD_BYTES.min(content_len)],
+                            );
                             buf.advance(end + 2);
                             self.state = State::Idle;
-                            return Ok(Some(Frame::Oversize { head, len: content_len }));
+                            return Ok(Some(Frame::Oversize {
+                                head,
+                                len: content_len,
+                            }));
                         }
                         let frame = buf.split_to(end + 2).freeze();
                         self.state = State::Idle;
                         return Ok(Some(Frame::Message(frame.slice(1..end))));
                     }
                     // No end yet. A trailing EB may be completed by the next read, so it is
-                    // rescanned; everything before it never is.
-                    let content_len = buf.len() - 1;
+                    // neither counted as content nor dropped; everything before it is never
+                    // scanned again.
+                    let keep_eb = usize::from(buf.last() == Some(&EB));
+                    let content_len = buf.len() - 1 - keep_eb;
                     if content_len > self.max_len {
-                        let head = Bytes::copy_from_slice(&buf[1..1 + OVERSIZE_HEAD_BYTES.min(content_len)]);
-                        let keep_eb = buf.last() == Some(&EB);
-                        let dropped = buf.len() - 1 - usize::from(keep_eb);
-                        buf.advance(buf.len() - usize::from(keep_eb));
-                        self.state = State::Discarding { head, len: dropped };
+                        let head = Bytes::copy_from_slice(
+                            &buf[1..1 + OVERSIZE_HEAD_BYTES.min(content_len)],
+                        );
+                        buf.advance(1 + content_len);
+                        self.state = State::Discarding {
+                            head,
+                            len: content_len,
+                        };
                         continue;
                     }
                     *scanned = buf.len().saturating_sub(1).max(1);

@@ -71,19 +71,25 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
 
     let mut prepared = Vec::with_capacity(config.routes.len());
     for (index, route) in config.routes.into_iter().enumerate() {
-        let material = TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
-        let listener = TcpListener::bind(route.listen).await.map_err(|source| StartError::Bind {
-            key: format!("routes[{index}].listen"),
-            addr: route.listen,
-            source,
-        })?;
+        let material =
+            TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
+        let listener =
+            TcpListener::bind(route.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key: format!("routes[{index}].listen"),
+                    addr: route.listen,
+                    source,
+                })?;
         prepared.push((route, material, listener));
     }
-    let admin_listener = TcpListener::bind(config.admin.listen).await.map_err(|source| StartError::Bind {
-        key: "admin.listen".into(),
-        addr: config.admin.listen,
-        source,
-    })?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "admin.listen".into(),
+            addr: config.admin.listen,
+            source,
+        })?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
     let mut routes = Vec::with_capacity(prepared.len());
@@ -109,19 +115,28 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
             route = %ctx.cfg.name,
             listen = %addr,
             upstream = %ctx.cfg.upstream.targets.join(","),
-            validation = ?ctx.validator.mode(),
+            validation = %format!("{:?}", ctx.validator.mode()).to_lowercase(),
             "route listening"
         );
         routes.push((ctx.cfg.name.clone(), addr));
         background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
-        background.spawn(listener::serve(listener, ctx, sessions.clone(), stop_accepting.clone()));
+        background.spawn(listener::serve(
+            listener,
+            ctx,
+            sessions.clone(),
+            stop_accepting.clone(),
+        ));
     }
 
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
     });
-    background.spawn(admin::serve(admin_listener, admin_state.clone(), stop_admin.clone()));
+    background.spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        stop_admin.clone(),
+    ));
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!(admin = %admin_addr, "admin listening (/metrics, /healthz, /readyz)");
 
@@ -164,9 +179,14 @@ impl RunningProxy {
         if open > 0 {
             tracing::info!(sessions = open, drain_timeout = ?drain, "draining sessions");
         }
-        let drained = tokio::time::timeout(drain, self.sessions.wait()).await.is_ok();
+        let drained = tokio::time::timeout(drain, self.sessions.wait())
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(sessions = self.sessions.len(), "drain_timeout reached with sessions still open; closing them");
+            tracing::warn!(
+                sessions = self.sessions.len(),
+                "drain_timeout reached with sessions still open; closing them"
+            );
         }
         self.stop_admin.cancel();
         self.background.close();

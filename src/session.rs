@@ -177,7 +177,11 @@ impl<'a> Session<'a> {
     }
 
     /// The next frame, under `idle_timeout` between frames and `frame_timeout` within one.
-    async fn next_frame<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> Result<Frame, SessionEnd>
+    async fn next_frame<S>(
+        &mut self,
+        stream: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Result<Frame, SessionEnd>
     where
         S: AsyncRead + Unpin,
     {
@@ -199,7 +203,8 @@ impl<'a> Session<'a> {
                 self.buf.reserve(8 * 1024);
             }
             let n = if self.codec.in_frame() {
-                let deadline = *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+                let deadline =
+                    *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
                 match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.buf)).await {
                     Ok(r) => r,
                     Err(_) => return Err(SessionEnd::FrameTimeout),
@@ -221,9 +226,9 @@ impl<'a> Session<'a> {
                     return match last {
                         Ok(Some(frame)) => Ok(frame),
                         Ok(None) => Err(SessionEnd::SenderClosed),
-                        Err(MllpError::TruncatedFrame { received }) => Err(SessionEnd::Sender(format!(
-                            "connection closed inside a frame after {received} bytes"
-                        ))),
+                        Err(MllpError::TruncatedFrame { received }) => Err(SessionEnd::Sender(
+                            format!("connection closed inside a frame after {received} bytes"),
+                        )),
                         Err(e) => Err(SessionEnd::Sender(e.to_string())),
                     };
                 }
@@ -237,7 +242,11 @@ impl<'a> Session<'a> {
         let n = self.codec.take_discarded();
         if n > 0 {
             self.ctx.metrics.discarded_bytes.inc_by(n);
-            tracing::debug!(side = "sender", bytes = n, "discarded bytes outside MLLP frames");
+            tracing::debug!(
+                side = "sender",
+                bytes = n,
+                "discarded bytes outside MLLP frames"
+            );
         }
     }
 
@@ -259,7 +268,12 @@ impl<'a> Session<'a> {
                     .then(|| Header::parse(&head).ok())
                     .flatten()
                     .filter(|h| !h.is_ack());
-                tracing::warn!(side = "sender", bytes = len, limit = self.ctx.cfg.validation.max_message_bytes, "message over max_message_bytes refused");
+                tracing::warn!(
+                    side = "sender",
+                    bytes = len,
+                    limit = self.ctx.cfg.validation.max_message_bytes,
+                    "message over max_message_bytes refused"
+                );
                 let Some(h) = header else {
                     return Err(SessionEnd::OversizeUnreadable);
                 };
@@ -292,7 +306,8 @@ impl<'a> Session<'a> {
         };
         let header = Header::parse(&forward).ok();
         let is_ack = header.is_some_and(|h| h.is_ack());
-        let control_id: Bytes = header.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(h.control_id));
+        let control_id: Bytes =
+            header.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(h.control_id));
         self.out.clear();
         MllpCodec::write_frame(&forward, &mut self.out);
         let framed = self.out.split().freeze();
@@ -319,14 +334,20 @@ impl<'a> Session<'a> {
         let elapsed = started.elapsed();
         let Some(info) = hl7::parse_ack(&ack) else {
             let target = self.drop_upstream();
-            let e = UpstreamError::Protocol { target, detail: "answer is not an acknowledgment (no MSH/MSA)" };
+            let e = UpstreamError::Protocol {
+                target,
+                detail: "answer is not an acknowledgment (no MSH/MSA)",
+            };
             return self.upstream_failed(stream, e, header.as_ref()).await;
         };
         // Without a readable MSH-10 (validation off) there is nothing to correlate against.
         if !control_id.is_empty() && info.control_id != control_id.as_ref() {
             let target = self.drop_upstream();
             tracing::warn!(side = "upstream", expected = %lossy(&control_id), got = %lossy(info.control_id), "ACK MSA-2 does not match MSH-10; ACK dropped");
-            let e = UpstreamError::Protocol { target, detail: "ACK MSA-2 does not match the message's MSH-10" };
+            let e = UpstreamError::Protocol {
+                target,
+                detail: "ACK MSA-2 does not match the message's MSH-10",
+            };
             return self.upstream_failed(stream, e, header.as_ref()).await;
         }
         m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
@@ -351,7 +372,11 @@ impl<'a> Session<'a> {
         let first = self.conn_mut()?.exchange(framed, ack_timeout).await;
         match first {
             Ok(ack) => Ok(ack),
-            Err(UpstreamError::Closed { answered: false, target, detail }) if reused => {
+            Err(UpstreamError::Closed {
+                answered: false,
+                target,
+                detail,
+            }) if reused => {
                 tracing::debug!(side = "upstream", target = %target, detail = %detail, "reused upstream connection was closed; retrying on a new one");
                 self.upstream = None;
                 self.ensure_upstream().await?;
@@ -413,7 +438,12 @@ impl<'a> Session<'a> {
     }
 
     /// Applies `on_upstream_failure`: close without ACK, or answer AR/CR.
-    async fn upstream_failed<S>(&mut self, stream: &mut S, e: UpstreamError, header: Option<&Header<'_>>) -> Result<(), SessionEnd>
+    async fn upstream_failed<S>(
+        &mut self,
+        stream: &mut S,
+        e: UpstreamError,
+        header: Option<&Header<'_>>,
+    ) -> Result<(), SessionEnd>
     where
         S: AsyncWrite + Unpin,
     {
@@ -448,8 +478,12 @@ impl<'a> Session<'a> {
         };
         match tokio::time::timeout(self.ctx.cfg.limits.frame_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SessionEnd::Sender(format!("writing the answer failed: {e}"))),
-            Err(_) => Err(SessionEnd::Sender("sender did not read its answer within frame_timeout".into())),
+            Ok(Err(e)) => Err(SessionEnd::Sender(format!(
+                "writing the answer failed: {e}"
+            ))),
+            Err(_) => Err(SessionEnd::Sender(
+                "sender did not read its answer within frame_timeout".into(),
+            )),
         }
     }
 }

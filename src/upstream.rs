@@ -164,7 +164,11 @@ impl UpstreamConn {
     }
 
     /// Writes one framed message and reads exactly one answer frame under `ack_timeout`.
-    pub async fn exchange(&mut self, framed: &[u8], ack_timeout: Duration) -> Result<Bytes, UpstreamError> {
+    pub async fn exchange(
+        &mut self,
+        framed: &[u8],
+        ack_timeout: Duration,
+    ) -> Result<Bytes, UpstreamError> {
         match tokio::time::timeout(ack_timeout, self.exchange_inner(framed)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout {
@@ -175,7 +179,11 @@ impl UpstreamConn {
     }
 
     /// Writes one framed message that expects no answer (an acknowledgment from the sender).
-    pub async fn send_only(&mut self, framed: &[u8], timeout: Duration) -> Result<(), UpstreamError> {
+    pub async fn send_only(
+        &mut self,
+        framed: &[u8],
+        timeout: Duration,
+    ) -> Result<(), UpstreamError> {
         match tokio::time::timeout(timeout, self.stream.write_all(framed)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.closed(false, e.to_string())),

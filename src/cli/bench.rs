@@ -58,7 +58,9 @@ impl BenchResult {
 /// Runs the benchmark and prints a summary; errors when any exchange fails.
 pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
     if args.connections == 0 || args.messages == 0 {
-        return Err(ClientError("--connections and --messages must be at least 1".into()));
+        return Err(ClientError(
+            "--connections and --messages must be at least 1".into(),
+        ));
     }
     let target = args.tls.target(&args.to)?;
     let total = (args.connections * args.messages) as u64;
@@ -119,7 +121,11 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
     println!(
         "target {} ({}), {} connection(s) x {} messages of {} bytes",
         args.to,
-        if target.tls.is_some() { "MLLP/TLS" } else { "MLLP" },
+        if target.tls.is_some() {
+            "MLLP/TLS"
+        } else {
+            "MLLP"
+        },
         args.connections,
         args.messages,
         args.size
@@ -149,7 +155,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
 
 fn new_histogram() -> Result<Histogram<u64>, ClientError> {
     // 1 µs to 10 min at 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| ClientError(format!("histogram: {e}")))
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| ClientError(format!("histogram: {e}")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -196,7 +203,11 @@ async fn connection(
     Ok(h)
 }
 
-async fn exchange(client: &mut MllpClient, msg: &[u8], timeout: Duration) -> Result<(), ClientError> {
+async fn exchange(
+    client: &mut MllpClient,
+    msg: &[u8],
+    timeout: Duration,
+) -> Result<(), ClientError> {
     let answer = client.exchange(msg, timeout).await?;
     match parse_ack(&answer) {
         Some(a) if a.code.is_positive() => Ok(()),

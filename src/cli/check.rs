@@ -71,7 +71,10 @@ pub fn run(path: &Path) -> bool {
             ("tls.client_ca", material.expiry.client_ca_not_after),
         ] {
             if not_after <= now {
-                eprintln!("error: routes[{i}].{key}: certificate expired on {}", date(not_after));
+                eprintln!(
+                    "error: routes[{i}].{key}: certificate expired on {}",
+                    date(not_after)
+                );
                 ok = false;
             } else if not_after - now < EXPIRY_WARNING.as_secs() as i64 {
                 eprintln!(

@@ -48,10 +48,15 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     for (name, text) in EXAMPLE_FILES {
         std::fs::write(certs.join(name), text).map_err(|e| fail("temporary folder", &e))?;
     }
-    let mut config = Config::from_yaml(EXAMPLE_CONFIG, &examples).map_err(|e| fail("example configuration", &e))?;
+    let mut config = Config::from_yaml(EXAMPLE_CONFIG, &examples)
+        .map_err(|e| fail("example configuration", &e))?;
 
-    let engine = TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("stand-in engine", &e))?;
-    let engine_addr = engine.local_addr().map_err(|e| fail("stand-in engine", &e))?;
+    let engine = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("stand-in engine", &e))?;
+    let engine_addr = engine
+        .local_addr()
+        .map_err(|e| fail("stand-in engine", &e))?;
     let stop_engine = CancellationToken::new();
     tokio::spawn(super::ack_server::serve(engine, None, stop_engine.clone()));
 
@@ -63,13 +68,18 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     }
     let drain = config.shutdown.drain_timeout;
     let metrics = Metrics::new().map_err(|e| fail("metrics", &e))?;
-    let proxy = crate::proxy::start(config, metrics).await.map_err(|e| fail("proxy", &e))?;
+    let proxy = crate::proxy::start(config, metrics)
+        .await
+        .map_err(|e| fail("proxy", &e))?;
     let (route, proxy_addr) = proxy.routes[0].clone();
 
     println!("mllp-proxy demo (example certificates: NOT FOR PRODUCTION)");
     println!("  stand-in engine (plain MLLP)  {engine_addr}");
     println!("  proxy route {route:<17} {proxy_addr}  (mutual TLS)");
-    println!("  admin                         http://{}/metrics", proxy.admin);
+    println!(
+        "  admin                         http://{}/metrics",
+        proxy.admin
+    );
     println!();
 
     let target = client_target(&certs, proxy_addr)?;
@@ -80,7 +90,9 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         let kind = String::from_utf8_lossy(header.message_type).into_owned();
         let id = String::from_utf8_lossy(header.control_id).into_owned();
         let started = Instant::now();
-        let answer = client.exchange(msg.as_bytes(), Duration::from_secs(10)).await?;
+        let answer = client
+            .exchange(msg.as_bytes(), Duration::from_secs(10))
+            .await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match parse_ack(&answer) {
             Some(ack) => {
@@ -120,7 +132,14 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         Err(e) => println!("  (scrape failed: {e})"),
     }
     println!();
-    println!("{}", if all_ok { "every message was acknowledged (AA)" } else { "SOME MESSAGES WERE NOT ACKNOWLEDGED" });
+    println!(
+        "{}",
+        if all_ok {
+            "every message was acknowledged (AA)"
+        } else {
+            "SOME MESSAGES WERE NOT ACKNOWLEDGED"
+        }
+    );
 
     if !once {
         let certs_hint = certs.display();
@@ -129,7 +148,10 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         println!(
             "  printf 'MSH|^~\\\\&|ADT_SYS|GENHOSP|LAB|GENHOSP|20261126||ADT^A01|MY-1|P|2.5.1\\nPID|1||X\\n' | \\\n    cargo run --release -- send --to {proxy_addr} --server-name localhost \\\n    --ca {certs_hint}/ca.crt --cert {certs_hint}/client.crt --key {certs_hint}/client.key"
         );
-        println!("  curl -s http://{}/metrics | grep ^mllp_proxy", proxy.admin);
+        println!(
+            "  curl -s http://{}/metrics | grep ^mllp_proxy",
+            proxy.admin
+        );
         println!("press Ctrl-C to stop");
         let mut signals = Signals::new().map_err(|e| fail("signals", &e))?;
         while signals.next().await != Signal::Terminate {}

@@ -73,27 +73,36 @@ impl TlsArgs {
             if self.cert.is_some() {
                 return Err(ClientError("--cert needs --ca (TLS)".into()));
             }
-            return Ok(ClientTarget { addr: to.to_string(), tls: None });
+            return Ok(ClientTarget {
+                addr: to.to_string(),
+                tls: None,
+            });
         };
         let cert_key = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        let config = crate::tls::client_config(ca, cert_key).map_err(|e| ClientError(e.to_string()))?;
+        let config =
+            crate::tls::client_config(ca, cert_key).map_err(|e| ClientError(e.to_string()))?;
         let host = match &self.server_name {
             Some(n) => n.clone(),
             None => host_of(to),
         };
         let name = ServerName::try_from(host.clone())
             .map_err(|_| ClientError(format!("`{host}` is not a valid server name")))?;
-        Ok(ClientTarget { addr: to.to_string(), tls: Some((config, name)) })
+        Ok(ClientTarget {
+            addr: to.to_string(),
+            tls: Some((config, name)),
+        })
     }
 }
 
 /// The host part of `host:port` or `[v6]:port`.
 fn host_of(addr: &str) -> String {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']').to_string()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 impl MllpClient {
@@ -110,15 +119,20 @@ impl MllpClient {
                     let tls = TlsConnector::from(config.clone())
                         .connect(name.clone(), tcp)
                         .await
-                        .map_err(|e| ClientError(format!("TLS handshake with {}: {e}", target.addr)))?;
+                        .map_err(|e| {
+                            ClientError(format!("TLS handshake with {}: {e}", target.addr))
+                        })?;
                     Box::new(tls)
                 }
             };
             Ok(io)
         };
-        let io = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| ClientError(format!("connect {}: timed out after {timeout:?}", target.addr)))??;
+        let io = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            ClientError(format!(
+                "connect {}: timed out after {timeout:?}",
+                target.addr
+            ))
+        })??;
         Ok(Self {
             io,
             buf: BytesMut::with_capacity(4096),
@@ -156,7 +170,10 @@ impl MllpClient {
             .write_all(&self.out)
             .await
             .map_err(|e| ClientError(format!("write: {e}")))?;
-        self.io.flush().await.map_err(|e| ClientError(format!("write: {e}")))
+        self.io
+            .flush()
+            .await
+            .map_err(|e| ClientError(format!("write: {e}")))
     }
 
     /// Reads the next answer frame.
@@ -172,7 +189,11 @@ impl MllpClient {
             }
             self.buf.reserve(4096);
             match self.io.read_buf(&mut self.buf).await {
-                Ok(0) => return Err(ClientError("connection closed by the server without an answer".into())),
+                Ok(0) => {
+                    return Err(ClientError(
+                        "connection closed by the server without an answer".into(),
+                    ));
+                }
                 Ok(_) => {}
                 Err(e) => return Err(ClientError(format!("read: {e}"))),
             }
@@ -219,29 +240,6 @@ pub fn split_messages(text: &[u8]) -> Vec<Vec<u8>> {
     messages
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_split_on_blank_lines_whatever_the_line_ending() {
-        for text in [
-            &b"MSH|a\nPID|1\n\nMSH|b\n"[..],
-            b"MSH|a\r\nPID|1\r\n\r\nMSH|b\r\n",
-            b"MSH|a\rPID|1\r\rMSH|b\r",
-        ] {
-            let got = split_messages(text);
-            assert_eq!(got, vec![b"MSH|a\rPID|1\r".to_vec(), b"MSH|b\r".to_vec()], "{text:?}");
-        }
-    }
-
-    #[test]
-    fn host_is_taken_from_the_address() {
-        assert_eq!(host_of("localhost:2575"), "localhost");
-        assert_eq!(host_of("[::1]:2575"), "::1");
-    }
-}
-
 /// A plain HTTP/1.0 GET against the admin server; returns the body of a 200 answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, ClientError> {
     let fetch = async {
@@ -265,4 +263,31 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, 
         return Err(ClientError(format!("GET {path}: HTTP {status}")));
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_on_blank_lines_whatever_the_line_ending() {
+        for text in [
+            &b"MSH|a\nPID|1\n\nMSH|b\n"[..],
+            b"MSH|a\r\nPID|1\r\n\r\nMSH|b\r\n",
+            b"MSH|a\rPID|1\r\rMSH|b\r",
+        ] {
+            let got = split_messages(text);
+            assert_eq!(
+                got,
+                vec![b"MSH|a\rPID|1\r".to_vec(), b"MSH|b\r".to_vec()],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_is_taken_from_the_address() {
+        assert_eq!(host_of("localhost:2575"), "localhost");
+        assert_eq!(host_of("[::1]:2575"), "::1");
+    }
 }

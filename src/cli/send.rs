@@ -30,7 +30,11 @@ pub(crate) fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
     let mut messages = Vec::new();
     let stdin = PathBuf::from("-");
-    let files = if args.files.is_empty() { std::slice::from_ref(&stdin) } else { &args.files[..] };
+    let files = if args.files.is_empty() {
+        std::slice::from_ref(&stdin)
+    } else {
+        &args.files[..]
+    };
     for file in files {
         let bytes = if file.as_os_str() == "-" {
             let mut b = Vec::new();

@@ -184,7 +184,11 @@ pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
 /// Builds a positive acknowledgment (`AA`, or `CA` in enhanced mode): what the stand-in engine
 /// of `ack-server` and `demo` answers.
 pub fn build_accept(header: Option<&Header<'_>>) -> Vec<u8> {
-    let code = if header.is_some_and(|h| h.enhanced_mode()) { "CA" } else { "AA" };
+    let code = if header.is_some_and(|h| h.enhanced_mode()) {
+        "CA"
+    } else {
+        "AA"
+    };
     let mut out = Vec::with_capacity(160);
     write_ack_header(&mut out, header, code, "");
     out
@@ -198,7 +202,12 @@ struct Delimiters {
 }
 
 /// Writes MSH (parties swapped, fresh control ID) and MSA of an acknowledgment of `header`.
-fn write_ack_header(out: &mut Vec<u8>, header: Option<&Header<'_>>, code: &str, text: &str) -> Delimiters {
+fn write_ack_header(
+    out: &mut Vec<u8>,
+    header: Option<&Header<'_>>,
+    code: &str,
+    text: &str,
+) -> Delimiters {
     let (f, c, s, enc): (u8, u8, u8, &[u8]) = match header {
         Some(h) => (
             h.separators.field,
@@ -210,7 +219,11 @@ fn write_ack_header(out: &mut Vec<u8>, header: Option<&Header<'_>>, code: &str, 
     };
     let h = header.copied();
     let version = header.map_or(&b"2.5"[..], |h| {
-        if h.version.is_empty() { b"2.5" } else { h.version }
+        if h.version.is_empty() {
+            b"2.5"
+        } else {
+            h.version
+        }
     });
     let trigger = h.map_or(&[][..], |h| h.message_type_component(2));
 
@@ -349,12 +362,21 @@ mod tests {
         let info = parse_ack(&nak).unwrap();
         assert_eq!(info.code, AckCode::CR);
         let text = String::from_utf8(nak).unwrap();
-        assert!(text.contains("\rERR|^^^207&upstream engine failed"), "{text}");
+        assert!(
+            text.contains("\rERR|^^^207&upstream engine failed"),
+            "{text}"
+        );
     }
 
     #[test]
     fn unreadable_header_gets_a_generic_nak() {
-        let nak = build_nak(None, NakReason::Content { code: 100, text: "no MSH" });
+        let nak = build_nak(
+            None,
+            NakReason::Content {
+                code: 100,
+                text: "no MSH",
+            },
+        );
         let info = parse_ack(&nak).unwrap();
         assert_eq!(info.code, AckCode::AE);
         assert!(info.control_id.is_empty());

@@ -191,9 +191,21 @@ mod tests {
     #[test]
     fn broken_headers_are_named() {
         assert_eq!(Header::parse(b"PID|1").unwrap_err(), HeaderError::NoMsh);
-        assert_eq!(Header::parse(b"MSHA^~\\&").unwrap_err(), HeaderError::BadFieldSeparator);
-        assert_eq!(Header::parse(b"MSH").unwrap_err(), HeaderError::BadFieldSeparator);
-        assert_eq!(Header::parse(b"MSH|^^\\&|").unwrap_err(), HeaderError::BadEncodingCharacters);
-        assert_eq!(Header::parse(b"MSH|^~|").unwrap_err(), HeaderError::BadEncodingCharacters);
+        assert_eq!(
+            Header::parse(b"MSHA^~\\&").unwrap_err(),
+            HeaderError::BadFieldSeparator
+        );
+        assert_eq!(
+            Header::parse(b"MSH").unwrap_err(),
+            HeaderError::BadFieldSeparator
+        );
+        assert_eq!(
+            Header::parse(b"MSH|^^\\&|").unwrap_err(),
+            HeaderError::BadEncodingCharacters
+        );
+        assert_eq!(
+            Header::parse(b"MSH|^~|").unwrap_err(),
+            HeaderError::BadEncodingCharacters
+        );
     }
 }

@@ -63,7 +63,10 @@ impl Validator {
                 content(102, "MSH-2 encoding characters are invalid")
             }
         })?;
-        if msg.iter().any(|&b| b == crate::mllp::SB || b == crate::mllp::EB) {
+        if msg
+            .iter()
+            .any(|&b| b == crate::mllp::SB || b == crate::mllp::EB)
+        {
             return Err(content(102, "message contains an MLLP framing byte"));
         }
         let bytes = if self.mode == ValidationMode::Lenient {
@@ -144,7 +147,10 @@ fn check_segments(msg: &[u8], field_sep: u8) -> Result<(), Rejection> {
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             && seg.get(3).is_none_or(|&b| b == field_sep);
         if !id_ok {
-            return Err(content(100, "segment ID is not three upper-case letters or digits"));
+            return Err(content(
+                100,
+                "segment ID is not three upper-case letters or digits",
+            ));
         }
     }
     Ok(())
@@ -222,10 +228,16 @@ mod tests {
         assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01||P|2.5\r"), 101);
         assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|\r"), 101);
         assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\rpid|1\r"), 100);
-        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\r\rPID|1\r"), 100);
+        assert_eq!(
+            code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\r\rPID|1\r"),
+            100
+        );
         assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A04|X|P|2.5\r"), 200);
         assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ORM^O01|X|P|2.5\r"), 200);
-        assert_eq!(code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\rPID|\x0b1\r"), 102);
+        assert_eq!(
+            code(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X|P|2.5\rPID|\x0b1\r"),
+            102
+        );
         assert!(v.check(b"MSH|^~\\&|A|B|C|D|1||ORU^R30|X|P|2.5\r").is_ok());
     }
 

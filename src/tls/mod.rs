@@ -79,25 +79,41 @@ impl TlsMaterial {
             reason,
         };
 
-        let chain = parse_certs(&files[0])
-            .map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
-        let key = PrivateKeyDer::from_pem_slice(&files[1])
-            .map_err(|e| err("tls.private_key", &cfg.private_key, format!("no usable PEM private key ({e})")))?;
-        let (server_not_after, server_subject) = leaf_info(&chain[0])
-            .map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
+        let chain =
+            parse_certs(&files[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
+        let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|e| {
+            err(
+                "tls.private_key",
+                &cfg.private_key,
+                format!("no usable PEM private key ({e})"),
+            )
+        })?;
+        let (server_not_after, server_subject) =
+            leaf_info(&chain[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
         rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
-            |e| err("tls.private_key", &cfg.private_key, format!("does not fit the certificate: {e}")),
+            |e| {
+                err(
+                    "tls.private_key",
+                    &cfg.private_key,
+                    format!("does not fit the certificate: {e}"),
+                )
+            },
         )?;
 
         let cas = parse_certs(&files[2]).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
         let mut roots = RootCertStore::empty();
         let mut client_ca_not_after = i64::MAX;
         for ca in &cas {
-            let (not_after, _) = leaf_info(ca).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
+            let (not_after, _) =
+                leaf_info(ca).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
             client_ca_not_after = client_ca_not_after.min(not_after);
-            roots
-                .add(ca.clone())
-                .map_err(|e| err("tls.client_ca", &cfg.client_ca, format!("not a usable CA certificate: {e}")))?;
+            roots.add(ca.clone()).map_err(|e| {
+                err(
+                    "tls.client_ca",
+                    &cfg.client_ca,
+                    format!("not a usable CA certificate: {e}"),
+                )
+            })?;
         }
 
         let mut crls = Vec::with_capacity(cfg.crl.len());
@@ -117,19 +133,20 @@ impl TlsMaterial {
 
         // Revocation is checked for the sender's own certificate; a sender whose CA has no CRL
         // configured is not refused for that (the CA bundle may mix CAs with and without CRLs).
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| {
-                let (key, path) = if cfg.crl.is_empty() {
-                    ("tls.client_ca", &cfg.client_ca)
-                } else {
-                    ("tls.crl", &cfg.crl[0])
-                };
-                err(key, path, format!("client verifier: {e}"))
-            })?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| {
+                    let (key, path) = if cfg.crl.is_empty() {
+                        ("tls.client_ca", &cfg.client_ca)
+                    } else {
+                        ("tls.crl", &cfg.crl[0])
+                    };
+                    err(key, path, format!("client verifier: {e}"))
+                })?;
 
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -197,7 +214,8 @@ fn leaf_info(der: &CertificateDer<'_>) -> Result<(i64, String), String> {
 }
 
 fn crl_next_update(der: &[u8]) -> Result<Option<i64>, String> {
-    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not an X.509 CRL ({e})"))?;
+    let (_, crl) =
+        x509_parser::parse_x509_crl(der).map_err(|e| format!("not an X.509 CRL ({e})"))?;
     Ok(crl.next_update().map(|t| t.timestamp()))
 }
 

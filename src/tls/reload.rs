@@ -74,7 +74,8 @@ impl TlsReloader {
         }
         match TlsMaterial::from_contents(&self.cfg, files.clone()) {
             Ok(material) => {
-                self.metrics.set_expiry("server", material.expiry.server_not_after);
+                self.metrics
+                    .set_expiry("server", material.expiry.server_not_after);
                 self.metrics
                     .set_expiry("client_ca", material.expiry.client_ca_not_after);
                 self.metrics.reloaded(true);

@@ -30,8 +30,18 @@ async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
     for (got, want) in received.iter().zip(&sent) {
         assert_eq!(got.as_ref(), want.as_slice());
     }
-    assert_eq!(metric(&proxy, "mllp_proxy_messages_forwarded_total{route=\"test\"}").await, 1000.0);
-    assert_eq!(metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await, 1000.0);
+    assert_eq!(
+        metric(
+            &proxy,
+            "mllp_proxy_messages_forwarded_total{route=\"test\"}"
+        )
+        .await,
+        1000.0
+    );
+    assert_eq!(
+        metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await,
+        1000.0
+    );
     // One upstream connection carried everything: connections are kept, not made per message.
     assert_eq!(engine.connections(), 1);
 }
@@ -72,7 +82,12 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
         let want: Vec<String> = (0..50).map(|i| format!("C{c:02}-{i:03}")).collect();
         assert_eq!(ids, want, "sender {c}");
     }
-    assert!(eventually(T, || async { metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0 }).await);
+    assert!(
+        eventually(T, || async {
+            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,12 +108,23 @@ async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_r
             Err(_) => None,
             Ok(mut c) => Some(c.exchange(&adt("REFUSED-1"), T).await),
         };
-        assert!(matches!(outcome, None | Some(Err(_))), "{which:?} got an answer: {outcome:?}");
-        let sample = format!("mllp_proxy_tls_handshake_failures_total{{reason=\"{reason}\",route=\"test\"}}");
-        assert!(eventually(T, || async { metric(&proxy, &sample).await == 1.0 }).await, "{sample}");
+        assert!(
+            matches!(outcome, None | Some(Err(_))),
+            "{which:?} got an answer: {outcome:?}"
+        );
+        let sample = format!(
+            "mllp_proxy_tls_handshake_failures_total{{reason=\"{reason}\",route=\"test\"}}"
+        );
+        assert!(
+            eventually(T, || async { metric(&proxy, &sample).await == 1.0 }).await,
+            "{sample}"
+        );
     }
     assert!(engine.received().is_empty());
-    assert_eq!(metric(&proxy, "mllp_proxy_messages_received_total{route=\"test\"}").await, 0.0);
+    assert_eq!(
+        metric(&proxy, "mllp_proxy_messages_received_total{route=\"test\"}").await,
+        0.0
+    );
 }
 
 /// Sends one message through a proxy whose engine misbehaves as `bad`, in `mode`, and checks
@@ -113,7 +139,10 @@ async fn upstream_failure_case(bad: Behaviour, mode: &str) {
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let answer = client.exchange(&adt("FAIL-1"), T).await;
     match mode {
-        "close" => assert!(answer.is_err(), "{bad:?}: expected the connection closed, got {answer:?}"),
+        "close" => assert!(
+            answer.is_err(),
+            "{bad:?}: expected the connection closed, got {answer:?}"
+        ),
         _ => {
             let answer = answer.expect("a NAK");
             assert_eq!(msa(&answer), ("AR".into(), "FAIL-1".into()), "{bad:?}");
@@ -121,8 +150,15 @@ async fn upstream_failure_case(bad: Behaviour, mode: &str) {
     }
     // Once the engine behaves, the next message is delivered.
     engine.set(Behaviour::Ack);
-    let mut client = if mode == "close" { connect(&pki, &proxy, ClientCert::Good).await } else { client };
-    let ack = client.exchange(&adt("FAIL-2"), T).await.expect("delivered after recovery");
+    let mut client = if mode == "close" {
+        connect(&pki, &proxy, ClientCert::Good).await
+    } else {
+        client
+    };
+    let ack = client
+        .exchange(&adt("FAIL-2"), T)
+        .await
+        .expect("delivered after recovery");
     assert_eq!(msa(&ack), ("AA".into(), "FAIL-2".into()));
     let kind = match bad {
         Behaviour::Silent => "timeout",
@@ -134,7 +170,10 @@ async fn upstream_failure_case(bad: Behaviour, mode: &str) {
         engine.target()
     );
     assert_eq!(metric(&proxy, &sample).await, 1.0, "{sample}");
-    assert_eq!(metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await, 1.0);
+    assert_eq!(
+        metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +205,11 @@ async fn engine_refusing_connections_then_coming_back() {
     for mode in ["close", "nak"] {
         let pki = Pki::new();
         let addr = unused_addr().await;
-        let proxy = start_proxy(pki.config(&[addr.to_string()], &format!("    on_upstream_failure: {mode}\n"))).await;
+        let proxy = start_proxy(pki.config(
+            &[addr.to_string()],
+            &format!("    on_upstream_failure: {mode}\n"),
+        ))
+        .await;
         let mut client = connect(&pki, &proxy, ClientCert::Good).await;
         let answer = client.exchange(&adt("DOWN-1"), T).await;
         if mode == "close" {
@@ -231,7 +274,10 @@ async fn framing_quirks_are_absorbed() {
     for b in wire.iter() {
         client.send_raw(&[*b]).await.expect("write");
     }
-    assert_eq!(msa(&client.recv().await.expect("ACK")), ("AA".into(), "SPLIT-1".into()));
+    assert_eq!(
+        msa(&client.recv().await.expect("ACK")),
+        ("AA".into(), "SPLIT-1".into())
+    );
 
     let mut two = MllpCodec::frame(&adt("TWO-1")).to_vec();
     two.extend_from_slice(&MllpCodec::frame(&adt("TWO-2")));
@@ -252,16 +298,32 @@ async fn framing_quirks_are_absorbed() {
     let nak = client.exchange(&big, T).await.expect("NAK for oversize");
     assert_eq!(msa(&nak), ("AE".into(), "BIG-1".into()));
 
-    let ack = client.exchange(&adt("AFTER-1"), T).await.expect("still usable");
+    let ack = client
+        .exchange(&adt("AFTER-1"), T)
+        .await
+        .expect("still usable");
     assert_eq!(msa(&ack), ("AA".into(), "AFTER-1".into()));
 
     let ids: Vec<String> = engine
         .received()
         .iter()
-        .map(|m| String::from_utf8_lossy(m).split('|').nth(9).unwrap_or("").to_string())
+        .map(|m| {
+            String::from_utf8_lossy(m)
+                .split('|')
+                .nth(9)
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_eq!(ids, ["SPLIT-1", "TWO-1", "TWO-2", "NOISY-1", "AFTER-1"]);
-    assert_eq!(metric(&proxy, "mllp_proxy_messages_rejected_total{reason=\"too_large\",route=\"test\"}").await, 1.0);
+    assert_eq!(
+        metric(
+            &proxy,
+            "mllp_proxy_messages_rejected_total{reason=\"too_large\",route=\"test\"}"
+        )
+        .await,
+        1.0
+    );
     assert!(metric(&proxy, "mllp_proxy_discarded_bytes_total{route=\"test\"}").await >= 13.0);
 }
 
@@ -287,7 +349,9 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
     let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(1500))));
-    let yaml = pki.config_yaml(&[engine.target()], "").replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let yaml = pki
+        .config_yaml(&[engine.target()], "")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
     let config_path = pki.path("proxy.yaml");
     std::fs::write(&config_path, yaml).expect("write config");
     let mut child = Command::new(binary())
@@ -301,7 +365,10 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
-        let line = lines.next().expect("proxy logged its listener").expect("read log");
+        let line = lines
+            .next()
+            .expect("proxy logged its listener")
+            .expect("read log");
         if line.contains("route listening") {
             let at = line.find("\"listen\":\"").expect("listen field") + 10;
             let end = line[at..].find('"').expect("end quote");
@@ -311,10 +378,18 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
     std::thread::spawn(move || for _ in lines {});
 
     let outcome = rt.block_on(async {
-        let mut client = MllpClient::connect(&pki.target(addr, ClientCert::Good), T).await.expect("connect");
+        let mut client = MllpClient::connect(&pki.target(addr, ClientCert::Good), T)
+            .await
+            .expect("connect");
         client.send(&adt("TERM-1")).await.expect("send");
-        assert!(eventually(T, || async { engine.received().len() == 1 }).await, "engine got the message");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(
+            eventually(T, || async { engine.received().len() == 1 }).await,
+            "engine got the message"
+        );
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
         client.recv().await
     });

@@ -52,15 +52,40 @@ fn ca_params(cn: &str) -> CertificateParams {
 impl Pki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = CertifiedIssuer::self_signed(ca_params("test CA"), KeyPair::generate().expect("key")).expect("ca");
-        let other_ca = CertifiedIssuer::self_signed(ca_params("other CA"), KeyPair::generate().expect("key")).expect("ca");
+        let ca =
+            CertifiedIssuer::self_signed(ca_params("test CA"), KeyPair::generate().expect("key"))
+                .expect("ca");
+        let other_ca =
+            CertifiedIssuer::self_signed(ca_params("other CA"), KeyPair::generate().expect("key"))
+                .expect("ca");
         let pki = Pki { dir, ca, other_ca };
         std::fs::write(pki.path("ca.crt"), pki.ca.pem()).expect("write");
         std::fs::write(pki.path("other-ca.crt"), pki.other_ca.pem()).expect("write");
         pki.issue_server("server", "localhost");
-        pki.issue_client("client", "lab-sender", &["lab.example.org"], &["spiffe://hospital.test/lab"], false, false);
-        pki.issue_client("other", "lab-sender", &["lab.example.org"], &[], true, false);
-        pki.issue_client("expired", "lab-sender", &["lab.example.org"], &[], false, true);
+        pki.issue_client(
+            "client",
+            "lab-sender",
+            &["lab.example.org"],
+            &["spiffe://hospital.test/lab"],
+            false,
+            false,
+        );
+        pki.issue_client(
+            "other",
+            "lab-sender",
+            &["lab.example.org"],
+            &[],
+            true,
+            false,
+        );
+        pki.issue_client(
+            "expired",
+            "lab-sender",
+            &["lab.example.org"],
+            &[],
+            false,
+            true,
+        );
         pki
     }
 
@@ -72,7 +97,8 @@ impl Pki {
     pub fn issue_server(&self, name: &str, cn: &str) {
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = p.signed_by(&key, &self.ca).expect("sign");
@@ -81,11 +107,21 @@ impl Pki {
     }
 
     /// Writes `NAME.crt` and `NAME.key`: a client certificate.
-    pub fn issue_client(&self, name: &str, cn: &str, dns: &[&str], uris: &[&str], other_ca: bool, expired: bool) {
+    pub fn issue_client(
+        &self,
+        name: &str,
+        cn: &str,
+        dns: &[&str],
+        uris: &[&str],
+        other_ca: bool,
+        expired: bool,
+    ) {
         let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).expect("params");
+        let mut p = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+            .expect("params");
         for u in uris {
-            p.subject_alt_names.push(SanType::URI(u.to_string().try_into().expect("uri")));
+            p.subject_alt_names
+                .push(SanType::URI(u.to_string().try_into().expect("uri")));
         }
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -220,7 +256,8 @@ impl Engine {
                 };
                 let Ok((tcp, _)) = accepted else { continue };
                 *conns.lock().expect("lock") += 1;
-                let (received, behaviour, stop) = (received.clone(), behaviour.clone(), stop.clone());
+                let (received, behaviour, stop) =
+                    (received.clone(), behaviour.clone(), stop.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
@@ -255,7 +292,11 @@ impl Drop for Engine {
     }
 }
 
-async fn engine_connection(mut tcp: TcpStream, received: Arc<Mutex<Vec<Bytes>>>, behaviour: Arc<Mutex<Behaviour>>) {
+async fn engine_connection(
+    mut tcp: TcpStream,
+    received: Arc<Mutex<Vec<Bytes>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+) {
     let mut codec = MllpCodec::new(64 << 20);
     let mut buf = BytesMut::new();
     loop {
@@ -270,8 +311,11 @@ async fn engine_connection(mut tcp: TcpStream, received: Arc<Mutex<Vec<Bytes>>>,
                 Behaviour::Garbage => b"this is not HL7".to_vec(),
                 Behaviour::WrongControlId => {
                     let ack = String::from_utf8_lossy(&build_accept(header.as_ref())).into_owned();
-                    let id = header.map(|h| String::from_utf8_lossy(h.control_id).into_owned()).unwrap_or_default();
-                    ack.replace(&format!("MSA|AA|{id}"), "MSA|AA|SOMETHING-ELSE").into_bytes()
+                    let id = header
+                        .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
+                        .unwrap_or_default();
+                    ack.replace(&format!("MSA|AA|{id}"), "MSA|AA|SOMETHING-ELSE")
+                        .into_bytes()
                 }
                 Behaviour::Delay(d) => {
                     tokio::time::sleep(d).await;
@@ -310,14 +354,22 @@ pub fn adt(id: &str) -> Vec<u8> {
 /// MSA-1 and MSA-2 of an answer, as strings.
 pub fn msa(answer: &[u8]) -> (String, String) {
     let info = mllp_proxy::hl7::parse_ack(answer).expect("answer is an acknowledgment");
-    (info.code.to_string(), String::from_utf8_lossy(info.control_id).into_owned())
+    (
+        info.code.to_string(),
+        String::from_utf8_lossy(info.control_id).into_owned(),
+    )
 }
 
 /// Scrapes `/metrics` over HTTP and returns the value of the sample `name{labels}` (0 if absent).
 pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
-    let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics").await.expect("scrape");
+    let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics")
+        .await
+        .expect("scrape");
     body.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map_or(0.0, |v| v.trim().parse().expect("number"))
 }
 
