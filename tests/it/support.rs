@@ -95,8 +95,16 @@ impl Pki {
 
     /// Writes `NAME.crt` and `NAME.key`: a server certificate for `cn`, localhost and 127.0.0.1.
     pub fn issue_server(&self, name: &str, cn: &str) {
+        self.issue_server_valid_for(name, cn, None);
+    }
+
+    /// Like [`Pki::issue_server`], expiring `days` from now when given.
+    pub fn issue_server_valid_for(&self, name: &str, cn: &str, days: Option<i64>) {
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        if let Some(days) = days {
+            p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        }
         p.subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
         p.distinguished_name.push(DnType::CommonName, cn);

@@ -1,0 +1,170 @@
+//! Bounded answers to slow, silent, greedy and non-TLS peers.
+
+use std::time::{Duration, Instant};
+
+use mllp_proxy::cli::MllpClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Reads until the server closes; returns how long that took.
+async fn wait_closed(tcp: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(T, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("server did not close the connection"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_non_tls_peers_are_closed_and_counted() {
+    // A peer that connects and says nothing is closed after handshake_timeout; one that speaks
+    // plain MLLP to the TLS port is refused at once.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].limits.handshake_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(cfg).await;
+    let addr = proxy.routes[0].1;
+
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let took = wait_closed(&mut silent).await;
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_handshake_failures_total{reason=\"timeout\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(&mllp_proxy::mllp::MllpCodec::frame(&adt("PLAIN-1")))
+        .await
+        .expect("write");
+    wait_closed(&mut plain).await;
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_handshake_failures_total{reason=\"not_tls\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    assert!(engine.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
+    // max_connections 2: a third sender is closed right after accept; when one leaves, a new
+    // sender gets in.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].limits.max_connections = 2;
+    let proxy = start_proxy(cfg).await;
+    let mut a = connect(&pki, &proxy, ClientCert::Good).await;
+    let mut b = connect(&pki, &proxy, ClientCert::Good).await;
+    a.exchange(&adt("A-1"), T).await.expect("a served");
+    b.exchange(&adt("B-1"), T).await.expect("b served");
+
+    let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+    let third = match MllpClient::connect(&target, T).await {
+        Err(_) => None,
+        Ok(mut c) => Some(c.exchange(&adt("C-1"), T).await),
+    };
+    assert!(matches!(third, None | Some(Err(_))), "{third:?}");
+    assert_eq!(
+        metric(
+            &proxy,
+            "mllp_proxy_connections_rejected_total{route=\"test\"}"
+        )
+        .await,
+        1.0
+    );
+
+    a.close().await;
+    assert!(
+        eventually(T, || async {
+            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 1.0
+        })
+        .await
+    );
+    let mut d = MllpClient::connect(&target, T).await.expect("slot freed");
+    let ack = d.exchange(&adt("D-1"), T).await.expect("d served");
+    assert_eq!(msa(&ack), ("AA".into(), "D-1".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_senders_are_closed_after_idle_timeout() {
+    // A sender that goes quiet between messages is disconnected after idle_timeout.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].limits.idle_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    client.exchange(&adt("IDLE-1"), T).await.expect("served");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(client.exchange(&adt("IDLE-2"), T).await.is_err());
+    assert_eq!(engine.received().len(), 1);
+    assert!(
+        eventually(T, || async {
+            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_dribbled_byte_by_byte_is_cut_at_frame_timeout() {
+    // A slow-loris sender keeps sending one byte every 50 ms but never ends the frame: the
+    // connection is closed once frame_timeout has passed since the frame started.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].limits.frame_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let started = Instant::now();
+    client
+        .send_raw(b"\x0bMSH|^~\\&|")
+        .await
+        .expect("start a frame");
+    let mut closed_after = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if client.send_raw(b"x").await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    if closed_after.is_none() {
+        assert!(client.recv().await.is_err());
+        closed_after = Some(started.elapsed());
+    }
+    let took = closed_after.expect("closed");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(engine.received().is_empty());
+}
