@@ -108,7 +108,7 @@ impl Decoder for MllpCodec {
         loop {
             match &mut self.state {
                 State::Idle => {
-                    match buf.iter().position(|&b| b == SB) {
+                    match memchr::memchr(SB, buf) {
                         Some(i) => {
                             self.discarded += i as u64;
                             // Keep the start block in the buffer so indices below are stable.
@@ -217,7 +217,7 @@ impl Encoder<&[u8]> for MllpCodec {
 /// Index of the `EB` of the first `EB CR` pair at or after `from`.
 fn find_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while let Some(off) = buf.get(i..)?.iter().position(|&b| b == EB) {
+    while let Some(off) = memchr::memchr(EB, buf.get(i..)?) {
         let at = i + off;
         if buf.get(at + 1) == Some(&CR) {
             return Some(at);

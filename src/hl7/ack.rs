@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::message::{Header, field, segments};
+use super::message::{Header, Message};
 
 /// MSA-1 acknowledgment code, as a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,16 +126,14 @@ impl NakReason {
 
 /// Reads MSA-1 and MSA-2 from an acknowledgment; `None` when it is not one.
 pub fn parse_ack(msg: &[u8]) -> Option<AckInfo<'_>> {
-    let header = Header::parse(msg).ok()?;
-    let sep = header.separators.field;
-    let msa = segments(msg).find(|s| s.len() >= 4 && s.starts_with(b"MSA") && s[3] == sep)?;
-    let code = field(msa, sep, 1);
+    let msa = Message::parse(msg).ok()?.segment(b"MSA")?;
+    let code = msa.field(1).as_bytes();
     if code.is_empty() {
         return None;
     }
     Some(AckInfo {
         code: AckCode::parse(code),
-        control_id: field(msa, sep, 2),
+        control_id: msa.field(2).as_bytes(),
     })
 }
 

@@ -137,6 +137,112 @@ impl<'a> Header<'a> {
     }
 }
 
+/// A whole message read through its own delimiters, without copying.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    bytes: &'a [u8],
+    separators: Separators,
+}
+
+/// One segment (terminated by `\r`, or by `\n` for lenient input).
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    bytes: &'a [u8],
+    separators: Separators,
+}
+
+/// One field, or one repetition of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    bytes: &'a [u8],
+    separators: Separators,
+}
+
+impl<'a> Message<'a> {
+    /// Reads the delimiters from MSH; the rest is split lazily.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, HeaderError> {
+        let separators = Header::parse(bytes)?.separators;
+        Ok(Self { bytes, separators })
+    }
+
+    /// The delimiters declared in MSH-1 and MSH-2.
+    pub fn separators(&self) -> Separators {
+        self.separators
+    }
+
+    /// Non-empty segments in order.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'a>> + 'a {
+        let separators = self.separators;
+        segments(self.bytes).map(move |bytes| Segment { bytes, separators })
+    }
+
+    /// The first segment with ID `id` (`b"MSA"`).
+    pub fn segment(&self, id: &[u8]) -> Option<Segment<'a>> {
+        self.segments().find(|s| s.id() == id)
+    }
+}
+
+impl<'a> Segment<'a> {
+    /// The segment's bytes, without terminator.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The segment ID: the bytes before the first field separator.
+    pub fn id(&self) -> &'a [u8] {
+        self.bytes
+            .split(|&b| b == self.separators.field)
+            .next()
+            .unwrap_or(&[])
+    }
+
+    /// Field `n` in HL7 numbering. For MSH, field 1 is the field separator itself and field 2
+    /// the encoding characters, so `field(10)` is MSH-10 in every segment.
+    pub fn field(&self, n: usize) -> Field<'a> {
+        let is_msh = self.id() == b"MSH";
+        let bytes = match (is_msh, n) {
+            (_, 0) => self.id(),
+            (true, 1) => self.bytes.get(3..4).unwrap_or(&[]),
+            (true, n) => field(self.bytes, self.separators.field, n - 1),
+            (false, n) => field(self.bytes, self.separators.field, n),
+        };
+        Field {
+            bytes,
+            separators: self.separators,
+        }
+    }
+}
+
+impl<'a> Field<'a> {
+    /// The raw bytes, escape sequences untouched.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Repetitions of the field (one when it does not repeat).
+    pub fn repetitions(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+        let separators = self.separators;
+        self.bytes
+            .split(move |&b| b == separators.repetition)
+            .map(move |bytes| Field { bytes, separators })
+    }
+
+    /// Component `n` (1-based) of the first repetition; empty when absent.
+    pub fn component(&self, n: usize) -> &'a [u8] {
+        let first = self
+            .bytes
+            .split(|&b| b == self.separators.repetition)
+            .next()
+            .unwrap_or(&[]);
+        component(first, self.separators.component, n)
+    }
+
+    /// Subcomponent `s` of component `c` (both 1-based) of the first repetition.
+    pub fn subcomponent(&self, c: usize, s: usize) -> &'a [u8] {
+        component(self.component(c), self.separators.subcomponent, s)
+    }
+}
+
 /// Component `n` (1-based) of a field; empty when absent.
 pub(crate) fn component(field: &[u8], sep: u8, n: usize) -> &[u8] {
     field
@@ -186,6 +292,26 @@ mod tests {
         assert_eq!(h.separators.truncation, Some(b'^'));
         assert_eq!(h.message_type_component(2), b"A01");
         assert_eq!(h.control_id, b"X1");
+    }
+
+    #[test]
+    fn fields_components_and_repetitions() {
+        let m = Message::parse(
+            b"MSH|^~\\&|LAB|HOSP|||||ORU^R01|C1|P|2.5\rPID|1||111^^^H^MR~222^^^H^PI||DOE^JANE\rOBX|1|CE|X&Y^Z\r",
+        )
+        .unwrap();
+        let msh = m.segment(b"MSH").unwrap();
+        assert_eq!(msh.field(1).as_bytes(), b"|");
+        assert_eq!(msh.field(2).as_bytes(), b"^~\\&");
+        assert_eq!(msh.field(9).component(2), b"R01");
+        assert_eq!(msh.field(10).as_bytes(), b"C1");
+        let pid = m.segment(b"PID").unwrap();
+        let ids: Vec<&[u8]> = pid.field(3).repetitions().map(|r| r.component(5)).collect();
+        assert_eq!(ids, vec![&b"MR"[..], b"PI"]);
+        assert_eq!(pid.field(5).component(2), b"JANE");
+        assert_eq!(m.segment(b"OBX").unwrap().field(3).subcomponent(1, 2), b"Y");
+        assert!(m.segment(b"NTE").is_none());
+        assert_eq!(m.segments().count(), 3);
     }
 
     #[test]

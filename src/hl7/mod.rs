@@ -10,5 +10,5 @@ mod validate;
 
 pub(crate) use ack::hl7_timestamp;
 pub use ack::{AckCode, AckInfo, NakReason, build_accept, build_nak, parse_ack};
-pub use message::{Header, HeaderError, Separators};
+pub use message::{Field, Header, HeaderError, Message, Segment, Separators};
 pub use validate::{Rejection, Validator};

@@ -131,13 +131,16 @@ fn unsupported(code: u16, text: &'static str) -> Rejection {
 /// Strict segment rules: `\r` terminators (including the last), no empty segments, and IDs of
 /// three upper-case letters or digits followed by the field separator or the terminator.
 fn check_segments(msg: &[u8], field_sep: u8) -> Result<(), Rejection> {
-    if msg.contains(&b'\n') {
+    if memchr::memchr(b'\n', msg).is_some() {
         return Err(content(100, "segments must be terminated by CR only"));
     }
-    let Some(body) = msg.strip_suffix(b"\r") else {
+    if msg.last() != Some(&b'\r') {
         return Err(content(100, "the last segment is not terminated by CR"));
-    };
-    for seg in body.split(|&b| b == b'\r') {
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\r', msg) {
+        let seg = &msg[start..end];
+        start = end + 1;
         if seg.is_empty() {
             return Err(content(100, "empty segment"));
         }
@@ -158,7 +161,7 @@ fn check_segments(msg: &[u8], field_sep: u8) -> Result<(), Rejection> {
 
 /// `\r\n` and lone `\n` become `\r`, and a missing final `\r` is added; nothing else changes.
 fn normalise_terminators(msg: &[u8]) -> Cow<'_, [u8]> {
-    if !msg.contains(&b'\n') && msg.last() == Some(&b'\r') {
+    if memchr::memchr(b'\n', msg).is_none() && msg.last() == Some(&b'\r') {
         return Cow::Borrowed(msg);
     }
     let mut out = Vec::with_capacity(msg.len() + 1);

@@ -3,6 +3,7 @@
 
 mod cli;
 mod core;
+mod corpus;
 mod interop;
 mod limits;
 mod support;

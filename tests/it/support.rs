@@ -313,6 +313,10 @@ async fn engine_connection(
             received.lock().expect("lock").push(msg.clone());
             let b = *behaviour.lock().expect("lock");
             let header = Header::parse(&msg).ok();
+            if header.is_some_and(|h| h.is_ack()) {
+                // Like a real engine: an acknowledgment is not answered.
+                continue;
+            }
             let answer = match b {
                 Behaviour::Silent => continue,
                 Behaviour::CloseAfterRead => return,

@@ -1,0 +1,153 @@
+//! The validation corpus (tests/data/corpus, expectations in tests/data/corpus.tsv) sent
+//! through a real proxy in each validation mode.
+
+use std::time::Duration;
+
+use mllp_proxy::cli::MllpClient;
+use mllp_proxy::hl7::Message;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn data_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// `\r\n` and `\n` to `\r`, and a final `\r`: what lenient mode may change, and nothing else.
+fn normalised(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(if data[i] == b'\n' { b'\r' } else { data[i] });
+        i += 1;
+    }
+    if out.last() != Some(&b'\r') {
+        out.push(b'\r');
+    }
+    out
+}
+
+/// MSA-1 and the ERR table 0357 code of a NAK (ERR-3 from v2.5, ERR-1.4 before).
+fn nak_codes(nak: &[u8]) -> (String, String) {
+    let m = Message::parse(nak).expect("NAK has MSH");
+    let msa = m.segment(b"MSA").expect("NAK has MSA");
+    let err = m.segment(b"ERR").expect("NAK has ERR");
+    let code = match err.field(3).component(1) {
+        c if !c.is_empty() => c,
+        _ => err.field(1).subcomponent(4, 1),
+    };
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (s(msa.field(1).as_bytes()), s(code))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_message_gets_its_expected_outcome_in_every_mode() {
+    // 48 malformed or unusual messages × 4 route set-ups: forwarded as is, forwarded
+    // normalised, NAKed with the expected codes, silently not answered, or closed.
+    let table = std::fs::read_to_string(data_dir().join("corpus.tsv")).expect("corpus.tsv");
+    let cases: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert!(cases.len() >= 40, "corpus has {} cases", cases.len());
+    let modes = [
+        ("strict", "mode: strict"),
+        ("lenient", "mode: lenient"),
+        ("off", "mode: off"),
+        (
+            "allow",
+            "mode: strict\n      message_types: [\"ADT^*\", \"ORU^R01\"]\n      versions: [\"2.3\", \"2.5.1\"]\n      processing_ids: [P]",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (col, (mode, yaml)) in modes.iter().enumerate() {
+        let pki = Pki::new();
+        let engine = Engine::start(Behaviour::Ack).await;
+        let extra = format!("    validation:\n      {yaml}\n      max_message_bytes: 4096\n");
+        let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
+        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        let mut client = MllpClient::connect(&target, T).await.expect("connect");
+        for (n, case) in cases.iter().enumerate() {
+            let (name, expected) = (case[0], case[col + 1]);
+            let data = std::fs::read(data_dir().join("corpus").join(format!("{name}.hl7")))
+                .expect("case file");
+            let before = engine.received().len();
+            let what = format!("{mode}/{name}: expected {expected}");
+            client.send(&data).await.expect("send");
+            match expected {
+                "fwd" | "norm" => match client.recv().await {
+                    Ok(ack) => {
+                        let code = mllp_proxy::hl7::parse_ack(&ack).map(|a| a.code.to_string());
+                        let received = engine.received();
+                        let want = if expected == "fwd" {
+                            data.clone()
+                        } else {
+                            normalised(&data)
+                        };
+                        // The stand-in engine answers CA to enhanced-mode messages.
+                        if !matches!(code.as_deref(), Some("AA" | "CA")) {
+                            failures.push(format!("{what}, got answer {code:?}"));
+                        } else if received.len() != before + 1
+                            || received[before].as_ref() != want.as_slice()
+                        {
+                            failures.push(format!("{what}, engine got something else"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{what}, got {e}")),
+                },
+                nak if nak.starts_with("nak:") => match client.recv().await {
+                    Ok(answer) => {
+                        let want: Vec<&str> = nak.split(':').skip(1).collect();
+                        let got = nak_codes(&answer);
+                        if (got.0.as_str(), got.1.as_str()) != (want[0], want[1]) {
+                            failures.push(format!("{what}, got {got:?}"));
+                        }
+                        if engine.received().len() != before {
+                            failures.push(format!("{what}, but it was forwarded"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{what}, got {e}")),
+                },
+                "ackfwd" | "drop" => {
+                    // Nothing comes back for an acknowledgment: the next answer is the probe's.
+                    let probe = format!("PROBE-{n}");
+                    let ack = client
+                        .exchange(&adt(&probe), T)
+                        .await
+                        .expect("probe answered");
+                    if msa(&ack) != ("AA".to_string(), probe) {
+                        failures.push(format!("{what}, the acknowledgment was answered"));
+                    }
+                    let received = engine.received();
+                    let forwarded = received.len() == before + 2
+                        && received[before].as_ref() == data.as_slice();
+                    if forwarded != (expected == "ackfwd") {
+                        failures.push(format!("{what}, forwarded={forwarded}"));
+                    }
+                }
+                "closed" => {
+                    if let Ok(answer) = client.recv().await {
+                        failures.push(format!(
+                            "{what}, got {:?}",
+                            String::from_utf8_lossy(&answer)
+                        ));
+                    }
+                    client = MllpClient::connect(&target, T).await.expect("reconnect");
+                }
+                other => panic!("unknown outcome {other} for {name}"),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
