@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::message::{Header, Message};
+use super::message::{Header, Message, Separators};
 
 /// MSA-1 acknowledgment code, as a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +169,7 @@ pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
         if i > 0 {
             out.push(joiner);
         }
-        out.extend_from_slice(part);
+        push_escaped(&mut out, part, &d.separators);
     }
     if !d.pre_25 {
         out.push(d.field);
@@ -197,7 +197,44 @@ struct Delimiters {
     component: u8,
     subcomponent: u8,
     pre_25: bool,
+    separators: Separators,
 }
+
+/// Appends `text` with any of the message's own delimiters written as HL7 escape sequences,
+/// so a sender with unusual delimiters still gets a NAK whose structure reads back right.
+fn push_escaped(out: &mut Vec<u8>, text: &[u8], s: &Separators) {
+    for &b in text {
+        let letter = if b == s.field {
+            Some(b'F')
+        } else if b == s.component {
+            Some(b'S')
+        } else if b == s.subcomponent {
+            Some(b'T')
+        } else if b == s.repetition {
+            Some(b'R')
+        } else if b == s.escape {
+            Some(b'E')
+        } else if Some(b) == s.truncation {
+            Some(b'P')
+        } else {
+            None
+        };
+        match letter {
+            Some(l) => out.extend_from_slice(&[s.escape, l, s.escape]),
+            None => out.push(b),
+        }
+    }
+}
+
+/// The delimiters of a message without a readable MSH: the HL7 defaults.
+const DEFAULT_SEPARATORS: Separators = Separators {
+    field: b'|',
+    component: b'^',
+    repetition: b'~',
+    escape: b'\\',
+    subcomponent: b'&',
+    truncation: None,
+};
 
 /// Writes MSH (parties swapped, fresh control ID) and MSA of an acknowledgment of `header`.
 fn write_ack_header(
@@ -261,9 +298,10 @@ fn write_ack_header(
     out.extend_from_slice(code.as_bytes());
     out.push(f);
     out.extend_from_slice(h.map_or(&[][..], |h| h.control_id));
+    let separators = h.map_or(DEFAULT_SEPARATORS, |h| h.separators);
     if !text.is_empty() {
         out.push(f);
-        out.extend_from_slice(text.as_bytes());
+        push_escaped(out, text.as_bytes(), &separators);
     }
     out.push(b'\r');
     Delimiters {
@@ -271,6 +309,7 @@ fn write_ack_header(
         component: c,
         subcomponent: s,
         pre_25: is_pre_25(version),
+        separators,
     }
 }
 
@@ -362,6 +401,26 @@ mod tests {
         let text = String::from_utf8(nak).unwrap();
         assert!(
             text.contains("\rERR|^^^207&upstream engine failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn texts_are_escaped_against_the_senders_delimiters() {
+        // A sender whose component separator is `-` (legal) would otherwise see the NAK text
+        // "MSH-1 field separator…" split into components.
+        let m = b"MSH|-~\\&|A|B|C|D|||ADT-A01|X1|P|2.5\r";
+        let h = Header::parse(m).unwrap();
+        let nak = build_nak(
+            Some(&h),
+            NakReason::Content {
+                code: 102,
+                text: "MSH-1 field separator is invalid",
+            },
+        );
+        let text = String::from_utf8(nak).unwrap();
+        assert!(
+            text.contains("MSA|AE|X1|MSH\\S\\1 field separator is invalid\r"),
             "{text}"
         );
     }

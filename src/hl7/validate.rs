@@ -249,4 +249,44 @@ mod tests {
         let v = validator(ValidationMode::Off);
         assert!(v.check(b"\xff\xfe not hl7").is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use crate::hl7::{Header, build_nak, parse_ack};
+        use proptest::prelude::*;
+
+        /// Bytes that look enough like HL7 to reach deep into the rules.
+        fn hl7ish() -> impl Strategy<Value = Vec<u8>> {
+            let alphabet: Vec<u8> = b"MSHPIDOBX|^~\\&#-\r\n\x0b\x1c 0123AaZ\xff".to_vec();
+            (
+                prop::sample::select(vec![&b"MSH|^~\\&|"[..], b"MSH#^~\\&#", b"MSH|^~\\&#|", b""]),
+                prop::collection::vec(prop::sample::select(alphabet), 0..400),
+            )
+                .prop_map(|(head, body)| [head, &body[..]].concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// No input panics; lenient output passes strict; every NAK reads back with the
+            /// message's own control ID.
+            #[test]
+            fn validation_and_naks_hold_on_any_input(data in prop_oneof![hl7ish(), prop::collection::vec(any::<u8>(), 0..300)]) {
+                let strict = validator(ValidationMode::Strict);
+                let lenient = validator(ValidationMode::Lenient);
+                let strict_result = strict.check(&data);
+                if let Ok(out) = lenient.check(&data) {
+                    prop_assert!(strict.check(&out).is_ok());
+                }
+                let header = Header::parse(&data).ok();
+                let reason = strict_result.err().map_or(NakReason::UpstreamFailed, |r| r.reason);
+                let nak = build_nak(header.as_ref(), reason);
+                let ack = parse_ack(&nak);
+                prop_assert!(ack.is_some());
+                if let (Some(h), Some(a)) = (header, ack) {
+                    prop_assert_eq!(a.control_id, h.control_id);
+                }
+            }
+        }
+    }
 }

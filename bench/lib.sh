@@ -1,0 +1,51 @@
+# Shared by the bench scripts: start a stand-in engine and proxies on free loopback ports, run
+# `mllp-proxy bench`, clean up on exit. Source it; do not run it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bin=target/release/mllp-proxy
+certs=$PWD/certs-example
+tls=(--ca "$certs/ca.crt" --cert "$certs/client.crt" --key "$certs/client.key" --server-name localhost)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release --quiet
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_engine: sets $engine_port.
+start_engine() {
+    engine_port=$(free_port)
+    RUST_LOG=warn "$bin" ack-server --listen "127.0.0.1:$engine_port" & pids+=($!)
+    sleep 0.3
+}
+
+# start_proxy NAME MODE: a proxy route with validation MODE; sets $proxy_port.
+start_proxy() {
+    local name=$1 mode=$2 admin_port
+    proxy_port=$(free_port); admin_port=$(free_port)
+    cat > "$work/$name.yaml" <<YAML
+admin: { listen: "127.0.0.1:$admin_port" }
+logging: { level: warn }
+routes:
+  - name: $name
+    listen: "127.0.0.1:$proxy_port"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"] }
+    validation: { mode: $mode, max_message_bytes: 16777216 }
+YAML
+    "$bin" run -c "$work/$name.yaml" & pids+=($!)
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "proxy $name did not become ready" >&2; exit 1
+}
+
+# bench_result ARGS…: runs the load generator, prints its RESULT line.
+bench_result() { "$bin" bench "$@" 2>/dev/null | grep '^RESULT'; }
+
+# field LINE NAME: a number from a RESULT line.
+field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"$1"; }
