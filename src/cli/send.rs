@@ -18,6 +18,9 @@ pub struct SendArgs {
     /// How long to wait for each ACK.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
+    /// Also print each answer in full, one segment per line.
+    #[arg(long)]
+    pub show: bool,
     /// Files holding one or more messages separated by blank lines; `-` or none reads stdin.
     pub files: Vec<PathBuf>,
 }
@@ -72,6 +75,11 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
             None => {
                 println!("? (answer to {control_id} has no MSA segment)");
                 all_positive = false;
+            }
+        }
+        if args.show {
+            for segment in answer.split(|&b| b == b'\r').filter(|s| !s.is_empty()) {
+                println!("  {}", String::from_utf8_lossy(segment));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Acknowledgments: reading the engine's MSA, and writing the proxy's own NAKs.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -320,15 +321,17 @@ fn is_pre_25(version: &[u8]) -> bool {
     )
 }
 
-/// A control ID unique within this process, at most 20 characters (the v2.3 limit).
+/// A fresh control ID: `PX` and 16 hex digits, 18 characters (within v2.3's limit of 20).
+/// A counter from a random start: unique within the process, and two processes (the proxy and
+/// its replicas) only collide by chance, 1 in 2^64 per pair.
 fn fresh_control_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000_000;
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        % 10_000_000_000;
-    format!("PX{secs:010}{n:07}")
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        // RandomState is seeded from the OS: randomness without another dependency.
+        AtomicU64::new(std::collections::hash_map::RandomState::new().build_hasher().finish())
+    });
+    format!("PX{:016X}", next.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `YYYYMMDDHHMMSS` in UTC, the HL7 DTM form without zone.
@@ -382,7 +385,8 @@ mod tests {
         let msh: Vec<&str> = segs[0].split('|').collect();
         assert_eq!(&msh[2..6], &["LAB", "HOSP", "ADM", "WARD"]);
         assert_eq!(msh[8], "ACK^A01^ACK");
-        assert_eq!(msh[9].len(), 19);
+        assert_eq!(msh[9].len(), 18);
+        assert!(msh[9].starts_with("PX"));
         assert_eq!(&msh[10..12], &["P", "2.5.1"]);
         assert_eq!(segs[1], "MSA|AE|MSG42|required field missing");
         assert_eq!(segs[2], "ERR|||101^required field missing^HL70357|E");
