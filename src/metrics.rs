@@ -31,6 +31,39 @@ const BYTES_BUCKETS: &[f64] = &[
     67_108_864.0,
 ];
 
+/// MSA-1 codes of `acks_total`.
+pub const ACK_CODES: &[&str] = &["AA", "AE", "AR", "CA", "CE", "CR", "other"];
+/// Reasons of `messages_rejected_total` (see `NakReason::label` and `session`).
+pub const REJECT_REASONS: &[&str] = &[
+    "segment",
+    "required_field",
+    "data_type",
+    "too_large",
+    "content",
+    "message_type",
+    "processing_id",
+    "version",
+    "unsupported",
+    "upstream",
+];
+/// Reasons of `tls_handshake_failures_total` (see `tls::handshake_failure_reason`).
+pub const HANDSHAKE_REASONS: &[&str] = &[
+    "timeout",
+    "no_client_cert",
+    "expired",
+    "unknown_ca",
+    "revoked",
+    "bad_certificate",
+    "incompatible",
+    "not_tls",
+    "alert",
+    "protocol",
+    "eof",
+    "io",
+];
+/// Kinds of `upstream_failures_total`.
+pub const UPSTREAM_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol"];
+
 /// All metrics of one proxy process.
 #[derive(Clone)]
 pub struct Metrics {
@@ -229,9 +262,23 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Handles bound to one route's label.
+    /// Handles bound to one route's label. Every series of the route's bounded label sets is
+    /// created at zero, so `rate()` and alerts see a series before its first event.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let r = [route];
+        for code in ACK_CODES {
+            self.acks.with_label_values(&[route, code]);
+        }
+        for reason in REJECT_REASONS {
+            self.messages_rejected.with_label_values(&[route, reason]);
+        }
+        for reason in HANDSHAKE_REASONS {
+            self.tls_handshake_failures
+                .with_label_values(&[route, reason]);
+        }
+        for result in ["success", "failure"] {
+            self.tls_reloads.with_label_values(&[route, result]);
+        }
         RouteMetrics {
             route: route.to_string(),
             connections_accepted: self.connections_accepted.with_label_values(&r),
@@ -295,6 +342,16 @@ impl RouteMetrics {
         }
     }
 
+    /// Creates a target's series at zero (and marks it down until the first connect).
+    pub fn init_target(&self, target: &str) {
+        for kind in UPSTREAM_FAILURE_KINDS {
+            self.all
+                .upstream_failures
+                .with_label_values(&[&self.route, target, kind]);
+        }
+        self.set_upstream_up(target, false);
+    }
+
     /// Records whether a target was reachable on the last attempt.
     pub fn set_upstream_up(&self, target: &str, up: bool) {
         self.all
@@ -318,5 +375,65 @@ impl RouteMetrics {
             .tls_reloads
             .with_label_values(&[&self.route, result])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::NakReason;
+
+    #[test]
+    fn every_reject_label_is_pre_created() {
+        for r in [
+            NakReason::Content {
+                code: 100,
+                text: "",
+            },
+            NakReason::Content {
+                code: 101,
+                text: "",
+            },
+            NakReason::Content {
+                code: 102,
+                text: "",
+            },
+            NakReason::Content {
+                code: 207,
+                text: "",
+            },
+            NakReason::Content { code: 1, text: "" },
+            NakReason::Unsupported {
+                code: 200,
+                text: "",
+            },
+            NakReason::Unsupported {
+                code: 202,
+                text: "",
+            },
+            NakReason::Unsupported {
+                code: 203,
+                text: "",
+            },
+            NakReason::Unsupported { code: 1, text: "" },
+            NakReason::UpstreamFailed,
+        ] {
+            assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());
+        }
+    }
+
+    #[test]
+    fn route_series_exist_at_zero() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("lab");
+        r.init_target("engine:2575");
+        let text = m.encode();
+        assert!(text.contains("mllp_proxy_acks_total{code=\"CR\",route=\"lab\"} 0"));
+        assert!(text.contains("mllp_proxy_tls_reloads_total{result=\"failure\",route=\"lab\"} 0"));
+        assert!(text.contains(
+            "mllp_proxy_upstream_failures_total{kind=\"timeout\",route=\"lab\",target=\"engine:2575\"} 0"
+        ));
+        assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
+        assert!(text.contains("mllp_proxy_build_info{version="));
     }
 }

@@ -98,7 +98,7 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
         let rm = metrics.route(&route.name);
         for target in &route.upstream.targets {
             // Unknown until the first connect: exported as down so an alert can see it.
-            rm.set_upstream_up(target, false);
+            rm.init_target(target);
         }
         let (reloader, tls) = TlsReloader::new(route.tls.clone(), material, rm.clone());
         // An engine may echo the message in its ACK; anything larger is not an ACK.

@@ -329,7 +329,11 @@ fn fresh_control_id() -> String {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
         // RandomState is seeded from the OS: randomness without another dependency.
-        AtomicU64::new(std::collections::hash_map::RandomState::new().build_hasher().finish())
+        AtomicU64::new(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
     });
     format!("PX{:016X}", next.fetch_add(1, Ordering::Relaxed))
 }

@@ -1,8 +1,7 @@
 //! The core promises: delivery in order, identity at the door, upstream failures never turning
 //! into a positive ACK, framing quirks, and a clean drain on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mllp_proxy::cli::MllpClient;
@@ -354,29 +353,9 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
         .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
     let config_path = pki.path("proxy.yaml");
     std::fs::write(&config_path, yaml).expect("write config");
-    let mut child = Command::new(binary())
-        .args(["run", "-c"])
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn mllp-proxy");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("proxy logged its listener")
-            .expect("read log");
-        if line.contains("route listening") {
-            let at = line.find("\"listen\":\"").expect("listen field") + 10;
-            let end = line[at..].find('"').expect("end quote");
-            break line[at..at + end].parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-
+    let mut proxy = ProxyProcess::spawn(&config_path, "info");
+    let pid = proxy.child.id().to_string();
+    let addr = proxy.addr;
     let outcome = rt.block_on(async {
         let mut client = MllpClient::connect(&pki.target(addr, ClientCert::Good), T)
             .await
@@ -387,7 +366,7 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
             "engine got the message"
         );
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -395,16 +374,6 @@ fn sigterm_during_an_in_flight_exchange_still_relays_the_ack() {
     });
     let ack = outcome.expect("ACK relayed despite SIGTERM");
     assert_eq!(msa(&ack), ("AA".into(), "TERM-1".into()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("proxy did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = proxy.terminate();
     assert!(status.success(), "exit status {status:?}");
 }

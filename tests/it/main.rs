@@ -6,4 +6,5 @@ mod core;
 mod corpus;
 mod interop;
 mod limits;
+mod observability;
 mod support;

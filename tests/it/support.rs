@@ -407,3 +407,107 @@ where
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_mllp-proxy"))
 }
+
+/// The proxy binary running as a child process, its log lines collected.
+pub struct ProxyProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProxyProcess {
+    /// Runs `mllp-proxy run -c CONFIG` (the config must log in JSON) with `RUST_LOG=rust_log`.
+    pub fn spawn(config: &Path, rust_log: &str) -> ProxyProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(binary())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mllp-proxy");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("mllp-proxy ready") {
+                    let _ = tx.send(());
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("proxy became ready");
+        let lines = log.lock().expect("lock").clone();
+        let field = |msg: &str, name: &str| -> SocketAddr {
+            let line = lines.iter().find(|l| l.contains(msg)).expect("log line");
+            let key = format!("\"{name}\":\"");
+            let at = line.find(&key).expect("field") + key.len();
+            let end = line[at..].find('"').expect("end quote");
+            line[at..at + end].parse().expect("address")
+        };
+        let addr = field("route listening", "listen");
+        let admin = field("admin listening", "admin");
+        ProxyProcess {
+            child,
+            addr,
+            admin,
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits (15 s at most) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("proxy did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `promtool`, or `None` after saying so (a failure when MLLP_PROXY_REQUIRE_INTEROP=1).
+pub fn promtool() -> Option<PathBuf> {
+    let ok = std::process::Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(PathBuf::from("promtool"));
+    }
+    if std::env::var("MLLP_PROXY_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+        panic!("promtool not found (Debian package prometheus; tests/run.sh installs it)");
+    }
+    eprintln!("SKIPPED: promtool not found (Debian package prometheus)");
+    None
+}
