@@ -114,6 +114,52 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
     }
 
+    /// Writes `NAME.crt` and `NAME.key`: a client certificate from the test CA, shaped by `edit`.
+    pub fn issue_client_with(&self, name: &str, edit: impl FnOnce(&mut CertificateParams)) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        edit(&mut p);
+        let cert = p.signed_by(&key, &self.ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+
+    /// A CRL from the test CA revoking `serials`: (PEM, DER).
+    pub fn crl(&self, serials: &[u64], number: u64) -> (String, Vec<u8>) {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).expect("CRL");
+        (crl.pem().expect("CRL PEM"), crl.der().to_vec())
+    }
+
+    /// A TLS target presenting the client certificate `NAME.crt`.
+    pub fn target_named(&self, addr: SocketAddr, name: &str) -> ClientTarget {
+        TlsArgs {
+            ca: Some(self.path("ca.crt")),
+            cert: Some(self.path(&format!("{name}.crt"))),
+            key: Some(self.path(&format!("{name}.key"))),
+            server_name: Some("localhost".into()),
+        }
+        .target(&addr.to_string())
+        .expect("client target")
+    }
+
     /// Writes `NAME.crt` and `NAME.key`: a client certificate.
     pub fn issue_client(
         &self,
@@ -510,4 +556,30 @@ pub fn promtool() -> Option<PathBuf> {
     }
     eprintln!("SKIPPED: promtool not found (Debian package prometheus)");
     None
+}
+
+/// The subject CN of the certificate a new TLS handshake with `addr` is served.
+pub async fn served_cn(pki: &Pki, addr: SocketAddr) -> String {
+    let target = pki.target(addr, ClientCert::Good);
+    let (config, name) = target.tls.expect("tls");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let der = tls.get_ref().1.peer_certificates().expect("server chain")[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Writes `bytes` to `path` by renaming a temporary file over it, as a careful operator does.
+pub fn replace_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
 }

@@ -1,0 +1,410 @@
+//! Certificates and identity: hot reload (polling, symlink swaps, SIGHUP), refusal of broken
+//! material, CRLs, allow-lists per identity kind, and third-party TLS clients.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mllp_proxy::cli::MllpClient;
+use rcgen::{DnType, SanType};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Lays out `secret/` like a mounted Kubernetes secret: `server.crt -> ..data/server.crt`,
+/// `..data -> ..v1`, and returns a config YAML using it with a 200 ms reload interval.
+fn kubernetes_style_secret(pki: &Pki, targets: &[String]) -> String {
+    let secret = pki.path("secret");
+    std::fs::create_dir_all(secret.join("..v1")).expect("mkdir");
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(pki.path(f), secret.join("..v1").join(f)).expect("copy");
+        symlink(Path::new("..data").join(f), secret.join(f)).expect("symlink");
+    }
+    symlink("..v1", secret.join("..data")).expect("symlink");
+    pki.config_yaml(targets, "")
+        .replace("certificate: server.crt", "certificate: secret/server.crt")
+        .replace("private_key: server.key", "private_key: secret/server.key")
+        .replace(
+            "client_ca: ca.crt",
+            "client_ca: ca.crt\n      reload_interval: 200ms",
+        )
+}
+
+/// Swaps the secret to a new version holding `NAME.crt`/`NAME.key`, the way the kubelet does.
+fn swap_secret(pki: &Pki, version: &str, name: &str) {
+    let secret = pki.path("secret");
+    let dir = secret.join(version);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(pki.path(&format!("{name}.crt")), dir.join("server.crt")).expect("copy");
+    std::fs::copy(pki.path(&format!("{name}.key")), dir.join("server.key")).expect("copy");
+    symlink(version, secret.join("..data_tmp")).expect("symlink");
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).expect("atomic swap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
+    // The secret is swapped like Kubernetes does: new handshakes get the new certificate and
+    // its expiry; a session opened before keeps working.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = kubernetes_style_secret(&pki, &[engine.target()]);
+    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
+    let proxy = start_proxy(cfg).await;
+    let addr = proxy.routes[0].1;
+    assert_eq!(served_cn(&pki, addr).await, "localhost");
+    let mut old_session = connect(&pki, &proxy, ClientCert::Good).await;
+    old_session.exchange(&adt("OLD-1"), T).await.expect("ACK");
+
+    pki.issue_server_valid_for("rotated", "rotated-server", Some(400));
+    swap_secret(&pki, "..v2", "rotated");
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    assert_eq!(served_cn(&pki, addr).await, "rotated-server");
+    let ack = old_session
+        .exchange(&adt("OLD-2"), T)
+        .await
+        .expect("old session still served");
+    assert_eq!(msa(&ack).1, "OLD-2");
+
+    let pem = std::fs::read(pki.path("rotated.crt")).expect("read");
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+    let not_after = der
+        .parse_x509()
+        .expect("x509")
+        .validity()
+        .not_after
+        .timestamp();
+    let sample = "mllp_proxy_certificate_expiry_timestamp_seconds{role=\"server\",route=\"test\"}";
+    assert_eq!(metric(&proxy, sample).await, not_after as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
+    // A key that does not fit the new certificate, then a truncated certificate: both are
+    // refused and counted; handshakes keep getting the old certificate.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = pki.config_yaml(&[engine.target()], "").replace(
+        "client_ca: ca.crt",
+        "client_ca: ca.crt\n      reload_interval: 200ms",
+    );
+    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
+    let proxy = start_proxy(cfg).await;
+    let addr = proxy.routes[0].1;
+
+    pki.issue_server_valid_for("rotated", "rotated-server", None);
+    replace_file(
+        &pki.path("server.crt"),
+        &std::fs::read(pki.path("rotated.crt")).expect("read"),
+    );
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    assert_eq!(served_cn(&pki, addr).await, "localhost");
+
+    let pem = std::fs::read(pki.path("rotated.crt")).expect("read");
+    replace_file(&pki.path("server.crt"), &pem[..pem.len() / 2]);
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
+            )
+            .await
+                == 2.0
+        })
+        .await
+    );
+    assert_eq!(served_cn(&pki, addr).await, "localhost");
+
+    // Fixing the pair completes the rotation.
+    replace_file(
+        &pki.path("server.key"),
+        &std::fs::read(pki.path("rotated.key")).expect("read"),
+    );
+    replace_file(&pki.path("server.crt"), &pem);
+    assert!(
+        eventually(T, || async {
+            served_cn(&pki, addr).await == "rotated-server"
+        })
+        .await
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[test]
+fn sighup_reloads_at_once() {
+    // reload_interval is an hour; SIGHUP makes the binary load the new certificate now.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let yaml = pki
+        .config_yaml(&["127.0.0.1:9".into()], "")
+        .replace(
+            "client_ca: ca.crt",
+            "client_ca: ca.crt\n      reload_interval: 1h",
+        )
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config = pki.path("hup.yaml");
+    std::fs::write(&config, yaml).expect("write");
+    let mut proxy = ProxyProcess::spawn(&config, "info");
+    assert_eq!(rt.block_on(served_cn(&pki, proxy.addr)), "localhost");
+    pki.issue_server_valid_for("rotated", "rotated-server", None);
+    std::fs::copy(pki.path("rotated.key"), pki.path("server.key")).expect("copy");
+    std::fs::copy(pki.path("rotated.crt"), pki.path("server.crt")).expect("copy");
+    let status = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let addr = proxy.addr;
+    assert!(rt.block_on(eventually(Duration::from_secs(3), || async {
+        served_cn(&pki, addr).await == "rotated-server"
+    })));
+    assert!(
+        proxy
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("TLS material reloaded"))
+    );
+    assert_eq!(proxy.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
+    // The CRL (PEM) revokes the client's serial: refused at the handshake with reason
+    // "revoked". A new CRL (DER) without it is reloaded and the client gets in.
+    let pki = Pki::new();
+    pki.issue_client_with("revokable", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(4242u64));
+        p.distinguished_name
+            .push(DnType::CommonName, "revokable-sender");
+    });
+    let (pem, _) = pki.crl(&[4242], 1);
+    std::fs::write(pki.path("clients.crl"), pem).expect("write CRL");
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = pki.config_yaml(&[engine.target()], "").replace(
+        "client_ca: ca.crt",
+        "client_ca: ca.crt\n      crl: [clients.crl]\n      reload_interval: 200ms",
+    );
+    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
+    let proxy = start_proxy(cfg).await;
+    let target = pki.target_named(proxy.routes[0].1, "revokable");
+    let refused = match MllpClient::connect(&target, T).await {
+        Err(_) => true,
+        Ok(mut c) => c.exchange(&adt("REV-1"), T).await.is_err(),
+    };
+    assert!(refused, "revoked client got through");
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_handshake_failures_total{reason=\"revoked\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    // Other clients of the same CA are not affected.
+    let mut good = connect(&pki, &proxy, ClientCert::Good).await;
+    good.exchange(&adt("GOOD-1"), T)
+        .await
+        .expect("unrevoked client served");
+
+    let (_, der) = pki.crl(&[], 2);
+    replace_file(&pki.path("clients.crl"), &der);
+    assert!(
+        eventually(T, || async {
+            metric(
+                &proxy,
+                "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    let mut client = MllpClient::connect(&target, T).await.expect("connect");
+    let ack = client
+        .exchange(&adt("REV-2"), T)
+        .await
+        .expect("served after the CRL swap");
+    assert_eq!(msa(&ack).1, "REV-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_lists_match_each_identity_kind() {
+    // For cn, dns (exact and *.), uri and email: a matching client is served, a verified
+    // client that does not match is refused before any message and counted.
+    let pki = Pki::new();
+    pki.issue_client_with("id", |p| {
+        p.distinguished_name.push(DnType::CommonName, "lab-sender");
+        p.subject_alt_names = vec![
+            SanType::DnsName("lab.hospital.test".try_into().expect("dns")),
+            SanType::URI("spiffe://hospital.test/lab".try_into().expect("uri")),
+            SanType::Rfc822Name("lab@hospital.test".try_into().expect("email")),
+        ];
+    });
+    let engine = Engine::start(Behaviour::Ack).await;
+    let cases = [
+        ("cn: lab-sender", true),
+        ("cn: billing-sender", false),
+        ("dns: lab.hospital.test", true),
+        ("dns: \"*.hospital.test\"", true),
+        ("dns: \"*.test\"", false),
+        ("dns: billing.hospital.test", false),
+        ("uri: spiffe://hospital.test/lab", true),
+        ("uri: spiffe://hospital.test/billing", false),
+        ("email: lab@hospital.test", true),
+        ("email: billing@hospital.test", false),
+    ];
+    for (entry, admitted) in cases {
+        let extra = format!("    allowed_clients:\n      - {entry}\n");
+        let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
+        let target = pki.target_named(proxy.routes[0].1, "id");
+        let before = engine.received().len();
+        let served = match MllpClient::connect(&target, T).await {
+            Err(_) => false,
+            Ok(mut c) => c.exchange(&adt("ID-1"), T).await.is_ok(),
+        };
+        assert_eq!(served, admitted, "{entry}");
+        let denied = metric(&proxy, "mllp_proxy_clients_denied_total{route=\"test\"}").await;
+        assert_eq!(denied, if admitted { 0.0 } else { 1.0 }, "{entry}");
+        assert_eq!(
+            engine.received().len(),
+            before + usize::from(admitted),
+            "{entry}"
+        );
+    }
+}
+
+/// Runs `openssl s_client` with `args`, sending one framed message; returns its stdout.
+fn s_client(addr: std::net::SocketAddr, pki: &Pki, args: &[&str]) -> Option<String> {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-quiet",
+            "-no_ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(pki.path("ca.crt"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take()?;
+        let _ = stdin.write_all(&mllp_proxy::mllp::MllpCodec::frame(&adt("OSSL-1")));
+        // Keep stdin open briefly so the ACK can arrive before s_client sees EOF and quits.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_is_served_only_with_a_good_certificate_and_tls_1_2_or_1_3() {
+    // A third-party TLS client: TLS 1.3 and 1.2 with a good certificate get the engine's ACK;
+    // TLS 1.1, no certificate, another CA's certificate and a revoked one get nothing.
+    let pki = Pki::new();
+    pki.issue_client_with("revoked", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(777u64));
+        p.distinguished_name
+            .push(DnType::CommonName, "revoked-sender");
+    });
+    std::fs::write(pki.path("clients.crl"), pki.crl(&[777], 1).0).expect("write CRL");
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = pki.config_yaml(&[engine.target()], "").replace(
+        "client_ca: ca.crt",
+        "client_ca: ca.crt\n      crl: [clients.crl]",
+    );
+    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
+    let proxy = start_proxy(cfg).await;
+    let addr = proxy.routes[0].1;
+    let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let good = [
+        "-cert".to_string(),
+        p("client.crt"),
+        "-key".into(),
+        p("client.key"),
+    ];
+    let other = [
+        "-cert".to_string(),
+        p("other.crt"),
+        "-key".into(),
+        p("other.key"),
+    ];
+    let revoked = [
+        "-cert".to_string(),
+        p("revoked.crt"),
+        "-key".into(),
+        p("revoked.key"),
+    ];
+    let with = |v: &str, cert: &[String]| -> Vec<String> {
+        let mut a = vec![v.to_string()];
+        a.extend_from_slice(cert);
+        a
+    };
+    let cases: Vec<(&str, Vec<String>, bool)> = vec![
+        ("TLS 1.3, good certificate", with("-tls1_3", &good), true),
+        ("TLS 1.2, good certificate", with("-tls1_2", &good), true),
+        ("TLS 1.1", with("-tls1_1", &good), false),
+        ("no certificate", with("-tls1_3", &[]), false),
+        ("another CA", with("-tls1_3", &other), false),
+        ("revoked", with("-tls1_2", &revoked), false),
+    ];
+    let Some(_) = s_client(addr, &pki, &["-tls1_3"]) else {
+        if std::env::var("MLLP_PROXY_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+            panic!("openssl not found");
+        }
+        eprintln!("SKIPPED: openssl not found");
+        return;
+    };
+    for (what, args, served) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out =
+            tokio::task::block_in_place(|| s_client(addr, &pki, &args)).expect("openssl runs");
+        assert_eq!(out.contains("MSA|AA|OSSL-1"), served, "{what}: {out:?}");
+    }
+}
