@@ -10,9 +10,15 @@ if ! "$venv/bin/python" -c 'import hl7, hl7apy' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
-if ! command -v openssl >/dev/null; then
-    echo "== installing openssl"
-    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+# openssl (s_client interop) and promtool (Debian package prometheus: metrics format).
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 export MLLP_PROXY_PYTHON="$PWD/$venv/bin/python"

@@ -63,10 +63,7 @@ impl Validator {
                 content(102, "MSH-2 encoding characters are invalid")
             }
         })?;
-        if msg
-            .iter()
-            .any(|&b| b == crate::mllp::SB || b == crate::mllp::EB)
-        {
+        if memchr::memchr2(crate::mllp::SB, crate::mllp::EB, msg).is_some() {
             return Err(content(102, "message contains an MLLP framing byte"));
         }
         let bytes = if self.mode == ValidationMode::Lenient {
