@@ -37,6 +37,7 @@ routes:
     validation: { mode: $mode, max_message_bytes: 16777216 }
 YAML
     "$bin" run -c "$work/$name.yaml" & pids+=($!)
+    proxy_pid=$!
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && return
         sleep 0.1
@@ -49,3 +50,7 @@ bench_result() { "$bin" bench "$@" 2>/dev/null | grep '^RESULT'; }
 
 # field LINE NAME: a number from a RESULT line.
 field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"$1"; }
+
+# cpu_seconds PID: a process's CPU time so far (user + system), from /proc at clock-tick
+# resolution (process_cpu_seconds_total is whole seconds only).
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
