@@ -499,9 +499,42 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Parses a listen address. `${NAME}` is replaced by the environment variable NAME, so a
+/// Kubernetes pod can listen on its own IP (`"${POD_IP}:2575"`) while the engine in the same
+/// pod holds `127.0.0.1:2575`.
 fn addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse()
-        .map_err(|_| invalid(key, format!("`{text}` is not an IP:port address")))
+    let expanded = expand_env(key, text)?;
+    expanded.parse().map_err(|_| {
+        let shown = if expanded == text {
+            format!("`{text}`")
+        } else {
+            format!("`{text}` (`{expanded}`)")
+        };
+        invalid(key, format!("{shown} is not an IP:port address"))
+    })
+}
+
+fn expand_env(key: &str, text: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| invalid(key, format!("`{text}`: unclosed ${{")))?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            invalid(
+                key,
+                format!("environment variable {name} (used in `{text}`) is not set"),
+            )
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -835,6 +868,25 @@ routes:
         );
         let e = err(&yaml);
         assert!(e.starts_with("routes[0].allowed_clients[2]"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_expand_environment_variables() {
+        // PATH is set in every test environment; an address made from it is not an address.
+        let e = addr("routes[0].listen", "${PATH}:2575")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("routes[0].listen: `${PATH}:2575` (`"), "{e}");
+        let e = addr("admin.listen", "${MLLP_PROXY_SURELY_UNSET_VAR}:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MLLP_PROXY_SURELY_UNSET_VAR"), "{e}");
+        assert_eq!(
+            expand_env("k", "a${PATH}b").unwrap(),
+            format!("a{}b", std::env::var("PATH").unwrap())
+        );
+        assert!(expand_env("k", "${OPEN").is_err());
+        assert_eq!(addr("k", "127.0.0.1:2575").unwrap().port(), 2575);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod certificates;
 mod cli;
 mod core;
 mod corpus;
+mod deploy;
 mod interop;
 mod limits;
 mod observability;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Validates every deployment file: Kubernetes manifests against the Kubernetes schemas
+# (kubernetes-validate, offline) plus CRD and cross-reference checks, the systemd unit with
+# systemd-analyze, the Prometheus configuration and alert rules with promtool (including
+# their unit tests), and the Grafana dashboard's JSON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/deploy-venv
+if ! "$venv/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r deploy/requirements.txt
+fi
+
+echo "== kubernetes manifests"
+"$venv/bin/kubernetes-validate" --strict --quiet -k 1.31.0 deploy/kubernetes/*/*.yaml 2>&1 | grep -v "Couldn't find schema" || true
+# --quiet prints only warnings and failures; run again for the status.
+"$venv/bin/kubernetes-validate" --strict --quiet --no-warn -k 1.31.0 deploy/kubernetes/*/*.yaml
+"$venv/bin/python" deploy/check_manifests.py deploy/kubernetes
+
+echo "== systemd unit"
+if command -v systemd-analyze >/dev/null; then
+    cargo build --quiet --bin mllp-proxy
+    unit=$(mktemp -d)/mllp-proxy.service
+    sed "s#/usr/local/bin/mllp-proxy#$PWD/target/debug/mllp-proxy#g" deploy/systemd/mllp-proxy.service > "$unit"
+    systemd-analyze verify "$unit"
+    echo "systemd-analyze verify: OK"
+else
+    echo "systemd-analyze not available; skipped"
+fi
+
+echo "== prometheus"
+promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/mllp-proxy.rules.test.yml
+
+echo "== grafana"
+python3 -m json.tool deploy/grafana/mllp-proxy.json >/dev/null && echo "dashboard JSON: OK"
