@@ -93,6 +93,32 @@ fn check_warns_about_a_certificate_expiring_soon() {
 }
 
 #[test]
+fn check_warns_about_a_crl_past_its_next_update() {
+    // An overdue CRL still loads (it still revokes what it lists), with a warning naming it.
+    let pki = Pki::new();
+    std::fs::write(pki.path("old.crl"), pki.crl_due_in(&[1], 1, -2).0).expect("write");
+    let file = pki.path("crl.yaml");
+    let yaml = pki.config_yaml(&["127.0.0.1:2576".into()], "").replace(
+        "client_ca: ca.crt",
+        "client_ca: ca.crt\n      crl: [old.crl]",
+    );
+    std::fs::write(&file, yaml).expect("write");
+    let out = run(&["check", "-c", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: routes[0].tls.crl[0]:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("past its next update"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CRLs: 1"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn send_and_ack_server_round_trip_with_the_message_log() {
     // ack-server logs each message exactly as received; send prints MSA-1 MSA-2 per message
     // from a file holding two messages separated by a blank line.

@@ -64,6 +64,23 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
             client.close().await;
         }));
     }
+    // The admin server keeps answering while every sender is busy.
+    let mut scrapes = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let started = std::time::Instant::now();
+        let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics")
+            .await
+            .expect("scrape under load");
+        assert!(body.contains("mllp_proxy_messages_received_total"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "scrape took {:?}",
+            started.elapsed()
+        );
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(scrapes > 0);
     for t in tasks {
         t.await.expect("sender task");
     }

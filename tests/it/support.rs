@@ -127,10 +127,15 @@ impl Pki {
 
     /// A CRL from the test CA revoking `serials`: (PEM, DER).
     pub fn crl(&self, serials: &[u64], number: u64) -> (String, Vec<u8>) {
+        self.crl_due_in(serials, number, 7)
+    }
+
+    /// Like [`Pki::crl`], with its next update `days` from now (negative: overdue).
+    pub fn crl_due_in(&self, serials: &[u64], number: u64, days: i64) -> (String, Vec<u8>) {
         let now = time::OffsetDateTime::now_utc();
         let params = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::hours(1),
-            next_update: now + time::Duration::days(7),
+            this_update: now - time::Duration::days(10),
+            next_update: now + time::Duration::days(days),
             crl_number: rcgen::SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: serials
