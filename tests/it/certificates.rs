@@ -60,14 +60,11 @@ async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
     pki.issue_server_valid_for("rotated", "rotated-server", Some(400));
     swap_secret(&pki, "..v2", "rotated");
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
+            1.0
+        )
         .await
     );
     assert_eq!(served_cn(&pki, addr).await, "rotated-server");
@@ -77,14 +74,7 @@ async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
         .expect("old session still served");
     assert_eq!(msa(&ack).1, "OLD-2");
 
-    let pem = std::fs::read(pki.path("rotated.crt")).expect("read");
-    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
-    let not_after = der
-        .parse_x509()
-        .expect("x509")
-        .validity()
-        .not_after
-        .timestamp();
+    let not_after = not_after(&pki.path("rotated.crt"));
     let sample = "mllp_proxy_certificate_expiry_timestamp_seconds{role=\"server\",route=\"test\"}";
     assert_eq!(metric(&proxy, sample).await, not_after as f64);
 }
@@ -109,14 +99,11 @@ async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
         &std::fs::read(pki.path("rotated.crt")).expect("read"),
     );
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
+            1.0
+        )
         .await
     );
     assert_eq!(served_cn(&pki, addr).await, "localhost");
@@ -124,14 +111,11 @@ async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
     let pem = std::fs::read(pki.path("rotated.crt")).expect("read");
     replace_file(&pki.path("server.crt"), &pem[..pem.len() / 2]);
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
-            )
-            .await
-                == 2.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}",
+            2.0
+        )
         .await
     );
     assert_eq!(served_cn(&pki, addr).await, "localhost");
@@ -221,14 +205,11 @@ async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
     };
     assert!(refused, "revoked client got through");
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_handshake_failures_total{reason=\"revoked\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_handshake_failures_total{reason=\"revoked\",route=\"test\"}",
+            1.0
+        )
         .await
     );
     // Other clients of the same CA are not affected.
@@ -240,14 +221,11 @@ async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
     let (_, der) = pki.crl(&[], 2);
     replace_file(&pki.path("clients.crl"), &der);
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}",
+            1.0
+        )
         .await
     );
     let mut client = MllpClient::connect(&target, T).await.expect("connect");

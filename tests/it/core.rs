@@ -98,12 +98,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
         let want: Vec<String> = (0..50).map(|i| format!("C{c:02}-{i:03}")).collect();
         assert_eq!(ids, want, "sender {c}");
     }
-    assert!(
-        eventually(T, || async {
-            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0
-        })
-        .await
-    );
+    assert!(metric_reaches(&proxy, "mllp_proxy_connections_active{route=\"test\"}", 0.0).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,10 +126,7 @@ async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_r
         let sample = format!(
             "mllp_proxy_tls_handshake_failures_total{{reason=\"{reason}\",route=\"test\"}}"
         );
-        assert!(
-            eventually(T, || async { metric(&proxy, &sample).await == 1.0 }).await,
-            "{sample}"
-        );
+        assert!(metric_reaches(&proxy, &sample, 1.0).await, "{sample}");
     }
     assert!(engine.received().is_empty());
     assert_eq!(

@@ -41,14 +41,11 @@ async fn silent_and_non_tls_peers_are_closed_and_counted() {
         "{took:?}"
     );
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_handshake_failures_total{reason=\"timeout\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_handshake_failures_total{reason=\"timeout\",route=\"test\"}",
+            1.0
+        )
         .await
     );
 
@@ -59,14 +56,11 @@ async fn silent_and_non_tls_peers_are_closed_and_counted() {
         .expect("write");
     wait_closed(&mut plain).await;
     assert!(
-        eventually(T, || async {
-            metric(
-                &proxy,
-                "mllp_proxy_tls_handshake_failures_total{reason=\"not_tls\",route=\"test\"}",
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            &proxy,
+            "mllp_proxy_tls_handshake_failures_total{reason=\"not_tls\",route=\"test\"}",
+            1.0
+        )
         .await
     );
     assert!(engine.received().is_empty());
@@ -102,12 +96,7 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
     );
 
     a.close().await;
-    assert!(
-        eventually(T, || async {
-            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 1.0
-        })
-        .await
-    );
+    assert!(metric_reaches(&proxy, "mllp_proxy_connections_active{route=\"test\"}", 1.0).await);
     let mut d = MllpClient::connect(&target, T).await.expect("slot freed");
     let ack = d.exchange(&adt("D-1"), T).await.expect("d served");
     assert_eq!(msa(&ack), ("AA".into(), "D-1".into()));
@@ -126,12 +115,7 @@ async fn idle_senders_are_closed_after_idle_timeout() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(client.exchange(&adt("IDLE-2"), T).await.is_err());
     assert_eq!(engine.received().len(), 1);
-    assert!(
-        eventually(T, || async {
-            metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await == 0.0
-        })
-        .await
-    );
+    assert!(metric_reaches(&proxy, "mllp_proxy_connections_active{route=\"test\"}", 0.0).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -588,3 +588,22 @@ pub fn replace_file(path: &Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// Whether the scraped `sample` reaches `want` within 10 s.
+pub async fn metric_reaches(proxy: &RunningProxy, sample: &str, want: f64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        metric(proxy, sample).await == want
+    })
+    .await
+}
+
+/// notAfter (Unix seconds) of the first certificate in a PEM file.
+pub fn not_after(pem_file: &Path) -> i64 {
+    let pem = std::fs::read(pem_file).expect("read certificate");
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+    der.parse_x509()
+        .expect("x509")
+        .validity()
+        .not_after
+        .timestamp()
+}
