@@ -147,7 +147,10 @@ struct Session<'a> {
     codec: MllpCodec,
     buf: BytesMut,
     upstream: Option<UpstreamConn>,
+    /// Answers to the sender, framed.
     out: BytesMut,
+    /// The message being forwarded, framed.
+    framed: BytesMut,
 }
 
 impl<'a> Session<'a> {
@@ -158,6 +161,7 @@ impl<'a> Session<'a> {
             buf: BytesMut::with_capacity(8 * 1024),
             upstream: None,
             out: BytesMut::with_capacity(1024),
+            framed: BytesMut::with_capacity(8 * 1024),
         }
     }
 
@@ -306,29 +310,30 @@ impl<'a> Session<'a> {
         };
         let header = Header::parse(&forward).ok();
         let is_ack = header.is_some_and(|h| h.is_ack());
-        let control_id: Bytes =
-            header.map_or_else(Bytes::new, |h| Bytes::copy_from_slice(h.control_id));
-        self.out.clear();
-        MllpCodec::write_frame(&forward, &mut self.out);
-        let framed = self.out.split().freeze();
-
-        if is_ack {
-            // The engine does not answer an acknowledgment; waiting for one would stall the sender.
-            let r = self.forward_only(&framed).await;
-            return match r {
-                Ok(()) => {
-                    m.messages_forwarded.inc();
-                    log_message("forwarded acknowledgment", header.as_ref(), forward.len());
-                    Ok(())
-                }
-                Err(e) => self.upstream_failed(stream, e, None).await,
-            };
-        }
-
+        let control_id = header.map_or(&[][..], |h| h.control_id);
+        // The framing buffer is kept across messages: no allocation per message once warm.
+        let mut framed = std::mem::take(&mut self.framed);
+        framed.clear();
+        MllpCodec::write_frame(&forward, &mut framed);
         let started = Instant::now();
-        let ack = match self.exchange(&framed).await {
-            Ok(ack) => ack,
-            Err(e) => return self.upstream_failed(stream, e, header.as_ref()).await,
+        let outcome = if is_ack {
+            // The engine does not answer an acknowledgment; waiting for one would stall the sender.
+            self.forward_only(&framed).await.map(|()| None)
+        } else {
+            self.exchange(&framed).await.map(Some)
+        };
+        self.framed = framed;
+        let ack = match outcome {
+            Ok(Some(ack)) => ack,
+            Ok(None) => {
+                m.messages_forwarded.inc();
+                log_message("forwarded acknowledgment", header.as_ref(), forward.len());
+                return Ok(());
+            }
+            Err(e) => {
+                let answerable = if is_ack { None } else { header.as_ref() };
+                return self.upstream_failed(stream, e, answerable).await;
+            }
         };
         m.messages_forwarded.inc();
         let elapsed = started.elapsed();
@@ -341,9 +346,9 @@ impl<'a> Session<'a> {
             return self.upstream_failed(stream, e, header.as_ref()).await;
         };
         // Without a readable MSH-10 (validation off) there is nothing to correlate against.
-        if !control_id.is_empty() && info.control_id != control_id.as_ref() {
+        if !control_id.is_empty() && info.control_id != control_id {
             let target = self.drop_upstream();
-            tracing::warn!(side = "upstream", expected = %lossy(&control_id), got = %lossy(info.control_id), "ACK MSA-2 does not match MSH-10; ACK dropped");
+            tracing::warn!(side = "upstream", expected = %lossy(control_id), got = %lossy(info.control_id), "ACK MSA-2 does not match MSH-10; ACK dropped");
             let e = UpstreamError::Protocol {
                 target,
                 detail: "ACK MSA-2 does not match the message's MSH-10",
@@ -354,7 +359,7 @@ impl<'a> Session<'a> {
         m.ack(info.code.as_str());
         tracing::debug!(
             message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
-            control_id = %lossy(&control_id),
+            control_id = %lossy(control_id),
             bytes = forward.len(),
             ack = %info.code,
             upstream_ms = elapsed.as_secs_f64() * 1000.0,
