@@ -237,6 +237,13 @@ impl<'a> Session<'a> {
                     };
                 }
                 Ok(_) => {}
+                // Many MLLP clients close the TCP connection without a TLS close_notify. Between
+                // frames that is an ordinary goodbye, not an error worth a warning.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && !self.codec.in_frame() =>
+                {
+                    return Err(SessionEnd::SenderClosed);
+                }
                 Err(e) => return Err(SessionEnd::Sender(e.to_string())),
             }
         }

@@ -10,6 +10,10 @@ if ! "$venv/bin/python" -c 'import hl7, hl7apy' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
+if ! [ -f tests/interop/node_modules/node-hl7-client/package.json ]; then
+    echo "== installing node-hl7-client into tests/interop/node_modules"
+    (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+fi
 # openssl (s_client interop) and promtool (Debian package prometheus: metrics format).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)

@@ -80,11 +80,15 @@ def parse_nak(path):
 
     raw = open(path, "rb").read().decode("latin-1")
     m = hl7.parse(raw)
-    msa = m.segment("MSA")
-    err = m.segment("ERR")
-    print("python-hl7", str(msa[1]), str(msa[2]), str(err[3][0][0]) if len(err) > 3 else str(err[1]))
+    # ERR-3 (code^text^table) from v2.5; ERR-1.4 (…^code&text&table) before.
+    code = m.extract_field("ERR", 1, 3, 1, 1) or m.extract_field("ERR", 1, 1, 1, 4, 1)
+    print("python-hl7", m.extract_field("MSA", 1, 1), m.extract_field("MSA", 1, 2), code)
     h = parse_message(raw, find_groups=False, validation_level=2)
-    print("hl7apy", h.msa.msa_1.value, h.msa.msa_2.value, h.err.err_3.err_3_1.value)
+    if h.msh.msh_12.value.startswith(("2.1", "2.2", "2.3", "2.4")):
+        code = h.err.err_1.cm_eld_4.ce_1.to_er7()
+    else:
+        code = h.err.err_3.err_3_1.value
+    print("hl7apy", h.msa.msa_1.value, h.msa.msa_2.value, code)
 
 
 if __name__ == "__main__":

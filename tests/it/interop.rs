@@ -117,8 +117,8 @@ async fn python_hl7_client_through_proxy_to_hl7apy_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
-    // NAKs written by the proxy (unsupported message type → AR 200; missing MSH-10 → AE 101)
-    // parse in both libraries, which read back MSA-1, MSA-2 and the ERR code.
+    // NAKs written by the proxy (AR 200, AE 101, their enhanced-mode CR/CE forms, and the
+    // pre-2.5 ERR-1 form) parse in both libraries, which read back MSA-1, MSA-2 and the code.
     let Some(py) = python() else { return };
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
@@ -133,9 +133,31 @@ async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
     )
     .await
     .expect("connect");
-    let orm = b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ORM^O01^ORM_O01|ORD-77|P|2.5.1\rPID|1||X\r";
-    let no_id = b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ADT^A01^ADT_A01||P|2.5.1\rPID|1||X\r";
-    for (msg, want) in [(&orm[..], "AR ORD-77 200"), (&no_id[..], "AE  101")] {
+    let cases: [(&[u8], &str); 5] = [
+        (
+            b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ORM^O01^ORM_O01|ORD-77|P|2.5.1\rPID|1||X\r",
+            "AR ORD-77 200",
+        ),
+        (
+            b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ADT^A01^ADT_A01||P|2.5.1\rPID|1||X\r",
+            "AE  101",
+        ),
+        // Enhanced mode (MSH-15 set): commit codes.
+        (
+            b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ORM^O01|ENH-1|P|2.5.1|||AL|NE\rPID|1||X\r",
+            "CR ENH-1 200",
+        ),
+        (
+            b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ADT^A01|ENH-2|P|2.5.1|||AL|NE\rpid|1||X\r",
+            "CE ENH-2 100",
+        ),
+        // v2.3: the ERR-1 form.
+        (
+            b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ORM^O01|OLD-1|P|2.3\rPID|1||X\r",
+            "AR OLD-1 200",
+        ),
+    ];
+    for (msg, want) in cases {
         let nak = client
             .exchange(msg, Duration::from_secs(5))
             .await
@@ -158,4 +180,68 @@ async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
         assert!(stdout.contains(&format!("hl7apy {want}")), "{stdout}");
     }
     assert!(engine.received().is_empty());
+}
+
+/// `node`, with node-hl7-client installed in tests/interop, or `None` after saying why.
+fn node_client() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let ok = dir
+        .join("node_modules/node-hl7-client/package.json")
+        .exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(dir.join("node-client.cjs"));
+    }
+    let msg = "node and node-hl7-client not found (run tests/run.sh: npm ci in tests/interop)";
+    if std::env::var("MLLP_PROXY_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_hl7_client_is_served_by_a_lenient_route_and_told_why_by_a_strict_one() {
+    // node-hl7-client sends over mutual TLS. It trims the final segment terminator: a lenient
+    // route re-terminates and the engine ACKs all 25 (AA); a strict route answers each with
+    // AE (ERR 100) and the sender's own control ID, and forwards nothing.
+    let Some(script) = node_client() else { return };
+    let pki = Pki::new();
+    for (mode, expected, forwarded) in [("lenient", "AA", 25), ("strict", "AE", 0)] {
+        let engine = Engine::start(Behaviour::Ack).await;
+        let extra = format!("    validation:\n      mode: {mode}\n");
+        let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
+        let port = proxy.routes[0].1.port().to_string();
+        let (ca, cert, key) = (
+            pki.path("ca.crt"),
+            pki.path("client.crt"),
+            pki.path("client.key"),
+        );
+        let script = script.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("node")
+                .arg(script)
+                .args(["127.0.0.1", &port])
+                .args([&ca, &cert, &key])
+                .args(["25", expected])
+                .output()
+                .expect("run node-hl7-client")
+        })
+        .await
+        .expect("client task");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{expected} for 25/25")),
+            "{mode}: {stdout}"
+        );
+        assert_eq!(engine.received().len(), forwarded, "{mode}");
+    }
 }
