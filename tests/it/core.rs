@@ -268,6 +268,44 @@ async fn engine_that_closes_after_every_ack_does_not_fail_the_next_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one() {
+    // The engine reads a message on a kept connection and closes it without a byte of answer
+    // (the race of an engine closing idle connections). The proxy resends it once on a fresh
+    // connection; the sender gets the engine's AA. The engine sees that message twice, as
+    // documented in docs/behaviour.md.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::CloseOnSecondMessage).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    for id in ["R-1", "R-2", "R-3"] {
+        let ack = client.exchange(&adt(id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id.into()));
+    }
+    let ids: Vec<String> = engine
+        .received()
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(m)
+                .split('|')
+                .nth(9)
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["R-1", "R-2", "R-2", "R-3", "R-3"]);
+    assert_eq!(engine.connections(), 3);
+    let closed = format!(
+        "mllp_proxy_upstream_failures_total{{kind=\"closed\",route=\"test\",target=\"{}\"}}",
+        engine.target()
+    );
+    assert_eq!(
+        metric(&proxy, &closed).await,
+        0.0,
+        "a retried close is not a failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_quirks_are_absorbed() {
     // A frame split byte by byte, two frames in one write, garbage between frames, and an
     // oversize frame (NAKed, and the connection still usable afterwards).

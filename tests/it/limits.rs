@@ -152,3 +152,67 @@ async fn a_frame_dribbled_byte_by_byte_is_cut_at_frame_timeout() {
     );
     assert!(engine.received().is_empty());
 }
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+#[test]
+fn a_64_mib_frame_is_refused_without_being_held_in_memory() {
+    // The real binary, max_message_bytes 1 MiB: a 64 MiB message (with a readable MSH) gets
+    // AE and the connection stays usable; the process's peak memory never comes near 64 MiB.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Ack));
+    let yaml = pki
+        .config_yaml(
+            &[engine.target()],
+            "    validation:\n      max_message_bytes: 1048576\n",
+        )
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config = pki.path("big.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let mut proxy = ProxyProcess::spawn(&config, "info");
+    let pid = proxy.child.id();
+    let before = peak_rss(pid);
+    let target = pki.target(proxy.addr, ClientCert::Good);
+    rt.block_on(async {
+        let mut client = MllpClient::connect(&target, T).await.expect("connect");
+        let mut big = adt("HUGE-1");
+        big.extend_from_slice(b"OBX|1|ED|PDF||");
+        big.resize(64 << 20, b'A');
+        big.push(b'\r');
+        let nak = client
+            .exchange(&big, Duration::from_secs(60))
+            .await
+            .expect("NAK");
+        assert_eq!(msa(&nak), ("AE".into(), "HUGE-1".into()));
+        let ack = client
+            .exchange(&adt("AFTER-HUGE"), T)
+            .await
+            .expect("still usable");
+        assert_eq!(msa(&ack), ("AA".into(), "AFTER-HUGE".into()));
+    });
+    let after = peak_rss(pid);
+    eprintln!(
+        "peak RSS before {} KiB, after {} KiB",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after < before + (16 << 20),
+        "peak RSS grew from {} MiB to {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert_eq!(engine.received().len(), 1);
+    assert_eq!(proxy.terminate().code(), Some(0));
+}

@@ -275,6 +275,8 @@ pub enum Behaviour {
     Delay(Duration),
     /// Answers AA, then closes the connection (a quirk of some legacy engines).
     CloseAfterAck,
+    /// Answers the first message of each connection; closes on reading the second.
+    CloseOnSecondMessage,
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -358,11 +360,16 @@ async fn engine_connection(
 ) {
     let mut codec = MllpCodec::new(64 << 20);
     let mut buf = BytesMut::new();
+    let mut on_this_connection = 0;
     loop {
         while let Ok(Some(frame)) = codec.decode(&mut buf) {
             let Frame::Message(msg) = frame else { continue };
             received.lock().expect("lock").push(msg.clone());
+            on_this_connection += 1;
             let b = *behaviour.lock().expect("lock");
+            if b == Behaviour::CloseOnSecondMessage && on_this_connection == 2 {
+                return;
+            }
             let header = Header::parse(&msg).ok();
             if header.is_some_and(|h| h.is_ack()) {
                 // Like a real engine: an acknowledgment is not answered.
@@ -384,7 +391,9 @@ async fn engine_connection(
                     tokio::time::sleep(d).await;
                     build_accept(header.as_ref())
                 }
-                Behaviour::Ack | Behaviour::CloseAfterAck => build_accept(header.as_ref()),
+                Behaviour::Ack | Behaviour::CloseAfterAck | Behaviour::CloseOnSecondMessage => {
+                    build_accept(header.as_ref())
+                }
             };
             if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
                 return;
@@ -468,7 +477,8 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Runs `mllp-proxy run -c CONFIG` (the config must log in JSON) with `RUST_LOG=rust_log`.
+    /// Runs `mllp-proxy run -c CONFIG` (the config must log in JSON) with `RUST_LOG=rust_log`,
+    /// which must let info lines through: the addresses are read from them.
     pub fn spawn(config: &Path, rust_log: &str) -> ProxyProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(binary())
