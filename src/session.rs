@@ -102,7 +102,13 @@ pub async fn serve(
             Ok(Err(e)) => {
                 let reason = handshake_failure_reason(&e);
                 ctx.metrics.handshake_failed(reason);
-                tracing::warn!(side = "sender", reason, error = %e, "TLS handshake failed");
+                if reason == "eof" {
+                    // A TCP connect that closes before a byte: load-balancer health checks and
+                    // port probes do this every few seconds. Counted, not worth a warning.
+                    tracing::debug!(side = "sender", reason, error = %e, "TLS handshake failed");
+                } else {
+                    tracing::warn!(side = "sender", reason, error = %e, "TLS handshake failed");
+                }
                 return;
             }
             Err(_) => {
