@@ -41,7 +41,7 @@ for folder in sorted(pathlib.Path(sys.argv[1]).iterdir()):
             for v in d["spec"]["template"]["spec"].get("volumes", []):
                 if "secret" in v and v["secret"]["secretName"] not in secrets:
                     errors.append(f"{folder.name}/{name}: secret {v['secret']['secretName']} is not issued by any Certificate")
-                if "configMap" in v and v["configMap"]["name"] not in configmaps and v["configMap"]["name"] != "mllp-sender-ca":
+                if "configMap" in v and v["configMap"]["name"] not in configmaps:
                     errors.append(f"{folder.name}/{name}: config map {v['configMap']['name']} is not defined")
         if d["kind"] == "ServiceMonitor":
             for e in d["spec"]["endpoints"]:

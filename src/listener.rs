@@ -34,7 +34,7 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE/ENFILE: sleeping lets sessions end and free descriptors.
-                tracing::error!(route = %ctx.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tracing::error!(side = "proxy", route = %ctx.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}

@@ -61,7 +61,7 @@ impl TlsReloader {
             Ok(f) => f,
             Err(e) => {
                 // A file missing mid-swap is common on Kubernetes; the next poll retries.
-                tracing::error!(route = %route, error = %e, "TLS reload refused; previous material stays in service");
+                tracing::error!(side = "proxy", route = %route, error = %e, "TLS reload refused; previous material stays in service");
                 self.metrics.reloaded(false);
                 return ReloadOutcome::Failed;
             }
@@ -86,7 +86,7 @@ impl TlsReloader {
                 ReloadOutcome::Reloaded
             }
             Err(e) => {
-                tracing::error!(route = %route, error = %e, "TLS reload refused; previous material stays in service");
+                tracing::error!(side = "proxy", route = %route, error = %e, "TLS reload refused; previous material stays in service");
                 self.metrics.reloaded(false);
                 self.last_failed = Some(files);
                 ReloadOutcome::Failed
