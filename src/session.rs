@@ -520,3 +520,142 @@ fn lossy(b: &[u8]) -> String {
     let b = &b[..b.len().min(64)];
     String::from_utf8_lossy(b).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Time-dependent session logic on an in-memory stream with a paused clock: exact, instant.
+
+    use std::path::Path;
+
+    use tokio::io::DuplexStream;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    fn context() -> RouteContext {
+        let yaml = r#"
+routes:
+  - name: t
+    listen: "127.0.0.1:0"
+    tls: { certificate: c, private_key: k, client_ca: ca }
+    upstream: { targets: ["127.0.0.1:9"] }
+    limits: { idle_timeout: 15m, frame_timeout: 60s }
+"#;
+        let cfg = Config::from_yaml(yaml, Path::new("/"))
+            .unwrap()
+            .routes
+            .remove(0);
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let (_tx, tls) = watch::channel(Arc::new(server));
+        let metrics = Metrics::new().unwrap().route("t");
+        RouteContext {
+            tls,
+            allow: AllowList::default(),
+            validator: hl7::Validator::new(&cfg.validation),
+            upstream: Upstream::new(cfg.upstream.clone(), 1 << 20, metrics.clone()),
+            metrics,
+            cfg,
+        }
+    }
+
+    async fn run_session(
+        ctx: &RouteContext,
+        server: &mut DuplexStream,
+        stop: &CancellationToken,
+    ) -> (SessionEnd, Duration) {
+        let started = Instant::now();
+        let end = Session::new(ctx).run(server, stop).await;
+        (end, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_sender_is_closed_exactly_at_idle_timeout() {
+        // Nothing is ever sent: the session ends at idle_timeout (15 min), not a moment later.
+        let ctx = context();
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (end, took) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
+        assert!(matches!(end, SessionEnd::Idle), "{end}");
+        assert_eq!(took, Duration::from_secs(15 * 60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_kept_alive_by_trickling_bytes_still_ends_at_frame_timeout() {
+        // A byte every 10 s never lets a read time out, yet the frame deadline counts from its start.
+        let ctx = context();
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let trickle = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            client.write_all(b"\x0bMSH|").await.unwrap();
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (end, took) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
+        assert!(matches!(end, SessionEnd::FrameTimeout), "{end}");
+        // 5 s idle before the frame started, then exactly frame_timeout.
+        assert_eq!(took, Duration::from_secs(65));
+        drop(server);
+        trickle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_an_idle_session_at_once_but_waits_for_a_started_frame() {
+        // Shutdown never cuts a message in the middle: only a session between frames stops at once.
+        let ctx = context();
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let (end, took) = run_session(&ctx, &mut server, &stop).await;
+        assert!(matches!(end, SessionEnd::Shutdown), "{end}");
+        assert_eq!(took, Duration::ZERO);
+
+        // Inside a frame the session keeps reading until the frame ends or times out.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"\x0bMSH|half a frame").await.unwrap();
+        let stop = CancellationToken::new();
+        let session = async { run_session(&ctx, &mut server, &stop).await };
+        let cancel_later = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        };
+        let ((end, took), ()) = tokio::join!(session, cancel_later);
+        assert!(matches!(end, SessionEnd::FrameTimeout), "{end}");
+        assert_eq!(took, Duration::from_secs(60));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_closing_between_frames_is_routine_and_inside_one_is_not() {
+        // EOF between frames is a goodbye; EOF inside a frame is a sender fault worth a warning.
+        let ctx = context();
+        let (client, mut server) = tokio::io::duplex(1024);
+        drop(client);
+        let (end, _) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
+        assert!(
+            matches!(end, SessionEnd::SenderClosed) && end.routine(),
+            "{end}"
+        );
+
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"\x0bMSH|cut").await.unwrap();
+        drop(client);
+        let (end, _) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
+        assert!(
+            matches!(end, SessionEnd::Sender(_)) && !end.routine(),
+            "{end}"
+        );
+        assert_eq!(end.side(), "sender");
+    }
+}
