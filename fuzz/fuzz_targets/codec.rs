@@ -10,7 +10,9 @@ use tokio_util::codec::Decoder;
 const LIMIT: usize = 512;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, data)) = data.split_first() else { return };
+    let Some((&cut, data)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(cut % 64) + 1;
     let mut codec = MllpCodec::new(LIMIT);
     let mut buf = BytesMut::new();
@@ -22,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
                 Frame::Oversize { head, len } => assert!(len > LIMIT && head.len() <= len),
             }
         }
-        assert!(buf.len() <= LIMIT + chunk + 1, "buffer grew to {}", buf.len());
+        assert!(
+            buf.len() <= LIMIT + chunk + 1,
+            "buffer grew to {}",
+            buf.len()
+        );
     }
     let _ = codec.decode_eof(&mut buf);
 });

@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = Validator::new(&cfg(ValidationMode::Off)).check(data);
     let strict_result = strict.check(data);
     if let Ok(normalised) = lenient.check(data) {
-        assert!(strict.check(&normalised).is_ok(), "lenient output must pass strict");
+        assert!(
+            strict.check(&normalised).is_ok(),
+            "lenient output must pass strict"
+        );
     }
     if let Ok(m) = Message::parse(data) {
         for seg in m.segments().take(64) {
