@@ -141,25 +141,31 @@ impl UpstreamConn {
     }
 
     /// Whether the idle connection can carry another exchange: the engine has not closed it and
-    /// has not sent anything unasked (a late or stray ACK, which is a protocol failure).
+    /// has not sent a frame unasked (a late or second ACK: a protocol failure). Bytes outside
+    /// frames, such as a line feed some engines write after the end block, are dropped.
     pub fn check_idle(&mut self) -> Result<(), UpstreamError> {
-        let mut probe = [0u8; 64];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Ok(0) => Err(UpstreamError::Closed {
-                target: self.target.clone(),
-                answered: false,
-                detail: "engine closed the idle connection".into(),
-            }),
-            Ok(_) => Err(UpstreamError::Protocol {
-                target: self.target.clone(),
-                detail: "unsolicited bytes (late ACK?) on an idle connection",
-            }),
-            Err(e) => Err(UpstreamError::Closed {
-                target: self.target.clone(),
-                answered: false,
-                detail: e.to_string(),
-            }),
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(_)) => return Err(self.unsolicited()),
+                Ok(None) if self.codec.in_frame() => return Err(self.unsolicited()),
+                Ok(None) => {}
+                Err(e) => return Err(self.closed(false, e.to_string())),
+            }
+            self.codec.take_discarded();
+            self.buf.reserve(1024);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(0) => return Err(self.closed(false, "engine closed the idle connection".into())),
+                Ok(_) => {}
+                Err(e) => return Err(self.closed(false, e.to_string())),
+            }
+        }
+    }
+
+    fn unsolicited(&self) -> UpstreamError {
+        UpstreamError::Protocol {
+            target: self.target.clone(),
+            detail: "unsolicited frame (late or second ACK) on an idle connection",
         }
     }
 

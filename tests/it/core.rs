@@ -306,6 +306,40 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_bytes_after_an_ack_are_dropped_and_a_second_ack_replaces_the_connection() {
+    // An engine that writes a line feed after each frame keeps its connection; one that sends
+    // a second, unsolicited ACK has it replaced before the next message (counted as a protocol
+    // failure) — and no sender message fails either way.
+    let pki = Pki::new();
+    for (quirk, connections, protocol_failures) in [
+        (Behaviour::AckThenLineFeed, 1, 0.0),
+        (Behaviour::AckTwice, 5, 4.0),
+    ] {
+        let engine = Engine::start(quirk).await;
+        let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+        let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+        for i in 0..5 {
+            let id = format!("S-{i}");
+            let ack = client.exchange(&adt(&id), T).await.expect("ACK");
+            assert_eq!(msa(&ack), ("AA".into(), id), "{quirk:?}");
+            // Let the engine's trailing bytes arrive before the next message.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(engine.received().len(), 5, "{quirk:?}");
+        assert_eq!(engine.connections(), connections, "{quirk:?}");
+        let sample = format!(
+            "mllp_proxy_upstream_failures_total{{kind=\"protocol\",route=\"test\",target=\"{}\"}}",
+            engine.target()
+        );
+        assert_eq!(
+            metric(&proxy, &sample).await,
+            protocol_failures,
+            "{quirk:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_quirks_are_absorbed() {
     // A frame split byte by byte, two frames in one write, garbage between frames, and an
     // oversize frame (NAKed, and the connection still usable afterwards).

@@ -277,6 +277,10 @@ pub enum Behaviour {
     CloseAfterAck,
     /// Answers the first message of each connection; closes on reading the second.
     CloseOnSecondMessage,
+    /// Answers AA, then a line feed outside any frame a moment later.
+    AckThenLineFeed,
+    /// Answers AA twice (a second, unsolicited frame).
+    AckTwice,
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -391,12 +395,25 @@ async fn engine_connection(
                     tokio::time::sleep(d).await;
                     build_accept(header.as_ref())
                 }
-                Behaviour::Ack | Behaviour::CloseAfterAck | Behaviour::CloseOnSecondMessage => {
-                    build_accept(header.as_ref())
-                }
+                Behaviour::Ack
+                | Behaviour::CloseAfterAck
+                | Behaviour::CloseOnSecondMessage
+                | Behaviour::AckThenLineFeed
+                | Behaviour::AckTwice => build_accept(header.as_ref()),
             };
             if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
                 return;
+            }
+            match b {
+                Behaviour::AckThenLineFeed => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = tcp.write_all(b"\n").await;
+                }
+                Behaviour::AckTwice => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = tcp.write_all(&MllpCodec::frame(&answer)).await;
+                }
+                _ => {}
             }
             if b == Behaviour::CloseAfterAck {
                 return;
