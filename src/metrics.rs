@@ -10,6 +10,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::hl7::AckCode;
+
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -31,8 +33,6 @@ const BYTES_BUCKETS: &[f64] = &[
     67_108_864.0,
 ];
 
-/// MSA-1 codes of `acks_total`.
-pub const ACK_CODES: &[&str] = &["AA", "AE", "AR", "CA", "CE", "CR", "other"];
 /// Reasons of `messages_rejected_total` (see `NakReason::label` and `session`).
 pub const REJECT_REASONS: &[&str] = &[
     "segment",
@@ -126,6 +126,9 @@ pub struct RouteMetrics {
     pub message_bytes: Histogram,
     /// See [`Metrics::discarded_bytes`].
     pub discarded_bytes: IntCounter,
+    /// `acks_total` per MSA-1 code, indexed by `AckCode as usize`: counted for every relayed
+    /// ACK, so bound once rather than looked up by label each time.
+    acks: [IntCounter; 7],
     all: Metrics,
 }
 
@@ -266,9 +269,6 @@ impl Metrics {
     /// created at zero, so `rate()` and alerts see a series before its first event.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let r = [route];
-        for code in ACK_CODES {
-            self.acks.with_label_values(&[route, code]);
-        }
         for reason in REJECT_REASONS {
             self.messages_rejected.with_label_values(&[route, reason]);
         }
@@ -290,6 +290,7 @@ impl Metrics {
             upstream_ack_seconds: self.upstream_ack_seconds.with_label_values(&r),
             message_bytes: self.message_bytes.with_label_values(&r),
             discarded_bytes: self.discarded_bytes.with_label_values(&r),
+            acks: AckCode::ALL.map(|c| self.acks.with_label_values(&[route, c.as_str()])),
             all: self.clone(),
         }
     }
@@ -327,8 +328,8 @@ impl RouteMetrics {
     }
 
     /// Counts a relayed upstream acknowledgment.
-    pub fn ack(&self, code: &'static str) {
-        self.all.acks.with_label_values(&[&self.route, code]).inc();
+    pub fn ack(&self, code: AckCode) {
+        self.acks[code as usize].inc();
     }
 
     /// Counts an upstream failure and marks the target down for connect failures.
@@ -420,6 +421,19 @@ mod tests {
         ] {
             assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());
         }
+    }
+
+    #[test]
+    fn ack_handles_are_indexed_by_discriminant() {
+        for (i, code) in AckCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i);
+        }
+        let m = Metrics::new().unwrap();
+        m.route("lab").ack(AckCode::CE);
+        assert!(
+            m.encode()
+                .contains("mllp_proxy_acks_total{code=\"CE\",route=\"lab\"} 1")
+        );
     }
 
     #[test]

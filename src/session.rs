@@ -306,8 +306,8 @@ impl<'a> Session<'a> {
         };
         m.message_bytes.observe(msg.len() as f64);
 
-        let forward = match self.ctx.validator.check(&msg) {
-            Ok(bytes) => bytes,
+        let checked = match self.ctx.validator.check(&msg) {
+            Ok(checked) => checked,
             Err(rejection) => {
                 let header = Header::parse(&msg).ok();
                 m.rejected(rejection.reason.label());
@@ -321,7 +321,7 @@ impl<'a> Session<'a> {
                 return self.reply(stream, &nak).await;
             }
         };
-        let header = Header::parse(&forward).ok();
+        let (forward, header) = (checked.bytes, checked.header);
         let is_ack = header.is_some_and(|h| h.is_ack());
         let control_id = header.map_or(&[][..], |h| h.control_id);
         // The framing buffer is kept across messages: no allocation per message once warm.
@@ -369,7 +369,7 @@ impl<'a> Session<'a> {
             return self.upstream_failed(stream, e, header.as_ref()).await;
         }
         m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
-        m.ack(info.code.as_str());
+        m.ack(info.code);
         tracing::debug!(
             message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
             control_id = %lossy(control_id),

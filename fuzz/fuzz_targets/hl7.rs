@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let strict_result = strict.check(data);
     if let Ok(normalised) = lenient.check(data) {
         assert!(
-            strict.check(&normalised).is_ok(),
+            strict.check(&normalised.bytes).is_ok(),
             "lenient output must pass strict"
         );
     }

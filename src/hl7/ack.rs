@@ -57,6 +57,17 @@ pub enum NakReason {
 }
 
 impl AckCode {
+    /// Every code, in the order of their discriminants (metric handles are indexed by it).
+    pub const ALL: [AckCode; 7] = [
+        AckCode::AA,
+        AckCode::AE,
+        AckCode::AR,
+        AckCode::CA,
+        AckCode::CE,
+        AckCode::CR,
+        AckCode::Other,
+    ];
+
     /// Parses MSA-1.
     pub fn parse(code: &[u8]) -> Self {
         match code {

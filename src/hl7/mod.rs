@@ -11,4 +11,4 @@ mod validate;
 pub(crate) use ack::hl7_timestamp;
 pub use ack::{AckCode, AckInfo, NakReason, build_accept, build_nak, parse_ack};
 pub use message::{Field, Header, HeaderError, Message, Segment, Separators};
-pub use validate::{Rejection, Validator};
+pub use validate::{Checked, Rejection, Validator};

@@ -6,7 +6,16 @@ use super::ack::NakReason;
 use super::message::{Header, HeaderError};
 use crate::config::{ValidationConfig, ValidationMode};
 
-/// A refused message: the NAK reason and whether its header could be read.
+/// An accepted message: what to forward, and its header, read once for the whole exchange.
+#[derive(Debug, Clone)]
+pub struct Checked<'a> {
+    /// The bytes to forward (re-terminated in lenient mode).
+    pub bytes: Cow<'a, [u8]>,
+    /// MSH of the message; `None` only in `off` mode when it cannot be read.
+    pub header: Option<Header<'a>>,
+}
+
+/// A refused message: why, which picks the NAK's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
     /// Picks the MSA-1 and ERR codes of the NAK.
@@ -51,10 +60,13 @@ impl Validator {
         self.mode
     }
 
-    /// Checks `msg`; returns the bytes to forward (re-terminated in lenient mode) or why not.
-    pub fn check<'a>(&self, msg: &'a [u8]) -> Result<Cow<'a, [u8]>, Rejection> {
+    /// Checks `msg`; returns what to forward and its header, or why not.
+    pub fn check<'a>(&self, msg: &'a [u8]) -> Result<Checked<'a>, Rejection> {
         if self.mode == ValidationMode::Off {
-            return Ok(Cow::Borrowed(msg));
+            return Ok(Checked {
+                bytes: Cow::Borrowed(msg),
+                header: Header::parse(msg).ok(),
+            });
         }
         let header = Header::parse(msg).map_err(|e| match e {
             HeaderError::NoMsh => content(100, "message does not start with an MSH segment"),
@@ -82,7 +94,10 @@ impl Validator {
             return Err(content(101, "MSH-12 version ID is missing"));
         }
         self.check_allow_lists(&header)?;
-        Ok(bytes)
+        Ok(Checked {
+            bytes,
+            header: Some(header),
+        })
     }
 
     fn check_allow_lists(&self, h: &Header<'_>) -> Result<(), Rejection> {
@@ -204,16 +219,18 @@ mod tests {
     #[test]
     fn strict_accepts_a_good_message_unchanged() {
         let v = validator(ValidationMode::Strict);
-        assert!(matches!(v.check(GOOD), Ok(Cow::Borrowed(b)) if b == GOOD));
+        let checked = v.check(GOOD).unwrap();
+        assert!(matches!(checked.bytes, Cow::Borrowed(b) if b == GOOD));
+        assert_eq!(checked.header.unwrap().control_id, b"X1");
     }
 
     #[test]
     fn lenient_rewrites_only_terminators() {
         let v = validator(ValidationMode::Lenient);
         let crlf = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\r\nPID|1||123";
-        assert_eq!(v.check(crlf).unwrap().as_ref(), GOOD);
+        assert_eq!(v.check(crlf).unwrap().bytes.as_ref(), GOOD);
         let lf = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\nPID|1||123\n";
-        assert_eq!(v.check(lf).unwrap().as_ref(), GOOD);
+        assert_eq!(v.check(lf).unwrap().bytes.as_ref(), GOOD);
         assert!(validator(ValidationMode::Strict).check(crlf).is_err());
     }
 
@@ -273,7 +290,7 @@ mod tests {
                 let lenient = validator(ValidationMode::Lenient);
                 let strict_result = strict.check(&data);
                 if let Ok(out) = lenient.check(&data) {
-                    prop_assert!(strict.check(&out).is_ok());
+                    prop_assert!(strict.check(&out.bytes).is_ok());
                 }
                 let header = Header::parse(&data).ok();
                 let reason = strict_result.err().map_or(NakReason::UpstreamFailed, |r| r.reason);
