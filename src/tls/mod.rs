@@ -34,6 +34,21 @@ pub struct TlsError {
     pub reason: String,
 }
 
+impl TlsError {
+    fn new(key: &'static str, path: &Path, reason: impl std::fmt::Display) -> Self {
+        TlsError {
+            key,
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Reads one file, naming the key that points at it on error.
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::new(key, path, e))
+}
+
 /// Certificate lifetimes, for the expiry metric and `check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -73,11 +88,7 @@ impl TlsMaterial {
 
     fn from_contents(cfg: &TlsConfig, files: Vec<Vec<u8>>) -> Result<Self, TlsError> {
         let provider = provider();
-        let err = |key: &'static str, path: &Path, reason: String| TlsError {
-            key,
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |key, path: &Path, reason: String| TlsError::new(key, path, reason);
 
         let chain =
             parse_certs(&files[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
@@ -183,13 +194,7 @@ fn read_files(cfg: &TlsConfig) -> Result<Vec<Vec<u8>>, TlsError> {
     named.extend(cfg.crl.iter().map(|p| ("tls.crl", p.as_path())));
     named
         .into_iter()
-        .map(|(key, path)| {
-            std::fs::read(path).map_err(|e| TlsError {
-                key,
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        })
+        .map(|(key, path)| read_file(key, path))
         .collect()
 }
 
@@ -224,53 +229,27 @@ pub fn client_config(
     ca: &Path,
     cert_key: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let read = |key: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|e| TlsError {
-            key,
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
-    };
     let mut roots = RootCertStore::empty();
-    for ca_cert in parse_certs(&read("--ca", ca)?).map_err(|reason| TlsError {
-        key: "--ca",
-        path: ca.to_path_buf(),
-        reason,
-    })? {
-        roots.add(ca_cert).map_err(|e| TlsError {
-            key: "--ca",
-            path: ca.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let cas = parse_certs(&read_file("--ca", ca)?).map_err(|r| TlsError::new("--ca", ca, r))?;
+    for ca_cert in cas {
+        roots
+            .add(ca_cert)
+            .map_err(|e| TlsError::new("--ca", ca, e))?;
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError {
-            key: "--ca",
-            path: ca.to_path_buf(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| TlsError::new("--ca", ca, e))?
         .with_root_certificates(roots);
     let config = match cert_key {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = parse_certs(&read("--cert", cert)?).map_err(|reason| TlsError {
-                key: "--cert",
-                path: cert.to_path_buf(),
-                reason,
-            })?;
-            let pk = PrivateKeyDer::from_pem_slice(&read("--key", key)?).map_err(|e| TlsError {
-                key: "--key",
-                path: key.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            let chain = parse_certs(&read_file("--cert", cert)?)
+                .map_err(|r| TlsError::new("--cert", cert, r))?;
+            let pk = PrivateKeyDer::from_pem_slice(&read_file("--key", key)?)
+                .map_err(|e| TlsError::new("--key", key, e))?;
             builder
                 .with_client_auth_cert(chain, pk)
-                .map_err(|e| TlsError {
-                    key: "--key",
-                    path: key.to_path_buf(),
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| TlsError::new("--key", key, e))?
         }
     };
     Ok(Arc::new(config))
