@@ -184,11 +184,7 @@ async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
     // The CRL (PEM) revokes the client's serial: refused at the handshake with reason
     // "revoked". A new CRL (DER) without it is reloaded and the client gets in.
     let pki = Pki::new();
-    pki.issue_client_with("revokable", |p| {
-        p.serial_number = Some(rcgen::SerialNumber::from(4242u64));
-        p.distinguished_name
-            .push(DnType::CommonName, "revokable-sender");
-    });
+    pki.issue_client_serial("revokable", "revokable-sender", 4242);
     let (pem, _) = pki.crl(&[4242], 1);
     std::fs::write(pki.path("clients.crl"), pem).expect("write CRL");
     let engine = Engine::start(Behaviour::Ack).await;
@@ -326,11 +322,7 @@ async fn openssl_s_client_is_served_only_with_a_good_certificate_and_tls_1_2_or_
     // A third-party TLS client: TLS 1.3 and 1.2 with a good certificate get the engine's ACK;
     // TLS 1.1, no certificate, another CA's certificate and a revoked one get nothing.
     let pki = Pki::new();
-    pki.issue_client_with("revoked", |p| {
-        p.serial_number = Some(rcgen::SerialNumber::from(777u64));
-        p.distinguished_name
-            .push(DnType::CommonName, "revoked-sender");
-    });
+    pki.issue_client_serial("revoked", "revoked-sender", 777);
     std::fs::write(pki.path("clients.crl"), pki.crl(&[777], 1).0).expect("write CRL");
     let engine = Engine::start(Behaviour::Ack).await;
     let yaml = pki.config_yaml(&[engine.target()], "").replace(

@@ -12,6 +12,18 @@ fn run(args: &[&str]) -> Output {
         .expect("run mllp-proxy")
 }
 
+/// `run` off the async workers, for tests that also serve a proxy in-process.
+async fn run_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(binary())
+            .args(&args)
+            .output()
+            .expect("run mllp-proxy")
+    })
+    .await
+    .expect("task")
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -172,50 +184,36 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
     cfg.routes[0].upstream.ack_timeout = std::time::Duration::from_millis(300);
     let proxy = start_proxy(cfg).await;
     let to = proxy.routes[0].1.to_string();
-    let file = pki.path("orm.hl7");
-    std::fs::write(
-        &file,
-        "MSH|^~\\&|A|B|C|D|20261126||ORM^O01|ORM-1|P|2.5.1\nPID|1||X\n",
-    )
-    .expect("write");
-    let args = |file: &std::path::Path| -> Vec<String> {
+    // `send` over mTLS with a file holding `message`.
+    let send_args = |message: &str| -> Vec<String> {
+        let file = pki.path("message.hl7");
+        std::fs::write(&file, message).expect("write");
         let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
-        vec![
-            "send".into(),
-            "--to".into(),
-            to.clone(),
-            "--server-name".into(),
-            "localhost".into(),
-            "--ca".into(),
-            p("ca.crt"),
-            "--cert".into(),
-            p("client.crt"),
-            "--key".into(),
-            p("client.key"),
-            file.to_string_lossy().into_owned(),
-        ]
+        let mut args: Vec<String> = ["send", "--to", &to, "--server-name", "localhost"]
+            .map(String::from)
+            .to_vec();
+        for (flag, name) in [
+            ("--ca", "ca.crt"),
+            ("--cert", "client.crt"),
+            ("--key", "client.key"),
+        ] {
+            args.extend([flag.to_string(), p(name)]);
+        }
+        args.push(file.to_string_lossy().into_owned());
+        args
     };
-    let a = args(&file);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(binary()).args(&a).output().expect("send")
-    })
-    .await
-    .expect("task");
+    let out = run_async(send_args(
+        "MSH|^~\\&|A|B|C|D|20261126||ORM^O01|ORM-1|P|2.5.1\nPID|1||X\n",
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "AR ORM-1\n");
 
     engine.set(Behaviour::Silent);
-    std::fs::write(
-        &file,
+    let out = run_async(send_args(
         "MSH|^~\\&|A|B|C|D|20261126||ADT^A01|ADT-1|P|2.5.1\nPID|1||X\n",
-    )
-    .expect("write");
-    let a = args(&file);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(binary()).args(&a).output().expect("send")
-    })
-    .await
-    .expect("task");
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no ACK for message ADT-1"),

@@ -84,16 +84,14 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
     for t in tasks {
         t.await.expect("sender task");
     }
-    let received = engine.received();
+    let received = engine.received_ids();
     assert_eq!(received.len(), 1000);
     for c in 0..20 {
-        let prefix = format!("|C{c:02}-");
+        let prefix = format!("C{c:02}-");
         let ids: Vec<String> = received
             .iter()
-            .filter_map(|m| {
-                let s = String::from_utf8_lossy(m);
-                s.find(&prefix).map(|at| s[at + 1..at + 8].to_string())
-            })
+            .filter(|id| id.starts_with(&prefix))
+            .cloned()
             .collect();
         let want: Vec<String> = (0..50).map(|i| format!("C{c:02}-{i:03}")).collect();
         assert_eq!(ids, want, "sender {c}");
@@ -281,18 +279,7 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
         let ack = client.exchange(&adt(id), T).await.expect("ACK");
         assert_eq!(msa(&ack), ("AA".into(), id.into()));
     }
-    let ids: Vec<String> = engine
-        .received()
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(m)
-                .split('|')
-                .nth(9)
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
-    assert_eq!(ids, ["R-1", "R-2", "R-2", "R-3", "R-3"]);
+    assert_eq!(engine.received_ids(), ["R-1", "R-2", "R-2", "R-3", "R-3"]);
     assert_eq!(engine.connections(), 3);
     let closed = format!(
         "mllp_proxy_upstream_failures_total{{kind=\"closed\",route=\"test\",target=\"{}\"}}",
@@ -384,18 +371,10 @@ async fn framing_quirks_are_absorbed() {
         .expect("still usable");
     assert_eq!(msa(&ack), ("AA".into(), "AFTER-1".into()));
 
-    let ids: Vec<String> = engine
-        .received()
-        .iter()
-        .map(|m| {
-            String::from_utf8_lossy(m)
-                .split('|')
-                .nth(9)
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
-    assert_eq!(ids, ["SPLIT-1", "TWO-1", "TWO-2", "NOISY-1", "AFTER-1"]);
+    assert_eq!(
+        engine.received_ids(),
+        ["SPLIT-1", "TWO-1", "TWO-2", "NOISY-1", "AFTER-1"]
+    );
     assert_eq!(
         metric(
             &proxy,

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mllp_proxy::cli::MllpClient;
-
 use crate::support::*;
 
 /// The Python with `hl7` and `hl7apy`, or `None` (after saying why) when it is not set up.
@@ -127,12 +125,7 @@ async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
         "    validation:\n      message_types: [\"ADT^*\"]\n",
     ))
     .await;
-    let mut client = MllpClient::connect(
-        &pki.target(proxy.routes[0].1, ClientCert::Good),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("connect");
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let cases: [(&[u8], &str); 5] = [
         (
             b"MSH|^~\\&|OE|WARD|LAB|HOSP|20261126||ORM^O01^ORM_O01|ORD-77|P|2.5.1\rPID|1||X\r",

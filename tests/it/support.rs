@@ -125,6 +125,15 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
     }
 
+    /// Writes `NAME.crt` and `NAME.key`: a client certificate with subject `cn` and `serial`
+    /// (for CRLs).
+    pub fn issue_client_serial(&self, name: &str, cn: &str, serial: u64) {
+        self.issue_client_with(name, |p| {
+            p.serial_number = Some(rcgen::SerialNumber::from(serial));
+            p.distinguished_name.push(DnType::CommonName, cn);
+        });
+    }
+
     /// A CRL from the test CA revoking `serials`: (PEM, DER).
     pub fn crl(&self, serials: &[u64], number: u64) -> (String, Vec<u8>) {
         self.crl_due_in(serials, number, 7)
@@ -344,6 +353,20 @@ impl Engine {
 
     pub fn received(&self) -> Vec<Bytes> {
         self.received.lock().expect("lock").clone()
+    }
+
+    /// The MSH-10 of each received message, in order.
+    pub fn received_ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(m)
+                    .split('|')
+                    .nth(9)
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
     }
 
     pub fn connections(&self) -> usize {
