@@ -198,6 +198,8 @@ pub struct LimitsConfig {
     pub frame_timeout: Duration,
     /// A connection with no frame in progress is closed after this.
     pub idle_timeout: Duration,
+    /// The kernel's accept queue for the listener (capped by net.core.somaxconn).
+    pub listen_backlog: u32,
 }
 
 impl Config {
@@ -393,6 +395,8 @@ struct RawLimits {
     frame_timeout: String,
     #[serde(default = "default_idle_timeout")]
     idle_timeout: String,
+    #[serde(default = "default_listen_backlog")]
+    listen_backlog: u32,
 }
 
 impl Default for RawAdmin {
@@ -439,6 +443,7 @@ impl Default for RawLimits {
             handshake_timeout: default_handshake_timeout(),
             frame_timeout: default_frame_timeout(),
             idle_timeout: default_idle_timeout(),
+            listen_backlog: default_listen_backlog(),
         }
     }
 }
@@ -487,6 +492,9 @@ fn default_frame_timeout() -> String {
 }
 fn default_idle_timeout() -> String {
     "15m".into()
+}
+fn default_listen_backlog() -> u32 {
+    1024
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,7 +725,14 @@ impl RawRoute {
             )?,
             frame_timeout: duration(&format!("{k}.limits.frame_timeout"), &l.frame_timeout)?,
             idle_timeout: duration(&format!("{k}.limits.idle_timeout"), &l.idle_timeout)?,
+            listen_backlog: l.listen_backlog,
         };
+        if !(1..=65_535).contains(&limits.listen_backlog) {
+            return Err(invalid(
+                format!("{k}.limits.listen_backlog"),
+                "must be between 1 and 65535",
+            ));
+        }
 
         Ok(RouteConfig {
             name: self.name,
@@ -814,6 +829,7 @@ routes:
         assert_eq!(r.validation.mode, ValidationMode::Strict);
         assert_eq!(r.validation.max_message_bytes, 1_048_576);
         assert_eq!(r.limits.max_connections, 1024);
+        assert_eq!(r.limits.listen_backlog, 1024);
         assert_eq!(r.limits.idle_timeout, Duration::from_secs(900));
         assert_eq!(r.upstream.ack_timeout, Duration::from_secs(30));
     }
@@ -852,6 +868,11 @@ routes:
                 "targets: [\"127.0.0.1:3575\"]",
                 "targets: []",
                 "routes[0].upstream.targets",
+            ),
+            (
+                "targets: [\"127.0.0.1:3575\"]",
+                "targets: [\"127.0.0.1:3575\"]\n    limits: { listen_backlog: 0 }",
+                "routes[0].limits.listen_backlog",
             ),
         ];
         for (from, to, key) in cases {

@@ -42,10 +42,12 @@ enum Command {
     },
     /// Sends messages and prints each ACK's MSA-1 and MSA-2.
     Send(cli::send::SendArgs),
-    /// A stand-in legacy engine: plain MLLP, AA to every message.
+    /// A stand-in legacy engine: plain MLLP, AA to every message unless told to misbehave.
     AckServer(cli::ack_server::AckServerArgs),
     /// Load generator: throughput and latency percentiles.
     Bench(cli::bench::BenchArgs),
+    /// Fault soak: resending senders through the proxy, then the delivery promises checked.
+    Soak(cli::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,11 +82,20 @@ async fn dispatch(command: Command) -> ExitCode {
         }
         Command::AckServer(a) => {
             init_tracing(LogFormat::Text, "info");
-            ack_server(a).await
+            report(
+                cli::ack_server::run(a)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| cli::ClientError(e.to_string())),
+            )
         }
         Command::Bench(a) => {
             init_tracing(LogFormat::Text, "warn");
             report(cli::bench::run(a).await.map(|_| true))
+        }
+        Command::Soak(a) => {
+            init_tracing(LogFormat::Text, "warn");
+            report(cli::soak::run(a).await)
         }
     }
 }
@@ -129,38 +140,6 @@ async fn run(path: PathBuf) -> ExitCode {
     tracing::info!("stopping: no new connections; finishing in-flight exchanges");
     let drained = proxy.shutdown(drain).await;
     tracing::info!(drained, "stopped");
-    ExitCode::SUCCESS
-}
-
-async fn ack_server(args: cli::ack_server::AckServerArgs) -> ExitCode {
-    let log = match &args.log {
-        Some(p) => match cli::ack_server::open_log(p).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("error: --log {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: --listen {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = listener.local_addr().unwrap_or(args.listen);
-    tracing::info!(listen = %addr, "ack-server listening (plain MLLP, AA to every message)");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(cli::ack_server::serve(listener, log, stop.clone()));
-    if let Ok(mut signals) = Signals::new() {
-        while signals.next().await != Signal::Terminate {}
-    } else {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    stop.cancel();
-    let _ = server.await;
     ExitCode::SUCCESS
 }
 

@@ -61,7 +61,7 @@ pub const HANDSHAKE_REASONS: &[&str] = &[
     "eof",
     "io",
 ];
-/// Kinds of `upstream_failures_total`.
+/// Kinds of `upstream_failures_total` and `upstream_exchanges_failed_total`.
 pub const UPSTREAM_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol"];
 
 /// All metrics of one proxy process.
@@ -88,6 +88,10 @@ pub struct Metrics {
     pub acks: IntCounterVec,
     /// Upstream failures by target and kind.
     pub upstream_failures: IntCounterVec,
+    /// Exchanges that ended without an engine ACK, by kind: what senders experienced.
+    pub upstream_exchanges_failed: IntCounterVec,
+    /// Repeats of an already relayed ACK, dropped.
+    pub upstream_duplicate_acks: IntCounterVec,
     /// 1 while the last attempt to reach a target succeeded.
     pub upstream_up: IntGaugeVec,
     /// Forward-to-ACK latency.
@@ -126,6 +130,8 @@ pub struct RouteMetrics {
     pub message_bytes: Histogram,
     /// See [`Metrics::discarded_bytes`].
     pub discarded_bytes: IntCounter,
+    /// See [`Metrics::upstream_duplicate_acks`].
+    pub upstream_duplicate_acks: IntCounter,
     /// `acks_total` per MSA-1 code, indexed by `AckCode as usize`: counted for every relayed
     /// ACK, so bound once rather than looked up by label each time.
     acks: [IntCounter; 7],
@@ -222,6 +228,16 @@ impl Metrics {
                 "Upstream failures by target and kind.",
                 &["route", "target", "kind"],
             )?,
+            upstream_exchanges_failed: counter(
+                "mllp_proxy_upstream_exchanges_failed_total",
+                "Exchanges that ended without an ACK from the engine (the sender got none, or an AR from the proxy), by kind of the last failure.",
+                &["route", "kind"],
+            )?,
+            upstream_duplicate_acks: counter(
+                "mllp_proxy_upstream_duplicate_acks_total",
+                "Repeats of the previous message's ACK on the same upstream connection, dropped.",
+                &["route"],
+            )?,
             upstream_up: gauge(
                 "mllp_proxy_upstream_up",
                 "1 if the last attempt to reach the target succeeded.",
@@ -279,6 +295,10 @@ impl Metrics {
         for result in ["success", "failure"] {
             self.tls_reloads.with_label_values(&[route, result]);
         }
+        for kind in UPSTREAM_FAILURE_KINDS {
+            self.upstream_exchanges_failed
+                .with_label_values(&[route, kind]);
+        }
         RouteMetrics {
             route: route.to_string(),
             connections_accepted: self.connections_accepted.with_label_values(&r),
@@ -290,6 +310,7 @@ impl Metrics {
             upstream_ack_seconds: self.upstream_ack_seconds.with_label_values(&r),
             message_bytes: self.message_bytes.with_label_values(&r),
             discarded_bytes: self.discarded_bytes.with_label_values(&r),
+            upstream_duplicate_acks: self.upstream_duplicate_acks.with_label_values(&r),
             acks: AckCode::ALL.map(|c| self.acks.with_label_values(&[route, c.as_str()])),
             all: self.clone(),
         }
@@ -341,6 +362,14 @@ impl RouteMetrics {
         if kind == "connect" {
             self.set_upstream_up(target, false);
         }
+    }
+
+    /// Counts an exchange that ended without an engine ACK.
+    pub fn exchange_failed(&self, kind: &'static str) {
+        self.all
+            .upstream_exchanges_failed
+            .with_label_values(&[&self.route, kind])
+            .inc();
     }
 
     /// Creates a target's series at zero (and marks it down until the first connect).

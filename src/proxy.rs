@@ -74,13 +74,13 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
         let material =
             TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
         let listener =
-            TcpListener::bind(route.listen)
-                .await
-                .map_err(|source| StartError::Bind {
+            listener::bind(route.listen, route.limits.listen_backlog).map_err(|source| {
+                StartError::Bind {
                     key: format!("routes[{index}].listen"),
                     addr: route.listen,
                     source,
-                })?;
+                }
+            })?;
         prepared.push((route, material, listener));
     }
     let admin_listener = TcpListener::bind(config.admin.listen)

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ use crate::hl7::{self, Header, NakReason};
 use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::tls::{AllowList, ClientIdentity, TlsWatch, handshake_failure_reason};
-use crate::upstream::{Upstream, UpstreamConn, UpstreamError};
+use crate::upstream::{Ack, Upstream, UpstreamConn, UpstreamError};
 
 /// Everything a session of one route needs, shared by all its sessions.
 pub struct RouteContext {
@@ -51,8 +51,14 @@ enum SessionEnd {
     Shutdown,
     #[error("frame not completed within frame_timeout")]
     FrameTimeout,
-    #[error("sender: {0}")]
-    Sender(String),
+    #[error("connection closed inside a frame after {0} bytes")]
+    TruncatedFrame(usize),
+    #[error("reading from the sender failed: {0}")]
+    ReadFailed(String),
+    #[error("writing the answer failed: {0}")]
+    WriteFailed(String),
+    #[error("sender did not read its answer within frame_timeout")]
+    NotReading,
     #[error("oversize message whose header could not be read")]
     OversizeUnreadable,
     #[error("upstream failed, connection closed without ACK: {0}")]
@@ -68,12 +74,28 @@ impl SessionEnd {
         }
     }
 
-    /// Routine ends are logged at debug; the rest need an operator's eye.
+    /// Routine ends are logged at debug; the rest need an operator's eye. An upstream failure
+    /// was logged where it was handled, with its control ID.
     fn routine(&self) -> bool {
         matches!(
             self,
-            SessionEnd::SenderClosed | SessionEnd::Idle | SessionEnd::Shutdown
+            SessionEnd::SenderClosed
+                | SessionEnd::Idle
+                | SessionEnd::Shutdown
+                | SessionEnd::Upstream(_)
         )
+    }
+}
+
+/// An I/O error in words, without the documentation links some TLS errors carry.
+fn io_detail(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "connection closed without TLS close_notify".into();
+    }
+    let text = e.to_string();
+    match text.split_once(": http") {
+        Some((head, _)) => head.to_string(),
+        None => text,
     }
 }
 
@@ -155,8 +177,6 @@ struct Session<'a> {
     upstream: Option<UpstreamConn>,
     /// Answers to the sender, framed.
     out: BytesMut,
-    /// The message being forwarded, framed.
-    framed: BytesMut,
 }
 
 impl<'a> Session<'a> {
@@ -167,7 +187,6 @@ impl<'a> Session<'a> {
             buf: BytesMut::with_capacity(8 * 1024),
             upstream: None,
             out: BytesMut::with_capacity(1024),
-            framed: BytesMut::with_capacity(8 * 1024),
         }
     }
 
@@ -196,6 +215,9 @@ impl<'a> Session<'a> {
         S: AsyncRead + Unpin,
     {
         let limits = &self.ctx.cfg.limits;
+        // Counted from the end of the last frame: bytes outside frames do not keep a
+        // connection alive, only finished frames do.
+        let idle_deadline = Instant::now() + limits.idle_timeout;
         let mut frame_deadline: Option<Instant> = None;
         loop {
             if !self.codec.in_frame() && shutdown.is_cancelled() {
@@ -206,7 +228,7 @@ impl<'a> Session<'a> {
             match decoded {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(e) => return Err(SessionEnd::Sender(e.to_string())),
+                Err(e) => return Err(SessionEnd::ReadFailed(e.to_string())),
             }
             // Reading in chunks of at least 8 KiB keeps syscalls few; the codec bounds the total.
             if self.buf.capacity() - self.buf.len() < 4096 {
@@ -223,7 +245,7 @@ impl<'a> Session<'a> {
                 frame_deadline = None;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                    r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(&mut self.buf)) => match r {
+                    r = tokio::time::timeout_at(idle_deadline, stream.read_buf(&mut self.buf)) => match r {
                         Ok(r) => r,
                         Err(_) => return Err(SessionEnd::Idle),
                     },
@@ -236,10 +258,10 @@ impl<'a> Session<'a> {
                     return match last {
                         Ok(Some(frame)) => Ok(frame),
                         Ok(None) => Err(SessionEnd::SenderClosed),
-                        Err(MllpError::TruncatedFrame { received }) => Err(SessionEnd::Sender(
-                            format!("connection closed inside a frame after {received} bytes"),
-                        )),
-                        Err(e) => Err(SessionEnd::Sender(e.to_string())),
+                        Err(MllpError::TruncatedFrame { received }) => {
+                            Err(SessionEnd::TruncatedFrame(received))
+                        }
+                        Err(e) => Err(SessionEnd::ReadFailed(e.to_string())),
                     };
                 }
                 Ok(_) => {}
@@ -250,7 +272,7 @@ impl<'a> Session<'a> {
                 {
                     return Err(SessionEnd::SenderClosed);
                 }
-                Err(e) => return Err(SessionEnd::Sender(e.to_string())),
+                Err(e) => return Err(SessionEnd::ReadFailed(io_detail(&e))),
             }
         }
     }
@@ -267,7 +289,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// One exchange: validate, forward, relay (or NAK). `Err` ends the session.
+    /// One exchange: refuse, or forward and relay. `Err` ends the session.
     async fn handle<S>(&mut self, stream: &mut S, frame: Frame) -> Result<(), SessionEnd>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -276,186 +298,191 @@ impl<'a> Session<'a> {
         m.messages_received.inc();
         let msg = match frame {
             Frame::Message(msg) => msg,
-            Frame::Oversize { head, len } => {
-                m.message_bytes.observe(len as f64);
-                m.rejected("too_large");
-                // Only a complete MSH segment in the kept head is trusted for the NAK.
-                let header = head
-                    .contains(&b'\r')
-                    .then(|| Header::parse(&head).ok())
-                    .flatten()
-                    .filter(|h| !h.is_ack());
-                tracing::warn!(
-                    side = "sender",
-                    bytes = len,
-                    limit = self.ctx.cfg.validation.max_message_bytes,
-                    "message over max_message_bytes refused"
-                );
-                let Some(h) = header else {
-                    return Err(SessionEnd::OversizeUnreadable);
-                };
-                let nak = hl7::build_nak(
-                    Some(&h),
-                    NakReason::Content {
-                        code: 207,
-                        text: "message exceeds the size limit of this route",
-                    },
-                );
-                return self.reply(stream, &nak).await;
-            }
+            Frame::Oversize { head, len } => return self.refuse_oversize(stream, &head, len).await,
         };
         m.message_bytes.observe(msg.len() as f64);
-
         let checked = match self.ctx.validator.check(&msg) {
             Ok(checked) => checked,
-            Err(rejection) => {
-                let header = Header::parse(&msg).ok();
-                m.rejected(rejection.reason.label());
-                log_message("refused", header.as_ref(), msg.len());
-                if header.is_some_and(|h| h.is_ack()) {
-                    // An acknowledgment is never answered, not even with a NAK.
-                    return Ok(());
-                }
-                let nak = hl7::build_nak(header.as_ref(), rejection.reason);
-                tracing::info!(side = "sender", reason = rejection.reason.label(), control_id = %lossy(header.map_or(&[][..], |h| h.control_id)), "message refused with NAK");
-                return self.reply(stream, &nak).await;
-            }
+            Err(rejection) => return self.refuse(stream, &msg, rejection.reason).await,
         };
         let (forward, header) = (checked.bytes, checked.header);
-        let is_ack = header.is_some_and(|h| h.is_ack());
+        if header.is_some_and(|h| h.is_ack()) {
+            return self
+                .forward_acknowledgment(stream, &forward, header.as_ref())
+                .await;
+        }
         let control_id = header.map_or(&[][..], |h| h.control_id);
-        // The framing buffer is kept across messages: no allocation per message once warm.
-        let mut framed = std::mem::take(&mut self.framed);
-        framed.clear();
-        MllpCodec::write_frame(&forward, &mut framed);
         let started = Instant::now();
-        let outcome = if is_ack {
-            // The engine does not answer an acknowledgment; waiting for one would stall the sender.
-            self.forward_only(&framed).await.map(|()| None)
-        } else {
-            self.exchange(&framed).await.map(Some)
-        };
-        self.framed = framed;
-        let ack = match outcome {
-            Ok(Some(ack)) => ack,
-            Ok(None) => {
+        match self.forward(&forward, control_id).await {
+            Ok(ack) => {
+                let elapsed = started.elapsed();
                 m.messages_forwarded.inc();
-                log_message("forwarded acknowledgment", header.as_ref(), forward.len());
-                return Ok(());
+                m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
+                m.ack(ack.code);
+                tracing::debug!(
+                    message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
+                    control_id = %lossy(control_id),
+                    bytes = forward.len(),
+                    ack = %ack.code,
+                    upstream_us = elapsed.as_micros() as u64,
+                    "relayed ACK"
+                );
+                self.reply(stream, &ack.bytes).await
             }
             Err(e) => {
-                let answerable = if is_ack { None } else { header.as_ref() };
-                return self.upstream_failed(stream, e, answerable).await;
-            }
-        };
-        m.messages_forwarded.inc();
-        let elapsed = started.elapsed();
-        let Some(info) = hl7::parse_ack(&ack) else {
-            let target = self.drop_upstream();
-            let e = UpstreamError::Protocol {
-                target,
-                detail: "answer is not an acknowledgment (no MSH/MSA)",
-            };
-            return self.upstream_failed(stream, e, header.as_ref()).await;
-        };
-        // Without a readable MSH-10 (validation off) there is nothing to correlate against.
-        if !control_id.is_empty() && info.control_id != control_id {
-            let target = self.drop_upstream();
-            tracing::warn!(side = "upstream", expected = %lossy(control_id), got = %lossy(info.control_id), "ACK MSA-2 does not match MSH-10; ACK dropped");
-            let e = UpstreamError::Protocol {
-                target,
-                detail: "ACK MSA-2 does not match the message's MSH-10",
-            };
-            return self.upstream_failed(stream, e, header.as_ref()).await;
-        }
-        m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
-        m.ack(info.code);
-        tracing::debug!(
-            message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
-            control_id = %lossy(control_id),
-            bytes = forward.len(),
-            ack = %info.code,
-            upstream_ms = elapsed.as_secs_f64() * 1000.0,
-            "relayed ACK"
-        );
-        self.reply(stream, &ack).await
-    }
-
-    /// Forwards over the kept connection (reconnecting when the engine dropped it) and reads
-    /// one answer. A reused connection that fails before answering anything is retried once on
-    /// a fresh one: that is the engine having closed it just as we wrote.
-    async fn exchange(&mut self, framed: &[u8]) -> Result<Bytes, UpstreamError> {
-        let ack_timeout = self.ctx.upstream.ack_timeout();
-        let reused = self.ensure_upstream().await?;
-        let first = self.conn_mut()?.exchange(framed, ack_timeout).await;
-        match first {
-            Ok(ack) => Ok(ack),
-            Err(UpstreamError::Closed {
-                answered: false,
-                target,
-                detail,
-            }) if reused => {
-                tracing::debug!(side = "upstream", target = %target, detail = %detail, "reused upstream connection was closed; retrying on a new one");
-                self.upstream = None;
-                self.ensure_upstream().await?;
-                let second = self.conn_mut()?.exchange(framed, ack_timeout).await;
-                if second.is_err() {
-                    self.upstream = None;
+                if e.kind() == "protocol" {
+                    // Written and answered, though not with its ACK.
+                    m.messages_forwarded.inc();
                 }
-                second
-            }
-            Err(e) => {
-                self.upstream = None;
-                Err(e)
+                self.upstream_failed(stream, e, header.as_ref()).await
             }
         }
     }
 
-    async fn forward_only(&mut self, framed: &[u8]) -> Result<(), UpstreamError> {
+    /// A message over `max_message_bytes`: AE 207 when its header could be read, else the
+    /// connection is closed (there is nothing to address a NAK to).
+    async fn refuse_oversize<S>(
+        &mut self,
+        stream: &mut S,
+        head: &[u8],
+        len: usize,
+    ) -> Result<(), SessionEnd>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let m = &self.ctx.metrics;
+        m.message_bytes.observe(len as f64);
+        m.rejected("too_large");
+        tracing::warn!(
+            side = "sender",
+            bytes = len,
+            limit = self.ctx.cfg.validation.max_message_bytes,
+            "message over max_message_bytes refused"
+        );
+        // Only a complete MSH segment in the kept head is trusted for the NAK.
+        let header = head
+            .contains(&b'\r')
+            .then(|| Header::parse(head).ok())
+            .flatten()
+            .filter(|h| !h.is_ack());
+        let Some(h) = header else {
+            return Err(SessionEnd::OversizeUnreadable);
+        };
+        let nak = hl7::build_nak(
+            Some(&h),
+            NakReason::Content {
+                code: 207,
+                text: "message exceeds the size limit of this route",
+            },
+        );
+        self.reply(stream, &nak).await
+    }
+
+    /// A message validation refused: NAKed, unless it is itself an acknowledgment.
+    async fn refuse<S>(
+        &mut self,
+        stream: &mut S,
+        msg: &[u8],
+        reason: NakReason,
+    ) -> Result<(), SessionEnd>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let header = Header::parse(msg).ok();
+        self.ctx.metrics.rejected(reason.label());
+        let control_id = lossy(header.map_or(&[][..], |h| h.control_id));
+        if header.is_some_and(|h| h.is_ack()) {
+            // An acknowledgment is never answered, not even with a NAK.
+            tracing::debug!(side = "sender", reason = reason.label(), control_id = %control_id, "acknowledgment refused; not answered");
+            return Ok(());
+        }
+        tracing::info!(side = "sender", reason = reason.label(), control_id = %control_id, bytes = msg.len(), "message refused with NAK");
+        let nak = hl7::build_nak(header.as_ref(), reason);
+        self.reply(stream, &nak).await
+    }
+
+    /// An acknowledgment from the sender (to a message of the engine's) is passed on; the engine
+    /// does not answer it, so waiting for an answer would stall the sender.
+    async fn forward_acknowledgment<S>(
+        &mut self,
+        stream: &mut S,
+        msg: &[u8],
+        header: Option<&Header<'_>>,
+    ) -> Result<(), SessionEnd>
+    where
+        S: AsyncWrite + Unpin,
+    {
         let timeout = self.ctx.upstream.ack_timeout();
-        self.ensure_upstream().await?;
-        let r = self.conn_mut()?.send_only(framed, timeout).await;
-        if r.is_err() {
+        let sent = match self.connection().await {
+            Ok(conn) => conn.send_only(msg, timeout).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => {
+                self.ctx.metrics.messages_forwarded.inc();
+                tracing::debug!(control_id = %lossy(header.map_or(&[][..], |h| h.control_id)), bytes = msg.len(), "forwarded acknowledgment");
+                Ok(())
+            }
+            // Never answered: the failure only closes the sender's connection in `close` mode.
+            Err(e) => self.upstream_failed(stream, e, None).await,
+        }
+    }
+
+    /// Sends one message and returns its correlated ACK. A reused connection that fails before
+    /// answering anything is retried once on a fresh one: that is the engine having closed it
+    /// just as we wrote (the engine may then see the message twice; the sender would have
+    /// resent it anyway).
+    async fn forward(&mut self, msg: &[u8], control_id: &[u8]) -> Result<Ack, UpstreamError> {
+        let ack_timeout = self.ctx.upstream.ack_timeout();
+        let reused = self.upstream.is_some();
+        let first = match self.connection().await {
+            Ok(conn) => conn.exchange(msg, control_id, ack_timeout).await,
+            Err(e) => return Err(e),
+        };
+        let e = match first {
+            Ok(ack) => return Ok(ack),
+            Err(e) => e,
+        };
+        self.upstream = None;
+        let retry = matches!(
+            e,
+            UpstreamError::Closed {
+                answered: false,
+                ..
+            }
+        ) && reused;
+        if !retry {
+            return Err(e);
+        }
+        tracing::debug!(side = "upstream", engine = e.target().unwrap_or_default(), error = %e, "reused upstream connection was closed; retrying on a new one");
+        let second = match self.connection().await {
+            Ok(conn) => conn.exchange(msg, control_id, ack_timeout).await,
+            Err(e) => return Err(e),
+        };
+        second.inspect_err(|_| self.upstream = None)
+    }
+
+    /// The kept upstream connection if the engine has not closed it, else a new one.
+    async fn connection(&mut self) -> Result<&mut UpstreamConn, UpstreamError> {
+        if let Some(conn) = self.upstream.as_mut()
+            && let Err(e) = conn.check_idle()
+        {
+            if e.kind() == "protocol" {
+                self.ctx.metrics.upstream_failed(conn.target(), "protocol");
+                tracing::warn!(side = "upstream", engine = conn.target(), error = %e, "upstream connection discarded");
+            } else {
+                tracing::debug!(side = "upstream", engine = conn.target(), error = %e, "engine closed the idle connection; reconnecting");
+            }
             self.upstream = None;
         }
-        r
-    }
-
-    /// Makes sure an open upstream connection exists; returns whether it was reused.
-    async fn ensure_upstream(&mut self) -> Result<bool, UpstreamError> {
-        if let Some(conn) = self.upstream.as_mut() {
-            match conn.check_idle() {
-                Ok(()) => return Ok(true),
-                Err(e) => {
-                    let target = conn.target().to_string();
-                    if e.kind() == "protocol" {
-                        self.ctx.metrics.upstream_failed(&target, "protocol");
-                        tracing::warn!(side = "upstream", target = %target, error = %e, "upstream connection discarded");
-                    } else {
-                        tracing::debug!(side = "upstream", target = %target, error = %e, "engine closed the idle connection; reconnecting");
-                    }
-                    self.upstream = None;
-                }
-            }
+        match &mut self.upstream {
+            Some(conn) => Ok(conn),
+            slot => Ok(slot.insert(self.ctx.upstream.connect().await?)),
         }
-        self.upstream = Some(self.ctx.upstream.connect().await?);
-        Ok(false)
     }
 
-    fn conn_mut(&mut self) -> Result<&mut UpstreamConn, UpstreamError> {
-        self.upstream
-            .as_mut()
-            .ok_or_else(|| UpstreamError::Connect("no connection".into()))
-    }
-
-    fn drop_upstream(&mut self) -> String {
-        self.upstream
-            .take()
-            .map(|c| c.target().to_string())
-            .unwrap_or_default()
-    }
-
-    /// Applies `on_upstream_failure`: close without ACK, or answer AR/CR.
+    /// Applies `on_upstream_failure` after an exchange ended without the engine's ACK: close
+    /// without ACK, or answer AR/CR. The one log line of the failure is written here.
     async fn upstream_failed<S>(
         &mut self,
         stream: &mut S,
@@ -467,20 +494,27 @@ impl<'a> Session<'a> {
     {
         self.upstream = None;
         let m = &self.ctx.metrics;
+        // Connect failures were counted per target as each was tried.
         if let Some(target) = e.target() {
             m.upstream_failed(target, e.kind());
         }
-        // Connect failures were counted per target as each was tried.
-        tracing::warn!(side = "upstream", kind = e.kind(), error = %e, "upstream failure");
-        let answerable = header.is_some_and(|h| !h.is_ack());
-        match (self.ctx.cfg.on_upstream_failure, answerable) {
-            (FailureMode::Nak, true) => {
-                m.rejected(NakReason::UpstreamFailed.label());
-                let nak = hl7::build_nak(header, NakReason::UpstreamFailed);
-                self.reply(stream, &nak).await
-            }
-            _ => Err(SessionEnd::Upstream(e)),
+        m.exchange_failed(e.kind());
+        let nak = self.ctx.cfg.on_upstream_failure == FailureMode::Nak && header.is_some();
+        tracing::warn!(
+            side = "upstream",
+            kind = e.kind(),
+            engine = e.target().unwrap_or("none"),
+            control_id = %lossy(header.map_or(&[][..], |h| h.control_id)),
+            answer = if nak { "AR" } else { "none (connection closed)" },
+            error = %e,
+            "upstream failure; message not acknowledged by the engine"
+        );
+        if !nak {
+            return Err(SessionEnd::Upstream(e));
         }
+        m.rejected(NakReason::UpstreamFailed.label());
+        let nak = hl7::build_nak(header, NakReason::UpstreamFailed);
+        self.reply(stream, &nak).await
     }
 
     /// Writes one framed answer to the sender, bounded by `frame_timeout`.
@@ -496,23 +530,10 @@ impl<'a> Session<'a> {
         };
         match tokio::time::timeout(self.ctx.cfg.limits.frame_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SessionEnd::Sender(format!(
-                "writing the answer failed: {e}"
-            ))),
-            Err(_) => Err(SessionEnd::Sender(
-                "sender did not read its answer within frame_timeout".into(),
-            )),
+            Ok(Err(e)) => Err(SessionEnd::WriteFailed(io_detail(&e))),
+            Err(_) => Err(SessionEnd::NotReading),
         }
     }
-}
-
-fn log_message(what: &str, header: Option<&Header<'_>>, len: usize) {
-    tracing::debug!(
-        message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
-        control_id = %lossy(header.map_or(&[][..], |h| h.control_id)),
-        bytes = len,
-        "{what}"
-    );
 }
 
 /// Header fields for logs. Bounded in length: a hostile sender controls these bytes.
@@ -588,6 +609,27 @@ routes:
     }
 
     #[tokio::test(start_paused = true)]
+    async fn junk_outside_frames_does_not_keep_a_connection_alive() {
+        // A byte every second between frames never completes a frame: the session still ends
+        // at idle_timeout counted from the handshake, not from the last byte.
+        let ctx = context();
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let junk = tokio::spawn(async move {
+            for _ in 0..(20 * 60) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (end, took) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
+        assert!(matches!(end, SessionEnd::Idle), "{end}");
+        assert_eq!(took, Duration::from_secs(15 * 60));
+        drop(server);
+        junk.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_frame_kept_alive_by_trickling_bytes_still_ends_at_frame_timeout() {
         // A byte every 10 s never lets a read time out, yet the frame deadline counts from its start.
         let ctx = context();
@@ -653,7 +695,7 @@ routes:
         drop(client);
         let (end, _) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
         assert!(
-            matches!(end, SessionEnd::Sender(_)) && !end.routine(),
+            matches!(end, SessionEnd::TruncatedFrame(_)) && !end.routine(),
             "{end}"
         );
         assert_eq!(end.side(), "sender");

@@ -1,18 +1,26 @@
 //! `mllp-proxy ack-server`: a stand-in legacy engine on plain MLLP that answers AA to every
-//! message and can append each one, exactly as received, to a file.
+//! message, and on request misbehaves the way real engines do (`--fault KIND=PROBABILITY`), so
+//! that failure handling — the proxy's, or a sender's retry logic — can be rehearsed.
+//!
+//! With `--log`, one JSON line per received message records what the engine did: its control
+//! ID, the fault applied, and the exact ACK written (each ACK has its own MSH-10) and whether it
+//! was written completely. A checker can then trace every ACK a sender saw back to the exact
+//! frame the engine wrote (`mllp-proxy soak` does).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use crate::hl7::{Header, build_accept};
+use crate::cli::send::parse_duration_arg;
+use crate::hl7::{AckCode, Header, build_accept, build_ack};
 use crate::mllp::{Frame, MllpCodec};
 
 /// Arguments of `ack-server`.
@@ -21,27 +29,276 @@ pub struct AckServerArgs {
     /// Address to listen on, e.g. 127.0.0.1:2576.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Append each received message, followed by a newline, to this file.
+    /// Append one JSON record per received message (control ID, fault, ACK written) to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Misbehave on a share of messages: KIND=PROBABILITY, repeatable (e.g. --fault close=0.01).
+    /// Kinds: no-answer close reset partial garbage wrong-msa2 duplicate late drip stray
+    /// close-after-ack ae ar. The probabilities add up to at most 1.
+    #[arg(long = "fault", value_parser = parse_fault)]
+    pub faults: Vec<(Fault, f64)>,
+    /// Seed of the fault draws (default: from the OS).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How long a `late` ACK waits before it is written (set it above the proxy's ack_timeout).
+    #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
+    pub late_delay: Duration,
 }
 
-/// Where received messages are appended.
-pub type MessageLog = Arc<Mutex<tokio::fs::File>>;
+/// One way a legacy engine misbehaves when answering a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Reads the message and never answers (the connection stays open).
+    NoAnswer,
+    /// Closes the connection without answering.
+    Close,
+    /// Resets the connection (RST) without answering.
+    Reset,
+    /// Writes the first half of the ACK frame, then closes.
+    Partial,
+    /// Answers a frame that is not an acknowledgment.
+    Garbage,
+    /// Answers an ACK whose MSA-2 names another message.
+    WrongMsa2,
+    /// Answers the ACK, then the same ACK again a few milliseconds later.
+    Duplicate,
+    /// Answers the ACK only after `--late-delay`.
+    Late,
+    /// Writes the ACK one byte at a time, a millisecond apart.
+    Drip,
+    /// Writes bytes outside the frame before and after the ACK.
+    Stray,
+    /// Answers the ACK, then closes the connection.
+    CloseAfterAck,
+    /// Answers AE (application error: the sender must not resend).
+    Ae,
+    /// Answers AR (application reject: the sender resends).
+    Ar,
+}
 
-/// Opens (creating or appending to) the message log at `path`.
-pub async fn open_log(path: &std::path::Path) -> std::io::Result<MessageLog> {
-    let f = tokio::fs::OpenOptions::new()
+impl Fault {
+    /// Every kind, in the order of `--help`.
+    pub const ALL: [Fault; 13] = [
+        Fault::NoAnswer,
+        Fault::Close,
+        Fault::Reset,
+        Fault::Partial,
+        Fault::Garbage,
+        Fault::WrongMsa2,
+        Fault::Duplicate,
+        Fault::Late,
+        Fault::Drip,
+        Fault::Stray,
+        Fault::CloseAfterAck,
+        Fault::Ae,
+        Fault::Ar,
+    ];
+
+    /// The name used on the command line and in the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::NoAnswer => "no-answer",
+            Fault::Close => "close",
+            Fault::Reset => "reset",
+            Fault::Partial => "partial",
+            Fault::Garbage => "garbage",
+            Fault::WrongMsa2 => "wrong-msa2",
+            Fault::Duplicate => "duplicate",
+            Fault::Late => "late",
+            Fault::Drip => "drip",
+            Fault::Stray => "stray",
+            Fault::CloseAfterAck => "close-after-ack",
+            Fault::Ae => "ae",
+            Fault::Ar => "ar",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+fn parse_fault(s: &str) -> Result<(Fault, f64), String> {
+    let (kind, p) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KIND=PROBABILITY, got {s:?}"))?;
+    let fault = Fault::from_name(kind).ok_or_else(|| {
+        let kinds: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
+        format!("unknown fault {kind:?}; one of: {}", kinds.join(" "))
+    })?;
+    let p: f64 = p
+        .parse()
+        .map_err(|_| format!("probability of {kind}: {p:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("probability of {kind}: {p} is not within 0..1"));
+    }
+    Ok((fault, p))
+}
+
+/// How the engine answers: the fault mix, the draws, and the record file.
+pub struct Engine {
+    faults: Vec<(Fault, f64)>,
+    late_delay: Duration,
+    /// splitmix64 state: one atomic step per draw, so draws need no lock.
+    rng: AtomicU64,
+    seq: AtomicU64,
+    conns: AtomicU64,
+    log: Option<Mutex<std::fs::File>>,
+}
+
+/// A bad `ack-server` set-up, named for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(String);
+
+impl Engine {
+    /// An engine with the fault mix of `args`, appending records to `args.log` if given.
+    pub fn new(args: &AckServerArgs) -> Result<Engine, EngineError> {
+        let total: f64 = args.faults.iter().map(|(_, p)| p).sum();
+        if total > 1.0 + 1e-9 {
+            return Err(EngineError(format!(
+                "--fault probabilities add up to {total}, more than 1"
+            )));
+        }
+        let log = match &args.log {
+            Some(p) => {
+                Some(Mutex::new(open_log(p).map_err(|e| {
+                    EngineError(format!("--log {}: {e}", p.display()))
+                })?))
+            }
+            None => None,
+        };
+        let seed = args.seed.unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        Ok(Engine {
+            faults: args.faults.clone(),
+            late_delay: args.late_delay,
+            rng: AtomicU64::new(seed),
+            seq: AtomicU64::new(0),
+            conns: AtomicU64::new(0),
+            log,
+        })
+    }
+
+    /// A well-behaved engine: AA to everything, no record file.
+    pub fn plain() -> Engine {
+        Engine {
+            faults: Vec::new(),
+            late_delay: Duration::ZERO,
+            rng: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            conns: AtomicU64::new(0),
+            log: None,
+        }
+    }
+
+    /// A uniform draw in [0, 1).
+    fn draw(&self) -> f64 {
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn pick(&self) -> Option<Fault> {
+        if self.faults.is_empty() {
+            return None;
+        }
+        let mut u = self.draw();
+        for &(fault, p) in &self.faults {
+            if u < p {
+                return Some(fault);
+            }
+            u -= p;
+        }
+        None
+    }
+
+    fn record(&self, r: &Record<'_>) {
+        let Some(log) = &self.log else { return };
+        let mut line = match serde_json::to_vec(r) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "ack-server record not serialised");
+                return;
+            }
+        };
+        line.push(b'\n');
+        // One write per record on an O_APPEND file: records never interleave.
+        let written = match log.lock() {
+            Ok(mut f) => std::io::Write::write_all(&mut *f, &line),
+            Err(_) => return,
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "ack-server record not written");
+        }
+    }
+}
+
+/// One line of the `--log` file.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    /// Order of receipt across all connections.
+    seq: u64,
+    conn: u64,
+    control_id: String,
+    message_type: String,
+    bytes: usize,
+    fault: &'a str,
+    /// MSH-10 of the ACK written, if one was.
+    ack_id: Option<String>,
+    /// The ACK exactly as written (without framing).
+    ack: Option<String>,
+    /// Whether the whole ACK frame reached the socket.
+    ack_complete: bool,
+}
+
+/// Opens (creating or appending to) the record file at `path`.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .await?;
-    Ok(Arc::new(Mutex::new(f)))
 }
 
-/// Serves connections until `shutdown`: each message is logged, then answered AA (CA in
-/// enhanced mode), like an engine that acknowledges only what it has stored.
-pub async fn serve(listener: TcpListener, log: Option<MessageLog>, shutdown: CancellationToken) {
+/// `ack-server` as a command: binds, serves until SIGTERM/SIGINT, and says what went wrong.
+pub async fn run(args: AckServerArgs) -> Result<(), EngineError> {
+    let engine = Arc::new(Engine::new(&args)?);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| EngineError(format!("--listen {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    let faults: Vec<String> = args
+        .faults
+        .iter()
+        .map(|(f, p)| format!("{}={p}", f.name()))
+        .collect();
+    tracing::info!(listen = %addr, faults = %faults.join(","), "ack-server listening (plain MLLP, AA to every message)");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, engine, stop.clone()));
+    match crate::shutdown::Signals::new() {
+        Ok(mut signals) => while signals.next().await != crate::shutdown::Signal::Terminate {},
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    stop.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Serves connections until `shutdown`. Each message is answered AA (CA in enhanced mode) unless
+/// a fault is drawn for it.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -49,12 +306,13 @@ pub async fn serve(listener: TcpListener, log: Option<MessageLog>, shutdown: Can
         };
         match accepted {
             Ok((tcp, _)) => {
-                let log = log.clone();
+                let engine = engine.clone();
                 let shutdown = shutdown.clone();
+                let conn = engine.conns.fetch_add(1, Ordering::Relaxed) + 1;
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = connection(tcp, log) => if let Err(e) = r {
+                        r = connection(tcp, &engine, conn) => if let Err(e) = r {
                             tracing::debug!(error = %e, "ack-server connection ended");
                         },
                     }
@@ -62,37 +320,170 @@ pub async fn serve(listener: TcpListener, log: Option<MessageLog>, shutdown: Can
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ack-server accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn connection(mut tcp: TcpStream, log: Option<MessageLog>) -> std::io::Result<()> {
+/// What to do with the connection after a message.
+enum Next {
+    Read,
+    Close,
+}
+
+async fn connection(mut tcp: TcpStream, engine: &Engine, conn: u64) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let mut codec = MllpCodec::new(64 * 1024 * 1024);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(1024);
     loop {
         while let Some(frame) = codec.decode(&mut buf).map_err(std::io::Error::other)? {
             let Frame::Message(msg) = frame else { continue };
-            if let Some(log) = &log {
-                let mut f = log.lock().await;
-                f.write_all(&msg).await?;
-                f.write_all(b"\n").await?;
-                f.flush().await?;
+            if let Next::Close = answer(&mut tcp, engine, conn, &msg).await {
+                return Ok(());
             }
-            let header = Header::parse(&msg).ok();
-            if header.is_some_and(|h| h.is_ack()) {
-                continue;
-            }
-            out.clear();
-            MllpCodec::write_frame(&build_accept(header.as_ref()), &mut out);
-            tcp.write_all(&out).await?;
         }
         buf.reserve(16 * 1024);
         if tcp.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
+    }
+}
+
+/// Answers one message as the drawn fault says, and records what was written.
+async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> Next {
+    let seq = engine.seq.fetch_add(1, Ordering::Relaxed);
+    let header = Header::parse(msg).ok();
+    let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+    let mut rec = Record {
+        seq,
+        conn,
+        control_id: text(header.map(|h| h.control_id)),
+        message_type: text(header.map(|h| h.message_type)),
+        bytes: msg.len(),
+        fault: "none",
+        ack_id: None,
+        ack: None,
+        ack_complete: false,
+    };
+    if header.is_some_and(|h| h.is_ack()) {
+        // Like a real engine: an acknowledgment is not answered.
+        engine.record(&rec);
+        return Next::Read;
+    }
+    let fault = engine.pick();
+    rec.fault = fault.map_or("none", Fault::name);
+    let ack = match fault {
+        Some(Fault::Ae) => build_ack(header.as_ref(), AckCode::AE),
+        Some(Fault::Ar) => build_ack(header.as_ref(), AckCode::AR),
+        Some(Fault::Garbage) => b"this is not an HL7 acknowledgment".to_vec(),
+        Some(Fault::WrongMsa2) => {
+            let ack = String::from_utf8_lossy(&build_accept(header.as_ref())).into_owned();
+            let f = header.map_or('|', |h| char::from(h.separators.field));
+            let msa = format!("MSA{f}AA{f}");
+            ack.replacen(&msa, &format!("{msa}WRONG-"), 1).into_bytes()
+        }
+        _ => build_accept(header.as_ref()),
+    };
+    let framed = MllpCodec::frame(&ack);
+    let (written, next) = match fault {
+        Some(Fault::NoAnswer) => (None, Next::Read),
+        Some(Fault::Close) => (None, Next::Close),
+        Some(Fault::Reset) => {
+            let _ = tcp.set_zero_linger();
+            (None, Next::Close)
+        }
+        Some(Fault::Partial) => {
+            let half = &framed[..framed.len() / 2];
+            let _ = tcp.write_all(half).await;
+            (Some(false), Next::Close)
+        }
+        Some(Fault::Late) => {
+            tokio::time::sleep(engine.late_delay).await;
+            (Some(tcp.write_all(&framed).await.is_ok()), Next::Read)
+        }
+        Some(Fault::Drip) => {
+            let mut ok = true;
+            for b in framed.iter() {
+                if tcp.write_all(&[*b]).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (Some(ok), Next::Read)
+        }
+        Some(Fault::Stray) => {
+            let mut all = b"\n\0stray\r\n".to_vec();
+            all.extend_from_slice(&framed);
+            all.extend_from_slice(b"\r\n");
+            (Some(tcp.write_all(&all).await.is_ok()), Next::Read)
+        }
+        Some(Fault::Duplicate) => {
+            let ok = tcp.write_all(&framed).await.is_ok();
+            let delay = 1 + (engine.draw() * 10.0) as u64;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let _ = tcp.write_all(&framed).await;
+            (Some(ok), Next::Read)
+        }
+        Some(Fault::CloseAfterAck) => (Some(tcp.write_all(&framed).await.is_ok()), Next::Close),
+        _ => (Some(tcp.write_all(&framed).await.is_ok()), Next::Read),
+    };
+    if let Some(complete) = written {
+        rec.ack_id = Header::parse(&ack)
+            .ok()
+            .map(|h| String::from_utf8_lossy(h.control_id).into_owned());
+        rec.ack = Some(String::from_utf8_lossy(&ack).into_owned());
+        rec.ack_complete = complete;
+    }
+    engine.record(&rec);
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_by_name_and_bad_ones_are_explained() {
+        assert_eq!(parse_fault("close=0.25"), Ok((Fault::Close, 0.25)));
+        for f in Fault::ALL {
+            assert_eq!(Fault::from_name(f.name()), Some(f));
+        }
+        assert!(
+            parse_fault("close")
+                .unwrap_err()
+                .contains("KIND=PROBABILITY")
+        );
+        assert!(parse_fault("boom=0.1").unwrap_err().contains("wrong-msa2"));
+        assert!(parse_fault("ae=1.5").unwrap_err().contains("within 0..1"));
+    }
+
+    #[test]
+    fn draws_follow_the_configured_shares() {
+        let args = AckServerArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            log: None,
+            faults: vec![(Fault::Close, 0.1), (Fault::Ae, 0.3)],
+            seed: Some(7),
+            late_delay: Duration::ZERO,
+        };
+        let e = Engine::new(&args).unwrap();
+        let n = 100_000;
+        let (mut close, mut ae) = (0, 0);
+        for _ in 0..n {
+            match e.pick() {
+                Some(Fault::Close) => close += 1,
+                Some(Fault::Ae) => ae += 1,
+                _ => {}
+            }
+        }
+        assert!((9_000..11_000).contains(&close), "{close}");
+        assert!((28_500..31_500).contains(&ae), "{ae}");
+        let too_much = AckServerArgs {
+            faults: vec![(Fault::Close, 0.7), (Fault::Ae, 0.7)],
+            ..args
+        };
+        assert!(Engine::new(&too_much).is_err());
     }
 }

@@ -58,7 +58,11 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         .local_addr()
         .map_err(|e| fail("stand-in engine", &e))?;
     let stop_engine = CancellationToken::new();
-    tokio::spawn(super::ack_server::serve(engine, None, stop_engine.clone()));
+    tokio::spawn(super::ack_server::serve(
+        engine,
+        std::sync::Arc::new(super::ack_server::Engine::plain()),
+        stop_engine.clone(),
+    ));
 
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     config.admin.listen = loopback(0);

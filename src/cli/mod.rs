@@ -1,4 +1,4 @@
-//! The tool commands around the proxy: `check`, `send`, `ack-server`, `demo`, `bench`.
+//! The tool commands around the proxy: `check`, `send`, `ack-server`, `demo`, `bench`, `soak`.
 //!
 //! They share [`MllpClient`], a minimal MLLP (optionally MLLP/TLS) client that sends one message
 //! and waits for one answer, the way a sending system does.
@@ -8,6 +8,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod send;
+pub mod soak;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -195,12 +195,18 @@ pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
 /// of `ack-server` and `demo` answers.
 pub fn build_accept(header: Option<&Header<'_>>) -> Vec<u8> {
     let code = if header.is_some_and(|h| h.enhanced_mode()) {
-        "CA"
+        AckCode::CA
     } else {
-        "AA"
+        AckCode::AA
     };
+    build_ack(header, code)
+}
+
+/// Builds an acknowledgment with MSA-1 `code` and no ERR segment: what a stand-in engine
+/// answers when it is told to refuse (`ack-server --fault ae=…`).
+pub fn build_ack(header: Option<&Header<'_>>, code: AckCode) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    write_ack_header(&mut out, header, code, "");
+    write_ack_header(&mut out, header, code.as_str(), "");
     out
 }
 

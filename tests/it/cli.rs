@@ -132,7 +132,7 @@ fn check_warns_about_a_crl_past_its_next_update() {
 
 #[test]
 fn send_and_ack_server_round_trip_with_the_message_log() {
-    // ack-server logs each message exactly as received; send prints MSA-1 MSA-2 per message
+    // ack-server records each message and the ACK it wrote; send prints MSA-1 MSA-2 per message
     // from a file holding two messages separated by a blank line.
     let pki = Pki::new();
     let log = pki.path("engine.log");
@@ -164,11 +164,22 @@ fn send_and_ack_server_round_trip_with_the_message_log() {
         String::from_utf8_lossy(&out.stdout),
         "AA SEND-1\nAA SEND-2\n"
     );
-    let logged = std::fs::read(&log).expect("log written");
-    assert_eq!(
-        logged,
-        b"MSH|^~\\&|A|B|C|D|20261126||ADT^A01|SEND-1|P|2.5.1\rPID|1||X\r\nMSH|^~\\&|A|B|C|D|20261126||ADT^A08|SEND-2|P|2.5.1\rPID|1||Y\r\n"
-    );
+    // One JSON record per message: its control ID and the exact ACK written, in full.
+    let logged = std::fs::read_to_string(&log).expect("log written");
+    let records: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON record"))
+        .collect();
+    assert_eq!(records.len(), 2, "{logged}");
+    for (r, id) in records.iter().zip(["SEND-1", "SEND-2"]) {
+        assert_eq!(r["control_id"], id, "{r}");
+        assert_eq!(r["fault"], "none", "{r}");
+        assert_eq!(r["ack_complete"], true, "{r}");
+        let ack = r["ack"].as_str().expect("ack text");
+        assert!(ack.contains(&format!("\rMSA|AA|{id}")), "{ack:?}");
+        assert!(ack.contains(r["ack_id"].as_str().expect("ack_id")), "{r}");
+    }
+    assert_ne!(records[0]["ack_id"], records[1]["ack_id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

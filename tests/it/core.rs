@@ -293,14 +293,21 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stray_bytes_after_an_ack_are_dropped_and_a_second_ack_replaces_the_connection() {
-    // An engine that writes a line feed after each frame keeps its connection; one that sends
-    // a second, unsolicited ACK has it replaced before the next message (counted as a protocol
-    // failure) — and no sender message fails either way.
+async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replaces_the_connection()
+{
+    // An engine that writes a line feed after each frame keeps its connection. One that repeats
+    // its ACK a few ms later keeps it too, whether the repeat arrives while the connection is
+    // idle or while the next message waits for its ACK: the repeat is dropped and counted. One
+    // that sends an ACK naming another message has the connection replaced before the next
+    // message (a protocol failure). No sender message fails in any case.
     let pki = Pki::new();
-    for (quirk, connections, protocol_failures) in [
-        (Behaviour::AckThenLineFeed, 1, 0.0),
-        (Behaviour::AckTwice, 5, 4.0),
+    let idle = Duration::from_millis(200);
+    let busy = Duration::ZERO;
+    for (quirk, pause, connections, protocol_failures, repeats) in [
+        (Behaviour::AckThenLineFeed, idle, 1, 0.0, 0.0),
+        (Behaviour::AckTwice, idle, 1, 0.0, 4.0),
+        (Behaviour::AckTwice, busy, 1, 0.0, 4.0),
+        (Behaviour::AckThenOther, idle, 5, 4.0, 0.0),
     ] {
         let engine = Engine::start(quirk).await;
         let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
@@ -308,12 +315,11 @@ async fn stray_bytes_after_an_ack_are_dropped_and_a_second_ack_replaces_the_conn
         for i in 0..5 {
             let id = format!("S-{i}");
             let ack = client.exchange(&adt(&id), T).await.expect("ACK");
-            assert_eq!(msa(&ack), ("AA".into(), id), "{quirk:?}");
-            // Let the engine's trailing bytes arrive before the next message.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(msa(&ack), ("AA".into(), id), "{quirk:?} {pause:?}");
+            tokio::time::sleep(pause).await;
         }
-        assert_eq!(engine.received().len(), 5, "{quirk:?}");
-        assert_eq!(engine.connections(), connections, "{quirk:?}");
+        assert_eq!(engine.received().len(), 5, "{quirk:?} {pause:?}");
+        assert_eq!(engine.connections(), connections, "{quirk:?} {pause:?}");
         let sample = format!(
             "mllp_proxy_upstream_failures_total{{kind=\"protocol\",route=\"test\",target=\"{}\"}}",
             engine.target()
@@ -321,8 +327,10 @@ async fn stray_bytes_after_an_ack_are_dropped_and_a_second_ack_replaces_the_conn
         assert_eq!(
             metric(&proxy, &sample).await,
             protocol_failures,
-            "{quirk:?}"
+            "{quirk:?} {pause:?}"
         );
+        let sample = "mllp_proxy_upstream_duplicate_acks_total{route=\"test\"}";
+        assert_eq!(metric(&proxy, sample).await, repeats, "{quirk:?} {pause:?}");
     }
 }
 

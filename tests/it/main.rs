@@ -9,4 +9,5 @@ mod deploy;
 mod interop;
 mod limits;
 mod observability;
+mod reliability;
 mod support;

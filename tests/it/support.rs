@@ -288,8 +288,12 @@ pub enum Behaviour {
     CloseOnSecondMessage,
     /// Answers AA, then a line feed outside any frame a moment later.
     AckThenLineFeed,
-    /// Answers AA twice (a second, unsolicited frame).
+    /// Answers AA twice (the same ACK again 20 ms later).
     AckTwice,
+    /// Answers AA, then 20 ms later an unsolicited AA naming another message.
+    AckThenOther,
+    /// Answers AA with an NTE segment of this many bytes (engines that echo the message).
+    AckPadded(usize),
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -418,11 +422,19 @@ async fn engine_connection(
                     tokio::time::sleep(d).await;
                     build_accept(header.as_ref())
                 }
+                Behaviour::AckPadded(n) => {
+                    let mut ack = build_accept(header.as_ref());
+                    ack.extend_from_slice(b"NTE|1||");
+                    ack.extend(std::iter::repeat_n(b'x', n));
+                    ack.push(b'\r');
+                    ack
+                }
                 Behaviour::Ack
                 | Behaviour::CloseAfterAck
                 | Behaviour::CloseOnSecondMessage
                 | Behaviour::AckThenLineFeed
-                | Behaviour::AckTwice => build_accept(header.as_ref()),
+                | Behaviour::AckTwice
+                | Behaviour::AckThenOther => build_accept(header.as_ref()),
             };
             if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
                 return;
@@ -435,6 +447,11 @@ async fn engine_connection(
                 Behaviour::AckTwice => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     let _ = tcp.write_all(&MllpCodec::frame(&answer)).await;
+                }
+                Behaviour::AckThenOther => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let other = build_accept(Header::parse(&adt("SOMETHING-ELSE")).ok().as_ref());
+                    let _ = tcp.write_all(&MllpCodec::frame(&other)).await;
                 }
                 _ => {}
             }

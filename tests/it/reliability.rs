@@ -1,0 +1,281 @@
+//! Delivery under the failures the fault soak (`bench/soak.sh`) cannot produce: a target that
+//! drops SYNs, a sender that pipelines, a sender that stops reading, certificate reloads and
+//! SIGTERM under load.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mllp_proxy::cli::{MllpClient, http_get};
+use mllp_proxy::mllp::MllpCodec;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A listener whose accept queue is full and never drained: connects to it hang, like a host
+/// that drops SYNs. The held connections must live as long as the listener.
+async fn black_hole() -> (tokio::net::TcpListener, Vec<TcpStream>, String) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    // Linux queues backlog + 1 connections; the rest have their SYNs dropped.
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+    {
+        held.push(s);
+        assert!(held.len() < 10, "the accept queue never filled");
+    }
+    (listener, held, addr.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
+    // A primary that drops SYNs: the message waits connect_timeout, then the secondary answers
+    // AA. Alone, it gets the sender an AR (nak mode) once connect_timeout has passed, counted
+    // as an exchange that failed on connect.
+    let pki = Pki::new();
+    let (_listener, _held, dead) = black_hole().await;
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[dead.clone(), engine.target()], "");
+    cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let started = Instant::now();
+    let ack = client.exchange(&adt("SYN-1"), T).await.expect("ACK");
+    let took = started.elapsed();
+    assert_eq!(msa(&ack), ("AA".into(), "SYN-1".into()));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let failed = format!(
+        "mllp_proxy_upstream_failures_total{{kind=\"connect\",route=\"test\",target=\"{dead}\"}}"
+    );
+    assert_eq!(metric(&proxy, &failed).await, 1.0);
+    let exchanges = "mllp_proxy_upstream_exchanges_failed_total{kind=\"connect\",route=\"test\"}";
+    assert_eq!(
+        metric(&proxy, exchanges).await,
+        0.0,
+        "failover is no failure"
+    );
+
+    let mut cfg = pki.config(&[dead.clone()], "    on_upstream_failure: nak\n");
+    cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(cfg).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let started = Instant::now();
+    let nak = client.exchange(&adt("SYN-2"), T).await.expect("NAK");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(msa(&nak), ("AR".into(), "SYN-2".into()));
+    assert_eq!(metric(&proxy, exchanges).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_sender_gets_every_ack_in_order() {
+    // Ten messages in one write: each is forwarded only after the previous one's ACK, and the
+    // ten ACKs come back in the order sent.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let ids: Vec<String> = (0..10).map(|i| format!("PIPE-{i}")).collect();
+    let mut burst = Vec::new();
+    for id in &ids {
+        burst.extend_from_slice(&MllpCodec::frame(&adt(id)));
+    }
+    client.send_raw(&burst).await.expect("send");
+    for id in &ids {
+        let ack = tokio::time::timeout(T, client.recv())
+            .await
+            .expect("in time")
+            .expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id.clone()));
+    }
+    assert_eq!(engine.received_ids(), ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_stops_reading_is_closed_at_frame_timeout_and_others_carry_on() {
+    // The engine's ACKs are 256 KiB; a sender pipelines 40 messages and never reads, so the
+    // proxy's write to it blocks. That session is closed frame_timeout later, while another
+    // sender's messages are acknowledged all along.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::AckPadded(256 * 1024)).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].limits.frame_timeout = Duration::from_secs(1);
+    let proxy = start_proxy(cfg).await;
+    let mut stuck = connect(&pki, &proxy, ClientCert::Good).await;
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        burst.extend_from_slice(&MllpCodec::frame(&adt(&format!("STUCK-{i}"))));
+    }
+    stuck.send_raw(&burst).await.expect("send");
+    let mut good = connect(&pki, &proxy, ClientCert::Good).await;
+    let active = "mllp_proxy_connections_active{route=\"test\"}";
+    let started = Instant::now();
+    let mut i = 0;
+    while metric(&proxy, active).await > 1.0 {
+        assert!(started.elapsed() < T, "the stuck session was never closed");
+        let id = format!("GOOD-{i}");
+        let ack = good.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+        i += 1;
+    }
+    assert!(i > 0, "the good sender was served meanwhile");
+    let id = "GOOD-last".to_string();
+    let ack = good.exchange(&adt(&id), T).await.expect("ACK");
+    assert_eq!(msa(&ack), ("AA".into(), id));
+}
+
+/// The proxy binary with JSON logs, in front of `engine`.
+fn spawn_binary(pki: &Pki, engine: &Engine) -> ProxyProcess {
+    let yaml = pki
+        .config_yaml(&[engine.target()], "")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    ProxyProcess::spawn(&config_path, "info")
+}
+
+fn signal(proxy: &ProxyProcess, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &proxy.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_session() {
+    // Four senders send without pause, each opening a new connection every 20 messages, while
+    // the server certificate is replaced and SIGHUP sent every second, five times: every
+    // message is acknowledged, no handshake fails, every reload succeeds.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Ack));
+    let proxy = spawn_binary(&pki, &engine);
+    let (addr, admin) = (proxy.addr, proxy.admin);
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let target = pki.target(addr, ClientCert::Good);
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = MllpClient::connect(&target, T)
+                        .await
+                        .map_err(|e| format!("sender {s} connect: {e}"))?;
+                    for _ in 0..20 {
+                        let id = format!("HUP-{s}-{sent}");
+                        let ack = client
+                            .exchange(&adt(&id), T)
+                            .await
+                            .map_err(|e| format!("{id}: {e}"))?;
+                        if msa(&ack) != ("AA".into(), id.clone()) {
+                            return Err(format!("{id}: {:?}", msa(&ack)));
+                        }
+                        sent += 1;
+                    }
+                    client.close().await;
+                }
+                Ok::<usize, String>(sent)
+            })
+        })
+        .collect();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        pki.issue_server("server", &format!("proxy rotation {i}"));
+        signal(&proxy, "-HUP");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for s in senders {
+        total += rt.block_on(s).expect("sender task").expect("no failure");
+    }
+    assert!(total > 100, "{total} messages");
+    let metrics = rt.block_on(http_get(admin, "/metrics")).expect("metrics");
+    let value = |sample: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        value("mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}"),
+        5.0
+    );
+    assert_eq!(
+        value("mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}"),
+        0.0
+    );
+    let handshake_failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mllp_proxy_tls_handshake_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(handshake_failures, 0.0);
+    assert_eq!(
+        value("mllp_proxy_acks_total{code=\"AA\",route=\"test\"}"),
+        total as f64
+    );
+}
+
+#[test]
+fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
+    // Eight senders keep sending to an engine that takes 300 ms per ACK; SIGTERM arrives in the
+    // middle. Every message the engine received is acknowledged to its sender with the engine's
+    // AA; every other attempt ends with the connection closed and no answer; exit status 0.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(300))));
+    let mut proxy = spawn_binary(&pki, &engine);
+    let addr = proxy.addr;
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let target = pki.target(addr, ClientCert::Good);
+            rt.spawn(async move {
+                let mut acked = Vec::new();
+                let Ok(mut client) = MllpClient::connect(&target, T).await else {
+                    return Ok(acked);
+                };
+                for i in 0.. {
+                    let id = format!("TERM-{s}-{i}");
+                    match client.exchange(&adt(&id), T).await {
+                        Ok(ack) if msa(&ack) == ("AA".into(), id.clone()) => acked.push(id),
+                        Ok(ack) => return Err(format!("{id}: {:?}", msa(&ack))),
+                        Err(_) => break,
+                    }
+                }
+                Ok::<Vec<String>, String>(acked)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(&proxy, "-TERM");
+    let mut acked = BTreeSet::new();
+    for s in senders {
+        acked.extend(rt.block_on(s).expect("sender task").expect("only AA"));
+    }
+    let status = proxy.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let received: BTreeSet<String> = engine.received_ids().into_iter().collect();
+    assert!(
+        acked.len() >= 8,
+        "{} acknowledged before SIGTERM",
+        acked.len()
+    );
+    assert_eq!(
+        acked, received,
+        "every forwarded message relayed, nothing else"
+    );
+}
