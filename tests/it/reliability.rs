@@ -67,7 +67,10 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
         "failover is no failure"
     );
 
-    let mut cfg = pki.config(&[dead.clone()], "    on_upstream_failure: nak\n");
+    let mut cfg = pki.config(
+        std::slice::from_ref(&dead),
+        "    on_upstream_failure: nak\n",
+    );
     cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
     let proxy = start_proxy(cfg).await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
