@@ -5,11 +5,11 @@
 # file and the proxy's metrics, and the proxy must stop cleanly on SIGTERM. Exits non-zero on
 # any violation. Everything stays on loopback.
 #
-#   bash bench/soak.sh                 # CI size: 2 modes x 16 senders x 4,000 messages (128,000)
+#   bash bench/soak.sh                 # CI size: 2 modes x 16 senders x 8,000 messages (256,000)
 #   bash bench/soak.sh --long          # 2 modes x 16 senders x 16,000 messages (512,000)
 #   SOAK_SENDERS=8 SOAK_MESSAGES=500 bash bench/soak.sh
 senders=${SOAK_SENDERS:-16}
-messages=${SOAK_MESSAGES:-4000}
+messages=${SOAK_MESSAGES:-8000}
 if [ "${1:-}" = "--long" ]; then messages=${SOAK_MESSAGES:-16000}; fi
 source "$(dirname "$0")/lib.sh"
 
