@@ -31,6 +31,15 @@ pub enum ConfigError {
     /// A value parsed but is not acceptable.
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
+    /// An `Invalid` value found in a file: named with the file and, when it can be found, the
+    /// line, as the YAML parser does for syntax errors.
+    #[error("{path}: {key}: {reason}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    InFile {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
 }
 
 /// The validated configuration of one proxy process.
@@ -58,7 +67,7 @@ pub struct AdminConfig {
 pub struct LoggingConfig {
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
-    /// Default filter directive, overridden by `RUST_LOG`.
+    /// Default level (`trace`, `debug`, `info`, `warn` or `error`), overridden by `RUST_LOG`.
     pub level: String,
 }
 
@@ -222,6 +231,12 @@ impl Config {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message,
+            },
+            ConfigError::Invalid { key, reason } => ConfigError::InFile {
+                path: path.to_path_buf(),
+                line: line_of(&text, &key),
+                key,
+                reason,
             },
             other => other,
         })
@@ -565,6 +580,85 @@ fn file(key: &str, text: &str, base: &Path) -> Result<PathBuf, ConfigError> {
     })
 }
 
+/// The 1-based line holding `key` (`routes[0].upstream.targets[1]`) in YAML `text`, for error
+/// messages. A best effort over block and flow style: `None` rather than a wrong line.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let blank = |l: &str| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    };
+    // The line found so far, and the indentation its children must exceed.
+    let (mut at, mut scope): (Option<usize>, Option<usize>) = (None, None);
+    for part in key.split('.') {
+        let (name, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let start = at.unwrap_or(0);
+        let found = (start..lines.len()).find(|&i| {
+            let l = lines[i];
+            let body = l.trim_start().trim_start_matches("- ");
+            let here = body.starts_with(&format!("{name}:"))
+                || l.contains(&format!("{{{name}:"))
+                || l.contains(&format!(" {name}:"));
+            here && (i == start || scope.is_none_or(|s| indent(l) > s || l.contains('{')))
+        })?;
+        if let Some(s) = scope {
+            // Leaving the parent's block on the way means the key is not under it.
+            let left = (start + 1..found).any(|i| !blank(lines[i]) && indent(lines[i]) <= s);
+            if left {
+                return None;
+            }
+        }
+        at = Some(found);
+        scope = Some(indent(lines[found]));
+        for index in indices
+            .split(']')
+            .filter_map(|x| x.strip_prefix('['))
+            .map(|x| x.parse::<usize>().ok())
+        {
+            let index = index?;
+            let line = at?;
+            if lines[line].contains('[') {
+                // A flow list: every item is on this line.
+                break;
+            }
+            let items: Vec<usize> = (line + 1..lines.len())
+                .take_while(|&i| {
+                    blank(lines[i])
+                        || indent(lines[i]) > indent(lines[line])
+                        || lines[i].trim_start().starts_with("- ")
+                })
+                .filter(|&i| lines[i].trim_start().starts_with("- "))
+                .collect();
+            let item_indent = indent(lines[*items.first()?]);
+            let item = *items
+                .iter()
+                .filter(|&&i| indent(lines[i]) == item_indent)
+                .nth(index)?;
+            at = Some(item);
+            scope = Some(item_indent);
+        }
+    }
+    at.map(|i| i + 1)
+}
+
+/// A level name as tracing spells it. An unknown level would filter out every line, warnings
+/// included, so it is an error; `warning` is what many operators type, and means `warn`.
+fn log_level(text: &str) -> Result<String, ConfigError> {
+    let level = text.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" => Ok(level),
+        "warning" => Ok("warn".into()),
+        _ => Err(invalid(
+            "logging.level",
+            format!("unknown level {text:?}: use trace, debug, info, warn or error"),
+        )),
+    }
+}
+
 impl RawConfig {
     fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let admin = AdminConfig {
@@ -572,7 +666,7 @@ impl RawConfig {
         };
         let logging = LoggingConfig {
             format: self.logging.format,
-            level: self.logging.level,
+            level: log_level(&self.logging.level)?,
         };
         let shutdown = ShutdownConfig {
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
@@ -830,6 +924,10 @@ routes:
         assert_eq!(r.validation.max_message_bytes, 1_048_576);
         assert_eq!(r.limits.max_connections, 1024);
         assert_eq!(r.limits.listen_backlog, 1024);
+        assert_eq!(c.logging.level, "info");
+        let warning = MINIMAL.replace("routes:", "logging: { level: WARNING }\nroutes:");
+        let c = Config::from_yaml(&warning, Path::new("/etc/mllp")).unwrap();
+        assert_eq!(c.logging.level, "warn");
         assert_eq!(r.limits.idle_timeout, Duration::from_secs(900));
         assert_eq!(r.upstream.ack_timeout, Duration::from_secs(30));
     }
@@ -843,6 +941,27 @@ routes:
         let e = err(&yaml);
         assert!(e.contains("routes[0].tls"), "{e}");
         assert!(e.contains("cliant"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located_in_the_file() {
+        let text = "admin:\n  listen: \"127.0.0.1:9575\"\nroutes:\n  - name: lab\n    listen: \"127.0.0.1:2575\"\n    tls: { certificate: c, private_key: k }\n    upstream:\n      targets:\n        - \"127.0.0.1:1\"\n        - engine\n  - name: adt\n    upstream:\n      targets: [\"a:1\", \"b\"]\n      ack_timeout: 30\n";
+        assert_eq!(line_of(text, "admin.listen"), Some(2));
+        assert_eq!(line_of(text, "routes[0].name"), Some(4));
+        assert_eq!(line_of(text, "routes[0].tls.private_key"), Some(6));
+        assert_eq!(line_of(text, "routes[0].upstream.targets[1]"), Some(10));
+        assert_eq!(line_of(text, "routes[1].upstream.targets[1]"), Some(13));
+        assert_eq!(line_of(text, "routes[1].upstream.ack_timeout"), Some(14));
+        // Not under route 0: no line rather than route 1's.
+        assert_eq!(line_of(text, "routes[0].upstream.ack_timeout"), None);
+        assert_eq!(line_of(text, "routes[2].name"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.yaml");
+        std::fs::write(&path, MINIMAL.replace("\"127.0.0.1:3575\"", "\"engine\"")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        let head = format!("{}: routes[0].upstream.targets[0]: ", path.display());
+        assert!(e.starts_with(&head) && e.ends_with(" (line 10)"), "{e}");
     }
 
     #[test]
@@ -873,6 +992,11 @@ routes:
                 "targets: [\"127.0.0.1:3575\"]",
                 "targets: [\"127.0.0.1:3575\"]\n    limits: { listen_backlog: 0 }",
                 "routes[0].limits.listen_backlog",
+            ),
+            (
+                "routes:",
+                "logging: { level: verbose }\nroutes:",
+                "logging.level",
             ),
         ];
         for (from, to, key) in cases {

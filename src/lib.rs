@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod hl7;
 pub mod listener;

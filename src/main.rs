@@ -82,12 +82,7 @@ async fn dispatch(command: Command) -> ExitCode {
         }
         Command::AckServer(a) => {
             init_tracing(LogFormat::Text, "info");
-            report(
-                cli::ack_server::run(a)
-                    .await
-                    .map(|()| true)
-                    .map_err(|e| cli::ClientError(e.to_string())),
-            )
+            report(cli::ack_server::run(a).await.map(|()| true))
         }
         Command::Bench(a) => {
             init_tracing(LogFormat::Text, "warn");
@@ -127,8 +122,9 @@ async fn run(path: PathBuf) -> ExitCode {
     let proxy = match mllp_proxy::proxy::start(config, metrics).await {
         Ok(p) => p,
         Err(e) => {
+            // Logging is set up by now: one line, in the configured format (JSON pipelines
+            // must not receive a stray plain-text line).
             tracing::error!(error = %e, "cannot start");
-            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -143,7 +139,7 @@ async fn run(path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn report(r: Result<bool, cli::ClientError>) -> ExitCode {
+fn report<E: std::fmt::Display>(r: Result<bool, E>) -> ExitCode {
     match r {
         Ok(ok) => status(ok),
         Err(e) => {
@@ -161,11 +157,26 @@ fn status(ok: bool) -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `level`.
+/// Logs go to stderr; `RUST_LOG` overrides `level`. A `RUST_LOG` that cannot be what the user
+/// meant is reported, never silently obeyed: a bare `warning` would log nothing else at all.
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+            Ok(f) => {
+                if let Some(word) = bare_non_level(&v) {
+                    eprintln!(
+                        "warning: RUST_LOG={v:?}: {word:?} is not a level (trace, debug, info, warn, error, off), so it selects a module of that name and little else will be logged"
+                    );
+                }
+                f
+            }
+            Err(e) => {
+                eprintln!("warning: ignoring RUST_LOG={v:?} ({e}); logging at level {level}");
+                EnvFilter::new(level)
+            }
+        },
+        _ => EnvFilter::new(level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -177,4 +188,15 @@ fn init_tracing(format: LogFormat, level: &str) {
     if let Err(e) = result {
         eprintln!("warning: logging not initialised: {e}");
     }
+}
+
+/// A directive that is a single plain word but no level (`warning`, `verbose`): almost always
+/// a mistyped level rather than a module name.
+fn bare_non_level(v: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    v.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && d.bytes().all(|b| b.is_ascii_alphabetic())
+            && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+    })
 }

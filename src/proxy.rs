@@ -93,14 +93,19 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
     let mut routes = Vec::with_capacity(prepared.len());
-    for (route, material, listener) in prepared {
+    for (index, (route, material, listener)) in prepared.into_iter().enumerate() {
         let addr = local_addr(&listener, route.listen);
         let rm = metrics.route(&route.name);
         for target in &route.upstream.targets {
             // Unknown until the first connect: exported as down so an alert can see it.
             rm.init_target(target);
         }
-        let (reloader, tls) = TlsReloader::new(route.tls.clone(), material, rm.clone());
+        let (reloader, tls) = TlsReloader::new(
+            format!("routes[{index}]"),
+            route.tls.clone(),
+            material,
+            rm.clone(),
+        );
         // An engine may echo the message in its ACK; anything larger is not an ACK.
         let max_ack = route.validation.max_message_bytes.saturating_add(64 * 1024);
         let ctx = Arc::new(RouteContext {

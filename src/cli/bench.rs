@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{ClientError, ClientTarget, MllpClient, TlsArgs};
+use super::TlsArgs;
 use crate::cli::send::parse_duration_arg;
+use crate::client::{ClientError, ClientTarget, MllpClient};
 use crate::hl7::parse_ack;
 
 /// Arguments of `bench`.

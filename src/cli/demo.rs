@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientError, ClientTarget, MllpClient};
+use crate::client::{ClientError, ClientTarget, MllpClient};
 use crate::config::Config;
 use crate::hl7::{Header, parse_ack};
 use crate::metrics::Metrics;
@@ -97,13 +97,13 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         let answer = client
             .exchange(msg.as_bytes(), Duration::from_secs(10))
             .await?;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = readable(started.elapsed());
         match parse_ack(&answer) {
             Some(ack) => {
                 let ok = ack.code.as_str() == "AA" && ack.control_id == header.control_id;
                 all_ok &= ok;
                 println!(
-                    "  sent {kind:<18} {id}  ->  ACK {} {}  ({ms:.1} ms){}",
+                    "  sent {kind:<18} {id}  ->  ACK {} {}  ({took}){}",
                     ack.code,
                     String::from_utf8_lossy(ack.control_id),
                     if ok { "" } else { "  UNEXPECTED" }
@@ -119,7 +119,7 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
 
     println!();
     println!("metrics (from http://{}/metrics):", proxy.admin);
-    match super::http_get(proxy.admin, "/metrics").await {
+    match crate::client::http_get(proxy.admin, "/metrics").await {
         Ok(body) => {
             for line in body.lines().filter(|l| {
                 !l.starts_with('#')
@@ -174,4 +174,13 @@ fn client_target(certs: &Path, addr: std::net::SocketAddr) -> Result<ClientTarge
         server_name: Some("localhost".into()),
     };
     tls.target(&addr.to_string())
+}
+/// A round-trip time as a person reads it: microseconds below a millisecond.
+fn readable(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 1000 {
+        format!("{us} µs")
+    } else {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    }
 }

@@ -4,8 +4,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ClientError, MllpClient, TlsArgs};
-use crate::hl7::{Header, parse_ack};
+use super::TlsArgs;
+use crate::client::{ClientError, MllpClient};
+use crate::hl7::{Header, Message, parse_ack};
 
 /// Arguments of `send`.
 #[derive(Debug, clap::Args)]
@@ -55,8 +56,9 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
     }
     let target = args.tls.target(&args.to)?;
     let mut client = MllpClient::connect(&target, args.timeout).await?;
+    client.check_admitted(ADMISSION_WAIT).await?;
     let mut all_positive = true;
-    for msg in &messages {
+    for (i, msg) in messages.iter().enumerate() {
         let control_id = Header::parse(msg)
             .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
             .unwrap_or_default();
@@ -64,6 +66,10 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("no ACK for message {control_id}: {e}");
+                let left = messages.len() - i - 1;
+                if left > 0 {
+                    eprintln!("{left} later message(s) not sent");
+                }
                 return Ok(false);
             }
         };
@@ -71,6 +77,11 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
             Some(info) => {
                 println!("{} {}", info.code, String::from_utf8_lossy(info.control_id));
                 all_positive &= info.code.is_positive();
+                if !info.code.is_positive() && !args.show {
+                    for line in why_refused(&answer) {
+                        println!("  {line}");
+                    }
+                }
             }
             None => {
                 println!("? (answer to {control_id} has no MSA segment)");
@@ -85,4 +96,33 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
     }
     client.close().await;
     Ok(all_positive)
+}
+
+/// How long `send` listens after the handshake for a server that turns the sender away.
+const ADMISSION_WAIT: Duration = Duration::from_millis(200);
+
+/// The text of a negative ACK: MSA-3, and each ERR segment's code and text (ERR-3 from v2.5,
+/// ERR-1 before), as the sender's operator needs them.
+fn why_refused(ack: &[u8]) -> Vec<String> {
+    let Ok(msg) = Message::parse(ack) else {
+        return Vec::new();
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut lines = Vec::new();
+    if let Some(msa) = msg.segment(b"MSA") {
+        let t = msa.field(3).as_bytes();
+        if !t.is_empty() {
+            lines.push(format!("MSA-3: {}", text(t)));
+        }
+    }
+    for err in msg.segments().filter(|s| s.id() == b"ERR") {
+        let (code, what) = match (err.field(3), err.field(1)) {
+            (f, _) if !f.as_bytes().is_empty() => (f.component(1), f.component(2)),
+            (_, f) => (f.subcomponent(4, 1), f.subcomponent(4, 2)),
+        };
+        if !code.is_empty() || !what.is_empty() {
+            lines.push(format!("ERR: {} {}", text(code), text(what)));
+        }
+    }
+    lines
 }

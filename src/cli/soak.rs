@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, ClientTarget, MllpClient, TlsArgs, http_get};
+use super::TlsArgs;
 use crate::cli::ack_server::Fault;
 use crate::cli::send::parse_duration_arg;
+use crate::client::{ClientError, ClientTarget, MllpClient, http_get};
 use crate::hl7::{AckCode, Header, parse_ack};
 
 /// Arguments of `soak`.

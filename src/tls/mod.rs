@@ -103,11 +103,14 @@ impl TlsMaterial {
             leaf_info(&chain[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
         rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
             |e| {
-                err(
-                    "tls.private_key",
-                    &cfg.private_key,
-                    format!("does not fit the certificate: {e}"),
-                )
+                let reason = match e {
+                    rustls::Error::InconsistentKeys(_) => format!(
+                        "the private key does not belong to the certificate {}",
+                        cfg.certificate.display()
+                    ),
+                    e => format!("does not fit the certificate: {e}"),
+                };
+                err("tls.private_key", &cfg.private_key, reason)
             },
         )?;
 

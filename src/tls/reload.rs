@@ -19,6 +19,8 @@ pub type TlsWatch = watch::Receiver<Arc<ServerConfig>>;
 
 /// Watches one route's files and publishes new material.
 pub struct TlsReloader {
+    /// `routes[N]`, prefixed to errors.
+    key: String,
     cfg: TlsConfig,
     tx: watch::Sender<Arc<ServerConfig>>,
     in_service: Vec<Vec<u8>>,
@@ -39,11 +41,19 @@ pub enum ReloadOutcome {
 
 impl TlsReloader {
     /// Starts from material already loaded (and checked) at start-up.
-    pub fn new(cfg: TlsConfig, material: TlsMaterial, metrics: RouteMetrics) -> (Self, TlsWatch) {
+    /// `key` is the route's configuration key (`routes[0]`), so errors name the key as `check`
+    /// does.
+    pub fn new(
+        key: String,
+        cfg: TlsConfig,
+        material: TlsMaterial,
+        metrics: RouteMetrics,
+    ) -> (Self, TlsWatch) {
         metrics.set_expiry("server", material.expiry.server_not_after);
         metrics.set_expiry("client_ca", material.expiry.client_ca_not_after);
         let (tx, rx) = watch::channel(material.server_config);
         let reloader = Self {
+            key,
             cfg,
             tx,
             in_service: material.fingerprint,
@@ -61,7 +71,7 @@ impl TlsReloader {
             Ok(f) => f,
             Err(e) => {
                 // A file missing mid-swap is common on Kubernetes; the next poll retries.
-                tracing::error!(side = "proxy", route = %route, error = %e, "TLS reload refused; previous material stays in service");
+                tracing::error!(side = "proxy", route = %route, error = %format!("{}.{e}", self.key), "TLS reload refused; previous material stays in service");
                 self.metrics.reloaded(false);
                 return ReloadOutcome::Failed;
             }
@@ -86,7 +96,7 @@ impl TlsReloader {
                 ReloadOutcome::Reloaded
             }
             Err(e) => {
-                tracing::error!(side = "proxy", route = %route, error = %e, "TLS reload refused; previous material stays in service");
+                tracing::error!(side = "proxy", route = %route, error = %format!("{}.{e}", self.key), "TLS reload refused; previous material stays in service");
                 self.metrics.reloaded(false);
                 self.last_failed = Some(files);
                 ReloadOutcome::Failed

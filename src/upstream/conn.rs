@@ -173,7 +173,7 @@ impl UpstreamConn {
         let last = &self.last_control_id;
         if !last.is_empty() && info.control_id == &last[..] && control_id != &last[..] {
             self.duplicates.inc();
-            tracing::debug!(side = "upstream", target = %self.target, "repeated ACK of the previous message dropped");
+            tracing::debug!(side = "upstream", engine = %self.target, "repeated ACK of the previous message dropped");
             return Ok(Answer::Stale);
         }
         // Without a readable MSH-10 (validation off) there is nothing to correlate against.

@@ -105,7 +105,7 @@ impl Upstream {
                 Ok(Ok(stream)) => {
                     // Small request/response exchanges: Nagle would add up to 40 ms per ACK.
                     if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(target = %target, error = %e, "TCP_NODELAY not set");
+                        tracing::debug!(engine = %target, error = %e, "TCP_NODELAY not set");
                     }
                     self.metrics.set_upstream_up(target, true);
                     return Ok(UpstreamConn::new(
@@ -120,7 +120,7 @@ impl Upstream {
             };
             // Counted per target here; logged once by whoever handles the exchange's failure,
             // and not at all when the next target takes over.
-            tracing::debug!(side = "upstream", target = %target, reason = %reason, "upstream connect failed");
+            tracing::debug!(side = "upstream", engine = %target, reason = %reason, "upstream connect failed");
             self.metrics.upstream_failed(target, "connect");
             reasons.push(format!("{target}: {reason}"));
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mllp_proxy::cli::MllpClient;
+use mllp_proxy::client::MllpClient;
 use rcgen::{DnType, SanType};
 
 use crate::support::*;

@@ -1,6 +1,7 @@
 //! The tool commands as a user runs them: `check`, `send`, `ack-server`.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::support::*;
@@ -85,6 +86,13 @@ fn check_accepts_a_good_configuration_and_names_the_key_of_a_bad_one() {
             "{to}: expected {key} in: {}",
             text(&out)
         );
+        if to == "private_key: client.key" {
+            assert!(
+                text(&out).contains("the private key does not belong to the certificate"),
+                "{}",
+                text(&out)
+            );
+        }
     }
 }
 
@@ -218,7 +226,11 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
     ))
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "AR ORM-1\n");
+    // The refusal's reasons are printed under it, without --show.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "AR ORM-1\n  MSA-3: message type not accepted on this route\n  ERR: 200 message type not accepted on this route\n"
+    );
 
     engine.set(Behaviour::Silent);
     let out = run_async(send_args(
@@ -231,4 +243,145 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
         "{}",
         text(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_tells_each_kind_of_failure_apart() {
+    // Each way a first connection goes wrong gets its own message from `send`: a certificate
+    // outside allowed_clients, a certificate from another CA, plain MLLP to the TLS port, TLS to
+    // a plain port, and an engine outage behind the proxy (with the count of messages not sent).
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let denied = start_proxy(pki.config(
+        &[engine.target()],
+        "    allowed_clients:\n      - cn: somebody-else\n",
+    ))
+    .await;
+    let dead = start_proxy(pki.config(&[unused_addr().await.to_string()], "")).await;
+    let file = pki.path("two.hl7");
+    std::fs::write(
+        &file,
+        "MSH|^~\\&|A|B|C|D|20261126||ADT^A01|TWO-1|P|2.5.1\nPID|1||X\n\nMSH|^~\\&|A|B|C|D|20261126||ADT^A01|TWO-2|P|2.5.1\nPID|1||Y\n",
+    )
+    .expect("write");
+    let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let args = |to: String, cert: Option<&str>| -> Vec<String> {
+        let mut a = vec![
+            "send".to_string(),
+            "--to".into(),
+            to,
+            "--timeout".into(),
+            "2s".into(),
+        ];
+        if let Some(cert) = cert {
+            a.extend([
+                "--server-name".into(),
+                "localhost".into(),
+                "--ca".into(),
+                p("ca.crt"),
+            ]);
+            a.extend([
+                "--cert".into(),
+                p(&format!("{cert}.crt")),
+                "--key".into(),
+                p(&format!("{cert}.key")),
+            ]);
+        }
+        a.push(p("two.hl7"));
+        a
+    };
+    let cases = [
+        (
+            args(denied.routes[0].1.to_string(), Some("client")),
+            "closed the connection right after the TLS handshake: your certificate may not be in the route's allowed_clients",
+        ),
+        (
+            args(denied.routes[0].1.to_string(), Some("other")),
+            "the server did not accept your client certificate: unknown CA",
+        ),
+        (
+            args(denied.routes[0].1.to_string(), None),
+            "answered bytes that are not MLLP (a TLS alert?) and closed the connection: if this port expects TLS, pass --ca, --cert and --key",
+        ),
+        (
+            args(engine.target(), Some("client")),
+            "accepted the connection but did not answer the TLS handshake within 2s: is this port TLS?",
+        ),
+        (
+            args(dead.routes[0].1.to_string(), Some("client")),
+            "no ACK for message TWO-1: 127.0.0.1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run_async(args.clone()).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{args:?}: {}", text(&out));
+    }
+    let out = run_async(args(dead.routes[0].1.to_string(), Some("client"))).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("closed the connection after the message was sent, without an ACK"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 later message(s) not sent"), "{stderr}");
+}
+
+#[test]
+fn the_readme_by_hand_block_prints_what_the_readme_says() {
+    // The README's "Trying it by hand" block, run as written (the binary under test, free
+    // ports instead of 2575/2576/9575): its output is exactly the `# ` lines under the commands.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).expect("README");
+    let block = readme
+        .split("Trying it by hand")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the by-hand block");
+    let expected: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("# ")).collect();
+    assert!(expected.len() >= 2, "{block}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+            .to_string()
+    };
+    let ports = [("2575", free()), ("2576", free()), ("9575", free())];
+    let certs = repo.join("certs-example").display().to_string();
+    let mut config = std::fs::read_to_string(repo.join("examples/mllp-proxy.yaml"))
+        .expect("example config")
+        .replace("../certs-example", &certs);
+    let mut script = block
+        .lines()
+        .filter(|l| !l.starts_with("cargo build"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("target/release/mllp-proxy", &binary().display().to_string())
+        .replace(
+            "/tmp/engine.log",
+            &dir.path().join("engine.log").display().to_string(),
+        )
+        .replace(
+            "examples/mllp-proxy.yaml",
+            &dir.path().join("proxy.yaml").display().to_string(),
+        );
+    for (from, to) in &ports {
+        config = config.replace(&format!(":{from}\""), &format!(":{to}\""));
+        script = script.replace(&format!(":{from}"), &format!(":{to}"));
+    }
+    std::fs::write(dir.path().join("proxy.yaml"), config).expect("write config");
+    let out = Command::new("timeout")
+        .args(["60", "bash", "-c"])
+        .arg(format!(
+            "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; true' EXIT\n{script}\nwait"
+        ))
+        .current_dir(repo)
+        .output()
+        .expect("run the block");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(printed, expected, "{}", text(&out));
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mllp_proxy::cli::MllpClient;
+use mllp_proxy::client::MllpClient;
 use mllp_proxy::mllp::MllpCodec;
 
 use crate::support::*;
@@ -68,7 +68,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
     let mut scrapes = 0;
     while !tasks.iter().all(|t| t.is_finished()) {
         let started = std::time::Instant::now();
-        let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics")
+        let body = mllp_proxy::client::http_get(proxy.admin, "/metrics")
             .await
             .expect("scrape under load");
         assert!(body.contains("mllp_proxy_messages_received_total"));

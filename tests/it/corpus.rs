@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mllp_proxy::cli::MllpClient;
+use mllp_proxy::client::MllpClient;
 use mllp_proxy::hl7::Message;
 
 use crate::support::*;

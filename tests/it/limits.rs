@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use mllp_proxy::cli::MllpClient;
+use mllp_proxy::client::MllpClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mllp_proxy::cli::{MllpClient, http_get};
+use mllp_proxy::client::{MllpClient, http_get};
 use mllp_proxy::mllp::MllpCodec;
 
 use crate::support::*;
@@ -155,7 +155,7 @@ async fn health_and_readiness_follow_the_lifecycle() {
 fn no_patient_data_reaches_the_logs_even_at_trace_level() {
     // Distinctive names, MRNs and results travel every path — forwarded, NAKed, upstream
     // failure, oversize, cut mid-frame — with RUST_LOG=trace and JSON logs. None of them
-    // appears in any log line or in /metrics.
+    // appears in any log line or in /metrics, and every line is JSON without a duplicate key.
     const PHI: [&str; 4] = ["QUIXOTEFAKENAME", "MRN-8675309", "Z9Z9RESULT", "1919-12-31"];
     let patient = format!(
         "PID|1||{}^^^H^MR||{}^ALONSO||{}\rOBX|1|ST|X||{}\r",
@@ -237,11 +237,14 @@ fn no_patient_data_reaches_the_logs_even_at_trace_level() {
         lines.iter().any(|l| l.contains("TRACE")),
         "trace lines were logged"
     );
+    assert!(
+        strict_json(r#"{"target":"engine","n":{"target":1,"x":2},"target":"module"}"#).is_err()
+    );
+    assert!(strict_json(r#"{"target":"engine","n":{"target":1}}"#).is_ok());
     for line in &lines {
-        assert!(
-            line.starts_with('{') && line.ends_with('}'),
-            "not a JSON line: {line}"
-        );
+        if let Err(e) = strict_json(line) {
+            panic!("not a strict JSON line ({e}): {line}");
+        }
         for phi in PHI {
             assert!(
                 !line.contains(phi),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mllp_proxy::cli::{MllpClient, http_get};
+use mllp_proxy::client::{MllpClient, http_get};
 use mllp_proxy::mllp::MllpCodec;
 use tokio::net::{TcpSocket, TcpStream};
 

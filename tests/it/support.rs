@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mllp_proxy::cli::{ClientTarget, MllpClient, TlsArgs};
+use mllp_proxy::cli::TlsArgs;
+use mllp_proxy::client::{ClientTarget, MllpClient};
 use mllp_proxy::config::Config;
 use mllp_proxy::hl7::{Header, build_accept};
 use mllp_proxy::metrics::Metrics;
@@ -491,7 +492,7 @@ pub fn msa(answer: &[u8]) -> (String, String) {
 
 /// Scrapes `/metrics` over HTTP and returns the value of the sample `name{labels}` (0 if absent).
 pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
-    let body = mllp_proxy::cli::http_get(proxy.admin, "/metrics")
+    let body = mllp_proxy::client::http_get(proxy.admin, "/metrics")
         .await
         .expect("scrape");
     body.lines()
@@ -673,4 +674,59 @@ pub fn not_after(pem_file: &Path) -> i64 {
         .validity()
         .not_after
         .timestamp()
+}
+
+/// Parses `text` as JSON, refusing an object that holds a key twice (serde_json and jq quietly
+/// keep the last one; strict parsers reject the line).
+pub fn strict_json(text: &str) -> Result<(), String> {
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+    struct Strict;
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor)
+        }
+    }
+    struct StrictVisitor;
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Strict;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(A::Error::custom(format!("duplicate key {key:?}")));
+                }
+                map.next_value::<Strict>()?;
+            }
+            Ok(Strict)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+            while seq.next_element::<Strict>()?.is_some() {}
+            Ok(Strict)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+        fn visit_unit<E>(self) -> Result<Strict, E> {
+            Ok(Strict)
+        }
+    }
+    serde_json::from_str::<Strict>(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
