@@ -160,10 +160,11 @@ pub struct UpstreamConfig {
 }
 
 /// Behaviour when the engine cannot be reached or answers wrongly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// Close the sender's connection without an ACK, so it resends.
+    #[default]
     Close,
     /// Answer AR (CR in enhanced mode) and keep the connection.
     Nak,
@@ -312,25 +313,21 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawAdmin {
-    #[serde(default = "default_admin_listen")]
     listen: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawLogging {
-    #[serde(default = "default_log_format")]
     format: LogFormat,
-    #[serde(default = "default_log_level")]
     level: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawShutdown {
-    #[serde(default = "default_drain_timeout")]
     drain_timeout: String,
 }
 
@@ -343,7 +340,7 @@ struct RawRoute {
     #[serde(default)]
     allowed_clients: Vec<RawClientMatcher>,
     upstream: RawUpstream,
-    #[serde(default = "default_failure_mode")]
+    #[serde(default)]
     on_upstream_failure: FailureMode,
     #[serde(default)]
     validation: RawValidation,
@@ -359,9 +356,9 @@ struct RawTls {
     client_ca: String,
     #[serde(default)]
     crl: Vec<String>,
-    #[serde(default = "default_min_version")]
+    #[serde(default = "RawTls::default_min_version")]
     min_version: String,
-    #[serde(default = "default_reload_interval")]
+    #[serde(default = "RawTls::default_reload_interval")]
     reload_interval: String,
 }
 
@@ -378,46 +375,38 @@ struct RawClientMatcher {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     targets: Vec<String>,
-    #[serde(default = "default_connect_timeout")]
+    #[serde(default = "RawUpstream::default_connect_timeout")]
     connect_timeout: String,
-    #[serde(default = "default_ack_timeout")]
+    #[serde(default = "RawUpstream::default_ack_timeout")]
     ack_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawValidation {
-    #[serde(default = "default_validation_mode")]
     mode: ValidationMode,
-    #[serde(default = "default_max_message_bytes")]
     max_message_bytes: u64,
-    #[serde(default)]
     message_types: Vec<String>,
-    #[serde(default)]
     versions: Vec<String>,
-    #[serde(default)]
     processing_ids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawLimits {
-    #[serde(default = "default_max_connections")]
     max_connections: u64,
-    #[serde(default = "default_handshake_timeout")]
     handshake_timeout: String,
-    #[serde(default = "default_frame_timeout")]
     frame_timeout: String,
-    #[serde(default = "default_idle_timeout")]
     idle_timeout: String,
-    #[serde(default = "default_listen_backlog")]
     listen_backlog: u32,
 }
+
+// The defaults, one place per section (docs/configuration.md lists the same values).
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
-            listen: default_admin_listen(),
+            listen: "127.0.0.1:9575".into(),
         }
     }
 }
@@ -425,8 +414,8 @@ impl Default for RawAdmin {
 impl Default for RawLogging {
     fn default() -> Self {
         Self {
-            format: default_log_format(),
-            level: default_log_level(),
+            format: LogFormat::Text,
+            level: "info".into(),
         }
     }
 }
@@ -434,16 +423,36 @@ impl Default for RawLogging {
 impl Default for RawShutdown {
     fn default() -> Self {
         Self {
-            drain_timeout: default_drain_timeout(),
+            drain_timeout: "30s".into(),
         }
+    }
+}
+
+// RawTls and RawUpstream have required keys, so no `Default`: their optional keys default
+// one by one.
+impl RawTls {
+    fn default_min_version() -> String {
+        "1.2".into()
+    }
+    fn default_reload_interval() -> String {
+        "30s".into()
+    }
+}
+
+impl RawUpstream {
+    fn default_connect_timeout() -> String {
+        "5s".into()
+    }
+    fn default_ack_timeout() -> String {
+        "30s".into()
     }
 }
 
 impl Default for RawValidation {
     fn default() -> Self {
         Self {
-            mode: default_validation_mode(),
-            max_message_bytes: default_max_message_bytes(),
+            mode: ValidationMode::Strict,
+            max_message_bytes: 1_048_576,
             message_types: Vec::new(),
             versions: Vec::new(),
             processing_ids: Vec::new(),
@@ -454,62 +463,13 @@ impl Default for RawValidation {
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            max_connections: default_max_connections(),
-            handshake_timeout: default_handshake_timeout(),
-            frame_timeout: default_frame_timeout(),
-            idle_timeout: default_idle_timeout(),
-            listen_backlog: default_listen_backlog(),
+            max_connections: 1024,
+            handshake_timeout: "10s".into(),
+            frame_timeout: "60s".into(),
+            idle_timeout: "15m".into(),
+            listen_backlog: 1024,
         }
     }
-}
-
-fn default_admin_listen() -> String {
-    "127.0.0.1:9575".into()
-}
-fn default_log_format() -> LogFormat {
-    LogFormat::Text
-}
-fn default_log_level() -> String {
-    "info".into()
-}
-fn default_drain_timeout() -> String {
-    "30s".into()
-}
-fn default_failure_mode() -> FailureMode {
-    FailureMode::Close
-}
-fn default_min_version() -> String {
-    "1.2".into()
-}
-fn default_reload_interval() -> String {
-    "30s".into()
-}
-fn default_connect_timeout() -> String {
-    "5s".into()
-}
-fn default_ack_timeout() -> String {
-    "30s".into()
-}
-fn default_validation_mode() -> ValidationMode {
-    ValidationMode::Strict
-}
-fn default_max_message_bytes() -> u64 {
-    1_048_576
-}
-fn default_max_connections() -> u64 {
-    1024
-}
-fn default_handshake_timeout() -> String {
-    "10s".into()
-}
-fn default_frame_timeout() -> String {
-    "60s".into()
-}
-fn default_idle_timeout() -> String {
-    "15m".into()
-}
-fn default_listen_backlog() -> u32 {
-    1024
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -715,129 +675,134 @@ impl RawRoute {
                 format!("`{}` must match [a-z0-9_-]+", self.name),
             ));
         }
-        let listen = addr(&format!("{k}.listen"), &self.listen)?;
-
-        let t = &self.tls;
-        let min_version = match t.min_version.as_str() {
-            "1.2" => TlsVersion::Tls12,
-            "1.3" => TlsVersion::Tls13,
-            other => {
-                return Err(invalid(
-                    format!("{k}.tls.min_version"),
-                    format!("`{other}` is not supported (1.2 or 1.3)"),
-                ));
-            }
-        };
-        let mut crl = Vec::with_capacity(t.crl.len());
-        for (j, c) in t.crl.iter().enumerate() {
-            crl.push(file(&format!("{k}.tls.crl[{j}]"), c, base)?);
-        }
-        let tls = TlsConfig {
-            certificate: file(&format!("{k}.tls.certificate"), &t.certificate, base)?,
-            private_key: file(&format!("{k}.tls.private_key"), &t.private_key, base)?,
-            client_ca: file(&format!("{k}.tls.client_ca"), &t.client_ca, base)?,
-            crl,
-            min_version,
-            reload_interval: duration(&format!("{k}.tls.reload_interval"), &t.reload_interval)?,
-        };
-
         let mut allowed_clients = Vec::with_capacity(self.allowed_clients.len());
         for (j, m) in self.allowed_clients.into_iter().enumerate() {
             allowed_clients.push(m.validate(&format!("{k}.allowed_clients[{j}]"))?);
         }
+        Ok(RouteConfig {
+            name: self.name,
+            listen: addr(&format!("{k}.listen"), &self.listen)?,
+            tls: self.tls.validate(&format!("{k}.tls"), base)?,
+            allowed_clients,
+            upstream: self.upstream.validate(&format!("{k}.upstream"))?,
+            on_upstream_failure: self.on_upstream_failure,
+            validation: self.validation.validate(&format!("{k}.validation"))?,
+            limits: self.limits.validate(&format!("{k}.limits"))?,
+        })
+    }
+}
 
-        if self.upstream.targets.is_empty() {
+impl RawTls {
+    fn validate(self, k: &str, base: &Path) -> Result<TlsConfig, ConfigError> {
+        let min_version = match self.min_version.as_str() {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(invalid(
+                    format!("{k}.min_version"),
+                    format!("`{other}` is not supported (1.2 or 1.3)"),
+                ));
+            }
+        };
+        let mut crl = Vec::with_capacity(self.crl.len());
+        for (j, c) in self.crl.iter().enumerate() {
+            crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
+        }
+        Ok(TlsConfig {
+            certificate: file(&format!("{k}.certificate"), &self.certificate, base)?,
+            private_key: file(&format!("{k}.private_key"), &self.private_key, base)?,
+            client_ca: file(&format!("{k}.client_ca"), &self.client_ca, base)?,
+            crl,
+            min_version,
+            reload_interval: duration(&format!("{k}.reload_interval"), &self.reload_interval)?,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self, k: &str) -> Result<UpstreamConfig, ConfigError> {
+        if self.targets.is_empty() {
             return Err(invalid(
-                format!("{k}.upstream.targets"),
+                format!("{k}.targets"),
                 "at least one host:port is required",
             ));
         }
-        for (j, target) in self.upstream.targets.iter().enumerate() {
+        for (j, target) in self.targets.iter().enumerate() {
             let ok = target
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 return Err(invalid(
-                    format!("{k}.upstream.targets[{j}]"),
+                    format!("{k}.targets[{j}]"),
                     format!("`{target}` is not host:port"),
                 ));
             }
         }
-        let upstream = UpstreamConfig {
-            targets: self.upstream.targets,
-            connect_timeout: duration(
-                &format!("{k}.upstream.connect_timeout"),
-                &self.upstream.connect_timeout,
-            )?,
-            ack_timeout: duration(
-                &format!("{k}.upstream.ack_timeout"),
-                &self.upstream.ack_timeout,
-            )?,
-        };
+        Ok(UpstreamConfig {
+            targets: self.targets,
+            connect_timeout: duration(&format!("{k}.connect_timeout"), &self.connect_timeout)?,
+            ack_timeout: duration(&format!("{k}.ack_timeout"), &self.ack_timeout)?,
+        })
+    }
+}
 
-        let v = self.validation;
+impl RawValidation {
+    fn validate(self, k: &str) -> Result<ValidationConfig, ConfigError> {
         // Below a few hundred bytes not even an MSH fits; above 64 MiB one sender could pin
         // that much memory per connection.
-        if !(256..=64 * 1024 * 1024).contains(&v.max_message_bytes) {
+        if !(256..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return Err(invalid(
-                format!("{k}.validation.max_message_bytes"),
+                format!("{k}.max_message_bytes"),
                 "must be between 256 and 67108864",
             ));
         }
-        for (j, t) in v.message_types.iter().enumerate() {
+        for (j, t) in self.message_types.iter().enumerate() {
             let ok = !t.is_empty()
                 && t.split('^').count() <= 2
                 && t.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'^' || b == b'*');
             if !ok {
                 return Err(invalid(
-                    format!("{k}.validation.message_types[{j}]"),
+                    format!("{k}.message_types[{j}]"),
                     format!("`{t}` is not TYPE, TYPE^EVENT or TYPE^*"),
                 ));
             }
         }
-        let validation = ValidationConfig {
-            mode: v.mode,
-            max_message_bytes: usize::try_from(v.max_message_bytes).unwrap_or(usize::MAX),
-            message_types: v.message_types,
-            versions: v.versions,
-            processing_ids: v.processing_ids,
-        };
+        Ok(ValidationConfig {
+            mode: self.mode,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            message_types: self.message_types,
+            versions: self.versions,
+            processing_ids: self.processing_ids,
+        })
+    }
+}
 
-        let l = self.limits;
-        if l.max_connections == 0 || l.max_connections > 1_000_000 {
+impl RawLimits {
+    fn validate(self, k: &str) -> Result<LimitsConfig, ConfigError> {
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return Err(invalid(
-                format!("{k}.limits.max_connections"),
+                format!("{k}.max_connections"),
                 "must be between 1 and 1000000",
             ));
         }
         let limits = LimitsConfig {
-            max_connections: usize::try_from(l.max_connections).unwrap_or(usize::MAX),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             handshake_timeout: duration(
-                &format!("{k}.limits.handshake_timeout"),
-                &l.handshake_timeout,
+                &format!("{k}.handshake_timeout"),
+                &self.handshake_timeout,
             )?,
-            frame_timeout: duration(&format!("{k}.limits.frame_timeout"), &l.frame_timeout)?,
-            idle_timeout: duration(&format!("{k}.limits.idle_timeout"), &l.idle_timeout)?,
-            listen_backlog: l.listen_backlog,
+            frame_timeout: duration(&format!("{k}.frame_timeout"), &self.frame_timeout)?,
+            idle_timeout: duration(&format!("{k}.idle_timeout"), &self.idle_timeout)?,
+            listen_backlog: self.listen_backlog,
         };
         if !(1..=65_535).contains(&limits.listen_backlog) {
             return Err(invalid(
-                format!("{k}.limits.listen_backlog"),
+                format!("{k}.listen_backlog"),
                 "must be between 1 and 65535",
             ));
         }
-
-        Ok(RouteConfig {
-            name: self.name,
-            listen,
-            tls,
-            allowed_clients,
-            upstream,
-            on_upstream_failure: self.on_upstream_failure,
-            validation,
-            limits,
-        })
+        Ok(limits)
     }
 }
 
