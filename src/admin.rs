@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::upstream::Upstream;
 
 /// What the admin endpoints report.
 pub struct AdminState {
@@ -24,6 +25,15 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
+    /// With `admin.ready_requires_upstream`: each route's engine, of which at least one
+    /// target must be up for `/readyz` to answer 200. Empty otherwise.
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl AdminState {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.upstreams.iter().all(|u| u.any_up())
+    }
 }
 
 /// Serves admin requests until `shutdown`, then lets open requests finish (5 s at most).
@@ -84,7 +94,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -60,6 +60,8 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// `/readyz` is 503 while a route has no target up.
+    pub ready_requires_upstream: bool,
 }
 
 /// Log output.
@@ -151,12 +153,33 @@ pub enum ClientMatcher {
 /// The legacy engine targets of a route.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Tried in order on every (re)connect.
+    /// The engine's addresses, in order of preference.
     pub targets: Vec<String>,
     /// Bound on one TCP connect.
     pub connect_timeout: Duration,
     /// Bound on waiting for the engine's ACK after forwarding.
     pub ack_timeout: Duration,
+    /// How a new connection picks among healthy targets.
+    pub balance: Balance,
+    /// Pooled connections shared by all sessions of the route; 0 = no limit.
+    pub max_connections: usize,
+    /// Longest wait for a pooled connection before the exchange fails (kind `queue`).
+    pub queue_timeout: Duration,
+    /// An idle pooled connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Interval of the TCP probe of targets the pool holds no connection to; `None` = off.
+    pub health_check_interval: Option<Duration>,
+}
+
+/// How a new upstream connection picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The first healthy target in configuration order (primary/standby).
+    #[default]
+    Failover,
+    /// Healthy targets in turn.
+    RoundRobin,
 }
 
 /// Behaviour when the engine cannot be reached or answers wrongly.
@@ -316,6 +339,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    ready_requires_upstream: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +403,24 @@ struct RawUpstream {
     connect_timeout: String,
     #[serde(default = "RawUpstream::default_ack_timeout")]
     ack_timeout: String,
+    #[serde(default)]
+    balance: Balance,
+    #[serde(default)]
+    max_connections: u32,
+    #[serde(default = "RawUpstream::default_queue_timeout")]
+    queue_timeout: String,
+    #[serde(default = "RawUpstream::default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "RawUpstream::default_health_check_interval")]
+    health_check_interval: DurationOrOff,
+}
+
+/// A duration that may be written `0` (off) as well as `10s`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationOrOff {
+    Text(String),
+    Number(u64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +449,7 @@ impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9575".into(),
+            ready_requires_upstream: false,
         }
     }
 }
@@ -445,6 +488,15 @@ impl RawUpstream {
     }
     fn default_ack_timeout() -> String {
         "30s".into()
+    }
+    fn default_queue_timeout() -> String {
+        "30s".into()
+    }
+    fn default_idle_timeout() -> String {
+        "60s".into()
+    }
+    fn default_health_check_interval() -> DurationOrOff {
+        DurationOrOff::Text("10s".into())
     }
 }
 
@@ -623,6 +675,7 @@ impl RawConfig {
     fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let admin = AdminConfig {
             listen: addr("admin.listen", &self.admin.listen)?,
+            ready_requires_upstream: self.admin.ready_requires_upstream,
         };
         let logging = LoggingConfig {
             format: self.logging.format,
@@ -738,10 +791,30 @@ impl RawUpstream {
                 ));
             }
         }
+        let key = format!("{k}.health_check_interval");
+        let health_check_interval = match &self.health_check_interval {
+            DurationOrOff::Number(0) => None,
+            DurationOrOff::Number(n) => {
+                return Err(invalid(
+                    key,
+                    format!("`{n}` needs a unit (e.g. {n}s), or 0 for off"),
+                ));
+            }
+            DurationOrOff::Text(t) if t.trim() == "0" => None,
+            DurationOrOff::Text(t) => {
+                Some(parse_duration(t).map_err(|reason| invalid(&key, reason))?)
+                    .filter(|d| !d.is_zero())
+            }
+        };
         Ok(UpstreamConfig {
             targets: self.targets,
             connect_timeout: duration(&format!("{k}.connect_timeout"), &self.connect_timeout)?,
             ack_timeout: duration(&format!("{k}.ack_timeout"), &self.ack_timeout)?,
+            balance: self.balance,
+            max_connections: self.max_connections as usize,
+            queue_timeout: duration(&format!("{k}.queue_timeout"), &self.queue_timeout)?,
+            idle_timeout: duration(&format!("{k}.idle_timeout"), &self.idle_timeout)?,
+            health_check_interval,
         })
     }
 }
@@ -890,6 +963,22 @@ routes:
         assert_eq!(r.limits.max_connections, 1024);
         assert_eq!(r.limits.listen_backlog, 1024);
         assert_eq!(c.logging.level, "info");
+        let u = &r.upstream;
+        assert_eq!(u.balance, Balance::Failover);
+        assert_eq!(u.max_connections, 0);
+        assert_eq!(u.queue_timeout, Duration::from_secs(30));
+        assert_eq!(u.idle_timeout, Duration::from_secs(60));
+        assert_eq!(u.health_check_interval, Some(Duration::from_secs(10)));
+        assert!(!c.admin.ready_requires_upstream);
+        for off in ["0", "\"0\"", "0s"] {
+            let yaml = MINIMAL.replace(
+                "targets: [\"127.0.0.1:3575\"]",
+                &format!("targets: [\"127.0.0.1:3575\"]\n      health_check_interval: {off}\n      balance: round_robin"),
+            );
+            let c = Config::from_yaml(&yaml, Path::new("/etc/mllp")).unwrap();
+            assert_eq!(c.routes[0].upstream.health_check_interval, None, "{off}");
+            assert_eq!(c.routes[0].upstream.balance, Balance::RoundRobin);
+        }
         let warning = MINIMAL.replace("routes:", "logging: { level: WARNING }\nroutes:");
         let c = Config::from_yaml(&warning, Path::new("/etc/mllp")).unwrap();
         assert_eq!(c.logging.level, "warn");

@@ -61,8 +61,11 @@ pub const HANDSHAKE_REASONS: &[&str] = &[
     "eof",
     "io",
 ];
-/// Kinds of `upstream_failures_total` and `upstream_exchanges_failed_total`.
+/// Kinds of `upstream_failures_total` (failures of one target).
 pub const UPSTREAM_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol"];
+/// Kinds of `upstream_exchanges_failed_total`: a target's failures, and `queue` (no pooled
+/// connection within `queue_timeout`, which no target is to blame for).
+pub const EXCHANGE_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol", "queue"];
 
 /// All metrics of one proxy process.
 #[derive(Clone)]
@@ -92,6 +95,14 @@ pub struct Metrics {
     pub upstream_exchanges_failed: IntCounterVec,
     /// Repeats of an already relayed ACK, dropped.
     pub upstream_duplicate_acks: IntCounterVec,
+    /// Pooled upstream connections by state (busy, idle).
+    pub upstream_connections: IntGaugeVec,
+    /// Exchanges waiting for a pooled connection.
+    pub upstream_queue_waiting: IntGaugeVec,
+    /// Time exchanges waited for a pooled connection.
+    pub upstream_queue_seconds: HistogramVec,
+    /// Active TCP probes of targets, by result.
+    pub upstream_health_checks: IntCounterVec,
     /// 1 while the last attempt to reach a target succeeded.
     pub upstream_up: IntGaugeVec,
     /// Forward-to-ACK latency.
@@ -132,10 +143,29 @@ pub struct RouteMetrics {
     pub discarded_bytes: IntCounter,
     /// See [`Metrics::upstream_duplicate_acks`].
     pub upstream_duplicate_acks: IntCounter,
+    /// See [`Metrics::upstream_queue_waiting`].
+    pub upstream_queue_waiting: IntGauge,
+    /// See [`Metrics::upstream_queue_seconds`].
+    pub upstream_queue_seconds: Histogram,
     /// `acks_total` per MSA-1 code, indexed by `AckCode as usize`: counted for every relayed
     /// ACK, so bound once rather than looked up by label each time.
     acks: [IntCounter; 7],
     all: Metrics,
+}
+
+/// Handles of one upstream target, bound once.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    /// `upstream_up`.
+    pub up: IntGauge,
+    /// `upstream_connections{state="busy"}`.
+    pub busy: IntGauge,
+    /// `upstream_connections{state="idle"}`.
+    pub idle: IntGauge,
+    /// `upstream_health_checks_total{result="success"}`.
+    pub checks_passed: IntCounter,
+    /// `upstream_health_checks_total{result="failure"}`.
+    pub checks_failed: IntCounter,
 }
 
 /// Failed to create or register a metric (a programming error, reported at start-up).
@@ -238,6 +268,26 @@ impl Metrics {
                 "Repeats of the previous message's ACK on the same upstream connection, dropped.",
                 &["route"],
             )?,
+            upstream_connections: gauge(
+                "mllp_proxy_upstream_connections",
+                "Pooled connections to the engine, by target and state (busy, idle).",
+                &["route", "target", "state"],
+            )?,
+            upstream_queue_waiting: gauge(
+                "mllp_proxy_upstream_queue_waiting",
+                "Exchanges waiting for a pooled upstream connection.",
+                &["route"],
+            )?,
+            upstream_queue_seconds: histogram(
+                "mllp_proxy_upstream_queue_seconds",
+                "Time an exchange waited for a pooled upstream connection.",
+                SECONDS_BUCKETS,
+            )?,
+            upstream_health_checks: counter(
+                "mllp_proxy_upstream_health_checks_total",
+                "Active TCP connect probes of targets, by result.",
+                &["route", "target", "result"],
+            )?,
             upstream_up: gauge(
                 "mllp_proxy_upstream_up",
                 "1 if the last attempt to reach the target succeeded.",
@@ -295,7 +345,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             self.tls_reloads.with_label_values(&[route, result]);
         }
-        for kind in UPSTREAM_FAILURE_KINDS {
+        for kind in EXCHANGE_FAILURE_KINDS {
             self.upstream_exchanges_failed
                 .with_label_values(&[route, kind]);
         }
@@ -311,6 +361,8 @@ impl Metrics {
             message_bytes: self.message_bytes.with_label_values(&r),
             discarded_bytes: self.discarded_bytes.with_label_values(&r),
             upstream_duplicate_acks: self.upstream_duplicate_acks.with_label_values(&r),
+            upstream_queue_waiting: self.upstream_queue_waiting.with_label_values(&r),
+            upstream_queue_seconds: self.upstream_queue_seconds.with_label_values(&r),
             acks: AckCode::ALL.map(|c| self.acks.with_label_values(&[route, c.as_str()])),
             all: self.clone(),
         }
@@ -353,17 +405,6 @@ impl RouteMetrics {
         self.acks[code as usize].inc();
     }
 
-    /// Counts an upstream failure and marks the target down for connect failures.
-    pub fn upstream_failed(&self, target: &str, kind: &'static str) {
-        self.all
-            .upstream_failures
-            .with_label_values(&[&self.route, target, kind])
-            .inc();
-        if kind == "connect" {
-            self.set_upstream_up(target, false);
-        }
-    }
-
     /// Counts an exchange that ended without an engine ACK.
     pub fn exchange_failed(&self, kind: &'static str) {
         self.all
@@ -372,22 +413,36 @@ impl RouteMetrics {
             .inc();
     }
 
-    /// Creates a target's series at zero (and marks it down until the first connect).
-    pub fn init_target(&self, target: &str) {
+    /// Handles of one target, its series created at zero (and `upstream_up` 0 until known).
+    pub fn target(&self, target: &str) -> TargetMetrics {
         for kind in UPSTREAM_FAILURE_KINDS {
             self.all
                 .upstream_failures
                 .with_label_values(&[&self.route, target, kind]);
         }
-        self.set_upstream_up(target, false);
+        let m = &self.all;
+        let labels = |x: &str| [self.route.clone(), target.to_string(), x.to_string()];
+        let t = TargetMetrics {
+            up: m.upstream_up.with_label_values(&[&self.route, target]),
+            busy: m.upstream_connections.with_label_values(&labels("busy")),
+            idle: m.upstream_connections.with_label_values(&labels("idle")),
+            checks_passed: m
+                .upstream_health_checks
+                .with_label_values(&labels("success")),
+            checks_failed: m
+                .upstream_health_checks
+                .with_label_values(&labels("failure")),
+        };
+        t.up.set(0);
+        t
     }
 
-    /// Records whether a target was reachable on the last attempt.
-    pub fn set_upstream_up(&self, target: &str, up: bool) {
+    /// Counts a failure of one target.
+    pub fn upstream_failed(&self, target: &str, kind: &'static str) {
         self.all
-            .upstream_up
-            .with_label_values(&[&self.route, target])
-            .set(i64::from(up));
+            .upstream_failures
+            .with_label_values(&[&self.route, target, kind])
+            .inc();
     }
 
     /// Records a certificate's notAfter for `role` (`server`, `client_ca`).
@@ -469,7 +524,7 @@ mod tests {
     fn route_series_exist_at_zero() {
         let m = Metrics::new().unwrap();
         let r = m.route("lab");
-        r.init_target("engine:2575");
+        let _t = r.target("engine:2575");
         let text = m.encode();
         assert!(text.contains("mllp_proxy_acks_total{code=\"CR\",route=\"lab\"} 0"));
         assert!(text.contains("mllp_proxy_tls_reloads_total{result=\"failure\",route=\"lab\"} 0"));

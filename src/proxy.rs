@@ -93,13 +93,10 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
     let mut routes = Vec::with_capacity(prepared.len());
+    let mut upstreams = Vec::with_capacity(prepared.len());
     for (index, (route, material, listener)) in prepared.into_iter().enumerate() {
         let addr = local_addr(&listener, route.listen);
         let rm = metrics.route(&route.name);
-        for target in &route.upstream.targets {
-            // Unknown until the first connect: exported as down so an alert can see it.
-            rm.init_target(target);
-        }
         let (reloader, tls) = TlsReloader::new(
             format!("routes[{index}]"),
             route.tls.clone(),
@@ -111,7 +108,7 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
         let ctx = Arc::new(RouteContext {
             allow: AllowList::new(route.allowed_clients.clone()),
             validator: Validator::new(&route.validation),
-            upstream: Upstream::new(route.upstream.clone(), max_ack, rm.clone()),
+            upstream: Arc::new(Upstream::new(route.upstream.clone(), max_ack, rm.clone())),
             tls,
             metrics: rm,
             cfg: route,
@@ -125,6 +122,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
         );
         routes.push((ctx.cfg.name.clone(), addr));
         background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
+        background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
+        upstreams.push(ctx.upstream.clone());
         background.spawn(listener::serve(
             listener,
             ctx,
@@ -136,6 +135,11 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
+        upstreams: if config.admin.ready_requires_upstream {
+            upstreams
+        } else {
+            Vec::new()
+        },
     });
     background.spawn(admin::serve(
         admin_listener,

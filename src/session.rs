@@ -22,7 +22,7 @@ use crate::hl7::{self, Header, NakReason};
 use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::tls::{AllowList, ClientIdentity, TlsWatch, handshake_failure_reason};
-use crate::upstream::{Ack, Upstream, UpstreamConn, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Everything a session of one route needs, shared by all its sessions.
 pub struct RouteContext {
@@ -34,8 +34,8 @@ pub struct RouteContext {
     pub allow: AllowList,
     /// The validation rules.
     pub validator: hl7::Validator,
-    /// The engine.
-    pub upstream: Upstream,
+    /// The engine: its pooled connections and targets.
+    pub upstream: Arc<Upstream>,
     /// Metric handles bound to this route.
     pub metrics: RouteMetrics,
 }
@@ -174,7 +174,6 @@ struct Session<'a> {
     ctx: &'a RouteContext,
     codec: MllpCodec,
     buf: BytesMut,
-    upstream: Option<UpstreamConn>,
     /// Answers to the sender, framed.
     out: BytesMut,
 }
@@ -185,7 +184,6 @@ impl<'a> Session<'a> {
             ctx,
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::with_capacity(8 * 1024),
-            upstream: None,
             out: BytesMut::with_capacity(1024),
         }
     }
@@ -199,7 +197,7 @@ impl<'a> Session<'a> {
                 Ok(f) => f,
                 Err(end) => return end,
             };
-            if let Err(end) = self.handle(stream, frame).await {
+            if let Err(end) = self.handle(stream, frame, shutdown).await {
                 return end;
             }
         }
@@ -290,7 +288,12 @@ impl<'a> Session<'a> {
     }
 
     /// One exchange: refuse, or forward and relay. `Err` ends the session.
-    async fn handle<S>(&mut self, stream: &mut S, frame: Frame) -> Result<(), SessionEnd>
+    async fn handle<S>(
+        &mut self,
+        stream: &mut S,
+        frame: Frame,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -308,12 +311,17 @@ impl<'a> Session<'a> {
         let (forward, header) = (checked.bytes, checked.header);
         if header.is_some_and(|h| h.is_ack()) {
             return self
-                .forward_acknowledgment(stream, &forward, header.as_ref())
+                .forward_acknowledgment(stream, &forward, header.as_ref(), shutdown)
                 .await;
         }
         let control_id = header.map_or(&[][..], |h| h.control_id);
         let started = Instant::now();
-        match self.forward(&forward, control_id).await {
+        match self
+            .ctx
+            .upstream
+            .exchange(&forward, control_id, shutdown)
+            .await
+        {
             Ok(ack) => {
                 let elapsed = started.elapsed();
                 m.messages_forwarded.inc();
@@ -334,7 +342,8 @@ impl<'a> Session<'a> {
                     // Written and answered, though not with its ACK.
                     m.messages_forwarded.inc();
                 }
-                self.upstream_failed(stream, e, header.as_ref()).await
+                self.upstream_failed(stream, e, header.as_ref(), shutdown)
+                    .await
             }
         }
     }
@@ -408,76 +417,19 @@ impl<'a> Session<'a> {
         stream: &mut S,
         msg: &[u8],
         header: Option<&Header<'_>>,
+        shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd>
     where
         S: AsyncWrite + Unpin,
     {
-        let timeout = self.ctx.upstream.ack_timeout();
-        let sent = match self.connection().await {
-            Ok(conn) => conn.send_only(msg, timeout).await,
-            Err(e) => Err(e),
-        };
-        match sent {
+        match self.ctx.upstream.send_only(msg, shutdown).await {
             Ok(()) => {
                 self.ctx.metrics.messages_forwarded.inc();
                 tracing::debug!(control_id = %lossy(header.map_or(&[][..], |h| h.control_id)), bytes = msg.len(), "forwarded acknowledgment");
                 Ok(())
             }
             // Never answered: the failure only closes the sender's connection in `close` mode.
-            Err(e) => self.upstream_failed(stream, e, None).await,
-        }
-    }
-
-    /// Sends one message and returns its correlated ACK. A reused connection that fails before
-    /// answering anything is retried once on a fresh one: that is the engine having closed it
-    /// just as we wrote (the engine may then see the message twice; the sender would have
-    /// resent it anyway).
-    async fn forward(&mut self, msg: &[u8], control_id: &[u8]) -> Result<Ack, UpstreamError> {
-        let ack_timeout = self.ctx.upstream.ack_timeout();
-        let reused = self.upstream.is_some();
-        let first = match self.connection().await {
-            Ok(conn) => conn.exchange(msg, control_id, ack_timeout).await,
-            Err(e) => return Err(e),
-        };
-        let e = match first {
-            Ok(ack) => return Ok(ack),
-            Err(e) => e,
-        };
-        self.upstream = None;
-        let retry = matches!(
-            e,
-            UpstreamError::Closed {
-                answered: false,
-                ..
-            }
-        ) && reused;
-        if !retry {
-            return Err(e);
-        }
-        tracing::debug!(side = "upstream", engine = e.target().unwrap_or_default(), error = %e, "reused upstream connection was closed; retrying on a new one");
-        let second = match self.connection().await {
-            Ok(conn) => conn.exchange(msg, control_id, ack_timeout).await,
-            Err(e) => return Err(e),
-        };
-        second.inspect_err(|_| self.upstream = None)
-    }
-
-    /// The kept upstream connection if the engine has not closed it, else a new one.
-    async fn connection(&mut self) -> Result<&mut UpstreamConn, UpstreamError> {
-        if let Some(conn) = self.upstream.as_mut()
-            && let Err(e) = conn.check_idle()
-        {
-            if e.kind() == "protocol" {
-                self.ctx.metrics.upstream_failed(conn.target(), "protocol");
-                tracing::warn!(side = "upstream", engine = conn.target(), error = %e, "upstream connection discarded");
-            } else {
-                tracing::debug!(side = "upstream", engine = conn.target(), error = %e, "engine closed the idle connection; reconnecting");
-            }
-            self.upstream = None;
-        }
-        match &mut self.upstream {
-            Some(conn) => Ok(conn),
-            slot => Ok(slot.insert(self.ctx.upstream.connect().await?)),
+            Err(e) => self.upstream_failed(stream, e, None, shutdown).await,
         }
     }
 
@@ -488,18 +440,21 @@ impl<'a> Session<'a> {
         stream: &mut S,
         e: UpstreamError,
         header: Option<&Header<'_>>,
+        shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd>
     where
         S: AsyncWrite + Unpin,
     {
-        self.upstream = None;
         let m = &self.ctx.metrics;
         // Connect failures were counted per target as each was tried.
         if let Some(target) = e.target() {
             m.upstream_failed(target, e.kind());
         }
         m.exchange_failed(e.kind());
-        let nak = self.ctx.cfg.on_upstream_failure == FailureMode::Nak && header.is_some();
+        // Shutting down while queued: close, so the sender resends to a replica that is up.
+        let stopping = matches!(&e, UpstreamError::Queue(_)) && shutdown.is_cancelled();
+        let nak =
+            self.ctx.cfg.on_upstream_failure == FailureMode::Nak && header.is_some() && !stopping;
         tracing::warn!(
             side = "upstream",
             kind = e.kind(),
@@ -582,7 +537,11 @@ routes:
             tls,
             allow: AllowList::default(),
             validator: hl7::Validator::new(&cfg.validation),
-            upstream: Upstream::new(cfg.upstream.clone(), 1 << 20, metrics.clone()),
+            upstream: Arc::new(Upstream::new(
+                cfg.upstream.clone(),
+                1 << 20,
+                metrics.clone(),
+            )),
             metrics,
             cfg,
         }

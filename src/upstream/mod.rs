@@ -1,16 +1,25 @@
-//! The legacy engine side: reaching a target ([`Upstream`]) and exchanging messages over one
-//! connection ([`UpstreamConn`]).
+//! The legacy engine side of a route: a pool of connections shared by all its sessions
+//! ([`pool`]), the health of each target ([`health`]), and one exchange over one connection
+//! ([`conn`]). Sessions only call [`Upstream::exchange`] and [`Upstream::send_only`].
 
 mod conn;
+mod health;
+mod pool;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use conn::{Ack, UpstreamConn};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, UpstreamConfig};
 use crate::metrics::RouteMetrics;
+use health::Target;
+use pool::{Pool, PooledConn};
 
 /// An upstream failure, by kind (the `kind` metric label).
 #[derive(Debug, thiserror::Error)]
@@ -45,23 +54,28 @@ pub enum UpstreamError {
         /// What was wrong (no MSA, wrong MSA-2, oversize answer).
         detail: &'static str,
     },
+    /// No pooled connection became free within `queue_timeout` (or the proxy is stopping):
+    /// the message was never forwarded.
+    #[error("{0}")]
+    Queue(String),
 }
 
 impl UpstreamError {
-    /// The bounded `kind` label: connect, timeout, closed or protocol.
+    /// The bounded `kind` label: connect, timeout, closed, protocol or queue.
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Closed { .. } => "closed",
             UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Queue(_) => "queue",
         }
     }
 
     /// The target label, if one target is to blame.
     pub fn target(&self) -> Option<&str> {
         match self {
-            UpstreamError::Connect(_) => None,
+            UpstreamError::Connect(_) | UpstreamError::Queue(_) => None,
             UpstreamError::Timeout { target, .. }
             | UpstreamError::Closed { target, .. }
             | UpstreamError::Protocol { target, .. } => Some(target),
@@ -69,21 +83,32 @@ impl UpstreamError {
     }
 }
 
-/// How to reach one route's engine.
-#[derive(Clone)]
+/// One route's engine: its targets, their health and the shared connection pool.
 pub struct Upstream {
     cfg: UpstreamConfig,
     max_ack_bytes: usize,
     metrics: RouteMetrics,
+    targets: Vec<Arc<Target>>,
+    pool: Pool,
+    /// Rotation of `balance: round_robin`.
+    next: AtomicUsize,
 }
 
 impl Upstream {
     /// An upstream for `cfg`; answers larger than `max_ack_bytes` are protocol failures.
     pub fn new(cfg: UpstreamConfig, max_ack_bytes: usize, metrics: RouteMetrics) -> Self {
+        let targets = cfg
+            .targets
+            .iter()
+            .map(|t| Arc::new(Target::new(t.clone(), metrics.target(t))))
+            .collect();
         Self {
+            pool: Pool::new(cfg.max_connections),
             cfg,
             max_ack_bytes,
             metrics,
+            targets,
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -92,38 +117,176 @@ impl Upstream {
         self.cfg.ack_timeout
     }
 
-    /// Connects to the first target that accepts, in configuration order.
-    pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
-        let mut reasons = Vec::new();
-        for target in &self.cfg.targets {
-            let reason = match tokio::time::timeout(
-                self.cfg.connect_timeout,
-                TcpStream::connect(target.as_str()),
+    /// Whether any target is up (for `admin.ready_requires_upstream`).
+    pub fn any_up(&self) -> bool {
+        self.targets.iter().any(|t| t.is_up())
+    }
+
+    /// Forwards `msg` over a pooled connection and returns its ACK (MSA-2 = `control_id`).
+    /// A reused connection that closes without a single answer byte is the engine having
+    /// dropped it: the message is retried once on another connection.
+    pub async fn exchange(
+        &self,
+        msg: &[u8],
+        control_id: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Result<Ack, UpstreamError> {
+        let _permit = self.permit(shutdown).await?;
+        let (mut c, reused) = self.connection().await?;
+        let timeout = self.cfg.ack_timeout;
+        let mut result = c.conn.exchange(msg, control_id, timeout).await;
+        if reused
+            && matches!(
+                result,
+                Err(UpstreamError::Closed {
+                    answered: false,
+                    ..
+                })
             )
-            .await
-            {
-                Ok(Ok(stream)) => {
+        {
+            tracing::debug!(side = "upstream", engine = %c.target.addr, "reused upstream connection was closed; retrying on another");
+            drop(c);
+            c = self.connection().await?.0;
+            result = c.conn.exchange(msg, control_id, timeout).await;
+        }
+        if result.is_ok() {
+            // A completed exchange is the best health check there is.
+            c.target.mark_up();
+            self.pool.put_idle(c);
+        }
+        result
+    }
+
+    /// Writes `msg` (an acknowledgment from the sender), expecting no answer.
+    pub async fn send_only(
+        &self,
+        msg: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Result<(), UpstreamError> {
+        let _permit = self.permit(shutdown).await?;
+        let (mut c, _) = self.connection().await?;
+        c.conn.send_only(msg, self.cfg.ack_timeout).await?;
+        self.pool.put_idle(c);
+        Ok(())
+    }
+
+    /// Waits first-in first-out for the right to one exchange, within `queue_timeout`.
+    async fn permit(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
+        if self.cfg.max_connections == 0 {
+            return Ok(None);
+        }
+        let m = &self.metrics;
+        let started = Instant::now();
+        m.upstream_queue_waiting.inc();
+        let waited = tokio::select! {
+            p = tokio::time::timeout(self.cfg.queue_timeout, self.pool.permit()) => p.map_err(|_| {
+                UpstreamError::Queue(format!(
+                    "no upstream connection free within queue_timeout ({:?}); message not forwarded",
+                    self.cfg.queue_timeout
+                ))
+            }),
+            _ = shutdown.cancelled(), if self.pool.would_wait() => Err(UpstreamError::Queue(
+                "proxy stopping while waiting for an upstream connection; message not forwarded".into(),
+            )),
+        };
+        m.upstream_queue_waiting.dec();
+        m.upstream_queue_seconds
+            .observe(started.elapsed().as_secs_f64());
+        waited
+    }
+
+    /// An idle connection to the preferred target that still works, or a new one; the targets
+    /// are tried in the order `balance` gives.
+    async fn connection(&self) -> Result<(PooledConn, bool), UpstreamError> {
+        let (order, all_down) = self.candidates(Instant::now());
+        let mut reasons = Vec::new();
+        for target in order {
+            while let Some(mut c) = self.pool.take_idle(&target) {
+                match c.conn.check_idle() {
+                    Ok(()) => return Ok((c, true)),
+                    Err(e) if e.kind() == "protocol" => {
+                        self.metrics.upstream_failed(&target.addr, "protocol");
+                        tracing::warn!(side = "upstream", engine = %target.addr, error = %e, "upstream connection discarded");
+                    }
+                    Err(e) => {
+                        tracing::debug!(side = "upstream", engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
+                    }
+                }
+            }
+            self.pool.make_room();
+            match target.connect(self.cfg.connect_timeout, !all_down).await {
+                Ok(Some(stream)) => {
                     // Small request/response exchanges: Nagle would add up to 40 ms per ACK.
                     if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(engine = %target, error = %e, "TCP_NODELAY not set");
+                        tracing::debug!(engine = %target.addr, error = %e, "TCP_NODELAY not set");
                     }
-                    self.metrics.set_upstream_up(target, true);
-                    return Ok(UpstreamConn::new(
+                    let conn = UpstreamConn::new(
                         stream,
-                        target.clone(),
+                        target.addr.clone(),
                         self.max_ack_bytes,
                         self.metrics.upstream_duplicate_acks.clone(),
-                    ));
+                    );
+                    return Ok((PooledConn::new(conn, target), false));
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("connect timed out after {:?}", self.cfg.connect_timeout),
-            };
-            // Counted per target here; logged once by whoever handles the exchange's failure,
-            // and not at all when the next target takes over.
-            tracing::debug!(side = "upstream", engine = %target, reason = %reason, "upstream connect failed");
-            self.metrics.upstream_failed(target, "connect");
-            reasons.push(format!("{target}: {reason}"));
+                Ok(None) => {
+                    reasons.push(format!("{}: down, another connect in flight", target.addr))
+                }
+                Err(reason) => {
+                    // Counted per target here; logged once by whoever handles the exchange's
+                    // failure, and not at all when the next target takes over.
+                    self.metrics.upstream_failed(&target.addr, "connect");
+                    reasons.push(format!("{}: {reason}", target.addr));
+                }
+            }
         }
         Err(UpstreamError::Connect(reasons.join("; ")))
+    }
+
+    /// Targets a new exchange may use, best first: those up or past their back-off, in
+    /// configuration order (`failover`) or rotated (`round_robin`). When none is, every
+    /// target, flagged `true`: all are down, and each may be tried by one exchange at a time
+    /// (a single-target route must notice its engine's return at once, not after a back-off).
+    fn candidates(&self, now: Instant) -> (Vec<Arc<Target>>, bool) {
+        let mut eligible: Vec<Arc<Target>> = self
+            .targets
+            .iter()
+            .filter(|t| t.eligible(now))
+            .cloned()
+            .collect();
+        let all_down = eligible.is_empty();
+        if all_down {
+            eligible = self.targets.clone();
+        }
+        if self.cfg.balance == Balance::RoundRobin {
+            let start = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len().max(1);
+            eligible.rotate_left(start);
+        }
+        (eligible, all_down)
+    }
+
+    /// Closes idle connections past `idle_timeout` and probes targets every
+    /// `health_check_interval`, until `shutdown`. The first probe runs at once, so
+    /// `upstream_up` is right from start-up.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let reap_every =
+            (self.cfg.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut reap = tokio::time::interval(reap_every);
+        let mut probe = self.cfg.health_check_interval.map(tokio::time::interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = reap.tick() => self.pool.reap(self.cfg.idle_timeout),
+                _ = async { probe.as_mut()?.tick().await; Some(()) }, if probe.is_some() => {
+                    for target in &self.targets {
+                        let (target, timeout) = (target.clone(), self.cfg.connect_timeout);
+                        // Each probe on its own: a black-holed target must not delay the others.
+                        tokio::spawn(async move { target.probe(timeout).await });
+                    }
+                }
+            }
+        }
     }
 }

@@ -100,7 +100,7 @@ fn kubernetes_configurations_are_valid_proxy_configurations() {
 fn metric_names() -> BTreeSet<String> {
     let m = Metrics::new().expect("metrics");
     let r = m.route("x");
-    r.init_target("t:1");
+    let _target = r.target("t:1");
     r.set_expiry("server", 0);
     m.encode()
         .lines()

@@ -223,6 +223,8 @@ impl Pki {
     }
 
     /// A route configuration YAML forwarding to `targets`, with `extra` appended to the route.
+    /// Health probes are off: tests that count the engine's connections would see them; the
+    /// health tests turn them on.
     pub fn config_yaml(&self, targets: &[String], extra: &str) -> String {
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         format!(
@@ -242,6 +244,7 @@ routes:
       targets: [{}]
       connect_timeout: 1s
       ack_timeout: 2s
+      health_check_interval: 0
 {extra}"#,
             targets.join(", ")
         )

@@ -1,0 +1,202 @@
+//! Health of each target: passive (connect outcomes, successful exchanges) and active (a TCP
+//! connect probe of targets the pool holds no connection to), with a back-off for targets that
+//! are down.
+//!
+//! Every connect to a target, a pooled one or a probe, holds that target's gate, so at most one
+//! connect per target is ever in flight: a single-connection engine never sees a probe compete
+//! with real traffic, and twenty sessions arriving at a dead target do not each wait
+//! `connect_timeout` for it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+
+use crate::metrics::TargetMetrics;
+
+/// First back-off after a target goes down; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest back-off between passive retries of a down target.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One configured target and what is known about it.
+pub struct Target {
+    /// `host:port` as configured (the metric label).
+    pub addr: String,
+    state: Mutex<State>,
+    /// Held by whoever connects to this target.
+    gate: AsyncMutex<()>,
+    /// Open pooled connections to this target (busy or idle).
+    pub(super) pooled: AtomicUsize,
+    pub(super) metrics: TargetMetrics,
+}
+
+struct State {
+    up: bool,
+    /// Consecutive failures, for the back-off.
+    failures: u32,
+    /// A down target is not tried by sessions before this (while another target is up).
+    retry_at: Option<Instant>,
+}
+
+impl Target {
+    /// A target of unknown health: reported down until a connect or probe succeeds.
+    pub fn new(addr: String, metrics: TargetMetrics) -> Self {
+        Self {
+            addr,
+            state: Mutex::new(State {
+                up: false,
+                failures: 0,
+                retry_at: None,
+            }),
+            gate: AsyncMutex::new(()),
+            pooled: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// Whether the last connect, probe or exchange succeeded.
+    pub fn is_up(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.up)
+    }
+
+    /// Whether a session may try this target now while another may be up: it is up, or its
+    /// back-off has passed (or it was never tried).
+    pub fn eligible(&self, now: Instant) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|s| s.up || s.retry_at.is_none_or(|t| t <= now))
+    }
+
+    /// Records a success: the target is up.
+    pub fn mark_up(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if !s.up {
+                tracing::info!(side = "upstream", engine = %self.addr, "engine target up");
+            }
+            *s = State {
+                up: true,
+                failures: 0,
+                retry_at: None,
+            };
+        }
+        self.metrics.up.set(1);
+    }
+
+    /// Records a failed connect: the target is down and skipped for a growing back-off.
+    pub fn mark_down(&self, reason: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            let was_up = s.up;
+            s.up = false;
+            s.failures = s.failures.saturating_add(1);
+            let backoff = backoff(s.failures, jitter());
+            s.retry_at = Some(Instant::now() + backoff);
+            if was_up || s.failures == 1 {
+                tracing::warn!(side = "upstream", engine = %self.addr, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "engine target down");
+            }
+        }
+        self.metrics.up.set(0);
+    }
+
+    /// Connects under `timeout`, holding the gate, and updates the health state. `Ok(None)`:
+    /// while this waited for the gate, another attempt found the target down, so it is
+    /// skipped rather than tried again at once.
+    ///
+    /// With `wait` false (every target is down), a connect already in flight is not waited
+    /// for: this one is skipped at once, so a dead engine costs one `connect_timeout` at a
+    /// time, not one per waiting session.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        wait: bool,
+    ) -> Result<Option<TcpStream>, String> {
+        let _gate = if wait {
+            let gate = self.gate.lock().await;
+            if !self.eligible(Instant::now()) {
+                return Ok(None);
+            }
+            gate
+        } else {
+            match self.gate.try_lock() {
+                Ok(gate) => gate,
+                Err(_) => return Ok(None),
+            }
+        };
+        self.connect_gated(timeout).await.map(Some)
+    }
+
+    async fn connect_gated(&self, timeout: Duration) -> Result<TcpStream, String> {
+        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&self.addr)).await {
+            Ok(Ok(stream)) => {
+                self.mark_up();
+                return Ok(stream);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("connect timed out after {timeout:?}"),
+        };
+        self.mark_down(&reason);
+        Err(reason)
+    }
+
+    /// One active check: a TCP connect, closed at once, unless the pool holds a connection to
+    /// this target or a connect to it is in flight (the engine may take only one).
+    pub async fn probe(&self, timeout: Duration) {
+        let Ok(_gate) = self.gate.try_lock() else {
+            return;
+        };
+        if self.pooled.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        match self.connect_gated(timeout).await {
+            Ok(stream) => {
+                self.metrics.checks_passed.inc();
+                drop(stream);
+            }
+            Err(reason) => {
+                self.metrics.checks_failed.inc();
+                tracing::debug!(side = "upstream", engine = %self.addr, reason = %reason, "health check failed");
+            }
+        }
+    }
+}
+
+/// The back-off after `failures` consecutive failures: 1 s doubling to 30 s, times `jitter`
+/// (0.8 … 1.2) so that replicas do not retry in step.
+fn backoff(failures: u32, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let base = FIRST_BACKOFF
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_BACKOFF);
+    base.mul_f64(jitter)
+}
+
+/// A factor in 0.8 … 1.2, from the OS-seeded hasher: no randomness crate for one number.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    0.8 + 0.4 * ((r >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_thirty_within_the_jitter() {
+        let secs = |n| backoff(n, 1.0).as_secs_f64();
+        assert_eq!(
+            [secs(1), secs(2), secs(3), secs(5), secs(6), secs(40)],
+            [1.0, 2.0, 4.0, 16.0, 30.0, 30.0]
+        );
+        assert_eq!(backoff(1, 0.8), Duration::from_millis(800));
+        assert_eq!(backoff(6, 1.2), Duration::from_secs(36));
+        for _ in 0..100 {
+            assert!((0.8..1.2).contains(&jitter()));
+        }
+    }
+}
