@@ -5,12 +5,16 @@
 # file and the proxy's metrics, and the proxy must stop cleanly on SIGTERM. Exits non-zero on
 # any violation. Everything stays on loopback.
 #
-#   bash bench/soak.sh                 # CI size: 2 modes x 16 senders x 8,000 messages (256,000)
-#   bash bench/soak.sh --long          # 2 modes x 16 senders x 16,000 messages (512,000)
+# Four runs: on_upstream_failure close and nak, each with upstream.max_connections 0 (a pooled
+# connection per busy sender) and 2 (16 senders sharing two engine connections, where every
+# time-out fault stalls half the pool for ack_timeout: those runs send 3/8 as many messages).
+#
+#   bash bench/soak.sh                 # CI size: 16 senders x 4,000 / 1,500 messages (176,000)
+#   bash bench/soak.sh --long          # 16 senders x 12,000 / 4,500 messages (528,000)
 #   SOAK_SENDERS=8 SOAK_MESSAGES=500 bash bench/soak.sh
 senders=${SOAK_SENDERS:-16}
-messages=${SOAK_MESSAGES:-8000}
-if [ "${1:-}" = "--long" ]; then messages=${SOAK_MESSAGES:-16000}; fi
+messages=${SOAK_MESSAGES:-4000}
+if [ "${1:-}" = "--long" ]; then messages=${SOAK_MESSAGES:-12000}; fi
 source "$(dirname "$0")/lib.sh"
 
 # Every fault kind, 9.6% of messages in all. `late` and `no-answer` each cost a sender one
@@ -23,13 +27,15 @@ faults=(
 )
 
 status=0
-for mode in close nak; do
+for run in close:0 nak:0 close:2 nak:2; do
+    mode=${run%:*} pool=${run#*:}
+    n=$messages; [ "$pool" = 0 ] || n=$((messages * 3 / 8))
     engine_port=$(free_port)
-    : > "$work/engine-$mode.jsonl"
-    RUST_LOG=warn "$bin" ack-server --listen "127.0.0.1:$engine_port" --log "$work/engine-$mode.jsonl" \
+    : > "$work/engine-$mode$pool.jsonl"
+    RUST_LOG=warn "$bin" ack-server --listen "127.0.0.1:$engine_port" --log "$work/engine-$mode$pool.jsonl" \
         --seed "$RANDOM" --late-delay 1500ms "${faults[@]}" & pids+=($!)
     proxy_port=$(free_port); admin_port=$(free_port)
-    cat > "$work/soak-$mode.yaml" <<YAML
+    cat > "$work/soak-$mode$pool.yaml" <<YAML
 admin: { listen: "127.0.0.1:$admin_port" }
 logging: { level: error }
 shutdown: { drain_timeout: 10s }
@@ -37,26 +43,26 @@ routes:
   - name: soak
     listen: "127.0.0.1:$proxy_port"
     tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"], connect_timeout: 1s, ack_timeout: 1s }
+    upstream: { targets: ["127.0.0.1:$engine_port"], connect_timeout: 1s, ack_timeout: 1s, max_connections: $pool, idle_timeout: 1s }
     on_upstream_failure: $mode
 YAML
-    "$bin" run -c "$work/soak-$mode.yaml" 2> "$work/proxy-$mode.log" & proxy_pid=$!
+    "$bin" run -c "$work/soak-$mode$pool.yaml" 2> "$work/proxy-$mode$pool.log" & proxy_pid=$!
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    echo "== soak, on_upstream_failure: $mode"
-    "$bin" soak --to "127.0.0.1:$proxy_port" "${tls[@]}" --senders "$senders" --messages "$messages" \
-        --engine-log "$work/engine-$mode.jsonl" --admin "127.0.0.1:$admin_port" --proxy-pid "$proxy_pid" \
-        --mode "$mode" --prefix "$mode-" --timeout 20s --require-every-fault || status=1
+    echo "== soak, on_upstream_failure: $mode, upstream.max_connections: $pool"
+    "$bin" soak --to "127.0.0.1:$proxy_port" "${tls[@]}" --senders "$senders" --messages "$n" \
+        --engine-log "$work/engine-$mode$pool.jsonl" --admin "127.0.0.1:$admin_port" --proxy-pid "$proxy_pid" \
+        --mode "$mode" --prefix "$mode$pool-" --timeout 20s --require-every-fault || status=1
     kill -TERM "$proxy_pid"
     if wait "$proxy_pid"; then
         echo "proxy stopped on SIGTERM with status 0"
     else
         echo "VIOLATION proxy exited with status $? on SIGTERM"; status=1
     fi
-    if grep -q 'panicked' "$work/proxy-$mode.log"; then
-        echo "VIOLATION the proxy panicked:"; grep -m3 'panicked' "$work/proxy-$mode.log"; status=1
+    if grep -q 'panicked' "$work/proxy-$mode$pool.log"; then
+        echo "VIOLATION the proxy panicked:"; grep -m3 'panicked' "$work/proxy-$mode$pool.log"; status=1
     fi
 done
 exit $status

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
@@ -151,9 +152,18 @@ impl Target {
             return;
         }
         match self.connect_gated(timeout).await {
-            Ok(stream) => {
+            Ok(mut stream) => {
                 self.metrics.checks_passed.inc();
-                drop(stream);
+                // Close, and keep the gate until the engine has closed its side: a
+                // single-connection engine must be done with the probe before a pooled
+                // connect follows.
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 256];
+                let wait = timeout.min(Duration::from_secs(1));
+                let _ = tokio::time::timeout(wait, async {
+                    while let Ok(1..) = stream.read(&mut sink).await {}
+                })
+                .await;
             }
             Err(reason) => {
                 self.metrics.checks_failed.inc();

@@ -52,9 +52,11 @@ impl Drop for Reaper {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_hl7_client_through_proxy_to_hl7apy_engine() {
+async fn python_hl7_clients_through_proxy_to_hl7apy_engine() {
     // python-hl7 sends 25 messages over mTLS; hl7apy's server (which closes after every
-    // message) is the engine; every ACK comes back AA with the matching control ID.
+    // message) is the engine; every ACK comes back AA with the matching control ID. Then three
+    // python-hl7 clients at once share a pool of one engine connection, reopened after each
+    // message because hl7apy closes it: all 75 acknowledged.
     let Some(py) = python() else { return };
     let mut engine = Reaper(
         Command::new(&py)
@@ -76,38 +78,45 @@ async fn python_hl7_client_through_proxy_to_hl7apy_engine() {
         .expect("port number");
 
     let pki = Pki::new();
-    let proxy = start_proxy(pki.config(&[format!("127.0.0.1:{port}")], "")).await;
-    let addr = proxy.routes[0].1;
-    let out = tokio::task::spawn_blocking({
-        let py = py.clone();
-        let (ca, cert, key) = (
-            pki.path("ca.crt"),
-            pki.path("client.crt"),
-            pki.path("client.key"),
-        );
-        move || {
-            Command::new(py)
-                .arg(peers_script())
-                .args(["client", "127.0.0.1", &addr.port().to_string()])
-                .args([&ca, &cert, &key])
-                .arg("25")
-                .output()
-                .expect("run python-hl7 client")
+    for (clients, max_connections) in [(1, 0), (3, 1)] {
+        let mut cfg = pki.config(&[format!("127.0.0.1:{port}")], "");
+        cfg.routes[0].upstream.max_connections = max_connections;
+        let proxy = start_proxy(cfg).await;
+        let addr = proxy.routes[0].1;
+        let runs: Vec<_> = (0..clients)
+            .map(|_| {
+                let py = py.clone();
+                let (ca, cert, key) = (
+                    pki.path("ca.crt"),
+                    pki.path("client.crt"),
+                    pki.path("client.key"),
+                );
+                tokio::task::spawn_blocking(move || {
+                    Command::new(py)
+                        .arg(peers_script())
+                        .args(["client", "127.0.0.1", &addr.port().to_string()])
+                        .args([&ca, &cert, &key])
+                        .arg("25")
+                        .output()
+                        .expect("run python-hl7 client")
+                })
+            })
+            .collect();
+        for run in runs {
+            let out = run.await.expect("client task");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "python-hl7 client failed: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("acknowledged 25/25"), "{stdout}");
         }
-    })
-    .await
-    .expect("client task");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python-hl7 client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("acknowledged 25/25"), "{stdout}");
-    assert_eq!(
-        metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await,
-        25.0
-    );
+        assert_eq!(
+            metric(&proxy, "mllp_proxy_acks_total{code=\"AA\",route=\"test\"}").await,
+            25.0 * clients as f64
+        );
+    }
     if let Some(stdin) = engine.0.stdin.as_mut() {
         let _ = stdin.write_all(b"\n");
     }

@@ -11,3 +11,4 @@ mod limits;
 mod observability;
 mod reliability;
 mod support;
+mod upstream;

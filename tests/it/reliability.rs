@@ -282,3 +282,52 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
         "every forwarded message relayed, nothing else"
     );
 }
+
+#[test]
+fn sigterm_with_exchanges_queued_relays_the_one_in_flight_and_answers_the_queued_none() {
+    // One pooled connection, an engine taking 1 s per ACK, four senders at once, nak mode, then
+    // SIGTERM: the exchange in flight gets the engine's AA; the three queued messages were
+    // never forwarded and get no answer at all (not even the AR of nak mode), so their
+    // senders resend elsewhere. Exit status 0.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_secs(1))));
+    let yaml = pki
+        .config_yaml(&[engine.target()], "    on_upstream_failure: nak\n")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n")
+        .replace(
+            "      health_check_interval: 0\n",
+            "      health_check_interval: 0\n      max_connections: 1\n",
+        );
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let mut proxy = ProxyProcess::spawn(&config_path, "info");
+    let addr = proxy.addr;
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let target = pki.target(addr, ClientCert::Good);
+            rt.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50 * s)).await;
+                let mut client = MllpClient::connect(&target, T).await.expect("connect");
+                let id = format!("QT-{s}");
+                client.exchange(&adt(&id), T).await.map(|ack| msa(&ack))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    signal(&proxy, "-TERM");
+    let outcomes: Vec<_> = senders
+        .into_iter()
+        .map(|s| rt.block_on(s).expect("sender task"))
+        .collect();
+    let status = proxy.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        outcomes[0].as_ref().ok(),
+        Some(&("AA".to_string(), "QT-0".to_string()))
+    );
+    for (s, outcome) in outcomes.iter().enumerate().skip(1) {
+        assert!(outcome.is_err(), "queued sender {s} got {outcome:?}");
+    }
+    assert_eq!(engine.received_ids(), vec!["QT-0".to_string()]);
+}

@@ -298,6 +298,8 @@ pub enum Behaviour {
     AckThenOther,
     /// Answers AA with an NTE segment of this many bytes (engines that echo the message).
     AckPadded(usize),
+    /// Answers AA, and closes a connection idle for this long.
+    AckCloseWhenIdle(Duration),
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -306,6 +308,8 @@ pub struct Engine {
     received: Arc<Mutex<Vec<Bytes>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     connections: Arc<Mutex<usize>>,
+    /// Connections open now, and connections refused because one was (single-connection).
+    open: Arc<Mutex<(usize, usize)>>,
     stop: CancellationToken,
 }
 
@@ -315,6 +319,16 @@ impl Engine {
     }
 
     pub async fn start_on(addr: SocketAddr, b: Behaviour) -> Engine {
+        Self::start_with(addr, b, false).await
+    }
+
+    /// An engine that serves one connection at a time, like a lab system's single listener
+    /// thread: a second connection while one is open is counted and closed at once.
+    pub async fn start_single(b: Behaviour) -> Engine {
+        Self::start_with("127.0.0.1:0".parse().expect("addr"), b, true).await
+    }
+
+    async fn start_with(addr: SocketAddr, b: Behaviour, single: bool) -> Engine {
         let listener = TcpListener::bind(addr).await.expect("engine binds");
         let addr = listener.local_addr().expect("addr");
         let engine = Engine {
@@ -322,13 +336,15 @@ impl Engine {
             received: Arc::default(),
             behaviour: Arc::new(Mutex::new(b)),
             connections: Arc::default(),
+            open: Arc::default(),
             stop: CancellationToken::new(),
         };
-        let (received, behaviour, stop, conns) = (
+        let (received, behaviour, stop, conns, open) = (
             engine.received.clone(),
             engine.behaviour.clone(),
             engine.stop.clone(),
             engine.connections.clone(),
+            engine.open.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -337,14 +353,32 @@ impl Engine {
                     a = listener.accept() => a,
                 };
                 let Ok((tcp, _)) = accepted else { continue };
+                {
+                    let mut o = open.lock().expect("lock");
+                    if single && o.0 > 0 {
+                        o.1 += 1;
+                        drop(tcp);
+                        continue;
+                    }
+                    o.0 += 1;
+                }
                 *conns.lock().expect("lock") += 1;
-                let (received, behaviour, stop) =
-                    (received.clone(), behaviour.clone(), stop.clone());
+                let (received, behaviour, stop, open) = (
+                    received.clone(),
+                    behaviour.clone(),
+                    stop.clone(),
+                    open.clone(),
+                );
                 tokio::spawn(async move {
+                    let mut tcp = tcp;
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = engine_connection(tcp, received, behaviour) => {}
+                        _ = engine_connection(&mut tcp, received, behaviour) => {}
                     }
+                    // Counted closed before the peer can see the close, as a real engine
+                    // that takes the next connection only after closing this one.
+                    open.lock().expect("lock").0 -= 1;
+                    drop(tcp);
                 });
             }
         });
@@ -380,6 +414,11 @@ impl Engine {
     pub fn connections(&self) -> usize {
         *self.connections.lock().expect("lock")
     }
+
+    /// Connections refused because another was open (single-connection engines).
+    pub fn refused(&self) -> usize {
+        self.open.lock().expect("lock").1
+    }
 }
 
 impl Drop for Engine {
@@ -389,7 +428,7 @@ impl Drop for Engine {
 }
 
 async fn engine_connection(
-    mut tcp: TcpStream,
+    tcp: &mut TcpStream,
     received: Arc<Mutex<Vec<Bytes>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 ) {
@@ -438,7 +477,8 @@ async fn engine_connection(
                 | Behaviour::CloseOnSecondMessage
                 | Behaviour::AckThenLineFeed
                 | Behaviour::AckTwice
-                | Behaviour::AckThenOther => build_accept(header.as_ref()),
+                | Behaviour::AckThenOther
+                | Behaviour::AckCloseWhenIdle(_) => build_accept(header.as_ref()),
             };
             if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
                 return;
@@ -463,9 +503,13 @@ async fn engine_connection(
                 return;
             }
         }
-        match tcp.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let idle = match *behaviour.lock().expect("lock") {
+            Behaviour::AckCloseWhenIdle(d) => d,
+            _ => Duration::from_secs(3600),
+        };
+        match tokio::time::timeout(idle, tcp.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
         }
     }
 }

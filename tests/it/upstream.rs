@@ -1,0 +1,274 @@
+//! The engine side: one pool of connections per route shared by all senders, target health
+//! (passive and active), failover and round robin, the queue, and readiness.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mllp_proxy::client::{MllpClient, http_get};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A listener whose accept queue is full: connects to it hang like SYNs dropped by a dead host.
+async fn black_hole() -> (
+    tokio::net::TcpListener,
+    Vec<TcpStream>,
+    std::net::SocketAddr,
+) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+    {
+        held.push(s);
+        assert!(held.len() < 10, "the accept queue never filled");
+    }
+    (listener, held, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_senders_share_a_single_connection_engine() {
+    // An engine that serves one connection at a time, 16 concurrent senders x 100 messages and
+    // max_connections 1: every message AA, each sender's messages reach the engine in order,
+    // and the engine never saw a second connection.
+    let pki = Pki::new();
+    let engine = Engine::start_single(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].upstream.max_connections = 1;
+    let proxy = Arc::new(start_proxy(cfg).await);
+    let senders: Vec<_> = (0..16)
+        .map(|s| {
+            let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+            tokio::spawn(async move {
+                let mut c = MllpClient::connect(&target, T).await.expect("connect");
+                for i in 0..100 {
+                    let id = format!("ONE-{s}-{i}");
+                    let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+                    assert_eq!(msa(&ack), ("AA".into(), id));
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.expect("sender");
+    }
+    assert_eq!(
+        engine.refused(),
+        0,
+        "a second connection reached the engine"
+    );
+    assert_eq!(engine.connections(), 1);
+    let mut per_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for id in engine.received_ids() {
+        let (sender, i) = id.rsplit_once('-').expect("id");
+        per_sender
+            .entry(sender.to_string())
+            .or_default()
+            .push(i.parse().expect("n"));
+    }
+    assert_eq!(per_sender.len(), 16);
+    for (sender, seq) in per_sender {
+        assert_eq!(seq, (0..100).collect::<Vec<_>>(), "{sender}");
+    }
+    let busy = format!(
+        "mllp_proxy_upstream_connections{{route=\"test\",state=\"idle\",target=\"{}\"}}",
+        engine.target()
+    );
+    assert_eq!(metric(&proxy, &busy).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_primary_costs_only_the_first_session_and_is_used_again_once_back() {
+    // Primary drops SYNs, secondary is fine: of 20 sessions opened one after another only the
+    // first waits connect_timeout (500 ms), all get AA from the secondary. When the primary
+    // comes back it is used again once its back-off (about 1 s) has passed.
+    let pki = Pki::new();
+    let (listener, held, primary) = black_hole().await;
+    let secondary = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[primary.to_string(), secondary.target()], "");
+    cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(cfg).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+        let id = format!("FO-{i}");
+        let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+        c.close().await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+    assert_eq!(secondary.received().len(), 20);
+
+    drop((listener, held));
+    let recovered = Engine::start_on(primary, Behaviour::Ack).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    let ack = c.exchange(&adt("FO-back"), T).await.expect("ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "FO-back".into()));
+    assert_eq!(recovered.received_ids(), vec!["FO-back".to_string()]);
+    let up = format!("mllp_proxy_upstream_up{{route=\"test\",target=\"{primary}\"}}");
+    assert_eq!(metric(&proxy, &up).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_report_each_target_before_any_message_without_competing_with_the_pool() {
+    // With probes on, upstream_up is 1 for a live target and 0 for a dead one before any
+    // message is sent. A single-connection engine then carries traffic while probes keep
+    // running every 100 ms: it never sees a second connection.
+    let pki = Pki::new();
+    let live = Engine::start_single(Behaviour::Ack).await;
+    let dead = unused_addr().await;
+    let mut cfg = pki.config(&[live.target(), dead.to_string()], "");
+    cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
+    cfg.routes[0].upstream.max_connections = 1;
+    let proxy = start_proxy(cfg).await;
+    let up = |t: &str| format!("mllp_proxy_upstream_up{{route=\"test\",target=\"{t}\"}}");
+    assert!(metric_reaches(&proxy, &up(&live.target()), 1.0).await);
+    assert_eq!(metric(&proxy, &up(&dead.to_string())).await, 0.0);
+    let check = |t: &str, r: &str| {
+        format!(
+            "mllp_proxy_upstream_health_checks_total{{result=\"{r}\",route=\"test\",target=\"{t}\"}}"
+        )
+    };
+    assert!(metric(&proxy, &check(&live.target(), "success")).await >= 1.0);
+    assert!(metric_reaches(&proxy, &check(&dead.to_string(), "failure"), 1.0).await);
+    assert_eq!(live.received().len(), 0, "no message was sent yet");
+
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    let until = Instant::now() + Duration::from_millis(800);
+    let mut i = 0;
+    while Instant::now() < until {
+        let id = format!("HC-{i}");
+        let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        live.refused(),
+        0,
+        "a probe competed with the pooled connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_that_waits_past_queue_timeout_is_closed_or_naked_and_never_forwarded() {
+    // One pooled connection, held 1 s by a slow ACK; a second sender's message waits 200 ms
+    // (queue_timeout) and fails with kind "queue": closed without answer, or AR in nak mode.
+    // The engine never sees it.
+    for mode in ["close", "nak"] {
+        let pki = Pki::new();
+        let engine = Engine::start(Behaviour::Delay(Duration::from_secs(1))).await;
+        let mut cfg = pki.config(
+            &[engine.target()],
+            &format!("    on_upstream_failure: {mode}\n"),
+        );
+        cfg.routes[0].upstream.max_connections = 1;
+        cfg.routes[0].upstream.queue_timeout = Duration::from_millis(200);
+        let proxy = start_proxy(cfg).await;
+        let mut first = connect(&pki, &proxy, ClientCert::Good).await;
+        let mut second = connect(&pki, &proxy, ClientCert::Good).await;
+        first.send(&adt("Q-1")).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let answer = second.exchange(&adt("Q-2"), T).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_millis(800),
+            "{mode}: {waited:?}"
+        );
+        match mode {
+            "close" => assert!(answer.is_err(), "{answer:?}"),
+            _ => assert_eq!(msa(&answer.expect("AR")), ("AR".into(), "Q-2".into())),
+        }
+        let ack = first.recv().await.expect("first ACK");
+        assert_eq!(msa(&ack), ("AA".into(), "Q-1".into()));
+        assert_eq!(engine.received_ids(), vec!["Q-1".to_string()], "{mode}");
+        let queue = "mllp_proxy_upstream_exchanges_failed_total{kind=\"queue\",route=\"test\"}";
+        assert_eq!(metric(&proxy, queue).await, 1.0, "{mode}");
+        let waited = "mllp_proxy_upstream_queue_seconds_count{route=\"test\"}";
+        assert_eq!(metric(&proxy, waited).await, 2.0, "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_connections_over_the_targets() {
+    // Ten messages from one sender with balance: round_robin go to both engines in turn, over
+    // one pooled connection each.
+    let pki = Pki::new();
+    let a = Engine::start(Behaviour::Ack).await;
+    let b = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[a.target(), b.target()], "");
+    cfg.routes[0].upstream.balance = mllp_proxy::config::Balance::RoundRobin;
+    let proxy = start_proxy(cfg).await;
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    for i in 0..10 {
+        let id = format!("RR-{i}");
+        let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+    }
+    assert_eq!((a.received().len(), b.received().len()), (5, 5));
+    assert_eq!((a.connections(), b.connections()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_drops_idle_connections_after_a_second_loses_no_message() {
+    // The engine closes a connection idle for 1 s; the sender pauses 1.2 s between messages.
+    // The pool notices the closed connection before reuse and opens a new one.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::AckCloseWhenIdle(Duration::from_secs(1))).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    for i in 0..3 {
+        let id = format!("IDLE-{i}");
+        let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+        assert_eq!(msa(&ack), ("AA".into(), id));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(engine.received().len(), 3);
+    assert_eq!(engine.connections(), 3);
+    for k in ["connect", "timeout", "closed", "protocol", "queue"] {
+        let s =
+            format!("mllp_proxy_upstream_exchanges_failed_total{{kind=\"{k}\",route=\"test\"}}");
+        assert_eq!(metric(&proxy, &s).await, 0.0, "{k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_can_require_an_engine_target_up() {
+    // With admin.ready_requires_upstream, /readyz is 503 while the only target is down and 200
+    // once a probe finds the engine; /healthz is 200 throughout.
+    let pki = Pki::new();
+    let addr = unused_addr().await;
+    let mut cfg = pki.config(&[addr.to_string()], "");
+    cfg.admin.ready_requires_upstream = true;
+    cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
+    let proxy = start_proxy(cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = http_get(proxy.admin, "/readyz").await;
+    assert!(
+        ready.as_ref().is_err_and(|e| e.to_string().contains("503")),
+        "{ready:?}"
+    );
+    assert!(http_get(proxy.admin, "/healthz").await.is_ok());
+    let _engine = Engine::start_on(addr, Behaviour::Ack).await;
+    assert!(
+        eventually(T, || async {
+            http_get(proxy.admin, "/readyz").await.is_ok()
+        })
+        .await,
+        "ready once the engine is up"
+    );
+}
