@@ -62,11 +62,21 @@ impl Validator {
 
     /// Checks `msg`; returns what to forward and its header, or why not.
     pub fn check<'a>(&self, msg: &'a [u8]) -> Result<Checked<'a>, Rejection> {
+        // In every mode: a framing byte would split the message in two at the engine.
+        if memchr::memchr2(crate::mllp::SB, crate::mllp::EB, msg).is_some() {
+            return Err(content(102, "message contains an MLLP framing byte"));
+        }
         if self.mode == ValidationMode::Off {
             return Ok(Checked {
                 bytes: Cow::Borrowed(msg),
                 header: Header::parse(msg).ok(),
             });
+        }
+        if has_control_character(msg) {
+            return Err(content(
+                102,
+                "message contains a control character other than CR, LF and TAB",
+            ));
         }
         let header = Header::parse(msg).map_err(|e| match e {
             HeaderError::NoMsh => content(100, "message does not start with an MSH segment"),
@@ -75,9 +85,6 @@ impl Validator {
                 content(102, "MSH-2 encoding characters are invalid")
             }
         })?;
-        if memchr::memchr2(crate::mllp::SB, crate::mllp::EB, msg).is_some() {
-            return Err(content(102, "message contains an MLLP framing byte"));
-        }
         let bytes = if self.mode == ValidationMode::Lenient {
             normalise_terminators(msg)
         } else {
@@ -138,6 +145,16 @@ fn unsupported(code: u16, text: &'static str) -> Rejection {
     Rejection {
         reason: NakReason::Unsupported { code, text },
     }
+}
+
+/// Whether `msg` holds a C0 control character other than CR, LF and TAB: a NUL or an escape
+/// in a field may make the engine read the message differently from the proxy (or an
+/// operator's terminal run it). LF is left to the segment rules: strict refuses it as a
+/// terminator (ERR 100), lenient turns it into CR. Written without an early exit so that it
+/// compiles to a vectorised scan.
+fn has_control_character(msg: &[u8]) -> bool {
+    msg.iter()
+        .fold(false, |bad, &b| bad | (b < 0x20 && b != b'\r' && b != b'\n' && b != b'\t'))
 }
 
 /// Strict segment rules: `\r` terminators (including the last), no empty segments, and IDs of
@@ -215,6 +232,32 @@ mod tests {
     }
 
     const GOOD: &[u8] = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rPID|1||123\r";
+
+    #[test]
+    fn control_characters_are_refused_except_in_off_mode_and_framing_bytes_everywhere() {
+        let nul_in_msh3 = b"MSH|^~\\&|LAB\0|B|C|D|20260101||ADT^A01|X1|P|2.5\rPID|1||123\r";
+        let nul_in_msh9 = b"MSH|^~\\&|A|B|C|D|20260101||ADT\0^A01|X1|P|2.5\rPID|1||123\r";
+        let esc_in_obx = b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|X1|P|2.5\rOBX|1|ST|X||\x1b[31mRED\r";
+        let tab = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rNTE|1||a\tb\r";
+        for mode in [ValidationMode::Strict, ValidationMode::Lenient] {
+            let v = validator(mode);
+            for msg in [&nul_in_msh3[..], nul_in_msh9, esc_in_obx] {
+                let r = v.check(msg).unwrap_err();
+                assert!(
+                    matches!(r.reason, NakReason::Content { code: 102, .. }),
+                    "{mode:?} {r:?}"
+                );
+            }
+            assert!(v.check(tab).is_ok(), "{mode:?}");
+        }
+        let off = validator(ValidationMode::Off);
+        assert!(off.check(nul_in_msh3).is_ok());
+        let framed = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rNTE|1||a\x1cb\r";
+        for mode in [ValidationMode::Strict, ValidationMode::Lenient, ValidationMode::Off] {
+            let r = validator(mode).check(framed).unwrap_err();
+            assert!(matches!(r.reason, NakReason::Content { code: 102, .. }), "{mode:?}");
+        }
+    }
 
     #[test]
     fn strict_accepts_a_good_message_unchanged() {

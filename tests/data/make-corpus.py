@@ -54,8 +54,9 @@ case("lf-terminators", segs(msh("C14"), PID, end="\n"), "nak:AE:100", "norm", ok
 case("crlf-terminators", segs(msh("C15"), PID, end="\r\n"), "nak:AE:100", "norm", ok)
 case("missing-final-cr", msh("C16") + "\r" + PID, "nak:AE:100", "norm", ok)
 case("mixed-terminators", msh("C17") + "\r\n" + PID + "\nPV1|1|I\r", "nak:AE:100", "norm", ok)
-case("start-block-inside", segs(msh("C18"), "PID|1||\x0bMRN1"), "nak:AE:102", "nak:AE:102", ok)
-case("end-block-inside", segs(msh("C19"), "PID|1||\x1cMRN1"), "nak:AE:102", "nak:AE:102", ok)
+# Framing bytes inside a message would split it at the engine: refused in every mode.
+case("start-block-inside", segs(msh("C18"), "PID|1||\x0bMRN1"), "nak:AE:102", "nak:AE:102", "nak:AE:102")
+case("end-block-inside", segs(msh("C19"), "PID|1||\x1cMRN1"), "nak:AE:102", "nak:AE:102", "nak:AE:102")
 case("iso-8859-1-names", segs(msh("C20", tail="||||||8859/1"), "PID|1||MRN1||M\xfcLLER^J\xfcRGEN||19700101|M"), ok, ok, ok)
 case("utf-8-names", (segs(msh("C21", tail="||||||UNICODE UTF-8")) + "PID|1||MRN1||").encode() + "ÅSTRÖM^BJÖRN\r".encode("utf-8"), ok, ok, ok)
 case("very-long-field", segs(msh("C22", "ORU^R01^ORU_R01"), PID, "OBX|1|TX|3^Z^L||" + "A" * 3000 + "||||||F"), ok, ok, ok)
@@ -79,7 +80,11 @@ case("whitespace-before-msh", segs(" " + msh("C39"), PID), "nak:AE:100", "nak:AE
 case("empty-message", "", "nak:AE:100", "nak:AE:100", ok)
 case("msh-only", segs(msh("C41")), ok, ok, ok)
 case("whitespace-segment", segs(msh("C42"), PID, " "), "nak:AE:100", "nak:AE:100", ok)
-case("nul-bytes-in-field", segs(msh("C43"), "NTE|1||a\x00b"), ok, ok, ok)
+# Other C0 controls (NUL, ESC, …) may make the engine parse differently: strict and lenient
+# refuse them; off mode forwards them.
+case("nul-bytes-in-field", segs(msh("C43"), "NTE|1||a\x00b"), "nak:AE:102", "nak:AE:102", ok)
+case("nul-in-msh3", "MSH|^~\\&|LAB\x00|WARD|ENGINE|HOSP|20261126120000||ADT^A01^ADT_A01|C49|P|2.5.1\rPID|1||MRN1\r", "nak:AE:102", "nak:AE:102", ok)
+case("escape-in-field", segs(msh("C50"), "NTE|1||\x1b[31mRED"), "nak:AE:102", "nak:AE:102", ok)
 case("truncated-msh", segs("MSH|^~\\&|ADT"), "nak:AE:101", "nak:AE:101", ok)
 case("many-segments", segs(msh("C45"), *["NTE|%d" % i for i in range(400)]), ok, ok, ok)
 case("version-2-3", segs(msh("C46", ver="2.3"), PID), ok, ok, ok)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The pooled upstream against the design it replaced, in one run on one machine:
+#   - 64 mutual-TLS senders through the pool with upstream.max_connections 0 and 8, against the
+#     previous release's connection-per-session upstream (built from git ref $BASELINE_REF into
+#     target/baseline: `git worktree` + `cargo build --release`, a few minutes the first time);
+#   - max_connections 1 (64 senders sharing one engine connection) against one client talking
+#     to the engine directly on one connection: what a single-connection engine can carry.
+# Medians of 3 interleaved rounds; ratios, since the machine is shared and noisy.
+#
+#   bash bench/pool.sh [MESSAGES_PER_SENDER] [SIZE]
+n=${1:-300}
+size=${2:-1024}
+baseline_ref=${BASELINE_REF:-1f1da2c}
+source "$(dirname "$0")/lib.sh"
+
+baseline_src=target/baseline-src
+baseline_bin=target/baseline/release/mllp-proxy
+if [ ! -x "$baseline_bin" ]; then
+    [ -d "$baseline_src" ] || git worktree add --detach "$baseline_src" "$baseline_ref" >/dev/null
+    CARGO_TARGET_DIR=$PWD/target/baseline cargo build --release --quiet --manifest-path "$baseline_src/Cargo.toml"
+fi
+
+start_engine
+
+# proxy NAME BINARY MAX_CONNECTIONS: starts a proxy; sets ${port[NAME]}.
+declare -A port
+proxy() {
+    local name=$1 binary=$2 max=$3 admin_port pool=""
+    port[$name]=$(free_port); admin_port=$(free_port)
+    [ "$max" = "-" ] || pool=", max_connections: $max"
+    cat > "$work/$name.yaml" <<YAML
+admin: { listen: "127.0.0.1:$admin_port" }
+logging: { level: warn }
+routes:
+  - name: $name
+    listen: "127.0.0.1:${port[$name]}"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"]$pool }
+YAML
+    "$binary" run -c "$work/$name.yaml" & pids+=($!)
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "proxy $name did not become ready" >&2; exit 1
+}
+proxy per-session "$baseline_bin" -
+proxy pool-0 "$bin" 0
+proxy pool-8 "$bin" 8
+proxy pool-1 "$bin" 1
+
+declare -A r
+for round in 1 2 3; do
+    for name in per-session pool-0 pool-8 pool-1; do
+        r[$name,$round]=$(bench_result --to "127.0.0.1:${port[$name]}" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 --size "$size")
+    done
+    r[direct-1,$round]=$(bench_result --to "127.0.0.1:$engine_port" --connections 1 --messages $((n * 16)) --size "$size")
+done
+
+echo "| path | senders | engine connections | msg/s (median of 3) | p50 µs | p99 µs | ratio |"
+echo "|---|---|---|---|---|---|---|"
+row() {
+    local name=$1 senders=$2 conns=$3 base=$4 what=$5
+    python3 - "$name" "$senders" "$conns" "$what" "${r[$name,1]}" "${r[$name,2]}" "${r[$name,3]}" \
+        "${r[$base,1]}" "${r[$base,2]}" "${r[$base,3]}" <<'PY'
+import re, statistics, sys
+name, senders, conns, what, *lines = sys.argv[1:]
+f = lambda l, k: float(re.search(k + r"=([0-9.]+)", l).group(1))
+mine, base = lines[:3], lines[3:]
+med = lambda ls, k: statistics.median(f(l, k) for l in ls)
+ratio = med(mine, "msgs_per_sec") / med(base, "msgs_per_sec")
+print(f"| {name} | {senders} | {conns} | {med(mine, 'msgs_per_sec'):.0f} | {med(mine, 'p50_us'):.0f} | {med(mine, 'p99_us'):.0f} | {ratio:.2f} {what} |")
+PY
+}
+row per-session 64 "one per sender" per-session "(baseline)"
+row pool-0 64 "pooled, no limit" per-session "x per-session"
+row pool-8 64 "pooled, at most 8" per-session "x per-session"
+row direct-1 1 "1 (no proxy)" direct-1 "(baseline)"
+row pool-1 64 "pooled, at most 1" direct-1 "x direct on one connection"
