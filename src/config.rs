@@ -49,10 +49,21 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Log output format and default level.
     pub logging: LoggingConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
     /// How long a stop waits for in-flight exchanges.
     pub shutdown: ShutdownConfig,
     /// One listener per route, each forwarding to its own upstream.
     pub routes: Vec<RouteConfig>,
+}
+
+/// The audit trail: who sent which message when, and what became of it.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// One record per message (sessions and refused handshakes are always recorded).
+    pub messages: bool,
+    /// Where records go: `None` into the log, else appended to this file.
+    pub file: Option<PathBuf>,
 }
 
 /// The admin HTTP server.
@@ -233,6 +244,10 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// The kernel's accept queue for the listener (capped by net.core.somaxconn).
     pub listen_backlog: u32,
+    /// Sessions and handshakes from one IP address at once; 0 = no limit.
+    pub max_connections_per_source: usize,
+    /// Connections still in the TLS handshake, all sources; 0 = no limit.
+    pub max_pending_handshakes: usize,
 }
 
 impl Config {
@@ -331,8 +346,26 @@ struct RawConfig {
     #[serde(default)]
     logging: RawLogging,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     shutdown: RawShutdown,
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    messages: bool,
+    file: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            messages: true,
+            file: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,6 +474,8 @@ struct RawLimits {
     frame_timeout: String,
     idle_timeout: String,
     listen_backlog: u32,
+    max_connections_per_source: u32,
+    max_pending_handshakes: u32,
 }
 
 // The defaults, one place per section (docs/configuration.md lists the same values).
@@ -520,6 +555,8 @@ impl Default for RawLimits {
             frame_timeout: "60s".into(),
             idle_timeout: "15m".into(),
             listen_backlog: 1024,
+            max_connections_per_source: 64,
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -706,9 +743,17 @@ impl RawConfig {
             }
             routes.push(route);
         }
+        let audit = AuditConfig {
+            messages: self.audit.messages,
+            file: match self.audit.file.trim() {
+                "" => None,
+                f => Some(file("audit.file", f, base)?),
+            },
+        };
         Ok(Config {
             admin,
             logging,
+            audit,
             shutdown,
             routes,
         })
@@ -868,6 +913,8 @@ impl RawLimits {
             frame_timeout: duration(&format!("{k}.frame_timeout"), &self.frame_timeout)?,
             idle_timeout: duration(&format!("{k}.idle_timeout"), &self.idle_timeout)?,
             listen_backlog: self.listen_backlog,
+            max_connections_per_source: self.max_connections_per_source as usize,
+            max_pending_handshakes: self.max_pending_handshakes as usize,
         };
         if !(1..=65_535).contains(&limits.listen_backlog) {
             return Err(invalid(
@@ -962,6 +1009,8 @@ routes:
         assert_eq!(r.validation.max_message_bytes, 1_048_576);
         assert_eq!(r.limits.max_connections, 1024);
         assert_eq!(r.limits.listen_backlog, 1024);
+        assert_eq!(r.limits.max_connections_per_source, 64);
+        assert_eq!(r.limits.max_pending_handshakes, 256);
         assert_eq!(c.logging.level, "info");
         let u = &r.upstream;
         assert_eq!(u.balance, Balance::Failover);
@@ -970,6 +1019,7 @@ routes:
         assert_eq!(u.idle_timeout, Duration::from_secs(60));
         assert_eq!(u.health_check_interval, Some(Duration::from_secs(10)));
         assert!(!c.admin.ready_requires_upstream);
+        assert!(c.audit.messages && c.audit.file.is_none());
         for off in ["0", "\"0\"", "0s"] {
             let yaml = MINIMAL.replace(
                 "targets: [\"127.0.0.1:3575\"]",

@@ -21,11 +21,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hl7;
 pub mod listener;
+pub mod logsafe;
 pub mod metrics;
 pub mod mllp;
 pub mod proxy;

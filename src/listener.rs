@@ -1,13 +1,14 @@
-//! The accept loop of one route: connection limit, back-off on accept errors, and spawning each
-//! session into the shared task tracker so shutdown can wait for them.
+//! The accept loop of one route: the limits applied before any TLS work, back-off on accept
+//! errors, and spawning each session into the shared task tracker so shutdown can wait for them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,13 +34,22 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until `shutdown`; never returns early on accept errors.
+///
+/// Every limit is applied here, right after accept and before any TLS work, so a peer that
+/// opens connections and never finishes a handshake costs a descriptor and nothing more:
+/// `max_connections` (all sessions), `max_connections_per_source` (one IP address, sessions
+/// and handshakes together) and `max_pending_handshakes` (all sources).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<RouteContext>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(ctx.cfg.limits.max_connections));
+    let limits = &ctx.cfg.limits;
+    let total = Arc::new(Semaphore::new(limits.max_connections));
+    let pending = (limits.max_pending_handshakes > 0)
+        .then(|| Arc::new(Semaphore::new(limits.max_pending_handshakes)));
+    let sources = Arc::new(Sources::new(limits.max_connections_per_source));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -61,22 +71,123 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(5);
         ctx.metrics.connections_accepted.inc();
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.connections_rejected.inc();
-            tracing::warn!(route = %ctx.cfg.name, peer = %peer, limit = ctx.cfg.limits.max_connections, "max_connections reached; connection closed");
-            drop(tcp);
-            continue;
+        let admitted = admit(&ctx, &total, pending.as_ref(), &sources, peer);
+        let (permit, source, handshake) = match admitted {
+            Ok(a) => a,
+            Err(reason) => {
+                if let Some(suppressed) = ctx.events.rejected.admit() {
+                    tracing::warn!(route = %ctx.cfg.name, peer = %peer, reason, suppressed, "connection refused at accept");
+                }
+                drop(tcp);
+                continue;
+            }
         };
         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _source = source;
             let _active = ActiveGuard::new(&ctx.metrics);
-            session::serve(ctx.clone(), tcp, peer, id, shutdown).await;
+            session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
         });
     }
     tracing::info!(route = %ctx.cfg.name, "listener stopped accepting");
+}
+
+/// The permits a new connection needs, or the reason label of the limit it hit (counted).
+#[allow(clippy::type_complexity)]
+fn admit(
+    ctx: &RouteContext,
+    total: &Arc<Semaphore>,
+    pending: Option<&Arc<Semaphore>>,
+    sources: &Arc<Sources>,
+    peer: SocketAddr,
+) -> Result<
+    (
+        OwnedSemaphorePermit,
+        SourceGuard,
+        Option<OwnedSemaphorePermit>,
+    ),
+    &'static str,
+> {
+    let m = &ctx.metrics;
+    let Ok(permit) = total.clone().try_acquire_owned() else {
+        m.rejected_limit.inc();
+        return Err("max_connections");
+    };
+    let Some(source) = Sources::enter(sources, peer.ip()) else {
+        m.rejected_per_source.inc();
+        return Err("max_connections_per_source");
+    };
+    let handshake = match pending {
+        None => None,
+        Some(p) => match p.clone().try_acquire_owned() {
+            Ok(h) => Some(h),
+            Err(_) => {
+                m.rejected_pending.inc();
+                return Err("max_pending_handshakes");
+            }
+        },
+    };
+    Ok((permit, source, handshake))
+}
+
+/// Open connections per source address.
+struct Sources {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`Sources`], given back on drop.
+struct SourceGuard {
+    sources: Arc<Sources>,
+    ip: Option<IpAddr>,
+}
+
+impl Sources {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a place for `ip`, or `None` when it already has `max` connections.
+    fn enter(this: &Arc<Self>, ip: IpAddr) -> Option<SourceGuard> {
+        if this.max == 0 {
+            return Some(SourceGuard {
+                sources: this.clone(),
+                ip: None,
+            });
+        }
+        // ::ffff:10.1.2.3 and 10.1.2.3 are one sender.
+        let ip = ip.to_canonical();
+        let mut open = this.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= this.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            sources: this.clone(),
+            ip: Some(ip),
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        if let Ok(mut open) = self.sources.open.lock()
+            && let Some(n) = open.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Keeps `connections_active` right however the session ends (including a panic).

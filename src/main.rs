@@ -2,15 +2,19 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mllp_proxy::audit::{self, LineWriter, Reopen, Sink, WriterGuard};
 use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use mllp_proxy::metrics::Metrics;
 use mllp_proxy::shutdown::{Signal, Signals};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
 
 /// mTLS-terminating proxy for HL7 v2 over MLLP, in front of legacy engines.
 #[derive(Debug, Parser)]
@@ -69,27 +73,27 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Run { config } => run(config).await,
         Command::Check { config } => {
-            init_tracing(LogFormat::Text, "warn");
+            let _logging = init_tracing(LogFormat::Text, "warn", None);
             status(cli::check::run(&config))
         }
         Command::Demo { once } => {
-            init_tracing(LogFormat::Text, "warn");
+            let _logging = init_tracing(LogFormat::Text, "warn", None);
             report(cli::demo::run(once).await)
         }
         Command::Send(a) => {
-            init_tracing(LogFormat::Text, "warn");
+            let _logging = init_tracing(LogFormat::Text, "warn", None);
             report(cli::send::run(a).await)
         }
         Command::AckServer(a) => {
-            init_tracing(LogFormat::Text, "info");
+            let _logging = init_tracing(LogFormat::Text, "info", None);
             report(cli::ack_server::run(a).await.map(|()| true))
         }
         Command::Bench(a) => {
-            init_tracing(LogFormat::Text, "warn");
+            let _logging = init_tracing(LogFormat::Text, "warn", None);
             report(cli::bench::run(a).await.map(|_| true))
         }
         Command::Soak(a) => {
-            init_tracing(LogFormat::Text, "warn");
+            let _logging = init_tracing(LogFormat::Text, "warn", None);
             report(cli::soak::run(a).await)
         }
     }
@@ -103,7 +107,11 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(config.logging.format, &config.logging.level);
+    let logging = init_tracing(
+        config.logging.format,
+        &config.logging.level,
+        config.audit.file.as_deref(),
+    );
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -130,8 +138,9 @@ async fn run(path: PathBuf) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
     while signals.next().await == Signal::Reload {
-        tracing::info!("SIGHUP: reloading TLS material");
+        tracing::info!("SIGHUP: reloading TLS material and reopening the audit file");
         proxy.reload_tls();
+        logging.reopen.request();
     }
     tracing::info!("stopping: no new connections; finishing in-flight exchanges");
     let drained = proxy.shutdown(drain).await;
@@ -157,9 +166,21 @@ fn status(ok: bool) -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `level`. A `RUST_LOG` that cannot be what the user
-/// meant is reported, never silently obeyed: a bare `warning` would log nothing else at all.
-fn init_tracing(format: LogFormat, level: &str) {
+/// The log and audit writers, flushed when this is dropped at exit.
+struct Logging {
+    reopen: Reopen,
+    _guards: Vec<WriterGuard>,
+}
+
+/// Logs go to stderr through a writer thread; `RUST_LOG` overrides `level`. Audit records are
+/// written whatever the level, into the log or, with `audit_file`, into that file alone. A
+/// `RUST_LOG` that cannot be what the user meant is reported, never silently obeyed: a bare
+/// `warning` would log nothing else at all.
+fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Logging {
+    let mut logging = Logging {
+        reopen: Reopen::default(),
+        _guards: Vec::new(),
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
             Ok(f) => {
@@ -177,17 +198,59 @@ fn init_tracing(format: LogFormat, level: &str) {
         },
         _ => EnvFilter::new(level),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let filter = match format!("{}=info", audit::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
     };
-    if let Err(e) = result {
+    let (log_writer, guard) = match LineWriter::start(Sink::Stderr, Reopen::default()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("warning: logging not initialised: {e}");
+            return logging;
+        }
+    };
+    logging._guards.push(guard);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = |w: LineWriter| -> Box<dyn Layer<Registry> + Send + Sync> {
+        match format {
+            LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(w).boxed(),
+            LogFormat::Json => fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(w)
+                .boxed(),
+        }
+    };
+    let mut layers = Vec::new();
+    match audit_file {
+        None => layers.push(layer(log_writer).with_filter(filter).boxed()),
+        Some(path) => {
+            let sink = Sink::File(path.to_path_buf());
+            let (audit_writer, guard) = match LineWriter::start(sink, logging.reopen.clone()) {
+                Ok(w) => w,
+                Err(e) => {
+                    // Checked at start-up by `run`, so only a race gets here.
+                    eprintln!("error: audit.file {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            };
+            logging._guards.push(guard);
+            let not_audit = filter_fn(|m| m.target() != audit::TARGET);
+            let only_audit =
+                filter_fn(|m| m.target() == audit::TARGET && *m.level() <= tracing::Level::INFO);
+            layers.push(
+                layer(log_writer)
+                    .with_filter(filter)
+                    .with_filter(not_audit)
+                    .boxed(),
+            );
+            layers.push(layer(audit_writer).with_filter(only_audit).boxed());
+        }
+    }
+    if let Err(e) = tracing_subscriber::registry().with(layers).try_init() {
         eprintln!("warning: logging not initialised: {e}");
     }
+    logging
 }
 
 /// A directive that is a single plain word but no level (`warning`, `verbose`): almost always

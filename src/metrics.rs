@@ -75,8 +75,10 @@ pub struct Metrics {
     pub connections_accepted: IntCounterVec,
     /// Connections open now.
     pub connections_active: IntGaugeVec,
-    /// Connections closed at once because `max_connections` was reached.
+    /// Connections closed at accept, before any TLS work, by the limit that refused them.
     pub connections_rejected: IntCounterVec,
+    /// Log lines of peer-triggered events held back by rate limiting.
+    pub log_events_suppressed: IntCounterVec,
     /// Failed TLS handshakes by reason.
     pub tls_handshake_failures: IntCounterVec,
     /// Verified clients refused by `allowed_clients`.
@@ -127,8 +129,12 @@ pub struct RouteMetrics {
     pub connections_accepted: IntCounter,
     /// See [`Metrics::connections_active`].
     pub connections_active: IntGauge,
-    /// See [`Metrics::connections_rejected`].
-    pub connections_rejected: IntCounter,
+    /// `connections_rejected_total` per reason: `limit`, `per_source`, `pending_handshakes`.
+    pub rejected_limit: IntCounter,
+    /// See [`RouteMetrics::rejected_limit`].
+    pub rejected_per_source: IntCounter,
+    /// See [`RouteMetrics::rejected_limit`].
+    pub rejected_pending: IntCounter,
     /// See [`Metrics::clients_denied`].
     pub clients_denied: IntCounter,
     /// See [`Metrics::messages_received`].
@@ -220,8 +226,13 @@ impl Metrics {
             )?,
             connections_rejected: counter(
                 "mllp_proxy_connections_rejected_total",
-                "Connections closed at once because max_connections was reached.",
-                &["route"],
+                "Connections closed at accept, before any TLS work, by reason (limit, per_source, pending_handshakes).",
+                &["route", "reason"],
+            )?,
+            log_events_suppressed: counter(
+                "mllp_proxy_log_events_suppressed_total",
+                "Log lines of peer-triggered events held back by rate limiting (the events are still counted).",
+                &["route", "event"],
             )?,
             tls_handshake_failures: counter(
                 "mllp_proxy_tls_handshake_failures_total",
@@ -353,7 +364,15 @@ impl Metrics {
             route: route.to_string(),
             connections_accepted: self.connections_accepted.with_label_values(&r),
             connections_active: self.connections_active.with_label_values(&r),
-            connections_rejected: self.connections_rejected.with_label_values(&r),
+            rejected_limit: self
+                .connections_rejected
+                .with_label_values(&[route, "limit"]),
+            rejected_per_source: self
+                .connections_rejected
+                .with_label_values(&[route, "per_source"]),
+            rejected_pending: self
+                .connections_rejected
+                .with_label_values(&[route, "pending_handshakes"]),
             clients_denied: self.clients_denied.with_label_values(&r),
             messages_received: self.messages_received.with_label_values(&r),
             messages_forwarded: self.messages_forwarded.with_label_values(&r),
@@ -384,6 +403,13 @@ impl Metrics {
 }
 
 impl RouteMetrics {
+    /// The suppression counter of one kind of peer-triggered log event.
+    pub fn suppressed(&self, event: &str) -> IntCounter {
+        self.all
+            .log_events_suppressed
+            .with_label_values(&[&self.route, event])
+    }
+
     /// Counts a TLS handshake failure.
     pub fn handshake_failed(&self, reason: &'static str) {
         self.all

@@ -18,6 +18,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::hl7::Validator;
 use crate::listener;
+use crate::logsafe::RouteEvents;
 use crate::metrics::Metrics;
 use crate::session::RouteContext;
 use crate::tls::{AllowList, TlsError, TlsMaterial, TlsReloader};
@@ -110,6 +111,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
             validator: Validator::new(&route.validation),
             upstream: Arc::new(Upstream::new(route.upstream.clone(), max_ack, rm.clone())),
             tls,
+            events: RouteEvents::new(&rm),
+            audit_messages: config.audit.messages,
             metrics: rm,
             cfg: route,
         });

@@ -11,17 +11,20 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::audit;
 use crate::config::{FailureMode, RouteConfig};
 use crate::hl7::{self, Header, NakReason};
+use crate::logsafe::{RouteEvents, escape, escape_str};
 use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
-use crate::tls::{AllowList, ClientIdentity, TlsWatch, handshake_failure_reason};
+use crate::tls::{AllowList, ClientIdentity, PRESENTED, TlsWatch, handshake_failure_reason};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Everything a session of one route needs, shared by all its sessions.
@@ -38,6 +41,10 @@ pub struct RouteContext {
     pub upstream: Arc<Upstream>,
     /// Metric handles bound to this route.
     pub metrics: RouteMetrics,
+    /// Log lines of peer-triggered events, rate-limited.
+    pub events: RouteEvents,
+    /// `audit.messages`: one audit record per message.
+    pub audit_messages: bool,
 }
 
 /// Why a session ended; `side` says who caused it.
@@ -74,6 +81,22 @@ impl SessionEnd {
         }
     }
 
+    /// The bounded word for the audit record.
+    fn label(&self) -> &'static str {
+        match self {
+            SessionEnd::SenderClosed => "sender_closed",
+            SessionEnd::Idle => "idle_timeout",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::FrameTimeout => "frame_timeout",
+            SessionEnd::TruncatedFrame(_) => "truncated_frame",
+            SessionEnd::ReadFailed(_) => "read_failed",
+            SessionEnd::WriteFailed(_) => "write_failed",
+            SessionEnd::NotReading => "sender_not_reading",
+            SessionEnd::OversizeUnreadable => "oversize_unreadable",
+            SessionEnd::Upstream(_) => "upstream_failure",
+        }
+    }
+
     /// Routine ends are logged at debug; the rest need an operator's eye. An upstream failure
     /// was logged where it was handled, with its control ID.
     fn routine(&self) -> bool {
@@ -105,6 +128,7 @@ pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    handshake_permit: Option<OwnedSemaphorePermit>,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!(
@@ -119,23 +143,33 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let acceptor = TlsAcceptor::from(ctx.tls.borrow().clone());
-        let tls = match tokio::time::timeout(ctx.cfg.limits.handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let reason = handshake_failure_reason(&e);
+        let presented = Arc::new(std::sync::Mutex::new(None));
+        let handshake = PRESENTED
+            .scope(
+                presented.clone(),
+                tokio::time::timeout(ctx.cfg.limits.handshake_timeout, acceptor.accept(tcp)),
+            )
+            .await;
+        // No longer a pending handshake, whatever the outcome.
+        drop(handshake_permit);
+        let failure = match handshake {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err((handshake_failure_reason(&e), io_detail(&e))),
+            Err(_) => Err(("timeout", "not completed within handshake_timeout".into())),
+        };
+        let tls = match failure {
+            Ok(tls) => tls,
+            Err((reason, error)) => {
                 ctx.metrics.handshake_failed(reason);
                 if reason == "eof" {
                     // A TCP connect that closes before a byte: load-balancer health checks and
-                    // port probes do this every few seconds. Counted, not worth a warning.
-                    tracing::debug!(side = "sender", reason, error = %e, "TLS handshake failed");
-                } else {
-                    tracing::warn!(side = "sender", reason, error = %e, "TLS handshake failed");
+                    // port probes do this every few seconds. Counted, not worth a line.
+                    tracing::debug!(side = "sender", reason, "TLS handshake failed");
+                } else if let Some(suppressed) = ctx.events.handshake.admit() {
+                    let presented = presented.lock().ok().and_then(|p| p.clone());
+                    tracing::warn!(side = "sender", reason, error = %error, suppressed, "TLS handshake failed");
+                    audit::handshake_refused(reason, presented.as_ref());
                 }
-                return;
-            }
-            Err(_) => {
-                ctx.metrics.handshake_failed("timeout");
-                tracing::warn!(side = "sender", reason = "timeout", "TLS handshake not completed within handshake_timeout");
                 return;
             }
         };
@@ -146,21 +180,36 @@ pub async fn serve(
             .and_then(|chain| chain.first())
             .and_then(ClientIdentity::from_der)
             .unwrap_or_default();
-        tracing::Span::current().record("client", tracing::field::display(&identity));
+        let shown = escape_str(&identity.to_string());
+        tracing::Span::current().record("client", tracing::field::display(&shown));
         let mut tls = tls;
         if !ctx.allow.admits(&identity) {
             ctx.metrics.clients_denied.inc();
-            tracing::warn!(side = "sender", client = %identity, "client certificate verified but not in allowed_clients; connection refused");
+            if let Some(suppressed) = ctx.events.denied.admit() {
+                tracing::warn!(side = "sender", client = %shown, suppressed, "client certificate verified but not in allowed_clients; connection refused");
+                audit::handshake_refused("not_allowed", Some(&identity));
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             return;
         }
-        tracing::debug!("session started");
+        let (version, suite) = {
+            let conn = tls.get_ref().1;
+            (
+                conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("?"),
+                conn.negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("?"),
+            )
+        };
+        audit::session_started(&identity, version, suite);
+        let started = Instant::now();
         let mut session = Session::new(&ctx);
         let end = session.run(&mut tls, &shutdown).await;
+        audit::session_ended(session.messages, started.elapsed(), end.label());
         if end.routine() {
             tracing::debug!(side = end.side(), reason = %end, "session ended");
-        } else {
-            tracing::warn!(side = end.side(), reason = %end, "session ended");
+        } else if let Some(suppressed) = ctx.events.session.admit() {
+            tracing::warn!(side = end.side(), reason = %end, suppressed, "session ended");
         }
         // close_notify, bounded: a sender that stopped reading must not hold the task.
         let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
@@ -176,6 +225,8 @@ struct Session<'a> {
     buf: BytesMut,
     /// Answers to the sender, framed.
     out: BytesMut,
+    /// Frames received, for the audit record of the session's end.
+    messages: u64,
 }
 
 impl<'a> Session<'a> {
@@ -185,6 +236,7 @@ impl<'a> Session<'a> {
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::with_capacity(8 * 1024),
             out: BytesMut::with_capacity(1024),
+            messages: 0,
         }
     }
 
@@ -299,6 +351,7 @@ impl<'a> Session<'a> {
     {
         let m = &self.ctx.metrics;
         m.messages_received.inc();
+        self.messages += 1;
         let msg = match frame {
             Frame::Message(msg) => msg,
             Frame::Oversize { head, len } => return self.refuse_oversize(stream, &head, len).await,
@@ -314,7 +367,7 @@ impl<'a> Session<'a> {
                 .forward_acknowledgment(stream, &forward, header.as_ref(), shutdown)
                 .await;
         }
-        let control_id = header.map_or(&[][..], |h| h.control_id);
+        let control_id = control_id(header.as_ref());
         let started = Instant::now();
         match self
             .ctx
@@ -327,14 +380,19 @@ impl<'a> Session<'a> {
                 m.messages_forwarded.inc();
                 m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
                 m.ack(ack.code);
-                tracing::debug!(
-                    message_type = %lossy(header.map_or(&[][..], |h| h.message_type)),
-                    control_id = %lossy(control_id),
-                    bytes = forward.len(),
-                    ack = %ack.code,
-                    upstream_us = elapsed.as_micros() as u64,
-                    "relayed ACK"
-                );
+                if self.ctx.audit_messages {
+                    let outcome = audit::Outcome::Relayed {
+                        ack: ack.code.as_str(),
+                        engine: &ack.target,
+                        latency: elapsed,
+                    };
+                    audit::message(
+                        control_id,
+                        message_type(header.as_ref()),
+                        forward.len(),
+                        outcome,
+                    );
+                }
                 self.reply(stream, &ack.bytes).await
             }
             Err(e) => {
@@ -362,18 +420,31 @@ impl<'a> Session<'a> {
         let m = &self.ctx.metrics;
         m.message_bytes.observe(len as f64);
         m.rejected("too_large");
-        tracing::warn!(
-            side = "sender",
-            bytes = len,
-            limit = self.ctx.cfg.validation.max_message_bytes,
-            "message over max_message_bytes refused"
-        );
         // Only a complete MSH segment in the kept head is trusted for the NAK.
         let header = head
             .contains(&b'\r')
             .then(|| Header::parse(head).ok())
             .flatten()
             .filter(|h| !h.is_ack());
+        if let Some(suppressed) = self.ctx.events.refused.admit() {
+            tracing::warn!(
+                side = "sender",
+                bytes = len,
+                limit = self.ctx.cfg.validation.max_message_bytes,
+                suppressed,
+                "message over max_message_bytes refused"
+            );
+            let outcome = audit::Outcome::Refused {
+                reason: "too_large",
+                err: 207,
+            };
+            audit::message(
+                control_id(header.as_ref()),
+                message_type(header.as_ref()),
+                len,
+                outcome,
+            );
+        }
         let Some(h) = header else {
             return Err(SessionEnd::OversizeUnreadable);
         };
@@ -399,13 +470,30 @@ impl<'a> Session<'a> {
     {
         let header = Header::parse(msg).ok();
         self.ctx.metrics.rejected(reason.label());
-        let control_id = lossy(header.map_or(&[][..], |h| h.control_id));
-        if header.is_some_and(|h| h.is_ack()) {
+        let is_ack = header.is_some_and(|h| h.is_ack());
+        // A sender can repeat a refused message at will: the lines are rate-limited.
+        if let Some(suppressed) = self.ctx.events.refused.admit() {
+            let id = escape(control_id(header.as_ref()));
+            if is_ack {
+                tracing::debug!(side = "sender", reason = reason.label(), control_id = %id, suppressed, "acknowledgment refused; not answered");
+            } else {
+                tracing::info!(side = "sender", reason = reason.label(), control_id = %id, bytes = msg.len(), suppressed, "message refused with NAK");
+            }
+            let outcome = audit::Outcome::Refused {
+                reason: reason.label(),
+                err: reason.err_code(),
+            };
+            audit::message(
+                control_id(header.as_ref()),
+                message_type(header.as_ref()),
+                msg.len(),
+                outcome,
+            );
+        }
+        if is_ack {
             // An acknowledgment is never answered, not even with a NAK.
-            tracing::debug!(side = "sender", reason = reason.label(), control_id = %control_id, "acknowledgment refused; not answered");
             return Ok(());
         }
-        tracing::info!(side = "sender", reason = reason.label(), control_id = %control_id, bytes = msg.len(), "message refused with NAK");
         let nak = hl7::build_nak(header.as_ref(), reason);
         self.reply(stream, &nak).await
     }
@@ -423,9 +511,12 @@ impl<'a> Session<'a> {
         S: AsyncWrite + Unpin,
     {
         match self.ctx.upstream.send_only(msg, shutdown).await {
-            Ok(()) => {
+            Ok(engine) => {
                 self.ctx.metrics.messages_forwarded.inc();
-                tracing::debug!(control_id = %lossy(header.map_or(&[][..], |h| h.control_id)), bytes = msg.len(), "forwarded acknowledgment");
+                if self.ctx.audit_messages {
+                    let outcome = audit::Outcome::Forwarded { engine: &engine };
+                    audit::message(control_id(header), message_type(header), msg.len(), outcome);
+                }
                 Ok(())
             }
             // Never answered: the failure only closes the sender's connection in `close` mode.
@@ -459,11 +550,19 @@ impl<'a> Session<'a> {
             side = "upstream",
             kind = e.kind(),
             engine = e.target().unwrap_or("none"),
-            control_id = %lossy(header.map_or(&[][..], |h| h.control_id)),
+            control_id = %escape(control_id(header)),
             answer = if nak { "AR" } else { "none (connection closed)" },
             error = %e,
             "upstream failure; message not acknowledged by the engine"
         );
+        if self.ctx.audit_messages {
+            let outcome = audit::Outcome::Failed {
+                kind: e.kind(),
+                engine: e.target(),
+                answer: if nak { "AR" } else { "none" },
+            };
+            audit::message(control_id(header), message_type(header), 0, outcome);
+        }
         if !nak {
             return Err(SessionEnd::Upstream(e));
         }
@@ -491,10 +590,14 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Header fields for logs. Bounded in length: a hostile sender controls these bytes.
-fn lossy(b: &[u8]) -> String {
-    let b = &b[..b.len().min(64)];
-    String::from_utf8_lossy(b).into_owned()
+/// MSH-10, or nothing when MSH could not be read.
+fn control_id<'a>(header: Option<&Header<'a>>) -> &'a [u8] {
+    header.map_or(&[][..], |h| h.control_id)
+}
+
+/// MSH-9, or nothing when MSH could not be read.
+fn message_type<'a>(header: Option<&Header<'a>>) -> &'a [u8] {
+    header.map_or(&[][..], |h| h.message_type)
 }
 
 #[cfg(test)]
@@ -535,6 +638,8 @@ routes:
         let metrics = Metrics::new().unwrap().route("t");
         RouteContext {
             tls,
+            events: RouteEvents::new(&metrics),
+            audit_messages: true,
             allow: AllowList::default(),
             validator: hl7::Validator::new(&cfg.validation),
             upstream: Arc::new(Upstream::new(

@@ -123,6 +123,11 @@ impl NakReason {
         }
     }
 
+    /// The ERR code (HL7 table 0357) of the NAK.
+    pub fn err_code(self) -> u16 {
+        self.parts().1
+    }
+
     fn parts(self) -> (bool, u16, &'static str) {
         match self {
             NakReason::Content { code, text } => (false, code, text),

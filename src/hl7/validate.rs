@@ -153,8 +153,9 @@ fn unsupported(code: u16, text: &'static str) -> Rejection {
 /// terminator (ERR 100), lenient turns it into CR. Written without an early exit so that it
 /// compiles to a vectorised scan.
 fn has_control_character(msg: &[u8]) -> bool {
-    msg.iter()
-        .fold(false, |bad, &b| bad | (b < 0x20 && b != b'\r' && b != b'\n' && b != b'\t'))
+    msg.iter().fold(false, |bad, &b| {
+        bad | (b < 0x20 && b != b'\r' && b != b'\n' && b != b'\t')
+    })
 }
 
 /// Strict segment rules: `\r` terminators (including the last), no empty segments, and IDs of
@@ -253,9 +254,16 @@ mod tests {
         let off = validator(ValidationMode::Off);
         assert!(off.check(nul_in_msh3).is_ok());
         let framed = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rNTE|1||a\x1cb\r";
-        for mode in [ValidationMode::Strict, ValidationMode::Lenient, ValidationMode::Off] {
+        for mode in [
+            ValidationMode::Strict,
+            ValidationMode::Lenient,
+            ValidationMode::Off,
+        ] {
             let r = validator(mode).check(framed).unwrap_err();
-            assert!(matches!(r.reason, NakReason::Content { code: 102, .. }), "{mode:?}");
+            assert!(
+                matches!(r.reason, NakReason::Content { code: 102, .. }),
+                "{mode:?}"
+            );
         }
     }
 

@@ -18,6 +18,12 @@ pub struct ClientIdentity {
     pub uri: Vec<String>,
     /// e-mail (RFC 822) subject alternative names.
     pub email: Vec<String>,
+    /// The subject's distinguished name, for the audit trail.
+    pub subject: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
 }
 
 /// A route's `allowed_clients`.
@@ -36,6 +42,9 @@ impl ClientIdentity {
                 .iter_common_name()
                 .filter_map(|cn| cn.as_str().ok().map(str::to_string))
                 .collect(),
+            subject: cert.subject().to_string(),
+            serial: cert.raw_serial_as_string(),
+            issuer: cert.issuer().to_string(),
             ..Default::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -119,6 +128,7 @@ mod tests {
             dns: vec!["lab.example.org".into()],
             uri: vec!["spiffe://h/lab".into()],
             email: vec!["Lab@Example.org".into()],
+            ..Default::default()
         };
         for m in [
             ClientMatcher::Cn("lab-sender".into()),

@@ -11,11 +11,16 @@ mod reload;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::config::{TlsConfig, TlsVersion};
 
@@ -72,6 +77,69 @@ pub struct TlsMaterial {
     pub crl_next_updates: Vec<(PathBuf, Option<i64>)>,
     /// The raw file contents, compared on each poll to detect changes.
     pub(crate) fingerprint: Vec<Vec<u8>>,
+}
+
+tokio::task_local! {
+    /// The certificate a client presented in the handshake being run on this task: the audit
+    /// trail records who was refused, and rustls keeps no connection state after a failure.
+    pub static PRESENTED: Arc<std::sync::Mutex<Option<ClientIdentity>>>;
+}
+
+/// The WebPKI client verifier, noting the presented certificate in [`PRESENTED`] first.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for RecordingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let _ = PRESENTED.try_with(|slot| {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = ClientIdentity::from_der(end_entity);
+            }
+        });
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The crypto provider used everywhere: aws-lc-rs.
@@ -147,20 +215,20 @@ impl TlsMaterial {
 
         // Revocation is checked for the sender's own certificate; a sender whose CA has no CRL
         // configured is not refused for that (the CA bundle may mix CAs with and without CRLs).
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .with_crls(crls)
-                .only_check_end_entity_revocation()
-                .allow_unknown_revocation_status()
-                .build()
-                .map_err(|e| {
-                    let (key, path) = if cfg.crl.is_empty() {
-                        ("tls.client_ca", &cfg.client_ca)
-                    } else {
-                        ("tls.crl", &cfg.crl[0])
-                    };
-                    err(key, path, format!("client verifier: {e}"))
-                })?;
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| {
+                let (key, path) = if cfg.crl.is_empty() {
+                    ("tls.client_ca", &cfg.client_ca)
+                } else {
+                    ("tls.crl", &cfg.crl[0])
+                };
+                err(key, path, format!("client verifier: {e}"))
+            })?;
+        let verifier = Arc::new(RecordingVerifier { inner: webpki });
 
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],

@@ -2,6 +2,7 @@
 //! correlates the answer with the message (MSA-2 = MSH-10), so a caller only ever sees the ACK
 //! of the message it sent, or a failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,12 +21,14 @@ pub struct Ack {
     pub bytes: Bytes,
     /// Its MSA-1.
     pub code: AckCode,
+    /// The target that answered.
+    pub target: Arc<str>,
 }
 
 /// One open connection to the engine, carrying one exchange at a time.
 pub struct UpstreamConn {
     stream: TcpStream,
-    target: String,
+    target: Arc<str>,
     buf: BytesMut,
     codec: MllpCodec,
     /// The framed message being written; kept so a warm connection does not allocate.
@@ -47,7 +50,7 @@ impl UpstreamConn {
     /// Wraps a connected stream to `target`; answers over `max_ack_bytes` are protocol failures.
     pub(super) fn new(
         stream: TcpStream,
-        target: String,
+        target: Arc<str>,
         max_ack_bytes: usize,
         duplicates: IntCounter,
     ) -> Self {
@@ -110,7 +113,7 @@ impl UpstreamConn {
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::Timeout {
-                target: self.target.clone(),
+                target: self.target.to_string(),
                 timeout: ack_timeout,
             }),
         }
@@ -124,7 +127,7 @@ impl UpstreamConn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.closed(false, e.to_string())),
             Err(_) => Err(UpstreamError::Timeout {
-                target: self.target.clone(),
+                target: self.target.to_string(),
                 timeout,
             }),
         }
@@ -181,7 +184,11 @@ impl UpstreamConn {
             return Err(self.protocol("ACK MSA-2 does not match the message's MSH-10"));
         }
         let code = info.code;
-        Ok(Answer::Ack(Ack { bytes, code }))
+        Ok(Answer::Ack(Ack {
+            bytes,
+            code,
+            target: self.target.clone(),
+        }))
     }
 
     fn unsolicited(&self) -> UpstreamError {
@@ -190,14 +197,14 @@ impl UpstreamConn {
 
     fn protocol(&self, detail: &'static str) -> UpstreamError {
         UpstreamError::Protocol {
-            target: self.target.clone(),
+            target: self.target.to_string(),
             detail,
         }
     }
 
     fn closed(&self, answered: bool, detail: String) -> UpstreamError {
         UpstreamError::Closed {
-            target: self.target.clone(),
+            target: self.target.to_string(),
             answered,
             detail,
         }

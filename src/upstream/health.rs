@@ -7,8 +7,8 @@
 //! with real traffic, and twenty sessions arriving at a dead target do not each wait
 //! `connect_timeout` for it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// One configured target and what is known about it.
 pub struct Target {
     /// `host:port` as configured (the metric label).
-    pub addr: String,
+    pub addr: Arc<str>,
     state: Mutex<State>,
     /// Held by whoever connects to this target.
     gate: AsyncMutex<()>,
@@ -45,9 +45,9 @@ struct State {
 
 impl Target {
     /// A target of unknown health: reported down until a connect or probe succeeds.
-    pub fn new(addr: String, metrics: TargetMetrics) -> Self {
+    pub fn new(addr: &str, metrics: TargetMetrics) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             state: Mutex::new(State {
                 up: false,
                 failures: 0,
@@ -130,7 +130,7 @@ impl Target {
     }
 
     async fn connect_gated(&self, timeout: Duration) -> Result<TcpStream, String> {
-        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&self.addr)).await {
+        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
             Ok(Ok(stream)) => {
                 self.mark_up();
                 return Ok(stream);

@@ -100,7 +100,7 @@ impl Upstream {
         let targets = cfg
             .targets
             .iter()
-            .map(|t| Arc::new(Target::new(t.clone(), metrics.target(t))))
+            .map(|t| Arc::new(Target::new(t, metrics.target(t))))
             .collect();
         Self {
             pool: Pool::new(cfg.max_connections),
@@ -157,17 +157,19 @@ impl Upstream {
         result
     }
 
-    /// Writes `msg` (an acknowledgment from the sender), expecting no answer.
+    /// Writes `msg` (an acknowledgment from the sender), expecting no answer; returns the
+    /// target it went to.
     pub async fn send_only(
         &self,
         msg: &[u8],
         shutdown: &CancellationToken,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<Arc<str>, UpstreamError> {
         let _permit = self.permit(shutdown).await?;
         let (mut c, _) = self.connection().await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
+        let target = c.target.addr.clone();
         self.pool.put_idle(c);
-        Ok(())
+        Ok(target)
     }
 
     /// Waits first-in first-out for the right to one exchange, within `queue_timeout`.

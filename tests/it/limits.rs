@@ -89,7 +89,7 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
     assert_eq!(
         metric(
             &proxy,
-            "mllp_proxy_connections_rejected_total{route=\"test\"}"
+            "mllp_proxy_connections_rejected_total{reason=\"limit\",route=\"test\"}"
         )
         .await,
         1.0

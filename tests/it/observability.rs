@@ -230,8 +230,10 @@ fn no_patient_data_reaches_the_logs_even_at_trace_level() {
     assert_eq!(proxy.terminate().code(), Some(0));
     let lines = proxy.log_lines();
     assert!(
-        lines.iter().any(|l| l.contains("relayed ACK")),
-        "debug lines were logged"
+        lines
+            .iter()
+            .any(|l| l.contains("\"target\":\"audit\"") && l.contains("\"ack\":\"AA\"")),
+        "audit records were logged"
     );
     assert!(
         lines.iter().any(|l| l.contains("TRACE")),

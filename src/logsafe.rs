@@ -1,0 +1,170 @@
+//! What a peer can put into a log line: escaped values and rate-limited events.
+//!
+//! A sender controls its control IDs and message types, and a certificate's owner its subject;
+//! written raw they could carry terminal escape sequences or forged line breaks into an
+//! operator's screen, and a peer that repeats a failing handshake at will could flood the log.
+//! Counters always count every event; only the lines are limited.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+
+/// Longest escaped value written to a log line, in bytes before escaping.
+pub const MAX_LOGGED: usize = 64;
+
+/// `bytes` for a log line: at most [`MAX_LOGGED`] bytes, control characters, DEL, backslash and
+/// bytes that are not UTF-8 written as `\xNN`, and `…` when it was cut.
+pub fn escape(bytes: &[u8]) -> String {
+    let cut = bytes.len() > MAX_LOGGED;
+    let bytes = &bytes[..bytes.len().min(MAX_LOGGED)];
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02X}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+    if cut {
+        out.push('…');
+    }
+    out
+}
+
+/// [`escape`] for text (certificate fields, identities).
+pub fn escape_str(text: &str) -> String {
+    escape(text.as_bytes())
+}
+
+/// Lines a peer-triggered event may write: a burst, then a steady rate; what is held back is
+/// counted and reported on the next line that is written.
+pub struct EventLog {
+    state: Mutex<Bucket>,
+    suppressed_total: IntCounter,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+/// Lines written at once before the rate applies.
+const BURST: f64 = 20.0;
+/// Lines per second after the burst.
+const PER_SECOND: f64 = 2.0;
+
+impl EventLog {
+    /// A limiter counting what it holds back in `suppressed_total`.
+    pub fn new(suppressed_total: IntCounter) -> Self {
+        Self {
+            state: Mutex::new(Bucket {
+                tokens: BURST,
+                last: Instant::now(),
+                suppressed: 0,
+            }),
+            suppressed_total,
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being how many were held back since the
+    /// last one (write it in the line); `None` when this one is held back.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let Ok(mut b) = self.state.lock() else {
+            return Some(0);
+        };
+        let elapsed = now.saturating_duration_since(b.last);
+        b.last = now;
+        b.tokens = (b.tokens + elapsed.as_secs_f64() * PER_SECOND).min(BURST);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Some(std::mem::take(&mut b.suppressed))
+        } else {
+            b.suppressed += 1;
+            self.suppressed_total.inc();
+            None
+        }
+    }
+}
+
+/// The rate-limited events of one route.
+pub struct RouteEvents {
+    /// TLS handshakes that failed (`event="handshake_failure"`).
+    pub handshake: EventLog,
+    /// Connections closed at accept by a limit (`connection_rejected`).
+    pub rejected: EventLog,
+    /// Verified clients outside `allowed_clients` (`client_denied`).
+    pub denied: EventLog,
+    /// Messages answered with the proxy's NAK (`message_refused`).
+    pub refused: EventLog,
+    /// Sessions ended by a sender fault (`session_error`).
+    pub session: EventLog,
+}
+
+impl RouteEvents {
+    /// The limiters of `route`, counting into its `log_events_suppressed_total` series.
+    pub fn new(metrics: &crate::metrics::RouteMetrics) -> Self {
+        let log = |event| EventLog::new(metrics.suppressed(event));
+        Self {
+            handshake: log("handshake_failure"),
+            rejected: log("connection_rejected"),
+            denied: log("client_denied"),
+            refused: log("message_refused"),
+            session: log("session_error"),
+        }
+    }
+}
+
+/// How long a burst of [`BURST`] lines takes to refill: for docs and tests.
+pub fn refill_time() -> Duration {
+    Duration::from_secs_f64(BURST / PER_SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_writes_controls_as_hex_and_bounds_the_length() {
+        assert_eq!(escape(b"MSG-1"), "MSG-1");
+        assert_eq!(escape(b"INJ\x1b[31mRED\n"), "INJ\\x1B[31mRED\\x0A");
+        assert_eq!(escape(b"a\\b\x00\x7f"), "a\\x5Cb\\x00\\x7F");
+        assert_eq!(escape(b"caf\xe9"), "caf\\xE9");
+        assert_eq!(escape("café".as_bytes()), "café");
+        let long = escape(&[b'x'; 500]);
+        assert_eq!(long.chars().count(), MAX_LOGGED + 1);
+        assert!(long.ends_with('…'));
+        // A C1 control (U+009B, CSI) is escaped too.
+        assert_eq!(escape_str("a\u{9b}b"), "a\\xC2\\x9Bb");
+    }
+
+    #[test]
+    fn a_flood_gets_a_burst_then_a_steady_rate_and_the_rest_is_counted() {
+        let counter = IntCounter::new("t", "t").unwrap();
+        let log = EventLog::new(counter.clone());
+        let start = Instant::now();
+        let written = (0..5000).filter(|_| log.admit_at(start).is_some()).count();
+        assert_eq!(written, 20);
+        assert_eq!(counter.get(), 4980);
+        // One second later two more lines, the first reporting what was held back.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(log.admit_at(later), Some(4980));
+        assert_eq!(log.admit_at(later), Some(0));
+        assert_eq!(log.admit_at(later), None);
+        assert_eq!(counter.get(), 4981);
+    }
+}
