@@ -10,5 +10,6 @@ mod interop;
 mod limits;
 mod observability;
 mod reliability;
+mod security;
 mod support;
 mod upstream;

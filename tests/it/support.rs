@@ -300,6 +300,8 @@ pub enum Behaviour {
     AckPadded(usize),
     /// Answers AA, and closes a connection idle for this long.
     AckCloseWhenIdle(Duration),
+    /// Answers AR to the message with this control ID, AA to the others.
+    RejectId(&'static str),
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -465,6 +467,12 @@ async fn engine_connection(
                     tokio::time::sleep(d).await;
                     build_accept(header.as_ref())
                 }
+                Behaviour::RejectId(id)
+                    if header.is_some_and(|h| h.control_id == id.as_bytes()) =>
+                {
+                    mllp_proxy::hl7::build_ack(header.as_ref(), mllp_proxy::hl7::AckCode::AR)
+                }
+                Behaviour::RejectId(_) => build_accept(header.as_ref()),
                 Behaviour::AckPadded(n) => {
                     let mut ack = build_accept(header.as_ref());
                     ack.extend_from_slice(b"NTE|1||");

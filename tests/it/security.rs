@@ -1,0 +1,266 @@
+//! The findings of the security review: limits before any TLS work, bounded logs under a
+//! flood, the audit trail, and escaped peer-controlled values.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mllp_proxy::client::{MllpClient, http_get};
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A TCP connection to `to` from source address `from` that never starts TLS.
+async fn idle_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(format!("{from}:0").parse().ok()?).ok()?;
+    tokio::time::timeout(Duration::from_secs(2), socket.connect(to))
+        .await
+        .ok()?
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_connections_from_one_address_do_not_lock_out_another() {
+    // 1,100 TCP connections from 127.0.0.2 that never start TLS: 64 are held as pending
+    // handshakes, the rest closed at accept (per_source). A sender from 127.0.0.1 meanwhile
+    // gets its AA within a second.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let addr = proxy.routes[0].1;
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        if let Some(s) = idle_from("127.0.0.2", addr).await {
+            held.push(s);
+        }
+    }
+    assert!(held.len() >= 1000, "{} connected", held.len());
+    let started = Instant::now();
+    let mut c = MllpClient::connect(&pki.target(addr, ClientCert::Good), T)
+        .await
+        .expect("the good sender connects");
+    let ack = c.exchange(&adt("GOOD-1"), T).await.expect("ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "GOOD-1".into()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let per_source = "mllp_proxy_connections_rejected_total{reason=\"per_source\",route=\"test\"}";
+    assert!(metric_reaches(&proxy, per_source, 1036.0).await);
+    assert_eq!(
+        metric(&proxy, "mllp_proxy_connections_active{route=\"test\"}").await,
+        65.0
+    );
+}
+
+#[test]
+fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
+    // 5,000 plaintext connections to the TLS port, one after another: every one is counted
+    // as a failed handshake, but the log gets a burst of 20 lines and 2 a second after that;
+    // the rest are counted as suppressed, and the next line says how many.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    let engine = rt.block_on(Engine::start(Behaviour::Ack));
+    let yaml = pki
+        .config_yaml(&[engine.target()], "")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let proxy = ProxyProcess::spawn(&config_path, "info");
+    let started = Instant::now();
+    for _ in 0..5000 {
+        let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
+        let _ = s.write_all(b"\x0bMSH|^~\\&|plain MLLP on a TLS port\x1c\r");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.read(&mut [0u8; 512]);
+    }
+    let took = started.elapsed();
+    let metrics = rt
+        .block_on(http_get(proxy.admin, "/metrics"))
+        .expect("metrics");
+    let value = |sample: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        value("mllp_proxy_tls_handshake_failures_total{reason=\"not_tls\",route=\"test\"}"),
+        5000.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = proxy.log_lines();
+    let logged = lines
+        .iter()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .count();
+    let bound = 20 + (2.0 * took.as_secs_f64()).ceil() as usize + 1;
+    assert!(logged <= bound, "{logged} lines in {took:?}");
+    let suppressed =
+        value("mllp_proxy_log_events_suppressed_total{event=\"handshake_failure\",route=\"test\"}");
+    assert_eq!(suppressed as usize + logged, 5000);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"suppressed\":") && !l.contains("\"suppressed\":0")),
+        "a line reports what was held back"
+    );
+}
+
+/// The JSON audit records of a log.
+fn audit_records(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect()
+}
+
+#[test]
+fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
+    // One session, three messages: AA from the engine, AE from the proxy (no MSH-12), AR from
+    // the engine. The JSON log holds the session's start (subject, serial, issuer, identity,
+    // TLS version and suite), a record per message and the session's end; a refused
+    // certificate leaves a record with the presented certificate's subject and issuer.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = Pki::new();
+    pki.issue_client_serial("audited", "audited-sender", 0x4711);
+    let engine = rt.block_on(Engine::start(Behaviour::RejectId("AUD-3")));
+    let yaml = pki
+        .config_yaml(&[engine.target()], "")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let mut proxy = ProxyProcess::spawn(&config_path, "info");
+    let addr = proxy.addr;
+    rt.block_on(async {
+        let mut c = MllpClient::connect(&pki.target_named(addr, "audited"), T)
+            .await
+            .expect("connect");
+        let ack = c.exchange(&adt("AUD-1"), T).await.expect("AA");
+        assert_eq!(msa(&ack).0, "AA");
+        let no_version = b"MSH|^~\\&|A|B|C|D|20261126||ADT^A01|AUD-2|P|\rPID|1||X\r";
+        let nak = c.exchange(no_version, T).await.expect("AE");
+        assert_eq!(msa(&nak).0, "AE");
+        let ar = c.exchange(&adt("AUD-3"), T).await.expect("AR");
+        assert_eq!(msa(&ar).0, "AR");
+        c.close().await;
+        let refused = MllpClient::connect(&pki.target(addr, ClientCert::OtherCa), T).await;
+        if let Ok(mut r) = refused {
+            let _ = r.check_admitted(Duration::from_millis(300)).await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(proxy.terminate().success());
+    let records = audit_records(&proxy.log_lines());
+    let find =
+        |event: &str| -> Vec<&Value> { records.iter().filter(|r| r["event"] == event).collect() };
+    let start = find("session_start");
+    assert_eq!(start.len(), 1, "{records:?}");
+    let s = start[0];
+    assert_eq!(s["level"], "INFO");
+    assert!(
+        s["subject"]
+            .as_str()
+            .is_some_and(|v| v.contains("CN=audited-sender")),
+        "{s}"
+    );
+    assert_eq!(s["serial"], "47:11");
+    assert!(
+        s["issuer"]
+            .as_str()
+            .is_some_and(|v| v.contains("CN=test CA")),
+        "{s}"
+    );
+    assert_eq!(s["identity"], "cn:audited-sender");
+    assert_eq!(s["tls_version"], "TLSv1_3");
+    assert!(
+        s["cipher_suite"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLS13_")),
+        "{s}"
+    );
+    assert_eq!(
+        s["span"]["peer"]
+            .as_str()
+            .map(|p| p.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+
+    let messages = find("message");
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let (m1, m2, m3) = (messages[0], messages[1], messages[2]);
+    assert_eq!(
+        (m1["control_id"].as_str(), m1["ack"].as_str()),
+        (Some("AUD-1"), Some("AA"))
+    );
+    assert_eq!(m1["message_type"], "ADT^A01^ADT_A01");
+    assert_eq!(m1["engine"], engine.target());
+    assert!(m1["bytes"].as_u64().is_some_and(|b| b > 50));
+    assert!(m1["latency_us"].as_u64().is_some());
+    assert_eq!(
+        (m2["control_id"].as_str(), m2["nak"].as_str()),
+        (Some("AUD-2"), Some("required_field"))
+    );
+    assert_eq!(m2["err_code"], 101);
+    assert_eq!(
+        (m3["control_id"].as_str(), m3["ack"].as_str()),
+        (Some("AUD-3"), Some("AR"))
+    );
+
+    let end = find("session_end");
+    assert_eq!(end.len(), 1);
+    assert_eq!(end[0]["messages"], 3);
+    assert_eq!(end[0]["reason"], "sender_closed");
+    assert!(end[0]["duration_ms"].as_u64().is_some());
+
+    let refused = find("handshake_refused");
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(refused[0]["reason"], "unknown_ca");
+    assert!(
+        refused[0]["issuer"]
+            .as_str()
+            .is_some_and(|v| v.contains("CN=other CA")),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        refused[0]["subject"]
+            .as_str()
+            .is_some_and(|v| v.contains("CN=lab-sender"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
+    // MSH-10 holding ESC and then LF: the message is refused (a control character), and the
+    // log line and audit record show the control ID with \x1B, never the raw escape. (The
+    // header ends at the LF, a segment break to the reader; escape() writes LF as \x0A.)
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = pki
+        .config_yaml(&[engine.target()], "")
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    let proxy = ProxyProcess::spawn(&config_path, "info");
+    let mut c = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
+        .await
+        .expect("connect");
+    let msg = b"MSH|^~\\&|A|B|C|D|20261126||ADT^A01|INJ\x1b[31mRED\nX|P|2.5.1\rPID|1||X\r";
+    let nak = c.exchange(msg, T).await.expect("NAK");
+    assert_eq!(msa(&nak).0, "AE");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = proxy.log_lines();
+    let mentions: Vec<&String> = lines.iter().filter(|l| l.contains("INJ")).collect();
+    assert!(mentions.len() >= 2, "{lines:?}");
+    for l in &mentions {
+        assert!(l.contains(r#""control_id":"INJ\\x1B[31mRED""#), "{l}");
+        assert!(!l.contains('\x1b') && !l.contains(r"\u001b"), "{l}");
+    }
+}
