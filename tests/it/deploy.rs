@@ -186,12 +186,12 @@ fn every_configuration_key_is_documented() {
         if in_raw && t == "}" {
             in_raw = false;
         }
-        if in_raw {
-            if let Some((name, _)) = t.split_once(':') {
-                if !name.starts_with("#") && !name.starts_with("//") {
-                    keys.insert(name.trim().to_string());
-                }
-            }
+        if in_raw
+            && let Some((name, _)) = t.split_once(':')
+            && !name.starts_with("#")
+            && !name.starts_with("//")
+        {
+            keys.insert(name.trim().to_string());
         }
     }
     assert!(keys.len() >= 30, "found only {} keys: {keys:?}", keys.len());
