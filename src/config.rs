@@ -137,6 +137,46 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     /// How often the files are compared with the material in service.
     pub reload_interval: Duration,
+    /// rustls names of the cipher suites offered; empty: the provider's defaults.
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups offered (`secp256r1`, `X25519MLKEM768`, …); empty: the defaults.
+    pub groups: Vec<String>,
+    /// How CRLs are applied.
+    pub revocation: RevocationConfig,
+}
+
+/// How certificate revocation lists are applied to client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// Which certificates of the chain are checked.
+    pub depth: RevocationDepth,
+    /// A certificate whose issuer has no CRL configured.
+    pub unknown_status: Policy,
+    /// A CRL past its nextUpdate.
+    pub expired_crl: Policy,
+}
+
+/// Which certificates revocation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationDepth {
+    /// The sender's own certificate only.
+    #[default]
+    EndEntity,
+    /// Every certificate of the chain below the root.
+    Chain,
+}
+
+/// Admit or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Admit.
+    #[default]
+    Allow,
+    /// Refuse.
+    Deny,
 }
 
 /// Lowest accepted TLS protocol version.
@@ -417,6 +457,12 @@ struct RawTls {
     min_version: String,
     #[serde(default = "RawTls::default_reload_interval")]
     reload_interval: String,
+    #[serde(default)]
+    cipher_suites: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    revocation: RevocationConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -813,6 +859,9 @@ impl RawTls {
             crl,
             min_version,
             reload_interval: duration(&format!("{k}.reload_interval"), &self.reload_interval)?,
+            cipher_suites: self.cipher_suites,
+            groups: self.groups,
+            revocation: self.revocation,
         })
     }
 }

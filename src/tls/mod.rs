@@ -22,31 +22,100 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
-use crate::config::{TlsConfig, TlsVersion};
+use crate::config::{Policy, RevocationDepth, TlsConfig, TlsVersion};
 
 pub use identity::{AllowList, ClientIdentity};
 pub use reload::{TlsReloader, TlsWatch};
 
-/// A TLS material error: the configuration key, the file and the reason.
+/// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {path}: {reason}")]
+#[error("{key}: {}{reason}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
 pub struct TlsError {
-    /// The configuration key that names the file (`tls.certificate`, …).
-    pub key: &'static str,
-    /// The file at fault.
-    pub path: PathBuf,
-    /// What is wrong with it.
+    /// The configuration key (`tls.certificate`, `tls.cipher_suites[1]`, …).
+    pub key: String,
+    /// The file at fault, if the key names one.
+    pub path: Option<PathBuf>,
+    /// What is wrong.
     pub reason: String,
 }
 
 impl TlsError {
-    fn new(key: &'static str, path: &Path, reason: impl std::fmt::Display) -> Self {
+    fn new(key: impl Into<String>, path: &Path, reason: impl std::fmt::Display) -> Self {
         TlsError {
-            key,
-            path: path.to_path_buf(),
+            key: key.into(),
+            path: Some(path.to_path_buf()),
             reason: reason.to_string(),
         }
     }
+
+    fn policy(key: String, reason: String) -> Self {
+        TlsError {
+            key,
+            path: None,
+            reason,
+        }
+    }
+}
+
+/// The crypto provider of a route: aws-lc-rs, narrowed to `tls.cipher_suites` and
+/// `tls.groups` when they are set (a TLS policy such as NIST SP 800-52r2 or BSI TR-02102-2).
+pub fn route_provider(cfg: &TlsConfig) -> Result<Arc<CryptoProvider>, TlsError> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    if !cfg.cipher_suites.is_empty() {
+        let offered: Vec<&str> = p
+            .cipher_suites
+            .iter()
+            .filter_map(|s| s.suite().as_str())
+            .collect();
+        let mut chosen = Vec::with_capacity(cfg.cipher_suites.len());
+        for (j, name) in cfg.cipher_suites.iter().enumerate() {
+            let suite = p
+                .cipher_suites
+                .iter()
+                .find(|s| s.suite().as_str() == Some(name.as_str()))
+                .ok_or_else(|| {
+                    TlsError::policy(
+                        format!("tls.cipher_suites[{j}]"),
+                        format!(
+                            "unknown cipher suite `{name}`; this build offers {}",
+                            offered.join(", ")
+                        ),
+                    )
+                })?;
+            chosen.push(*suite);
+        }
+        p.cipher_suites = chosen;
+    }
+    if !cfg.groups.is_empty() {
+        let offered: Vec<&str> = p
+            .kx_groups
+            .iter()
+            .filter_map(|g| g.name().as_str())
+            .collect();
+        let mut chosen = Vec::with_capacity(cfg.groups.len());
+        for (j, name) in cfg.groups.iter().enumerate() {
+            let group = p
+                .kx_groups
+                .iter()
+                .find(|g| {
+                    g.name()
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                })
+                .ok_or_else(|| {
+                    TlsError::policy(
+                        format!("tls.groups[{j}]"),
+                        format!(
+                            "unknown key exchange group `{name}`; this build offers {}",
+                            offered.join(", ")
+                        ),
+                    )
+                })?;
+            chosen.push(*group);
+        }
+        p.kx_groups = chosen;
+    }
+    Ok(Arc::new(p))
 }
 
 /// Reads one file, naming the key that points at it on error.
@@ -155,8 +224,8 @@ impl TlsMaterial {
     }
 
     fn from_contents(cfg: &TlsConfig, files: Vec<Vec<u8>>) -> Result<Self, TlsError> {
-        let provider = provider();
-        let err = |key, path: &Path, reason: String| TlsError::new(key, path, reason);
+        let provider = route_provider(cfg)?;
+        let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
 
         let chain =
             parse_certs(&files[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
@@ -213,21 +282,35 @@ impl TlsMaterial {
         }
         let crl_count = crls.len();
 
-        // Revocation is checked for the sender's own certificate; a sender whose CA has no CRL
-        // configured is not refused for that (the CA bundle may mix CAs with and without CRLs).
+        // By default revocation is checked for the sender's own certificate, and a sender whose
+        // CA has no CRL configured is not refused for that (the CA bundle may mix CAs with and
+        // without CRLs); tls.revocation tightens both.
         let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| {
-                let (key, path) = if cfg.crl.is_empty() {
-                    ("tls.client_ca", &cfg.client_ca)
-                } else {
-                    ("tls.crl", &cfg.crl[0])
-                };
-                err(key, path, format!("client verifier: {e}"))
-            })?;
+            .with_crls(crls);
+        let r = cfg.revocation;
+        let webpki = if r.depth == RevocationDepth::EndEntity {
+            webpki.only_check_end_entity_revocation()
+        } else {
+            webpki
+        };
+        let webpki = if r.unknown_status == Policy::Allow {
+            webpki.allow_unknown_revocation_status()
+        } else {
+            webpki
+        };
+        let webpki = if r.expired_crl == Policy::Deny {
+            webpki.enforce_revocation_expiration()
+        } else {
+            webpki
+        };
+        let webpki = webpki.build().map_err(|e| {
+            let (key, path) = if cfg.crl.is_empty() {
+                ("tls.client_ca", &cfg.client_ca)
+            } else {
+                ("tls.crl", &cfg.crl[0])
+            };
+            err(key, path, format!("client verifier: {e}"))
+        })?;
         let verifier = Arc::new(RecordingVerifier { inner: webpki });
 
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mllp_proxy::client::MllpClient;
+use mllp_proxy::config::Config;
 use rcgen::{DnType, SanType};
 
 use crate::support::*;
@@ -376,5 +377,137 @@ async fn openssl_s_client_is_served_only_with_a_good_certificate_and_tls_1_2_or_
         let out =
             tokio::task::block_in_place(|| s_client(addr, &pki, &args)).expect("openssl runs");
         assert_eq!(out.contains("MSA|AA|OSSL-1"), served, "{what}: {out:?}");
+    }
+}
+
+/// The `tls:` keys of a profile block of docs/security.md (`# profile: NAME`).
+fn security_profile(name: &str) -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"))
+            .expect("docs/security.md");
+    let block = doc
+        .split(&format!("# profile: {name}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("profile block");
+    block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("tls:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_groups() {
+    // Each ready-made policy of docs/security.md, as written there, under openssl s_client:
+    // an allowed suite and group get the engine's ACK; a suite or group left out, or TLS 1.2
+    // under "modern", fails the handshake.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let cases: [(&str, &[&[&str]], &[&[&str]]); 3] = [
+        (
+            "modern",
+            &[&["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]],
+            &[&["-tls1_2"]],
+        ),
+        (
+            "intermediate",
+            &[
+                &["-tls1_3", "-groups", "X25519"],
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+            ],
+            &[&["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"]],
+        ),
+        (
+            "nist-bsi",
+            &[
+                &[
+                    "-tls1_3",
+                    "-ciphersuites",
+                    "TLS_AES_256_GCM_SHA384",
+                    "-groups",
+                    "P-384",
+                ],
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+            ],
+            &[
+                &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+                &["-tls1_3", "-groups", "X25519"],
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+            ],
+        ),
+    ];
+    let cert = ["-cert", "client.crt", "-key", "client.key"];
+    for (profile, admitted, refused) in cases {
+        let yaml = pki.config_yaml(&[engine.target()], "").replace(
+            "      client_ca: ca.crt\n",
+            &format!("      client_ca: ca.crt\n{}", security_profile(profile)),
+        );
+        let cfg = Config::from_yaml(&yaml, pki.dir.path()).expect(profile);
+        let proxy = start_proxy(cfg).await;
+        let addr = proxy.routes[0].1;
+        let run = |extra: &[&str]| {
+            let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            for (i, a) in cert.iter().enumerate() {
+                args.push(if i % 2 == 1 {
+                    pki.path(a).to_string_lossy().into_owned()
+                } else {
+                    a.to_string()
+                });
+            }
+            args
+        };
+        for extra in admitted {
+            let args = run(extra);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = tokio::task::block_in_place(|| s_client(addr, &pki, &a)).unwrap_or_default();
+            assert!(out.contains("MSA|AA|OSSL-1"), "{profile} {extra:?}: {out}");
+        }
+        for extra in refused {
+            let args = run(extra);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = tokio::task::block_in_place(|| s_client(addr, &pki, &a)).unwrap_or_default();
+            assert!(
+                !out.contains("MSA|"),
+                "{profile} {extra:?} was served: {out}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
+    // A CRL that does not cover the sender's CA (status unknown) admits it by default and
+    // refuses it with unknown_status: deny; an overdue CRL of its CA admits it by default and
+    // refuses it with expired_crl: deny.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let (other_pem, _) = pki.crl_of_other_ca();
+    std::fs::write(pki.path("other.crl"), other_pem).expect("write");
+    let (overdue_pem, _) = pki.crl_due_in(&[], 2, -1);
+    std::fs::write(pki.path("overdue.crl"), overdue_pem).expect("write");
+    for (crl, revocation, admitted) in [
+        ("other.crl", "{}", true),
+        ("other.crl", "{ unknown_status: deny }", false),
+        ("overdue.crl", "{}", true),
+        ("overdue.crl", "{ expired_crl: deny }", false),
+    ] {
+        let yaml = pki.config_yaml(&[engine.target()], "").replace(
+            "      client_ca: ca.crt\n",
+            &format!(
+                "      client_ca: ca.crt\n      crl: [{crl}]\n      revocation: {revocation}\n"
+            ),
+        );
+        let proxy = start_proxy(Config::from_yaml(&yaml, pki.dir.path()).expect("config")).await;
+        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        let outcome = match MllpClient::connect(&target, T).await {
+            Ok(mut c) => c.exchange(&adt("REV-1"), T).await.map(|a| msa(&a).0),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            outcome.is_ok_and(|code| code == "AA"),
+            admitted,
+            "{crl} {revocation}"
+        );
     }
 }

@@ -70,6 +70,16 @@ fn check_accepts_a_good_configuration_and_names_the_key_of_a_bad_one() {
             "ack_timeout: 2 seconds",
             "routes[0].upstream.ack_timeout",
         ),
+        (
+            "client_ca: ca.crt",
+            "client_ca: ca.crt\n      cipher_suites: [TLS13_AES_256_GCM_SHA384, TLS_RSA_WITH_RC4]",
+            "routes[0].tls.cipher_suites[1]: unknown cipher suite `TLS_RSA_WITH_RC4`; this build offers TLS13_",
+        ),
+        (
+            "client_ca: ca.crt",
+            "client_ca: ca.crt\n      groups: [ffdhe1024]",
+            "routes[0].tls.groups[0]: unknown key exchange group",
+        ),
     ];
     for (from, to, key) in cases {
         let bad = pki.path("bad.yaml");

@@ -142,6 +142,22 @@ impl Pki {
 
     /// Like [`Pki::crl`], with its next update `days` from now (negative: overdue).
     pub fn crl_due_in(&self, serials: &[u64], number: u64, days: i64) -> (String, Vec<u8>) {
+        self.crl_signed(&self.ca, serials, number, days)
+    }
+
+    /// A CRL issued by the other CA: for senders of the test CA, its revocation status is
+    /// unknown.
+    pub fn crl_of_other_ca(&self) -> (String, Vec<u8>) {
+        self.crl_signed(&self.other_ca, &[], 1, 7)
+    }
+
+    fn crl_signed(
+        &self,
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+        serials: &[u64],
+        number: u64,
+        days: i64,
+    ) -> (String, Vec<u8>) {
         let now = time::OffsetDateTime::now_utc();
         let params = rcgen::CertificateRevocationListParams {
             this_update: now - time::Duration::days(10),
@@ -159,7 +175,7 @@ impl Pki {
                 .collect(),
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&self.ca).expect("CRL");
+        let crl = params.signed_by(issuer).expect("CRL");
         (crl.pem().expect("CRL PEM"), crl.der().to_vec())
     }
 
