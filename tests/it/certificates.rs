@@ -404,7 +404,9 @@ async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_grou
     // under "modern", fails the handshake.
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
-    let cases: [(&str, &[&[&str]], &[&[&str]]); 3] = [
+    // (profile, s_client options that must connect, options that must fail)
+    type Options<'a> = &'a [&'a [&'a str]];
+    let cases: [(&str, Options, Options); 3] = [
         (
             "modern",
             &[&["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]],
