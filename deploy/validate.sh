@@ -30,7 +30,8 @@ else
 fi
 
 echo "== prometheus"
-promtool check config deploy/prometheus/prometheus.yml
+# --syntax-only: the TLS scrape job names certificate files that exist only on a real server.
+promtool check config --syntax-only deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/mllp-proxy.rules.test.yml
 
 echo "== grafana"

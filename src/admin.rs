@@ -14,6 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -37,8 +39,20 @@ impl AdminState {
 }
 
 /// Serves admin requests until `shutdown`, then lets open requests finish (5 s at most).
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+///
+/// At most `max_connections` admin connections are open at once; more are closed at accept,
+/// so a flood of scrapes cannot take the descriptors the MLLP side needs. With `tls`, each
+/// connection completes a TLS handshake (mutual with a client CA) within 10 s first.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    max_connections: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -52,21 +66,50 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 continue;
             }
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!("admin max_connections reached; connection closed");
+            drop(tcp);
+            continue;
+        };
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(&state, &req)) }
         });
-        let conn = http1::Builder::new()
+        let builder = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(tcp), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+            .clone();
+        match &acceptor {
+            None => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(tcp);
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), accept).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
         .await

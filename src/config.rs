@@ -73,6 +73,21 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `/readyz` is 503 while a route has no target up.
     pub ready_requires_upstream: bool,
+    /// Admin connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Serve the admin endpoints over TLS (mutual TLS with a client CA).
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// TLS of the admin server.
+#[derive(Debug, Clone)]
+pub struct AdminTlsConfig {
+    /// PEM chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub private_key: PathBuf,
+    /// PEM bundle of the CAs of scrapers' client certificates; `None`: no client certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Log output.
@@ -413,6 +428,16 @@ impl Default for RawAudit {
 struct RawAdmin {
     listen: String,
     ready_requires_upstream: bool,
+    max_connections: u32,
+    tls: RawAdminTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdminTls {
+    certificate: String,
+    private_key: String,
+    client_ca: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,6 +556,8 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:9575".into(),
             ready_requires_upstream: false,
+            max_connections: 64,
+            tls: RawAdminTls::default(),
         }
     }
 }
@@ -759,6 +786,11 @@ impl RawConfig {
         let admin = AdminConfig {
             listen: addr("admin.listen", &self.admin.listen)?,
             ready_requires_upstream: self.admin.ready_requires_upstream,
+            max_connections: match self.admin.max_connections {
+                0 => return Err(invalid("admin.max_connections", "must be at least 1")),
+                n => n as usize,
+            },
+            tls: self.admin.tls.validate(base)?,
         };
         let logging = LoggingConfig {
             format: self.logging.format,
@@ -803,6 +835,23 @@ impl RawConfig {
             shutdown,
             routes,
         })
+    }
+}
+
+impl RawAdminTls {
+    fn validate(self, base: &Path) -> Result<Option<AdminTlsConfig>, ConfigError> {
+        let (cert, key) = (self.certificate.trim(), self.private_key.trim());
+        if cert.is_empty() && key.is_empty() && self.client_ca.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(AdminTlsConfig {
+            certificate: file("admin.tls.certificate", cert, base)?,
+            private_key: file("admin.tls.private_key", key, base)?,
+            client_ca: match self.client_ca.trim() {
+                "" => None,
+                ca => Some(file("admin.tls.client_ca", ca, base)?),
+            },
+        }))
     }
 }
 
@@ -1069,6 +1118,8 @@ routes:
         assert_eq!(u.health_check_interval, Some(Duration::from_secs(10)));
         assert!(!c.admin.ready_requires_upstream);
         assert!(c.audit.messages && c.audit.file.is_none());
+        assert_eq!(c.admin.max_connections, 64);
+        assert!(c.admin.tls.is_none());
         for off in ["0", "\"0\"", "0s"] {
             let yaml = MINIMAL.replace(
                 "targets: [\"127.0.0.1:3575\"]",

@@ -35,6 +35,9 @@ pub enum StartError {
         /// What failed.
         source: TlsError,
     },
+    /// The admin server's TLS material failed to load.
+    #[error("{0}")]
+    AdminTls(TlsError),
     /// A listen address could not be bound.
     #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
@@ -84,6 +87,10 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
             })?;
         prepared.push((route, material, listener));
     }
+    let admin_tls = match &config.admin.tls {
+        Some(t) => Some(crate::tls::admin_server_config(t).map_err(StartError::AdminTls)?),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -147,6 +154,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
     background.spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
+        config.admin.max_connections,
+        admin_tls,
         stop_admin.clone(),
     ));
     admin_state.ready.store(true, Ordering::Release);

@@ -29,6 +29,22 @@ pub fn run(path: &Path) -> bool {
         config.admin.listen
     );
     let mut ok = true;
+    if let Some(t) = &config.admin.tls {
+        match crate::tls::admin_server_config(t) {
+            Ok(_) => println!(
+                "admin: TLS{}",
+                if t.client_ca.is_some() {
+                    " with client certificates (mutual TLS)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
     for (i, r) in config.routes.iter().enumerate() {
         println!(
             "route {}: listen {} -> {} (on failure: {}, validation: {}, max {} bytes)",
@@ -38,6 +54,21 @@ pub fn run(path: &Path) -> bool {
             format!("{:?}", r.on_upstream_failure).to_lowercase(),
             format!("{:?}", r.validation.mode).to_lowercase(),
             r.validation.max_message_bytes
+        );
+        let u = &r.upstream;
+        println!(
+            "  upstream: {}, {} pooled connection(s), queue {:?}, health check {}",
+            match u.balance {
+                crate::config::Balance::Failover => "failover",
+                crate::config::Balance::RoundRobin => "round_robin",
+            },
+            match u.max_connections {
+                0 => "unlimited".to_string(),
+                n => format!("at most {n}"),
+            },
+            u.queue_timeout,
+            u.health_check_interval
+                .map_or("off".to_string(), |d| format!("every {d:?}"))
         );
         let material = match TlsMaterial::load(&r.tls) {
             Ok(m) => m,

@@ -22,7 +22,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
-use crate::config::{Policy, RevocationDepth, TlsConfig, TlsVersion};
+use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsVersion};
 
 pub use identity::{AllowList, ClientIdentity};
 pub use reload::{TlsReloader, TlsWatch};
@@ -209,6 +209,49 @@ impl ClientCertVerifier for RecordingVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The TLS configuration of the admin server: its certificate and, with a client CA, mutual
+/// TLS for scrapers. Read once at start.
+pub fn admin_server_config(cfg: &AdminTlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = parse_certs(&read_file("admin.tls.certificate", &cfg.certificate)?)
+        .map_err(|r| TlsError::new("admin.tls.certificate", &cfg.certificate, r))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_file("admin.tls.private_key", &cfg.private_key)?)
+        .map_err(|e| {
+            TlsError::new(
+                "admin.tls.private_key",
+                &cfg.private_key,
+                format!("no usable PEM private key ({e})"),
+            )
+        })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new("admin.tls.certificate", &cfg.certificate, e))?;
+    let builder = match &cfg.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in parse_certs(&read_file("admin.tls.client_ca", ca)?)
+                .map_err(|r| TlsError::new("admin.tls.client_ca", ca, r))?
+            {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::new("admin.tls.client_ca", ca, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::new("admin.tls.client_ca", ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError::new(
+            "admin.tls.private_key",
+            &cfg.private_key,
+            format!("does not fit the certificate: {e}"),
+        )
+    })?;
+    Ok(Arc::new(config))
 }
 
 /// The crypto provider used everywhere: aws-lc-rs.

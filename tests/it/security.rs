@@ -264,3 +264,101 @@ async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
         assert!(!l.contains('\x1b') && !l.contains(r"\u001b"), "{l}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served() {
+    // admin.max_connections 4: ten idle admin connections, six closed at accept; a sender's
+    // message is acknowledged meanwhile; once the idle ones close, /metrics answers again.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.admin.max_connections = 4;
+    let proxy = start_proxy(cfg).await;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(proxy.admin).await.expect("connect"));
+    }
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read(s, &mut b),
+        )
+        .await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6);
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    let ack = c.exchange(&adt("ADM-1"), T).await.expect("ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "ADM-1".into()));
+    assert!(
+        http_get(proxy.admin, "/healthz").await.is_err(),
+        "the cap holds"
+    );
+    drop(idle);
+    assert!(
+        eventually(T, || async {
+            http_get(proxy.admin, "/healthz").await.is_ok()
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_scraped_over_mutual_tls() {
+    // admin.tls with a client CA: curl with a client certificate gets /metrics over HTTPS;
+    // without one, or over plain HTTP, it gets nothing.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let yaml = pki.config_yaml(&[engine.target()], "").replace(
+        "admin:\n  listen: \"127.0.0.1:0\"\n",
+        "admin:\n  listen: \"127.0.0.1:0\"\n  tls: { certificate: server.crt, private_key: server.key, client_ca: ca.crt }\n",
+    );
+    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
+    assert!(cfg.admin.tls.is_some());
+    let proxy = start_proxy(cfg).await;
+    let url = format!("https://localhost:{}/metrics", proxy.admin.port());
+    let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "5"])
+                .args(args)
+                .output()
+                .expect("curl")
+        })
+    };
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.admin.port());
+    let with_cert = curl(vec![
+        "--resolve".into(),
+        resolve.clone(),
+        "--cacert".into(),
+        p("ca.crt"),
+        "--cert".into(),
+        p("client.crt"),
+        "--key".into(),
+        p("client.key"),
+        url.clone(),
+    ])
+    .await
+    .expect("curl task");
+    let body = String::from_utf8_lossy(&with_cert.stdout);
+    assert!(body.contains("mllp_proxy_build_info"), "{body}");
+    let without = curl(vec![
+        "--resolve".into(),
+        resolve,
+        "--cacert".into(),
+        p("ca.crt"),
+        url,
+    ])
+    .await
+    .expect("curl task");
+    assert!(!String::from_utf8_lossy(&without.stdout).contains("mllp_proxy"));
+    assert!(
+        http_get(proxy.admin, "/metrics").await.is_err(),
+        "no plain HTTP"
+    );
+}
