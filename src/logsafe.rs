@@ -11,14 +11,26 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 
-/// Longest escaped value written to a log line, in bytes before escaping.
+/// Longest message field (control ID, message type) written to a log line, in bytes.
 pub const MAX_LOGGED: usize = 64;
+/// Longest certificate field (subject, issuer, identity) written to a log line, in bytes:
+/// distinguished names are longer than message fields.
+pub const MAX_LOGGED_CERT: usize = 256;
 
-/// `bytes` for a log line: at most [`MAX_LOGGED`] bytes, control characters, DEL, backslash and
-/// bytes that are not UTF-8 written as `\xNN`, and `…` when it was cut.
+/// A message field for a log line: at most [`MAX_LOGGED`] bytes, control characters, DEL,
+/// backslash and bytes that are not UTF-8 written as `\xNN`, and `…` when it was cut.
 pub fn escape(bytes: &[u8]) -> String {
-    let cut = bytes.len() > MAX_LOGGED;
-    let bytes = &bytes[..bytes.len().min(MAX_LOGGED)];
+    escape_bounded(bytes, MAX_LOGGED)
+}
+
+/// [`escape`] for certificate text, bounded at [`MAX_LOGGED_CERT`] bytes.
+pub fn escape_str(text: &str) -> String {
+    escape_bounded(text.as_bytes(), MAX_LOGGED_CERT)
+}
+
+fn escape_bounded(bytes: &[u8], max: usize) -> String {
+    let cut = bytes.len() > max;
+    let bytes = &bytes[..bytes.len().min(max)];
     let mut out = String::with_capacity(bytes.len() + 8);
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -39,11 +51,6 @@ pub fn escape(bytes: &[u8]) -> String {
         out.push('…');
     }
     out
-}
-
-/// [`escape`] for text (certificate fields, identities).
-pub fn escape_str(text: &str) -> String {
-    escape(text.as_bytes())
 }
 
 /// Lines a peer-triggered event may write: a burst, then a steady rate; what is held back is
