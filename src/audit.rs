@@ -9,6 +9,7 @@
 //! content; every peer-controlled value is escaped and bounded ([`crate::logsafe`]).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,11 +170,26 @@ impl<'a> MakeWriter<'a> for LineWriter {
     }
 }
 
+/// Which connection a record is about. Written into every record: the session span that
+/// carries the same fields is filtered away when `logging.level` is above info.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    /// The route name.
+    pub route: &'a str,
+    /// The sender's address.
+    pub peer: SocketAddr,
+    /// The connection id (as in the log's session span).
+    pub conn: u64,
+}
+
 /// A session admitted after its handshake: who, and over what TLS.
-pub fn session_started(id: &ClientIdentity, tls_version: &str, cipher_suite: &str) {
+pub fn session_started(who: Who<'_>, id: &ClientIdentity, tls_version: &str, cipher_suite: &str) {
     tracing::info!(
         target: TARGET,
         event = "session_start",
+        route = who.route,
+        peer = %who.peer,
+        conn = who.conn,
         subject = %escape_str(&id.subject),
         serial = %escape_str(&id.serial),
         issuer = %escape_str(&id.issuer),
@@ -184,10 +200,13 @@ pub fn session_started(id: &ClientIdentity, tls_version: &str, cipher_suite: &st
 }
 
 /// A session's end: how many messages, how long, why.
-pub fn session_ended(messages: u64, duration: Duration, reason: &str) {
+pub fn session_ended(who: Who<'_>, messages: u64, duration: Duration, reason: &str) {
     tracing::info!(
         target: TARGET,
         event = "session_end",
+        route = who.route,
+        peer = %who.peer,
+        conn = who.conn,
         messages,
         duration_ms = duration.as_millis() as u64,
         reason,
@@ -195,11 +214,14 @@ pub fn session_ended(messages: u64, duration: Duration, reason: &str) {
 }
 
 /// A handshake the proxy refused, with the certificate presented, if any.
-pub fn handshake_refused(reason: &str, presented: Option<&ClientIdentity>) {
+pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Option<&ClientIdentity>) {
     let field = |f: fn(&ClientIdentity) -> &str| presented.map(|c| escape_str(f(c)));
     tracing::info!(
         target: TARGET,
         event = "handshake_refused",
+        route = who.route,
+        peer = %who.peer,
+        conn = who.conn,
         reason,
         subject = field(|c| &c.subject).as_deref(),
         serial = field(|c| &c.serial).as_deref(),
@@ -242,7 +264,13 @@ pub enum Outcome<'a> {
 }
 
 /// One record per message.
-pub fn message(control_id: &[u8], message_type: &[u8], bytes: usize, outcome: Outcome<'_>) {
+pub fn message(
+    who: Who<'_>,
+    control_id: &[u8],
+    message_type: &[u8],
+    bytes: usize,
+    outcome: Outcome<'_>,
+) {
     let (control_id, message_type) = (escape(control_id), escape(message_type));
     match outcome {
         Outcome::Relayed {
@@ -252,6 +280,9 @@ pub fn message(control_id: &[u8], message_type: &[u8], bytes: usize, outcome: Ou
         } => tracing::info!(
             target: TARGET,
             event = "message",
+            route = who.route,
+            peer = %who.peer,
+            conn = who.conn,
             control_id = %control_id,
             message_type = %message_type,
             bytes,
@@ -262,6 +293,9 @@ pub fn message(control_id: &[u8], message_type: &[u8], bytes: usize, outcome: Ou
         Outcome::Refused { reason, err } => tracing::info!(
             target: TARGET,
             event = "message",
+            route = who.route,
+            peer = %who.peer,
+            conn = who.conn,
             control_id = %control_id,
             message_type = %message_type,
             bytes,
@@ -275,6 +309,9 @@ pub fn message(control_id: &[u8], message_type: &[u8], bytes: usize, outcome: Ou
         } => tracing::info!(
             target: TARGET,
             event = "message",
+            route = who.route,
+            peer = %who.peer,
+            conn = who.conn,
             control_id = %control_id,
             message_type = %message_type,
             bytes,
@@ -285,6 +322,9 @@ pub fn message(control_id: &[u8], message_type: &[u8], bytes: usize, outcome: Ou
         Outcome::Forwarded { engine } => tracing::info!(
             target: TARGET,
             event = "message",
+            route = who.route,
+            peer = %who.peer,
+            conn = who.conn,
             control_id = %control_id,
             message_type = %message_type,
             bytes,

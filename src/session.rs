@@ -142,6 +142,11 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let who = audit::Who {
+            route: &ctx.cfg.name,
+            peer,
+            conn: conn_id,
+        };
         let acceptor = TlsAcceptor::from(ctx.tls.borrow().clone());
         let presented = Arc::new(std::sync::Mutex::new(None));
         let handshake = PRESENTED
@@ -168,7 +173,7 @@ pub async fn serve(
                 } else if let Some(suppressed) = ctx.events.handshake.admit() {
                     let presented = presented.lock().ok().and_then(|p| p.clone());
                     tracing::warn!(side = "sender", reason, error = %error, suppressed, "TLS handshake failed");
-                    audit::handshake_refused(reason, presented.as_ref());
+                    audit::handshake_refused(who, reason, presented.as_ref());
                 }
                 return;
             }
@@ -187,7 +192,7 @@ pub async fn serve(
             ctx.metrics.clients_denied.inc();
             if let Some(suppressed) = ctx.events.denied.admit() {
                 tracing::warn!(side = "sender", client = %shown, suppressed, "client certificate verified but not in allowed_clients; connection refused");
-                audit::handshake_refused("not_allowed", Some(&identity));
+                audit::handshake_refused(who, "not_allowed", Some(&identity));
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             return;
@@ -201,11 +206,11 @@ pub async fn serve(
                     .unwrap_or("?"),
             )
         };
-        audit::session_started(&identity, version, suite);
+        audit::session_started(who, &identity, version, suite);
         let started = Instant::now();
-        let mut session = Session::new(&ctx);
+        let mut session = Session::new(&ctx, who);
         let end = session.run(&mut tls, &shutdown).await;
-        audit::session_ended(session.messages, started.elapsed(), end.label());
+        audit::session_ended(who, session.messages, started.elapsed(), end.label());
         if end.routine() {
             tracing::debug!(side = end.side(), reason = %end, "session ended");
         } else if let Some(suppressed) = ctx.events.session.admit() {
@@ -221,6 +226,8 @@ pub async fn serve(
 /// The per-connection state after the handshake; generic over the stream for tests.
 struct Session<'a> {
     ctx: &'a RouteContext,
+    /// The connection, for audit records.
+    who: audit::Who<'a>,
     codec: MllpCodec,
     buf: BytesMut,
     /// Answers to the sender, framed.
@@ -230,9 +237,10 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a RouteContext) -> Self {
+    fn new(ctx: &'a RouteContext, who: audit::Who<'a>) -> Self {
         Self {
             ctx,
+            who,
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::with_capacity(8 * 1024),
             out: BytesMut::with_capacity(1024),
@@ -387,6 +395,7 @@ impl<'a> Session<'a> {
                         latency: elapsed,
                     };
                     audit::message(
+                        self.who,
                         control_id,
                         message_type(header.as_ref()),
                         forward.len(),
@@ -439,6 +448,7 @@ impl<'a> Session<'a> {
                 err: 207,
             };
             audit::message(
+                self.who,
                 control_id(header.as_ref()),
                 message_type(header.as_ref()),
                 len,
@@ -484,6 +494,7 @@ impl<'a> Session<'a> {
                 err: reason.err_code(),
             };
             audit::message(
+                self.who,
                 control_id(header.as_ref()),
                 message_type(header.as_ref()),
                 msg.len(),
@@ -515,7 +526,13 @@ impl<'a> Session<'a> {
                 self.ctx.metrics.messages_forwarded.inc();
                 if self.ctx.audit_messages {
                     let outcome = audit::Outcome::Forwarded { engine: &engine };
-                    audit::message(control_id(header), message_type(header), msg.len(), outcome);
+                    audit::message(
+                        self.who,
+                        control_id(header),
+                        message_type(header),
+                        msg.len(),
+                        outcome,
+                    );
                 }
                 Ok(())
             }
@@ -561,7 +578,13 @@ impl<'a> Session<'a> {
                 engine: e.target(),
                 answer: if nak { "AR" } else { "none" },
             };
-            audit::message(control_id(header), message_type(header), 0, outcome);
+            audit::message(
+                self.who,
+                control_id(header),
+                message_type(header),
+                0,
+                outcome,
+            );
         }
         if !nak {
             return Err(SessionEnd::Upstream(e));
@@ -658,7 +681,12 @@ routes:
         stop: &CancellationToken,
     ) -> (SessionEnd, Duration) {
         let started = Instant::now();
-        let end = Session::new(ctx).run(server, stop).await;
+        let who = audit::Who {
+            route: "t",
+            peer: "127.0.0.1:1".parse().unwrap(),
+            conn: 1,
+        };
+        let end = Session::new(ctx, who).run(server, stop).await;
         (end, started.elapsed())
     }
 

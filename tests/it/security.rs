@@ -185,12 +185,18 @@ fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
             .is_some_and(|v| v.starts_with("TLS13_")),
         "{s}"
     );
+    // Route, peer and connection are in the record itself, not only in the log's span (which
+    // a level above info filters away).
+    assert_eq!(s["route"], "test");
     assert_eq!(
-        s["span"]["peer"]
-            .as_str()
-            .map(|p| p.starts_with("127.0.0.1:")),
+        s["peer"].as_str().map(|p| p.starts_with("127.0.0.1:")),
         Some(true)
     );
+    assert!(s["conn"].as_u64().is_some());
+    for r in &records {
+        assert_eq!(r["route"], "test", "{r}");
+        assert!(r["peer"].is_string(), "{r}");
+    }
 
     let messages = find("message");
     assert_eq!(messages.len(), 3, "{messages:?}");
