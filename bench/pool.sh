@@ -8,7 +8,7 @@
 # Medians of 3 interleaved rounds; ratios, since the machine is shared and noisy.
 #
 #   bash bench/pool.sh [MESSAGES_PER_SENDER] [SIZE]
-n=${1:-300}
+n=${1:-1000}
 size=${2:-1024}
 baseline_ref=${BASELINE_REF:-1f1da2c}
 source "$(dirname "$0")/lib.sh"
@@ -53,8 +53,11 @@ proxy pool-8 "$bin" 8
 proxy pool-1 "$bin" 1
 
 declare -A r
+order=(per-session pool-0 pool-8 pool-1)
 for round in 1 2 3; do
-    for name in per-session pool-0 pool-8 pool-1; do
+    # A different order each round, so that no path always runs right after another.
+    order=("${order[@]:1}" "${order[0]}")
+    for name in "${order[@]}"; do
         r[$name,$round]=$(bench_result --to "127.0.0.1:${port[$name]}" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 --size "$size")
     done
     r[direct-1,$round]=$(bench_result --to "127.0.0.1:$engine_port" --connections 1 --messages $((n * 16)) --size "$size")
