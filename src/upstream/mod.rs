@@ -131,7 +131,7 @@ impl Upstream {
         control_id: &[u8],
         shutdown: &CancellationToken,
     ) -> Result<Ack, UpstreamError> {
-        let _permit = self.permit(shutdown).await?;
+        let permit = self.permit(shutdown).await?;
         let (mut c, reused) = self.connection().await?;
         let timeout = self.cfg.ack_timeout;
         let mut result = c.conn.exchange(msg, control_id, timeout).await;
@@ -153,6 +153,13 @@ impl Upstream {
             // A completed exchange is the best health check there is.
             c.target.mark_up();
             self.pool.put_idle(c);
+        }
+        drop(permit);
+        if self.metrics.upstream_queue_waiting.get() > 0 {
+            // An exchange waits for the connection just given back: let it run before this
+            // task spends its turn relaying the ACK, so a small pool (a single-connection
+            // engine) is not left idle meanwhile.
+            tokio::task::yield_now().await;
         }
         result
     }
