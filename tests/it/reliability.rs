@@ -10,31 +10,10 @@ use std::time::{Duration, Instant};
 
 use mllp_proxy::client::{MllpClient, http_get};
 use mllp_proxy::mllp::MllpCodec;
-use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A listener whose accept queue is full and never drained: connects to it hang, like a host
-/// that drops SYNs. The held connections must live as long as the listener.
-async fn black_hole() -> (tokio::net::TcpListener, Vec<TcpStream>, String) {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind");
-    let listener = socket.listen(1).expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    let mut held = Vec::new();
-    // Linux queues backlog + 1 connections; the rest have their SYNs dropped.
-    while let Ok(Ok(s)) =
-        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
-    {
-        held.push(s);
-        assert!(held.len() < 10, "the accept queue never filled");
-    }
-    (listener, held, addr.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
@@ -43,6 +22,7 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
     // as an exchange that failed on connect.
     let pki = Pki::new();
     let (_listener, _held, dead) = black_hole().await;
+    let dead = dead.to_string();
     let engine = Engine::start(Behaviour::Ack).await;
     let mut cfg = pki.config(&[dead.clone(), engine.target()], "");
     cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
@@ -138,16 +118,6 @@ async fn a_sender_that_stops_reading_is_closed_at_frame_timeout_and_others_carry
     assert_eq!(msa(&ack), ("AA".into(), id));
 }
 
-/// The proxy binary with JSON logs, in front of `engine`.
-fn spawn_binary(pki: &Pki, engine: &Engine) -> ProxyProcess {
-    let yaml = pki
-        .config_yaml(&[engine.target()], "")
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
-    let config_path = pki.path("proxy.yaml");
-    std::fs::write(&config_path, yaml).expect("write config");
-    ProxyProcess::spawn(&config_path, "info")
-}
-
 fn signal(proxy: &ProxyProcess, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &proxy.child.id().to_string()])
@@ -164,7 +134,7 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
     let engine = rt.block_on(Engine::start(Behaviour::Ack));
-    let proxy = spawn_binary(&pki, &engine);
+    let proxy = spawn_json_proxy(&pki, &engine, "");
     let (addr, admin) = (proxy.addr, proxy.admin);
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..4)
@@ -207,12 +177,7 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
     }
     assert!(total > 100, "{total} messages");
     let metrics = rt.block_on(http_get(admin, "/metrics")).expect("metrics");
-    let value = |sample: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(-1.0)
-    };
+    let value = |sample: &str| sample_value(&metrics, sample);
     assert_eq!(
         value("mllp_proxy_tls_reloads_total{result=\"success\",route=\"test\"}"),
         5.0
@@ -241,7 +206,7 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
     let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(300))));
-    let mut proxy = spawn_binary(&pki, &engine);
+    let mut proxy = spawn_json_proxy(&pki, &engine, "");
     let addr = proxy.addr;
     let senders: Vec<_> = (0..8)
         .map(|s| {

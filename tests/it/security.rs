@@ -66,12 +66,7 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
     let engine = rt.block_on(Engine::start(Behaviour::Ack));
-    let yaml = pki
-        .config_yaml(&[engine.target()], "")
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
-    let config_path = pki.path("proxy.yaml");
-    std::fs::write(&config_path, yaml).expect("write config");
-    let proxy = ProxyProcess::spawn(&config_path, "info");
+    let proxy = spawn_json_proxy(&pki, &engine, "");
     let started = Instant::now();
     for _ in 0..5000 {
         let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
@@ -83,12 +78,7 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
     let metrics = rt
         .block_on(http_get(proxy.admin, "/metrics"))
         .expect("metrics");
-    let value = |sample: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(-1.0)
-    };
+    let value = |sample: &str| sample_value(&metrics, sample);
     assert_eq!(
         value("mllp_proxy_tls_handshake_failures_total{reason=\"not_tls\",route=\"test\"}"),
         5000.0
@@ -131,12 +121,7 @@ fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
     let pki = Pki::new();
     pki.issue_client_serial("audited", "audited-sender", 0x4711);
     let engine = rt.block_on(Engine::start(Behaviour::RejectId("AUD-3")));
-    let yaml = pki
-        .config_yaml(&[engine.target()], "")
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
-    let config_path = pki.path("proxy.yaml");
-    std::fs::write(&config_path, yaml).expect("write config");
-    let mut proxy = ProxyProcess::spawn(&config_path, "info");
+    let mut proxy = spawn_json_proxy(&pki, &engine, "");
     let addr = proxy.addr;
     rt.block_on(async {
         let mut c = MllpClient::connect(&pki.target_named(addr, "audited"), T)
@@ -249,12 +234,7 @@ async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
     // header ends at the LF, a segment break to the reader; escape() writes LF as \x0A.)
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = pki
-        .config_yaml(&[engine.target()], "")
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
-    let config_path = pki.path("proxy.yaml");
-    std::fs::write(&config_path, yaml).expect("write config");
-    let proxy = ProxyProcess::spawn(&config_path, "info");
+    let proxy = spawn_json_proxy(&pki, &engine, "");
     let mut c = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
         .await
         .expect("connect");

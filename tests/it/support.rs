@@ -801,3 +801,41 @@ pub fn strict_json(text: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// A listener whose accept queue is full and never drained: connects to it hang, like a host
+/// that drops SYNs. The held connections must live as long as the listener.
+pub async fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    // Linux queues backlog + 1 connections; the rest have their SYNs dropped.
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+    {
+        held.push(s);
+        assert!(held.len() < 10, "the accept queue never filled");
+    }
+    (listener, held, addr)
+}
+
+/// The proxy binary with JSON logs in front of `engine`, `extra` appended to the route.
+pub fn spawn_json_proxy(pki: &Pki, engine: &Engine, extra: &str) -> ProxyProcess {
+    let yaml = pki
+        .config_yaml(&[engine.target()], extra)
+        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let config_path = pki.path("proxy.yaml");
+    std::fs::write(&config_path, yaml).expect("write config");
+    ProxyProcess::spawn(&config_path, "info")
+}
+
+/// The value of one sample (`name{labels}`) in a Prometheus text scrape, or -1.
+pub fn sample_value(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(-1.0)
+}

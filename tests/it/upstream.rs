@@ -6,33 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mllp_proxy::client::{MllpClient, http_get};
-use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A listener whose accept queue is full: connects to it hang like SYNs dropped by a dead host.
-async fn black_hole() -> (
-    tokio::net::TcpListener,
-    Vec<TcpStream>,
-    std::net::SocketAddr,
-) {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind");
-    let listener = socket.listen(1).expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    let mut held = Vec::new();
-    while let Ok(Ok(s)) =
-        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
-    {
-        held.push(s);
-        assert!(held.len() < 10, "the accept queue never filled");
-    }
-    (listener, held, addr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_senders_share_a_single_connection_engine() {
