@@ -24,6 +24,9 @@ use crate::tls::ClientIdentity;
 /// The tracing target of audit records.
 pub const TARGET: &str = "audit";
 
+/// The writer thread's pause between batches: the most a line waits before it is written.
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
 /// Where a [`LineWriter`] thread writes.
 pub enum Sink {
     /// Standard error (the log).
@@ -109,6 +112,10 @@ impl LineWriter {
                     if stop {
                         return;
                     }
+                    // Gather for a moment before the next batch: a sender only wakes this
+                    // thread (a futex call) when it is parked in recv, so at a high message
+                    // rate one wake and one write serve hundreds of lines.
+                    std::thread::sleep(BATCH_PAUSE);
                 }
             })?;
         Ok((
