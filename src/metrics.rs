@@ -61,6 +61,14 @@ pub const HANDSHAKE_REASONS: &[&str] = &[
     "eof",
     "io",
 ];
+/// Events of `log_events_suppressed_total` (see `logsafe::RouteEvents`).
+pub const LOG_EVENTS: &[&str] = &[
+    "handshake_failure",
+    "connection_rejected",
+    "client_denied",
+    "message_refused",
+    "session_error",
+];
 /// Kinds of `upstream_failures_total` (failures of one target).
 pub const UPSTREAM_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol"];
 /// Kinds of `upstream_exchanges_failed_total`: a target's failures, and `queue` (no pooled
@@ -355,6 +363,10 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             self.tls_reloads.with_label_values(&[route, result]);
+        }
+        for event in LOG_EVENTS {
+            self.log_events_suppressed
+                .with_label_values(&[route, event]);
         }
         for kind in EXCHANGE_FAILURE_KINDS {
             self.upstream_exchanges_failed

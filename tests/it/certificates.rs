@@ -171,12 +171,13 @@ fn sighup_reloads_at_once() {
     assert!(rt.block_on(eventually(Duration::from_secs(3), || async {
         served_cn(&pki, addr).await == "rotated-server"
     })));
-    assert!(
+    // Log lines reach stderr through the writer thread, a few milliseconds later.
+    assert!(rt.block_on(eventually(Duration::from_secs(3), || async {
         proxy
             .log_lines()
             .iter()
             .any(|l| l.contains("TLS material reloaded"))
-    );
+    })));
     assert_eq!(proxy.terminate().code(), Some(0));
 }
 
