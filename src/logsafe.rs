@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus::IntCounter;
 
@@ -136,13 +136,10 @@ impl RouteEvents {
     }
 }
 
-/// How long a burst of [`BURST`] lines takes to refill: for docs and tests.
-pub fn refill_time() -> Duration {
-    Duration::from_secs_f64(BURST / PER_SECOND)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

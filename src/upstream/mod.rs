@@ -112,11 +112,6 @@ impl Upstream {
         }
     }
 
-    /// The configured `ack_timeout`.
-    pub fn ack_timeout(&self) -> Duration {
-        self.cfg.ack_timeout
-    }
-
     /// Whether any target is up (for `admin.ready_requires_upstream`).
     pub fn any_up(&self) -> bool {
         self.targets.iter().any(|t| t.is_up())
