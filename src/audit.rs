@@ -278,65 +278,45 @@ pub fn message(
     bytes: usize,
     outcome: Outcome<'_>,
 ) {
-    let (control_id, message_type) = (escape(control_id), escape(message_type));
+    // One record shape; the fields of the other outcomes are `None`, and absent from the line.
+    let (mut ack, mut engine, mut latency_us, mut nak, mut err_code) =
+        (None, None, None, None, None);
+    let (mut upstream_failure, mut answer, mut forwarded) = (None, None, None);
     match outcome {
         Outcome::Relayed {
-            ack,
-            engine,
+            ack: code,
+            engine: target,
             latency,
-        } => tracing::info!(
-            target: TARGET,
-            event = "message",
-            route = who.route,
-            peer = %who.peer,
-            conn = who.conn,
-            control_id = %control_id,
-            message_type = %message_type,
-            bytes,
-            ack,
-            engine,
-            latency_us = latency.as_micros() as u64,
-        ),
-        Outcome::Refused { reason, err } => tracing::info!(
-            target: TARGET,
-            event = "message",
-            route = who.route,
-            peer = %who.peer,
-            conn = who.conn,
-            control_id = %control_id,
-            message_type = %message_type,
-            bytes,
-            nak = reason,
-            err_code = err,
-        ),
+        } => {
+            (ack, engine) = (Some(code), Some(target));
+            latency_us = Some(latency.as_micros() as u64);
+        }
+        Outcome::Refused { reason, err } => (nak, err_code) = (Some(reason), Some(err)),
         Outcome::Failed {
             kind,
-            engine,
-            answer,
-        } => tracing::info!(
-            target: TARGET,
-            event = "message",
-            route = who.route,
-            peer = %who.peer,
-            conn = who.conn,
-            control_id = %control_id,
-            message_type = %message_type,
-            bytes,
-            upstream_failure = kind,
-            engine,
-            answer,
-        ),
-        Outcome::Forwarded { engine } => tracing::info!(
-            target: TARGET,
-            event = "message",
-            route = who.route,
-            peer = %who.peer,
-            conn = who.conn,
-            control_id = %control_id,
-            message_type = %message_type,
-            bytes,
-            forwarded = "acknowledgment",
-            engine,
-        ),
+            engine: target,
+            answer: sent,
+        } => (upstream_failure, engine, answer) = (Some(kind), target, Some(sent)),
+        Outcome::Forwarded { engine: target } => {
+            (forwarded, engine) = (Some("acknowledgment"), Some(target));
+        }
     }
+    tracing::info!(
+        target: TARGET,
+        event = "message",
+        route = who.route,
+        peer = %who.peer,
+        conn = who.conn,
+        control_id = %escape(control_id),
+        message_type = %escape(message_type),
+        bytes,
+        ack,
+        engine,
+        latency_us,
+        nak,
+        err_code,
+        upstream_failure,
+        answer,
+        forwarded,
+    );
 }
