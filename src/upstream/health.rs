@@ -7,7 +7,7 @@
 //! with real traffic, and twenty sessions arriving at a dead target do not each wait
 //! `connect_timeout` for it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Target {
     /// `host:port` as configured (the metric label).
     pub addr: Arc<str>,
+    /// Mirrors `state.up`: read on every exchange without taking the lock.
+    up: AtomicBool,
     state: Mutex<State>,
     /// Held by whoever connects to this target.
     gate: AsyncMutex<()>,
@@ -48,6 +50,7 @@ impl Target {
     pub fn new(addr: &str, metrics: TargetMetrics) -> Self {
         Self {
             addr: addr.into(),
+            up: AtomicBool::new(false),
             state: Mutex::new(State {
                 up: false,
                 failures: 0,
@@ -61,19 +64,25 @@ impl Target {
 
     /// Whether the last connect, probe or exchange succeeded.
     pub fn is_up(&self) -> bool {
-        self.state.lock().is_ok_and(|s| s.up)
+        self.up.load(Ordering::Acquire)
     }
 
     /// Whether a session may try this target now while another may be up: it is up, or its
     /// back-off has passed (or it was never tried).
     pub fn eligible(&self, now: Instant) -> bool {
-        self.state
-            .lock()
-            .is_ok_and(|s| s.up || s.retry_at.is_none_or(|t| t <= now))
+        self.is_up()
+            || self
+                .state
+                .lock()
+                .is_ok_and(|s| s.up || s.retry_at.is_none_or(|t| t <= now))
     }
 
     /// Records a success: the target is up.
     pub fn mark_up(&self) {
+        if self.is_up() {
+            // Every successful exchange lands here: no lock when nothing changes.
+            return;
+        }
         if let Ok(mut s) = self.state.lock() {
             if !s.up {
                 tracing::info!(side = "upstream", engine = %self.addr, "engine target up");
@@ -83,6 +92,7 @@ impl Target {
                 failures: 0,
                 retry_at: None,
             };
+            self.up.store(true, Ordering::Release);
         }
         self.metrics.up.set(1);
     }
@@ -92,6 +102,7 @@ impl Target {
         if let Ok(mut s) = self.state.lock() {
             let was_up = s.up;
             s.up = false;
+            self.up.store(false, Ordering::Release);
             s.failures = s.failures.saturating_add(1);
             let backoff = backoff(s.failures, jitter());
             s.retry_at = Some(Instant::now() + backoff);

@@ -205,10 +205,16 @@ impl Upstream {
     /// An idle connection to the preferred target that still works, or a new one; the targets
     /// are tried in the order `balance` gives.
     async fn connection(&self) -> Result<(PooledConn, bool), UpstreamError> {
-        let (order, all_down) = self.candidates(Instant::now());
+        let now = Instant::now();
+        let (first, all_down) = self.first_candidate(now);
+        let n = self.targets.len();
         let mut reasons = Vec::new();
-        for target in order {
-            while let Some(mut c) = self.pool.take_idle(&target) {
+        for k in 0..n {
+            let target = &self.targets[(first + k) % n];
+            if !all_down && !target.eligible(now) {
+                continue;
+            }
+            while let Some(mut c) = self.pool.take_idle(target) {
                 match c.conn.check_idle() {
                     Ok(()) => return Ok((c, true)),
                     Err(e) if e.kind() == "protocol" => {
@@ -233,7 +239,7 @@ impl Upstream {
                         self.max_ack_bytes,
                         self.metrics.upstream_duplicate_acks.clone(),
                     );
-                    return Ok((PooledConn::new(conn, target), false));
+                    return Ok((PooledConn::new(conn, target.clone()), false));
                 }
                 Ok(None) => {
                     reasons.push(format!("{}: down, another connect in flight", target.addr))
@@ -249,26 +255,27 @@ impl Upstream {
         Err(UpstreamError::Connect(reasons.join("; ")))
     }
 
-    /// Targets a new exchange may use, best first: those up or past their back-off, in
-    /// configuration order (`failover`) or rotated (`round_robin`). When none is, every
-    /// target, flagged `true`: all are down, and each may be tried by one exchange at a time
-    /// (a single-target route must notice its engine's return at once, not after a back-off).
-    fn candidates(&self, now: Instant) -> (Vec<Arc<Target>>, bool) {
-        let mut eligible: Vec<Arc<Target>> = self
+    /// Where the walk over the targets starts, and whether all are down. A target may be used
+    /// while it is up or past its back-off; the walk goes in configuration order (`failover`)
+    /// or starts one eligible target further each time (`round_robin`). When none is eligible,
+    /// all are down, and each may be tried by one exchange at a time (a single-target route
+    /// must notice its engine's return at once, not after a back-off).
+    fn first_candidate(&self, now: Instant) -> (usize, bool) {
+        let all_down = !self.targets.iter().any(|t| t.eligible(now));
+        if self.cfg.balance != Balance::RoundRobin {
+            return (0, all_down);
+        }
+        let eligible = |t: &&Arc<Target>| all_down || t.eligible(now);
+        let count = self.targets.iter().filter(eligible).count().max(1);
+        let skip = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let first = self
             .targets
             .iter()
-            .filter(|t| t.eligible(now))
-            .cloned()
-            .collect();
-        let all_down = eligible.is_empty();
-        if all_down {
-            eligible = self.targets.clone();
-        }
-        if self.cfg.balance == Balance::RoundRobin {
-            let start = self.next.fetch_add(1, Ordering::Relaxed) % eligible.len().max(1);
-            eligible.rotate_left(start);
-        }
-        (eligible, all_down)
+            .enumerate()
+            .filter(|(_, t)| eligible(t))
+            .nth(skip)
+            .map_or(0, |(i, _)| i);
+        (first, all_down)
     }
 
     /// Closes idle connections past `idle_timeout` and probes targets every

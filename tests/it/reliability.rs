@@ -250,13 +250,13 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
 
 #[test]
 fn sigterm_with_exchanges_queued_relays_the_one_in_flight_and_answers_the_queued_none() {
-    // One pooled connection, an engine taking 1 s per ACK, four senders at once, nak mode, then
-    // SIGTERM: the exchange in flight gets the engine's AA; the three queued messages were
-    // never forwarded and get no answer at all (not even the AR of nak mode), so their
-    // senders resend elsewhere. Exit status 0.
+    // One pooled connection, an engine taking 1.5 s per ACK (within ack_timeout), nak mode: one
+    // message in flight and three queued behind it, then SIGTERM: the exchange in flight gets
+    // the engine's AA; the three queued messages were never forwarded and get no answer at all
+    // (not even the AR of nak mode), so their senders resend elsewhere. Exit status 0.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
-    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_secs(1))));
+    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(1500))));
     let yaml = pki
         .config_yaml(&[engine.target()], "    on_upstream_failure: nak\n")
         .replace("admin:\n", "logging:\n  format: json\nadmin:\n")
@@ -267,19 +267,25 @@ fn sigterm_with_exchanges_queued_relays_the_one_in_flight_and_answers_the_queued
     let config_path = pki.path("proxy.yaml");
     std::fs::write(&config_path, yaml).expect("write config");
     let mut proxy = ProxyProcess::spawn(&config_path, "info");
-    let addr = proxy.addr;
-    let senders: Vec<_> = (0..4)
-        .map(|s| {
-            let target = pki.target(addr, ClientCert::Good);
-            rt.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50 * s)).await;
-                let mut client = MllpClient::connect(&target, T).await.expect("connect");
-                let id = format!("QT-{s}");
-                client.exchange(&adt(&id), T).await.map(|ack| msa(&ack))
-            })
+    let (addr, admin) = (proxy.addr, proxy.admin);
+    let send = |s: usize| {
+        let target = pki.target(addr, ClientCert::Good);
+        rt.spawn(async move {
+            let mut client = MllpClient::connect(&target, T).await.expect("connect");
+            let id = format!("QT-{s}");
+            client.exchange(&adt(&id), T).await.map(|ack| msa(&ack))
         })
-        .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    };
+    // The first message in flight at the engine, then three queued behind it.
+    let mut senders = vec![send(0)];
+    assert!(rt.block_on(eventually(T, || async { engine.received().len() == 1 })));
+    senders.extend((1..4).map(send));
+    let queued = || async {
+        http_get(admin, "/metrics").await.is_ok_and(|m| {
+            sample_value(&m, "mllp_proxy_upstream_queue_waiting{route=\"test\"}") == 3.0
+        })
+    };
+    assert!(rt.block_on(eventually(T, queued)), "three exchanges queued");
     signal(&proxy, "-TERM");
     let outcomes: Vec<_> = senders
         .into_iter()
