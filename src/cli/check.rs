@@ -29,6 +29,17 @@ pub fn run(path: &Path) -> bool {
         config.admin.listen
     );
     let mut ok = true;
+    if let Some(f) = &config.audit.file {
+        // `run` opens it at start and exits 1 when it cannot; say so before a deployment.
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            eprintln!(
+                "error: audit.file: {}: its directory does not exist",
+                f.display()
+            );
+            ok = false;
+        }
+    }
     if let Some(t) = &config.admin.tls {
         match crate::tls::admin_server_config(t) {
             Ok(_) => println!(

@@ -80,6 +80,11 @@ fn check_accepts_a_good_configuration_and_names_the_key_of_a_bad_one() {
             "client_ca: ca.crt\n      groups: [ffdhe1024]",
             "routes[0].tls.groups[0]: unknown key exchange group",
         ),
+        (
+            "admin:\n",
+            "audit: { file: /nonexistent/dir/audit.log }\nadmin:\n",
+            "audit.file: /nonexistent/dir/audit.log: its directory does not exist",
+        ),
     ];
     for (from, to, key) in cases {
         let bad = pki.path("bad.yaml");
