@@ -448,8 +448,7 @@ impl Report {
             out_of_order.len(),
             &out_of_order,
         );
-        let to: Vec<String> = Vec::new();
-        self.must_be_zero("attempts the sender timed out on", timeouts as usize, &to);
+        self.must_be_zero("attempts the sender timed out on", timeouts as usize, &[]);
 
         // The metrics must tell the operator exactly what the senders experienced.
         let mut mismatches = Vec::new();

@@ -62,60 +62,53 @@ impl TlsError {
 pub fn route_provider(cfg: &TlsConfig) -> Result<Arc<CryptoProvider>, TlsError> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     if !cfg.cipher_suites.is_empty() {
-        let offered: Vec<&str> = p
-            .cipher_suites
-            .iter()
-            .filter_map(|s| s.suite().as_str())
-            .collect();
-        let mut chosen = Vec::with_capacity(cfg.cipher_suites.len());
-        for (j, name) in cfg.cipher_suites.iter().enumerate() {
-            let suite = p
-                .cipher_suites
-                .iter()
-                .find(|s| s.suite().as_str() == Some(name.as_str()))
-                .ok_or_else(|| {
-                    TlsError::policy(
-                        format!("tls.cipher_suites[{j}]"),
-                        format!(
-                            "unknown cipher suite `{name}`; this build offers {}",
-                            offered.join(", ")
-                        ),
-                    )
-                })?;
-            chosen.push(*suite);
-        }
-        p.cipher_suites = chosen;
+        p.cipher_suites = narrow(
+            &p.cipher_suites,
+            &cfg.cipher_suites,
+            |s| s.suite().as_str(),
+            "tls.cipher_suites",
+            "cipher suite",
+        )?;
     }
     if !cfg.groups.is_empty() {
-        let offered: Vec<&str> = p
-            .kx_groups
-            .iter()
-            .filter_map(|g| g.name().as_str())
-            .collect();
-        let mut chosen = Vec::with_capacity(cfg.groups.len());
-        for (j, name) in cfg.groups.iter().enumerate() {
-            let group = p
-                .kx_groups
-                .iter()
-                .find(|g| {
-                    g.name()
-                        .as_str()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
-                })
-                .ok_or_else(|| {
-                    TlsError::policy(
-                        format!("tls.groups[{j}]"),
-                        format!(
-                            "unknown key exchange group `{name}`; this build offers {}",
-                            offered.join(", ")
-                        ),
-                    )
-                })?;
-            chosen.push(*group);
-        }
-        p.kx_groups = chosen;
+        p.kx_groups = narrow(
+            &p.kx_groups,
+            &cfg.groups,
+            |g| g.name().as_str(),
+            "tls.groups",
+            "key exchange group",
+        )?;
     }
     Ok(Arc::new(p))
+}
+
+/// The items of `offered` named in `names` (compared without regard to case), in that order;
+/// an unknown name is an error naming `key[i]` and listing what the build offers.
+fn narrow<T: Copy>(
+    offered: &[T],
+    names: &[String],
+    name_of: impl Fn(&T) -> Option<&'static str>,
+    key: &str,
+    what: &str,
+) -> Result<Vec<T>, TlsError> {
+    let mut chosen = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let item = offered
+            .iter()
+            .find(|t| name_of(t).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .ok_or_else(|| {
+                let all: Vec<&str> = offered.iter().filter_map(&name_of).collect();
+                TlsError::policy(
+                    format!("{key}[{j}]"),
+                    format!(
+                        "unknown {what} `{name}`; this build offers {}",
+                        all.join(", ")
+                    ),
+                )
+            })?;
+        chosen.push(*item);
+    }
+    Ok(chosen)
 }
 
 /// Reads one file, naming the key that points at it on error.
