@@ -1,26 +1,61 @@
 #!/usr/bin/env bash
-# Side by side with the TLS terminators hospitals use today: stunnel4 and haproxy (TCP mode),
-# both with mutual TLS in front of the same stand-in engine, against mllp-proxy (mutual TLS,
-# strict validation, ACK correlation). Same certificates, same load, same run; ratios against
-# the direct (plain) baseline. Needs: apt-get install stunnel4 haproxy.
+# Side by side with the TLS terminators hospitals use today: HAProxy and stunnel4 (TCP mode),
+# both with mutual TLS in front of the same stand-in engine, against mllp-proxy as it ships
+# (mutual TLS, strict validation, ACK correlation, the audit trail into its log, the pooled
+# upstream in its default setting). Same certificates, same load, same run; every figure is
+# also given as a ratio to HAProxy's. Needs: apt-get install stunnel4 haproxy strace.
 #
-#   bash bench/compare.sh [CONNECTIONS] [MESSAGES_PER_CONNECTION] [SIZE]
-conns=${1:-8}
-n=${2:-2000}
-size=${3:-1024}
+#   bash bench/compare.sh [HELD_CONNECTIONS] [SIZE]
+#
+# Measured, in this order:
+#   1. messages/s, p50 and p99 at 1, 8 and 64 closed-loop connections (medians of 3 rounds whose
+#      order rotates), with each server's CPU time per message from /proc;
+#   2. new mutual-TLS connections/s: a full handshake (no resumption) + one message + close,
+#      32 connections at a time;
+#   3. syscalls per message (`strace -c -f` attached for a short 64-connection run);
+#   4. memory per idle connection: RSS before and while HELD_CONNECTIONS connections (one
+#      message each, then idle) are open; the 64-connection load again while they are held;
+#      RSS a few seconds after they closed, against RSS at start.
+# The default of 9,000 held connections fits HAProxy in this machine's hard limit of 20,000
+# open files (HAProxy holds a client and a server descriptor per connection).
+held=${1:-9000}
+size=${2:-1024}
 source "$(dirname "$0")/lib.sh"
-command -v stunnel4 >/dev/null && command -v haproxy >/dev/null || { echo "needs stunnel4 and haproxy (apt-get install stunnel4 haproxy)" >&2; exit 1; }
+for tool in stunnel4 haproxy strace; do
+    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install stunnel4 haproxy strace)" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
+(( held + 200 <= nofile / 2 )) || { echo "$held held connections need $(( 2 * held + 400 )) open files; the limit is $nofile" >&2; exit 1; }
 
 start_engine
-start_proxy bench strict; mllp_port=$proxy_port
 
-stunnel_port=$(free_port)
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; cat "$work"/*.err "$work"/*.log >&2; exit 1; }
+
+declare -A port pid start_rss
+mllp_admin=$(free_port); port[mllp-proxy]=$(free_port)
+cat > "$work/mllp-proxy.yaml" <<YAML
+admin: { listen: "127.0.0.1:$mllp_admin" }
+logging: { level: warn }
+routes:
+  - name: bench
+    listen: "127.0.0.1:${port[mllp-proxy]}"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"] }
+    validation: { mode: strict }
+    limits: { max_connections: $(( held + 200 )), max_connections_per_source: 0 }
+YAML
+# The log (with one audit record per message) goes to a file, as it would to a log pipe.
+"$bin" run -c "$work/mllp-proxy.yaml" 2>"$work/mllp-proxy.log" & pids+=($!); pid[mllp-proxy]=$!
+
+port[stunnel]=$(free_port)
 cat > "$work/stunnel.conf" <<CONF
 foreground = yes
 pid =
 output = $work/stunnel.log
 [mllp]
-accept = 127.0.0.1:$stunnel_port
+accept = 127.0.0.1:${port[stunnel]}
 connect = 127.0.0.1:$engine_port
 cert = $certs/server.crt
 key = $certs/server.key
@@ -29,51 +64,155 @@ verifyChain = yes
 requireCert = yes
 sslVersionMin = TLSv1.2
 CONF
-stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!)
+stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!); pid[stunnel]=$!
 
-haproxy_port=$(free_port)
+port[haproxy]=$(free_port)
 cat "$certs/server.crt" "$certs/server.key" > "$work/haproxy.pem"
 cat > "$work/haproxy.cfg" <<CONF
 global
-  maxconn 1024
+  maxconn $(( held + 100 ))
 defaults
   mode tcp
   timeout connect 5s
   timeout client 15m
   timeout server 15m
 frontend mllp
-  bind 127.0.0.1:$haproxy_port ssl crt $work/haproxy.pem ca-file $certs/ca.crt verify required ssl-min-ver TLSv1.2
+  bind 127.0.0.1:${port[haproxy]} ssl crt $work/haproxy.pem ca-file $certs/ca.crt verify required ssl-min-ver TLSv1.2
   default_backend engine
 backend engine
   server e1 127.0.0.1:$engine_port
 CONF
-haproxy -q -f "$work/haproxy.cfg" & pids+=($!)
-sleep 1
+haproxy -q -f "$work/haproxy.cfg" 2>"$work/haproxy.err" & pids+=($!); pid[haproxy]=$!
 
-declare -A r
-for rounds in 1 2 3; do
-    r[direct,$rounds]=$(bench_result --to "127.0.0.1:$engine_port" --connections "$conns" --messages "$n" --size "$size")
-    r[mllp-proxy,$rounds]=$(bench_result --to "127.0.0.1:$mllp_port" "${tls[@]}" --connections "$conns" --messages "$n" --size "$size")
-    r[stunnel,$rounds]=$(bench_result --to "127.0.0.1:$stunnel_port" "${tls[@]}" --connections "$conns" --messages "$n" --size "$size")
-    r[haproxy,$rounds]=$(bench_result --to "127.0.0.1:$haproxy_port" "${tls[@]}" --connections "$conns" --messages "$n" --size "$size")
+servers=(mllp-proxy haproxy stunnel)
+for s in "${servers[@]}"; do echo "waiting for $s" >&2; wait_port "${port[$s]}"; done
+sleep 0.5
+for s in "${servers[@]}"; do start_rss[$s]=$(rss_kib "${pid[$s]}"); done
+
+# load SERVER ARGS…: one bench run against SERVER; prints its RESULT line plus cpu_us (the
+# server's CPU time per measured message, warm-up included in neither).
+load() {
+    local s=$1; shift
+    local to=(--to "127.0.0.1:${port[$s]:-}" "${tls[@]}")
+    [ "$s" = direct ] && to=(--to "127.0.0.1:$engine_port")
+    local watched=${pid[$s]:-}
+    local before after out
+    [ -n "$watched" ] && before=$(cpu_seconds "$watched")
+    out=$(bench_result "${to[@]}" --size "$size" "$@")
+    [ -n "$watched" ] && after=$(cpu_seconds "$watched")
+    local msgs
+    msgs=$(python3 -c 'import sys; a=sys.argv[1:]; print(int(a[a.index("--connections")+1]) * int(a[a.index("--messages")+1]))' "$@")
+    if [ -n "$watched" ]; then
+        echo "$out cpu_us=$(python3 -c "print(($after - $before) * 1e6 / $msgs)")"
+    else
+        echo "$out cpu_us=0"
+    fi
+}
+
+results=$work/results
+: > "$results"
+order=(direct "${servers[@]}")
+for round in 1 2 3; do
+    order=("${order[@]:1}" "${order[0]}")
+    for s in "${order[@]}"; do
+        echo "conns1 $s $(load "$s" --connections 1 --messages 10000 --warmup 200)" >> "$results"
+        echo "conns8 $s $(load "$s" --connections 8 --messages 3000 --warmup 50)" >> "$results"
+        echo "conns64 $s $(load "$s" --connections 64 --messages 1000 --warmup 20)" >> "$results"
+        [ "$s" = direct ] && continue
+        echo "reconnect $s $(load "$s" --connections 32 --messages 60 --warmup 2 --reconnect)" >> "$results"
+    done
 done
 
-echo "| path | msg/s (median of 3) | vs direct | p50 µs | p99 µs |"
-echo "|---|---|---|---|---|"
-for path in direct mllp-proxy stunnel haproxy; do
-    args=()
-    for rounds in 1 2 3; do args+=("${r[$path,$rounds]}"); done
-    base=()
-    for rounds in 1 2 3; do base+=("${r[direct,$rounds]}"); done
-    python3 - "$path" "${args[@]}" "${base[@]}" <<'PY'
-import re, statistics, sys
-path, lines = sys.argv[1], sys.argv[2:]
-f = lambda l, k: float(re.search(k + r"=([0-9.]+)", l).group(1))
-mine, base = lines[:3], lines[3:]
-rate = statistics.median(f(l, "msgs_per_sec") for l in mine)
-brate = statistics.median(f(l, "msgs_per_sec") for l in base)
-p50 = statistics.median(f(l, "p50_us") for l in mine)
-p99 = statistics.median(f(l, "p99_us") for l in mine)
-print(f"| {path} | {rate:.0f} | {rate/brate:.2f} | {p50:.0f} | {p99:.0f} |")
+for s in "${servers[@]}"; do
+    strace -c -f -q -o "$work/strace.$s" -p "${pid[$s]}" & tracer=$!
+    sleep 1
+    load "$s" --connections 64 --messages 300 --warmup 0 >/dev/null
+    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+    # Total calls and the busiest four, per message.
+    python3 - "$s" "$work/strace.$s" $((64 * 300)) >> "$results" <<'PY'
+import sys
+s, path, msgs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = {}
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        calls[f[-1]] = int(f[3])
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+detail = ",".join(f"{k}:{v / msgs:.2f}" for k, v in top)
+print(f"syscalls {s} per_msg={sum(calls.values()) / msgs:.2f} top={detail}")
 PY
 done
+
+for s in "${servers[@]}"; do
+    before=$(rss_kib "${pid[$s]}")
+    "$bin" bench --to "127.0.0.1:${port[$s]}" "${tls[@]}" --size "$size" --hold "$held" --hold-for 600s \
+        > "$work/hold.$s" 2>&1 & holder=$!
+    for _ in $(seq 1200); do
+        grep -q '^HELD' "$work/hold.$s" && break
+        kill -0 "$holder" 2>/dev/null || { echo "holding $held connections to $s failed: $(tail -1 "$work/hold.$s")" >&2; exit 1; }
+        sleep 0.5
+    done
+    sleep 2
+    during=$(rss_kib "${pid[$s]}")
+    echo "idle $s before_kib=$before held_kib=$during per_conn_kib=$(python3 -c "print(($during - $before) / $held)")" >> "$results"
+    echo "busy_with_idle $s $(load "$s" --connections 64 --messages 1000 --warmup 20)" >> "$results"
+    kill "$holder"; wait "$holder" 2>/dev/null || true
+    sleep 5
+    echo "after $s start_kib=${start_rss[$s]} after_kib=$(rss_kib "${pid[$s]}")" >> "$results"
+done
+
+python3 - "$results" "$held" <<'PY'
+import re, statistics, sys
+path, held = sys.argv[1], int(sys.argv[2])
+rows = [l.split(maxsplit=2) for l in open(path) if l.strip()]
+def val(text, key):
+    m = re.search(key + r"=([0-9.]+)", text)
+    return float(m.group(1)) if m else float("nan")
+def med(kind, s, key):
+    return statistics.median(val(t, key) for k, n, t in rows if k == kind and n == s)
+def one(kind, s, key):
+    return next(val(t, key) for k, n, t in rows if k == kind and n == s)
+servers = ["mllp-proxy", "haproxy", "stunnel"]
+ratio = lambda x, base: f"{x / base:.2f}" if base else "-"
+
+for c in ("1", "8", "64"):
+    kind = "conns" + c
+    print(f"\n{c} connection(s), medians of 3; ratio = ÷ HAProxy\n")
+    print("| path | msg/s | ratio | p50 µs | ratio | p99 µs | ratio | server CPU µs/msg | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    h = {k: med(kind, "haproxy", k) for k in ("msgs_per_sec", "p50_us", "p99_us", "cpu_us")}
+    for s in ["direct"] + servers:
+        v = {k: med(kind, s, k) for k in h}
+        cpu = "-" if s == "direct" else f"{v['cpu_us']:.1f} | {ratio(v['cpu_us'], h['cpu_us'])}"
+        if s == "direct":
+            cpu = "- | -"
+        print(f"| {s} | {v['msgs_per_sec']:.0f} | {ratio(v['msgs_per_sec'], h['msgs_per_sec'])} | "
+              f"{v['p50_us']:.0f} | {ratio(v['p50_us'], h['p50_us'])} | {v['p99_us']:.0f} | "
+              f"{ratio(v['p99_us'], h['p99_us'])} | {cpu} |")
+
+print("\nNew mutual-TLS connections (full handshake + one message + close, 32 at a time), medians of 3\n")
+print("| path | connections/s | ratio | server CPU µs/connection | ratio |")
+print("|---|---|---|---|---|")
+hr, hc = med("reconnect", "haproxy", "msgs_per_sec"), med("reconnect", "haproxy", "cpu_us")
+for s in servers:
+    r, c = med("reconnect", s, "msgs_per_sec"), med("reconnect", s, "cpu_us")
+    print(f"| {s} | {r:.0f} | {ratio(r, hr)} | {c:.0f} | {ratio(c, hc)} |")
+
+print("\nSyscalls per message at 64 connections (strace -c -f)\n")
+print("| path | syscalls/msg | busiest |")
+print("|---|---|---|")
+for k, s, t in rows:
+    if k == "syscalls":
+        print(f"| {s} | {val(t, 'per_msg'):.2f} | {t.split('top=')[1].strip()} |")
+
+print(f"\n{held} idle connections held (one message each, then idle)\n")
+print("| path | KiB per idle connection | ratio | 64 busy msg/s with them held | ÷ without | RSS at start MiB | RSS after they closed MiB | after ÷ start |")
+print("|---|---|---|---|---|---|---|---|")
+hk = one("idle", "haproxy", "per_conn_kib")
+for s in servers:
+    k = one("idle", s, "per_conn_kib")
+    busy, alone = one("busy_with_idle", s, "msgs_per_sec"), med("conns64", s, "msgs_per_sec")
+    start, after = one("after", s, "start_kib"), one("after", s, "after_kib")
+    print(f"| {s} | {k:.1f} | {ratio(k, hk)} | {busy:.0f} | {busy / alone:.2f} | {start / 1024:.1f} | "
+          f"{after / 1024:.1f} | {after / start:.2f} |")
+PY

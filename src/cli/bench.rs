@@ -36,6 +36,17 @@ pub struct BenchArgs {
     /// Bound on each exchange.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
+    /// A new connection for every message: TCP connect, a full TLS handshake (no session
+    /// resumption), one exchange, close. Measures new connections per second.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Instead of a load: open this many connections (32 at a time), one exchange on each,
+    /// print `HELD n`, then keep them open and idle for `--hold-for`.
+    #[arg(long, default_value_t = 0)]
+    pub hold: usize,
+    /// How long `--hold` keeps its connections open.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    pub hold_for: Duration,
 }
 
 /// What a run measured.
@@ -63,7 +74,18 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
             "--connections and --messages must be at least 1".into(),
         ));
     }
-    let target = args.tls.target(&args.to)?;
+    let mut target = args.tls.target(&args.to)?;
+    if args.reconnect {
+        // Every handshake a full one, as a sender restarting would make.
+        if let Some((config, _)) = &mut target.tls {
+            let mut fresh = (**config).clone();
+            fresh.resumption = rustls::client::Resumption::disabled();
+            *config = Arc::new(fresh);
+        }
+    }
+    if args.hold > 0 {
+        return hold(&target, args.hold, args.size, args.timeout, args.hold_for).await;
+    }
     let total = (args.connections * args.messages) as u64;
     let done = Arc::new(AtomicU64::new(0));
     // Every connection is open and warmed up before the clock starts.
@@ -72,8 +94,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
     for c in 0..args.connections {
         let (target, done, barrier) = (target.clone(), done.clone(), barrier.clone());
         let (n, warmup, size, timeout) = (args.messages, args.warmup, args.size, args.timeout);
+        let reconnect = args.reconnect;
         tasks.push(tokio::spawn(async move {
-            connection(c, &target, n, warmup, size, timeout, &done, &barrier).await
+            if reconnect {
+                reconnecting(c, &target, n, warmup, size, timeout, &done, &barrier).await
+            } else {
+                connection(c, &target, n, warmup, size, timeout, &done, &barrier).await
+            }
         }));
     }
     barrier.wait().await;
@@ -202,6 +229,92 @@ async fn connection(
     }
     client.close().await;
     Ok(h)
+}
+
+/// Like [`connection`], with a new connection (and full handshake) per message.
+#[allow(clippy::too_many_arguments)]
+async fn reconnecting(
+    c: usize,
+    target: &ClientTarget,
+    n: usize,
+    warmup: usize,
+    size: usize,
+    timeout: Duration,
+    done: &AtomicU64,
+    barrier: &tokio::sync::Barrier,
+) -> Result<Histogram<u64>, ClientError> {
+    let once = |i: usize| async move {
+        let mut client = MllpClient::connect(target, timeout).await?;
+        exchange(&mut client, &message(c, i, size), timeout).await?;
+        client.close().await;
+        Ok::<(), ClientError>(())
+    };
+    let mut warm_err = None;
+    for i in 0..warmup {
+        if let Err(e) = once(i).await {
+            warm_err = Some(e);
+            break;
+        }
+    }
+    barrier.wait().await;
+    if let Some(e) = warm_err {
+        return Err(e);
+    }
+    let mut h = new_histogram()?;
+    for i in 0..n {
+        let t = Instant::now();
+        once(warmup + i).await?;
+        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(h)
+}
+
+/// `--hold`: opens `count` connections, 32 at a time, one exchange on each, and keeps them
+/// open for `hold_for`; for measuring what an idle connection costs the server.
+async fn hold(
+    target: &ClientTarget,
+    count: usize,
+    size: usize,
+    timeout: Duration,
+    hold_for: Duration,
+) -> Result<BenchResult, ClientError> {
+    let opened = Instant::now();
+    let mut held = Vec::with_capacity(count);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while held.len() < count {
+        while next < count && pending.len() < 32 {
+            let (target, c) = (target.clone(), next);
+            pending.spawn(async move {
+                let mut client = MllpClient::connect(&target, timeout).await?;
+                exchange(&mut client, &message(c, 0, size), timeout).await?;
+                Ok::<_, ClientError>(client)
+            });
+            next += 1;
+        }
+        match pending.join_next().await {
+            Some(Ok(Ok(client))) => held.push(client),
+            Some(Ok(Err(e))) => {
+                return Err(ClientError(format!(
+                    "after {} connections: {e}",
+                    held.len()
+                )));
+            }
+            Some(Err(e)) => return Err(ClientError(format!("connection task: {e}"))),
+            None => break,
+        }
+    }
+    println!("HELD {}", held.len());
+    let _ = std::io::stdout().flush();
+    let elapsed = opened.elapsed();
+    tokio::time::sleep(hold_for).await;
+    drop(held);
+    Ok(BenchResult {
+        messages: count as u64,
+        elapsed,
+        latency_us: new_histogram()?,
+    })
 }
 
 async fn exchange(
