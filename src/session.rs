@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -107,6 +108,28 @@ impl SessionEnd {
                 | SessionEnd::Shutdown
                 | SessionEnd::Upstream(_)
         )
+    }
+}
+
+/// Waits for a sender's next bytes without holding a read buffer, so that an idle session
+/// (thousands of them are an interface's normal state) keeps no buffer of its own.
+pub trait ReadReady {
+    /// Ready when a read would find something (or fail): plaintext already decrypted, the peer's
+    /// close, or bytes on the socket. A spurious ready only costs an early buffer.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let (tcp, conn) = self.get_mut();
+        // Records already read from the socket but not yet decrypted count as readable; an
+        // error is sticky in rustls and surfaces in the read that follows.
+        match conn.process_new_packets() {
+            Ok(io) if io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed() => {
+                tcp.poll_read_ready(cx)
+            }
+            _ => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -229,9 +252,8 @@ struct Session<'a> {
     /// The connection, for audit records.
     who: audit::Who<'a>,
     codec: MllpCodec,
+    /// Bytes read and not yet framed; no allocation while the session is idle.
     buf: BytesMut,
-    /// Answers to the sender, framed.
-    out: BytesMut,
     /// Frames received, for the audit record of the session's end.
     messages: u64,
 }
@@ -242,15 +264,14 @@ impl<'a> Session<'a> {
             ctx,
             who,
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
-            buf: BytesMut::with_capacity(8 * 1024),
-            out: BytesMut::with_capacity(1024),
+            buf: BytesMut::new(),
             messages: 0,
         }
     }
 
     async fn run<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> SessionEnd
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
         loop {
             let frame = match self.next_frame(stream, shutdown).await {
@@ -270,7 +291,7 @@ impl<'a> Session<'a> {
         shutdown: &CancellationToken,
     ) -> Result<Frame, SessionEnd>
     where
-        S: AsyncRead + Unpin,
+        S: AsyncRead + ReadReady + Unpin,
     {
         let limits = &self.ctx.cfg.limits;
         // Counted from the end of the last frame: bytes outside frames do not keep a
@@ -288,14 +309,28 @@ impl<'a> Session<'a> {
                 Ok(None) => {}
                 Err(e) => return Err(SessionEnd::ReadFailed(e.to_string())),
             }
-            // Reading in chunks of at least 8 KiB keeps syscalls few; the codec bounds the total.
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(8 * 1024);
+            // Between frames with nothing buffered, the buffer is given back (the frame just
+            // decoded owns its bytes) and taken again once the sender has sent something.
+            let idle = self.buf.is_empty() && !self.codec.in_frame();
+            if idle {
+                self.buf = BytesMut::new();
             }
+            let (buf, stream) = (&mut self.buf, &mut *stream);
+            let read = async move {
+                if idle {
+                    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+                }
+                // Reading in chunks of at least 8 KiB keeps syscalls few; the codec bounds
+                // the total.
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(8 * 1024);
+                }
+                stream.read_buf(buf).await
+            };
             let n = if self.codec.in_frame() {
                 let deadline =
                     *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
-                match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.buf)).await {
+                match tokio::time::timeout_at(deadline, read).await {
                     Ok(r) => r,
                     Err(_) => return Err(SessionEnd::FrameTimeout),
                 }
@@ -303,7 +338,7 @@ impl<'a> Session<'a> {
                 frame_deadline = None;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                    r = tokio::time::timeout_at(idle_deadline, stream.read_buf(&mut self.buf)) => match r {
+                    r = tokio::time::timeout_at(idle_deadline, read) => match r {
                         Ok(r) => r,
                         Err(_) => return Err(SessionEnd::Idle),
                     },
@@ -599,10 +634,11 @@ impl<'a> Session<'a> {
     where
         S: AsyncWrite + Unpin,
     {
-        self.out.clear();
-        MllpCodec::write_frame(msg, &mut self.out);
+        // Allocated per answer rather than kept: an idle session holds no buffer.
+        let mut out = BytesMut::with_capacity(msg.len() + 3);
+        MllpCodec::write_frame(msg, &mut out);
         let write = async {
-            stream.write_all(&self.out).await?;
+            stream.write_all(&out).await?;
             stream.flush().await
         };
         match tokio::time::timeout(self.ctx.cfg.limits.frame_timeout, write).await {
@@ -672,6 +708,12 @@ routes:
             )),
             metrics,
             cfg,
+        }
+    }
+
+    impl ReadReady for DuplexStream {
+        fn poll_read_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
         }
     }
 
