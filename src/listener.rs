@@ -89,6 +89,7 @@ pub async fn serve(
             let _permit = permit;
             let _source = source;
             let _active = ActiveGuard::new(&ctx.metrics);
+            let _open = crate::memory::OpenConnection::new();
             session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
         });
     }

@@ -142,6 +142,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
         ));
     }
 
+    background.spawn(crate::memory::release_after_bursts(stop_accepting.clone()));
+
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),

@@ -216,3 +216,61 @@ fn a_64_mib_frame_is_refused_without_being_held_in_memory() {
     assert_eq!(engine.received().len(), 1);
     assert_eq!(proxy.terminate().code(), Some(0));
 }
+
+/// The resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_down_after_a_burst_of_idle_connections() {
+    // 1,500 senders connect, send one message each and stay; then all leave. The proxy's RSS
+    // grows while they are held, and is back within 2x of its start a few seconds after they
+    // left (glibc alone kept the peak: docs/performance.md).
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let extra = "    limits: { max_connections: 4000, max_connections_per_source: 0 }\n";
+    let proxy = spawn_json_proxy(&pki, &engine, extra);
+    let pid = proxy.child.id();
+    let start = rss_kib(pid);
+    let target = pki.target(proxy.addr, ClientCert::Good);
+    let mut held = Vec::new();
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..1500 {
+        if opening.len() >= 32
+            && let Some(c) = opening.join_next().await
+        {
+            held.push(c.expect("task"));
+        }
+        let target = target.clone();
+        opening.spawn(async move {
+            let mut c = MllpClient::connect(&target, T).await.expect("connect");
+            let ack = c.exchange(&adt(&format!("M-{i}")), T).await.expect("ACK");
+            assert_eq!(msa(&ack).0, "AA");
+            c
+        });
+    }
+    while let Some(c) = opening.join_next().await {
+        held.push(c.expect("task"));
+    }
+    let peak = rss_kib(pid);
+    assert!(
+        peak > start + 8 * 1024,
+        "1,500 held connections should weigh: {start} KiB at start, {peak} KiB held"
+    );
+    drop(held);
+    let back = eventually(Duration::from_secs(15), || async {
+        rss_kib(pid) <= 2 * start
+    })
+    .await;
+    assert!(
+        back,
+        "RSS {} KiB after the burst left; {start} KiB at start, {peak} KiB held",
+        rss_kib(pid)
+    );
+}
