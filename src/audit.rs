@@ -1,22 +1,24 @@
 //! The audit trail, and the non-blocking writer that carries it (and the log) off the data path.
 //!
-//! Records are tracing events with target `audit` at level info, so they come out in the log's
-//! format (text or JSON). With `audit.file` they go to that file instead, appended, and the file
+//! Records look like info events of target `audit` in the log's format (text or JSON), written
+//! by [`Record`] rather than the general formatter (it was a seventh of the CPU per message). With `audit.file` they go to that file instead, appended, and the file
 //! is reopened on SIGHUP for logrotate. Either way a line is handed to a writer thread through
 //! a channel: a session never waits for a disk or a pipe. Records carry who (peer address,
 //! certificate subject, serial, issuer), what (control ID, message type, size), the outcome
 //! (ACK code, or the NAK's reason and ERR code), which engine and how long — never segment
 //! content; every peer-controlled value is escaped and bounded ([`crate::logsafe`]).
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use crate::logsafe::{escape, escape_str};
 use crate::tls::ClientIdentity;
@@ -191,49 +193,41 @@ pub struct Who<'a> {
 
 /// A session admitted after its handshake: who, and over what TLS.
 pub fn session_started(who: Who<'_>, id: &ClientIdentity, tls_version: &str, cipher_suite: &str) {
-    tracing::info!(
-        target: TARGET,
-        event = "session_start",
-        route = who.route,
-        peer = %who.peer,
-        conn = who.conn,
-        subject = %escape_str(&id.subject),
-        serial = %escape_str(&id.serial),
-        issuer = %escape_str(&id.issuer),
-        identity = %escape_str(&id.to_string()),
-        tls_version,
-        cipher_suite,
-    );
+    let Some(mut r) = Record::new("session_start", who) else {
+        return;
+    };
+    r.text("subject", &escape_str(&id.subject));
+    r.text("serial", &escape_str(&id.serial));
+    r.text("issuer", &escape_str(&id.issuer));
+    r.text("identity", &escape_str(&id.to_string()));
+    r.label("tls_version", tls_version);
+    r.label("cipher_suite", cipher_suite);
+    r.send();
 }
 
 /// A session's end: how many messages, how long, why.
 pub fn session_ended(who: Who<'_>, messages: u64, duration: Duration, reason: &str) {
-    tracing::info!(
-        target: TARGET,
-        event = "session_end",
-        route = who.route,
-        peer = %who.peer,
-        conn = who.conn,
-        messages,
-        duration_ms = duration.as_millis() as u64,
-        reason,
-    );
+    let Some(mut r) = Record::new("session_end", who) else {
+        return;
+    };
+    r.number("messages", messages);
+    r.number("duration_ms", duration.as_millis() as u64);
+    r.label("reason", reason);
+    r.send();
 }
 
 /// A handshake the proxy refused, with the certificate presented, if any.
 pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Option<&ClientIdentity>) {
-    let field = |f: fn(&ClientIdentity) -> &str| presented.map(|c| escape_str(f(c)));
-    tracing::info!(
-        target: TARGET,
-        event = "handshake_refused",
-        route = who.route,
-        peer = %who.peer,
-        conn = who.conn,
-        reason,
-        subject = field(|c| &c.subject).as_deref(),
-        serial = field(|c| &c.serial).as_deref(),
-        issuer = field(|c| &c.issuer).as_deref(),
-    );
+    let Some(mut r) = Record::new("handshake_refused", who) else {
+        return;
+    };
+    r.label("reason", reason);
+    if let Some(c) = presented {
+        r.text("subject", &escape_str(&c.subject));
+        r.text("serial", &escape_str(&c.serial));
+        r.text("issuer", &escape_str(&c.issuer));
+    }
+    r.send();
 }
 
 /// What became of one message.
@@ -278,45 +272,139 @@ pub fn message(
     bytes: usize,
     outcome: Outcome<'_>,
 ) {
-    // One record shape; the fields of the other outcomes are `None`, and absent from the line.
-    let (mut ack, mut engine, mut latency_us, mut nak, mut err_code) =
-        (None, None, None, None, None);
-    let (mut upstream_failure, mut answer, mut forwarded) = (None, None, None);
+    let Some(mut r) = Record::new("message", who) else {
+        return;
+    };
+    r.text("control_id", &escape(control_id));
+    r.text("message_type", &escape(message_type));
+    r.number("bytes", bytes as u64);
     match outcome {
         Outcome::Relayed {
-            ack: code,
-            engine: target,
+            ack,
+            engine,
             latency,
         } => {
-            (ack, engine) = (Some(code), Some(target));
-            latency_us = Some(latency.as_micros() as u64);
+            r.label("ack", ack);
+            r.label("engine", engine);
+            r.number("latency_us", latency.as_micros() as u64);
         }
-        Outcome::Refused { reason, err } => (nak, err_code) = (Some(reason), Some(err)),
+        Outcome::Refused { reason, err } => {
+            r.label("nak", reason);
+            r.number("err_code", u64::from(err));
+        }
         Outcome::Failed {
             kind,
-            engine: target,
-            answer: sent,
-        } => (upstream_failure, engine, answer) = (Some(kind), target, Some(sent)),
-        Outcome::Forwarded { engine: target } => {
-            (forwarded, engine) = (Some("acknowledgment"), Some(target));
+            engine,
+            answer,
+        } => {
+            r.label("upstream_failure", kind);
+            if let Some(engine) = engine {
+                r.label("engine", engine);
+            }
+            r.label("answer", answer);
+        }
+        Outcome::Forwarded { engine } => {
+            r.label("engine", engine);
+            r.label("forwarded", "acknowledgment");
         }
     }
-    tracing::info!(
-        target: TARGET,
-        event = "message",
-        route = who.route,
-        peer = %who.peer,
-        conn = who.conn,
-        control_id = %escape(control_id),
-        message_type = %escape(message_type),
-        bytes,
-        ack,
-        engine,
-        latency_us,
-        nak,
-        err_code,
-        upstream_failure,
-        answer,
-        forwarded,
-    );
+    r.send();
+}
+
+/// Where records go, set once by the binary ([`install`]); without it (a library user that did
+/// not ask for an audit trail) records are not written.
+static SINK: OnceLock<(LineWriter, bool)> = OnceLock::new();
+
+/// Sends audit records to `writer` (the log's, or `audit.file`'s), as JSON or as the text log's
+/// lines. The first call wins.
+pub fn install(writer: LineWriter, json: bool) {
+    let _ = SINK.set((writer, json));
+}
+
+/// One audit line, written the way the log's formatter writes an info event of target `audit`
+/// (same timestamp, level, field syntax), without going through it: a record per message is
+/// on every exchange's path, and the general formatter cost 3 µs of CPU per message.
+struct Record {
+    line: String,
+    json: bool,
+    tx: &'static mpsc::Sender<Line>,
+}
+
+impl Record {
+    fn new(event: &str, who: Who<'_>) -> Option<Record> {
+        let (writer, json) = SINK.get()?;
+        let mut line = String::with_capacity(320);
+        let _ = if *json {
+            line.push_str("{\"timestamp\":\"");
+            SystemTime.format_time(&mut Writer::new(&mut line))
+        } else {
+            SystemTime.format_time(&mut Writer::new(&mut line))
+        };
+        let mut r = Record {
+            line,
+            json: *json,
+            tx: &writer.tx,
+        };
+        if r.json {
+            r.line.push_str("\",\"level\":\"INFO\"");
+        } else {
+            r.line.push_str("  INFO audit:");
+        }
+        r.label("event", event);
+        r.label("route", who.route);
+        r.text("peer", &who.peer.to_string());
+        r.number("conn", who.conn);
+        Some(r)
+    }
+
+    /// A name from a bounded set: quoted in text, as tracing writes a `&str`.
+    fn label(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.line.push('"');
+        self.quoted(value);
+        self.line.push('"');
+    }
+
+    /// An already escaped value: bare in text, as tracing writes a `Display` value.
+    fn text(&mut self, key: &str, value: &str) {
+        self.key(key);
+        if self.json {
+            self.line.push('"');
+            self.quoted(value);
+            self.line.push('"');
+        } else {
+            self.line.push_str(value);
+        }
+    }
+
+    fn number(&mut self, key: &str, value: u64) {
+        self.key(key);
+        let _ = write!(self.line, "{value}");
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.json {
+            let _ = write!(self.line, ",\"{key}\":");
+        } else {
+            let _ = write!(self.line, " {key}=");
+        }
+    }
+
+    /// Inside quotes: `"` and `\` escaped (values are escaped for control characters already).
+    fn quoted(&mut self, value: &str) {
+        for c in value.chars() {
+            if matches!(c, '"' | '\\') {
+                self.line.push('\\');
+            }
+            self.line.push(c);
+        }
+    }
+
+    fn send(mut self) {
+        if self.json {
+            self.line.push_str(",\"target\":\"audit\"}");
+        }
+        self.line.push('\n');
+        let _ = self.tx.send(Line::Text(self.line.into_bytes()));
+    }
 }

@@ -11,7 +11,6 @@ use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use mllp_proxy::metrics::Metrics;
 use mllp_proxy::shutdown::{Signal, Signals};
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
@@ -198,10 +197,6 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
         },
         _ => EnvFilter::new(level),
     };
-    let filter = match format!("{}=info", audit::TARGET).parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
     let (log_writer, guard) = match LineWriter::start(Sink::Stderr, Reopen::default()) {
         Ok(w) => w,
         Err(e) => {
@@ -210,43 +205,34 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
         }
     };
     logging._guards.push(guard);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let layer = |w: LineWriter| -> Box<dyn Layer<Registry> + Send + Sync> {
-        match format {
-            LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(w).boxed(),
-            LogFormat::Json => fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_writer(w)
-                .boxed(),
-        }
-    };
-    let mut layers = Vec::new();
-    match audit_file {
-        None => layers.push(layer(log_writer).with_filter(filter).boxed()),
+    let audit_writer = match audit_file {
+        None => log_writer.clone(),
         Some(path) => {
             let sink = Sink::File(path.to_path_buf());
-            let (audit_writer, guard) = match LineWriter::start(sink, logging.reopen.clone()) {
-                Ok(w) => w,
+            match LineWriter::start(sink, logging.reopen.clone()) {
+                Ok((w, guard)) => {
+                    logging._guards.push(guard);
+                    w
+                }
                 Err(e) => {
                     // Checked at start-up by `run`, so only a race gets here.
                     eprintln!("error: audit.file {}: {e}", path.display());
                     std::process::exit(1);
                 }
-            };
-            logging._guards.push(guard);
-            let not_audit = filter_fn(|m| m.target() != audit::TARGET);
-            let only_audit =
-                filter_fn(|m| m.target() == audit::TARGET && *m.level() <= tracing::Level::INFO);
-            layers.push(
-                layer(log_writer)
-                    .with_filter(filter)
-                    .with_filter(not_audit)
-                    .boxed(),
-            );
-            layers.push(layer(audit_writer).with_filter(only_audit).boxed());
+            }
         }
-    }
+    };
+    audit::install(audit_writer, matches!(format, LogFormat::Json));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(log_writer).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(log_writer)
+            .boxed(),
+    };
+    let layers = vec![layer.with_filter(filter).boxed()];
     if let Err(e) = tracing_subscriber::registry().with(layers).try_init() {
         eprintln!("warning: logging not initialised: {e}");
     }
