@@ -35,5 +35,6 @@ pub mod mllp;
 pub mod proxy;
 pub mod session;
 pub mod shutdown;
+pub mod timer;
 pub mod tls;
 pub mod upstream;

@@ -25,6 +25,7 @@ use crate::hl7::{self, Header, NakReason};
 use crate::logsafe::{RouteEvents, escape, escape_str};
 use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
+use crate::timer::Deadline;
 use crate::tls::{AllowList, ClientIdentity, PRESENTED, TlsWatch, handshake_failure_reason};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -232,6 +233,9 @@ pub async fn serve(
         audit::session_started(who, &identity, version, suite);
         let started = Instant::now();
         let mut session = Session::new(&ctx, who);
+        // A token of its own: every check and wait on the route's token would take the one
+        // mutex all sessions share, several times per message.
+        let shutdown = shutdown.child_token();
         let end = session.run(&mut tls, &shutdown).await;
         audit::session_ended(who, session.messages, started.elapsed(), end.label());
         if end.routine() {
@@ -256,6 +260,8 @@ struct Session<'a> {
     buf: BytesMut,
     /// Frames received, for the audit record of the session's end.
     messages: u64,
+    /// The idle deadline's timer, kept across messages.
+    idle: Deadline,
 }
 
 impl<'a> Session<'a> {
@@ -266,6 +272,7 @@ impl<'a> Session<'a> {
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,
+            idle: Deadline::new(Instant::now() + ctx.cfg.limits.idle_timeout),
         }
     }
 
@@ -315,7 +322,7 @@ impl<'a> Session<'a> {
             if idle {
                 self.buf = BytesMut::new();
             }
-            let (buf, stream) = (&mut self.buf, &mut *stream);
+            let (buf, stream, idle_timer) = (&mut self.buf, &mut *stream, &mut self.idle);
             let read = async move {
                 if idle {
                     std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
@@ -337,11 +344,10 @@ impl<'a> Session<'a> {
             } else {
                 frame_deadline = None;
                 tokio::select! {
+                    biased;
+                    r = read => r,
+                    _ = idle_timer.until(idle_deadline) => return Err(SessionEnd::Idle),
                     _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                    r = tokio::time::timeout_at(idle_deadline, read) => match r {
-                        Ok(r) => r,
-                        Err(_) => return Err(SessionEnd::Idle),
-                    },
                 }
             };
             match n {

@@ -9,11 +9,13 @@ use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::UpstreamError;
 use crate::hl7::{AckCode, parse_ack};
 use crate::mllp::{Frame, MllpCodec, MllpError};
+use crate::timer::Deadline;
 
 /// The engine's acknowledgment of the message just sent.
 pub struct Ack {
@@ -37,6 +39,9 @@ pub struct UpstreamConn {
     /// the engine repeating its previous ACK, not a wrong answer to the current message.
     last_control_id: Vec<u8>,
     duplicates: IntCounter,
+    /// The ACK deadline's timer, kept across exchanges; `None` after an exchange was abandoned
+    /// half-way (then made again).
+    ack_timer: Option<Deadline>,
 }
 
 /// What the next frame read from the engine turned out to be.
@@ -62,6 +67,7 @@ impl UpstreamConn {
             out: BytesMut::with_capacity(4096),
             last_control_id: Vec::new(),
             duplicates,
+            ack_timer: None,
         }
     }
 
@@ -105,14 +111,25 @@ impl UpstreamConn {
     ) -> Result<Ack, UpstreamError> {
         self.out.clear();
         MllpCodec::write_frame(msg, &mut self.out);
-        match tokio::time::timeout(ack_timeout, self.exchange_inner(control_id)).await {
-            Ok(Ok(ack)) => {
+        let deadline = Instant::now() + ack_timeout;
+        let mut timer = self
+            .ack_timer
+            .take()
+            .unwrap_or_else(|| Deadline::new(deadline));
+        let answer = tokio::select! {
+            biased;
+            r = self.exchange_inner(control_id) => Some(r),
+            _ = timer.until(deadline) => None,
+        };
+        self.ack_timer = Some(timer);
+        match answer {
+            Some(Ok(ack)) => {
                 self.last_control_id.clear();
                 self.last_control_id.extend_from_slice(control_id);
                 Ok(ack)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(UpstreamError::Timeout {
+            Some(Err(e)) => Err(e),
+            None => Err(UpstreamError::Timeout {
                 target: self.target.to_string(),
                 timeout: ack_timeout,
             }),

@@ -1,0 +1,74 @@
+//! Deadlines that move forward on every message without touching the runtime's timer wheel
+//! each time.
+//!
+//! A session's idle deadline and a connection's ACK deadline are pushed back by every message.
+//! Resetting a tokio `Sleep` each time costs a wheel insertion and removal under the driver's
+//! lock, twice per exchange. A [`Deadline`] keeps one `Sleep` armed; when the deadline moves
+//! later the old one is left to fire, is found early, and is re-armed once: one wheel
+//! operation per timeout period instead of one per message.
+
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
+
+/// A re-usable timer for a deadline that mostly moves later.
+pub struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    /// A timer, first armed for `at`.
+    pub fn new(at: Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    /// Completes at `at` (exactly: an earlier arming is only a wake-up to re-arm).
+    pub async fn until(&mut self, at: Instant) {
+        loop {
+            if self.sleep.is_elapsed() || self.sleep.deadline() > at {
+                self.sleep.as_mut().reset(at);
+            }
+            self.sleep.as_mut().await;
+            if Instant::now() >= at {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_later_fires_exactly_at_the_new_instant() {
+        let start = Instant::now();
+        let mut d = Deadline::new(start + Duration::from_secs(10));
+        // Pushed back three times before it was due, as messages keep arriving.
+        for later in [4, 8, 12] {
+            let wait = d.until(start + Duration::from_secs(10 + later));
+            let cut = tokio::time::sleep(Duration::from_secs(4));
+            tokio::select! {
+                _ = wait => panic!("fired before its deadline"),
+                _ = cut => {}
+            }
+        }
+        d.until(start + Duration::from_secs(22)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(22));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_is_not_held_back_by_a_later_arming() {
+        let start = Instant::now();
+        let mut d = Deadline::new(start + Duration::from_secs(60));
+        d.until(start + Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // After firing, a new deadline arms it again.
+        d.until(start + Duration::from_secs(7)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+    }
+}
