@@ -27,14 +27,16 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
-    /// With `admin.ready_requires_upstream`: each route's engine, of which at least one
-    /// target must be up for `/readyz` to answer 200. Empty otherwise.
+    /// Each route's engine: its pool's gauges are read at scrape time.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `admin.ready_requires_upstream`: `/readyz` needs a target up on every route.
+    pub ready_requires_upstream: bool,
 }
 
 impl AdminState {
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.upstreams.iter().all(|u| u.any_up())
+        self.ready.load(Ordering::Acquire)
+            && (!self.ready_requires_upstream || self.upstreams.iter().all(|u| u.any_up()))
     }
 }
 
@@ -130,6 +132,9 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
     match req.uri().path() {
         "/metrics" => {
+            for u in &state.upstreams {
+                u.refresh_gauges();
+            }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

@@ -147,11 +147,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, Sta
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
-        upstreams: if config.admin.ready_requires_upstream {
-            upstreams
-        } else {
-            Vec::new()
-        },
+        upstreams,
+        ready_requires_upstream: config.admin.ready_requires_upstream,
     });
     background.spawn(admin::serve(
         admin_listener,

@@ -112,6 +112,11 @@ impl Upstream {
         }
     }
 
+    /// Brings the pool's busy/idle gauges up to date (before a scrape).
+    pub fn refresh_gauges(&self) {
+        self.pool.refresh_gauges(&self.targets);
+    }
+
     /// Whether any target is up (for `admin.ready_requires_upstream`).
     pub fn any_up(&self) -> bool {
         self.targets.iter().any(|t| t.is_up())

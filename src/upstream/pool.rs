@@ -16,51 +16,29 @@ use tokio::time::Instant;
 use super::conn::UpstreamConn;
 use super::health::Target;
 
-/// An open connection owned by the pool, busy or idle; the gauges follow it.
+/// An open connection owned by the pool, busy or idle. The busy/idle gauges are computed when
+/// `/metrics` is scraped ([`Pool::refresh_gauges`]), not kept up to date per exchange: four
+/// updates of counters shared by every core, on every exchange, for a figure read every 15 s.
 pub(super) struct PooledConn {
     pub(super) conn: UpstreamConn,
     pub(super) target: Arc<Target>,
-    busy: bool,
     idle_since: Instant,
 }
 
 impl PooledConn {
     pub(super) fn new(conn: UpstreamConn, target: Arc<Target>) -> Self {
         target.pooled.fetch_add(1, Ordering::AcqRel);
-        target.metrics.busy.inc();
         Self {
             conn,
             target,
-            busy: true,
             idle_since: Instant::now(),
         }
-    }
-
-    fn set_busy(&mut self, busy: bool) {
-        if self.busy == busy {
-            return;
-        }
-        let m = &self.target.metrics;
-        if busy {
-            m.idle.dec();
-            m.busy.inc();
-        } else {
-            m.busy.dec();
-            m.idle.inc();
-            self.idle_since = Instant::now();
-        }
-        self.busy = busy;
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.target.pooled.fetch_sub(1, Ordering::AcqRel);
-        if self.busy {
-            self.target.metrics.busy.dec();
-        } else {
-            self.target.metrics.idle.dec();
-        }
     }
 }
 
@@ -103,9 +81,7 @@ impl Pool {
         let at = idle
             .iter()
             .rposition(|c| std::ptr::eq(Arc::as_ptr(&c.target), target))?;
-        let mut c = idle.remove(at);
-        c.set_busy(true);
-        Some(c)
+        Some(idle.remove(at))
     }
 
     /// Before opening a connection: when the pool is at its limit, closes the idle connection
@@ -136,9 +112,22 @@ impl Pool {
 
     /// Returns a connection after a successful exchange.
     pub(super) fn put_idle(&self, mut c: PooledConn) {
-        c.set_busy(false);
+        c.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(c);
+        }
+    }
+
+    /// Sets each target's busy and idle gauges from the pool as it is now.
+    pub(super) fn refresh_gauges(&self, targets: &[Arc<Target>]) {
+        let Ok(idle) = self.idle.lock() else {
+            return;
+        };
+        for t in targets {
+            let waiting = idle.iter().filter(|c| Arc::ptr_eq(&c.target, t)).count();
+            let open = t.pooled.load(Ordering::Acquire);
+            t.metrics.idle.set(waiting as i64);
+            t.metrics.busy.set(open.saturating_sub(waiting) as i64);
         }
     }
 
