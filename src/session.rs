@@ -265,6 +265,8 @@ struct Session<'a> {
     messages: u64,
     /// The idle deadline's timer, kept across messages.
     idle: Deadline,
+    /// The answer's write deadline (`frame_timeout`), likewise.
+    write: Deadline,
 }
 
 impl<'a> Session<'a> {
@@ -276,6 +278,7 @@ impl<'a> Session<'a> {
             buf: BytesMut::new(),
             messages: 0,
             idle: Deadline::new(Instant::now() + ctx.cfg.limits.idle_timeout),
+            write: Deadline::new(Instant::now() + ctx.cfg.limits.frame_timeout),
         }
     }
 
@@ -652,10 +655,12 @@ impl<'a> Session<'a> {
             stream.write_all(&out).await?;
             stream.flush().await
         };
-        match tokio::time::timeout(self.ctx.cfg.limits.frame_timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SessionEnd::WriteFailed(io_detail(&e))),
-            Err(_) => Err(SessionEnd::NotReading),
+        let deadline = Instant::now() + self.ctx.cfg.limits.frame_timeout;
+        // Biased: an answer the socket takes at once never arms the timer.
+        tokio::select! {
+            biased;
+            r = write => r.map_err(|e| SessionEnd::WriteFailed(io_detail(&e))),
+            _ = self.write.until(deadline) => Err(SessionEnd::NotReading),
         }
     }
 }
