@@ -267,6 +267,8 @@ struct Session<'a> {
     idle: Deadline,
     /// The answer's write deadline (`frame_timeout`), likewise.
     write: Deadline,
+    /// The wait for a pooled engine connection (`queue_timeout`), likewise.
+    queue: Deadline,
 }
 
 impl<'a> Session<'a> {
@@ -279,6 +281,7 @@ impl<'a> Session<'a> {
             messages: 0,
             idle: Deadline::new(Instant::now() + ctx.cfg.limits.idle_timeout),
             write: Deadline::new(Instant::now() + ctx.cfg.limits.frame_timeout),
+            queue: Deadline::new(Instant::now() + ctx.cfg.upstream.queue_timeout),
         }
     }
 
@@ -429,7 +432,7 @@ impl<'a> Session<'a> {
         match self
             .ctx
             .upstream
-            .exchange(&forward, control_id, shutdown)
+            .exchange(&forward, control_id, shutdown, &mut self.queue)
             .await
         {
             Ok(ack) => {
@@ -570,7 +573,12 @@ impl<'a> Session<'a> {
     where
         S: AsyncWrite + Unpin,
     {
-        match self.ctx.upstream.send_only(msg, shutdown).await {
+        match self
+            .ctx
+            .upstream
+            .send_only(msg, shutdown, &mut self.queue)
+            .await
+        {
             Ok(engine) => {
                 self.ctx.metrics.messages_forwarded.inc();
                 if self.ctx.audit_messages {

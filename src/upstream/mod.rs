@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,7 @@ pub use conn::{Ack, UpstreamConn};
 
 use crate::config::{Balance, UpstreamConfig};
 use crate::metrics::RouteMetrics;
+use crate::timer::Deadline;
 use health::Target;
 use pool::{Pool, PooledConn};
 
@@ -125,13 +126,16 @@ impl Upstream {
     /// Forwards `msg` over a pooled connection and returns its ACK (MSA-2 = `control_id`).
     /// A reused connection that closes without a single answer byte is the engine having
     /// dropped it: the message is retried once on another connection.
+    /// `queue_timer` times a wait for a pooled connection (one per session, kept across its
+    /// exchanges).
     pub async fn exchange(
         &self,
         msg: &[u8],
         control_id: &[u8],
         shutdown: &CancellationToken,
+        queue_timer: &mut Deadline,
     ) -> Result<Ack, UpstreamError> {
-        let permit = self.permit(shutdown).await?;
+        let permit = self.permit(shutdown, queue_timer).await?;
         let (mut c, reused) = self.connection().await?;
         let timeout = self.cfg.ack_timeout;
         let mut result = c.conn.exchange(msg, control_id, timeout).await;
@@ -171,8 +175,9 @@ impl Upstream {
         &self,
         msg: &[u8],
         shutdown: &CancellationToken,
+        queue_timer: &mut Deadline,
     ) -> Result<Arc<str>, UpstreamError> {
-        let _permit = self.permit(shutdown).await?;
+        let _permit = self.permit(shutdown, queue_timer).await?;
         let (mut c, _) = self.connection().await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
         let target = c.target.addr.clone();
@@ -184,21 +189,28 @@ impl Upstream {
     async fn permit(
         &self,
         shutdown: &CancellationToken,
-    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
-        if self.cfg.max_connections == 0 {
+        queue_timer: &mut Deadline,
+    ) -> Result<Option<SemaphorePermit<'_>>, UpstreamError> {
+        let Some(limit) = self.pool.limit() else {
             return Ok(None);
-        }
+        };
         let m = &self.metrics;
+        // A free connection: nothing to time or to watch.
+        if let Ok(p) = limit.try_acquire() {
+            m.upstream_queue_seconds.observe(0.0);
+            return Ok(Some(p));
+        }
         let started = Instant::now();
         m.upstream_queue_waiting.inc();
         let waited = tokio::select! {
-            p = tokio::time::timeout(self.cfg.queue_timeout, self.pool.permit()) => p.map_err(|_| {
-                UpstreamError::Queue(format!(
-                    "no upstream connection free within queue_timeout ({:?}); message not forwarded",
-                    self.cfg.queue_timeout
-                ))
-            }),
-            _ = shutdown.cancelled(), if self.pool.would_wait() => Err(UpstreamError::Queue(
+            biased;
+            // The semaphore is never closed, so acquiring only ends with a permit.
+            p = limit.acquire() => Ok(p.ok()),
+            _ = queue_timer.until(started + self.cfg.queue_timeout) => Err(UpstreamError::Queue(format!(
+                "no upstream connection free within queue_timeout ({:?}); message not forwarded",
+                self.cfg.queue_timeout
+            ))),
+            _ = shutdown.cancelled() => Err(UpstreamError::Queue(
                 "proxy stopping while waiting for an upstream connection; message not forwarded".into(),
             )),
         };

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::conn::UpstreamConn;
@@ -46,7 +46,7 @@ impl Drop for PooledConn {
 pub(super) struct Pool {
     idle: Mutex<Vec<PooledConn>>,
     /// `None`: no limit.
-    limit: Option<Arc<Semaphore>>,
+    limit: Option<Semaphore>,
     max: usize,
 }
 
@@ -54,28 +54,18 @@ impl Pool {
     pub(super) fn new(max_connections: usize) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
-            limit: (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))),
+            limit: (max_connections > 0).then(|| Semaphore::new(max_connections)),
             max: max_connections,
         }
     }
 
-    /// Waits (in arrival order) for the right to run one exchange.
-    pub(super) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        match &self.limit {
-            // The semaphore is never closed, so acquiring only ends with a permit.
-            Some(s) => s.clone().acquire_owned().await.ok(),
-            None => None,
-        }
+    /// The exchange limit, if there is one. Tokio's semaphore is fair: a permit given back
+    /// goes to the longest waiting exchange, and `try_acquire` cannot jump the queue.
+    pub(super) fn limit(&self) -> Option<&Semaphore> {
+        self.limit.as_ref()
     }
 
-    /// Whether a permit is free right now (so an exchange will not queue).
-    pub(super) fn would_wait(&self) -> bool {
-        self.limit
-            .as_ref()
-            .is_some_and(|s| s.available_permits() == 0)
-    }
-
-    /// The most recently used idle connection to `target`, marked busy.
+    /// The most recently used idle connection to `target`.
     pub(super) fn take_idle(&self, target: &Target) -> Option<PooledConn> {
         let mut idle = self.idle.lock().ok()?;
         let at = idle
