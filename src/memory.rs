@@ -1,4 +1,5 @@
-//! Giving a burst's memory back to the system once its connections have closed.
+//! Memory that sessions take and give back: per-thread spare read buffers, and giving a
+//! burst's memory back to the system once its connections have closed.
 //!
 //! glibc's malloc keeps what a worker thread freed in that thread's arena and returns pages
 //! only from the top of it: after 4,000 idle connections came and went the proxy stayed at
@@ -6,10 +7,49 @@
 //! `malloc_trim(0)` gives every free page back; it is called once the number of open
 //! connections has fallen well below its recent peak, so a steady load never pays for it.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
+
+/// A session's read buffer, in bytes.
+pub const READ_BUFFER: usize = 8 * 1024;
+
+/// Read buffers kept per worker thread. A session gives its buffer back whenever it waits for
+/// the next message (so an idle connection holds none) and takes one when bytes arrive: a busy
+/// sender does both on every message, and an 8 KiB malloc and free each time cost 1.8 µs of
+/// CPU per message (glibc consolidates its free lists before a request of 1 KiB or more).
+const SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer of [`READ_BUFFER`] bytes: a spare one of this thread, or a new one.
+pub fn take_buffer() -> BytesMut {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER))
+}
+
+/// Keeps an emptied read buffer for the next [`take_buffer`] on this thread, up to
+/// [`SPARE_BUFFERS`]; beyond that (or if it is still shared with a frame) it is freed.
+pub fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    // Reclaims the whole allocation when no frame holds part of it; a shared one would have
+    // to allocate anew, which the next taker can do as well.
+    if !buf.try_reclaim(READ_BUFFER) {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
 
 /// Sender connections open, all routes together.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -85,4 +125,33 @@ pub fn release() -> bool {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release() -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_given_back_is_taken_again_whole_and_a_shared_one_is_not_kept() {
+        let mut b = take_buffer();
+        b.extend_from_slice(b"0123456789");
+        let frame = b.split_to(4);
+        drop(frame);
+        let at = b.as_ptr() as usize - 4;
+        give_back(b);
+        let again = take_buffer();
+        assert_eq!(again.as_ptr() as usize, at, "the same allocation, from its start");
+        assert!(again.is_empty() && again.capacity() >= READ_BUFFER);
+
+        // Part of it still held by a frame: freed, not kept for another session.
+        let mut shared = again;
+        shared.extend_from_slice(b"abcdef");
+        let held = shared.split_to(3).freeze();
+        give_back(shared);
+        let other = take_buffer();
+        let start = held.as_ptr() as usize;
+        let inside = (start..start + READ_BUFFER).contains(&(other.as_ptr() as usize));
+        assert!(!inside, "a buffer a frame still reads from was handed out again");
+        assert_eq!(&held[..], b"abc");
+    }
 }

@@ -112,9 +112,6 @@ impl SessionEnd {
     }
 }
 
-/// The buffer taken for the first read after an idle wait, in bytes.
-const FIRST_READ: usize = 1000;
-
 /// Waits for a sender's next bytes without holding a read buffer, so that an idle session
 /// (thousands of them are an interface's normal state) keeps no buffer of its own.
 pub trait ReadReady {
@@ -328,20 +325,17 @@ impl<'a> Session<'a> {
             // Between frames with nothing buffered, the buffer is given back (the frame just
             // decoded owns its bytes) and taken again once the sender has sent something.
             let idle = self.buf.is_empty() && !self.codec.in_frame();
-            if idle {
-                self.buf = BytesMut::new();
+            if idle && self.buf.capacity() > 0 {
+                crate::memory::give_back(std::mem::take(&mut self.buf));
             }
             let (buf, stream, idle_timer) = (&mut self.buf, &mut *stream, &mut self.idle);
             let read = async move {
                 if idle {
                     std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
-                    // Most messages fit; under 1 KiB glibc serves it from its per-thread cache
-                    // (an 8 KiB request consolidated its free lists first: 3% of the CPU).
-                    buf.reserve(FIRST_READ);
+                    *buf = crate::memory::take_buffer();
                 } else if buf.capacity() - buf.len() < 4096 {
-                    // Within a frame, chunks of at least 8 KiB keep syscalls few; the codec
-                    // bounds the total.
-                    buf.reserve(8 * 1024);
+                    // Chunks of at least 8 KiB keep syscalls few; the codec bounds the total.
+                    buf.reserve(crate::memory::READ_BUFFER);
                 }
                 stream.read_buf(buf).await
             };
