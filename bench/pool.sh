@@ -5,11 +5,14 @@
 #     target/baseline: `git worktree` + `cargo build --release`, a few minutes the first time);
 #   - max_connections 1 (64 senders sharing one engine connection) against one client talking
 #     to the engine directly on one connection: what a single-connection engine can carry.
-# Medians of 3 interleaved rounds; ratios, since the machine is shared and noisy.
+# 5 interleaved rounds whose order rotates. The ratio is the median of the per-round ratios (each
+# path against its baseline in the same round, seconds apart), which cancels the machine's slow
+# drifts better than a ratio of medians; both are printed, with each proxy's CPU per message.
 #
-#   bash bench/pool.sh [MESSAGES_PER_SENDER] [SIZE]
+#   bash bench/pool.sh [MESSAGES_PER_SENDER] [SIZE] [ROUNDS]
 n=${1:-1000}
 size=${2:-1024}
+rounds=${3:-5}
 baseline_ref=${BASELINE_REF:-1f1da2c}
 source "$(dirname "$0")/lib.sh"
 
@@ -22,8 +25,8 @@ fi
 
 start_engine
 
-# proxy NAME BINARY MAX_CONNECTIONS: starts a proxy; sets ${port[NAME]}.
-declare -A port
+# proxy NAME BINARY MAX_CONNECTIONS: starts a proxy; sets ${port[NAME]} and ${pid[NAME]}.
+declare -A port pid
 proxy() {
     local name=$1 binary=$2 max=$3 admin_port pool="" audit=""
     port[$name]=$(free_port); admin_port=$(free_port)
@@ -40,7 +43,7 @@ routes:
     tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
     upstream: { targets: ["127.0.0.1:$engine_port"]$pool }
 YAML
-    "$binary" run -c "$work/$name.yaml" & pids+=($!)
+    "$binary" run -c "$work/$name.yaml" & pids+=($!); pid[$name]=$!
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && return
         sleep 0.1
@@ -54,28 +57,43 @@ proxy pool-1 "$bin" 1
 
 declare -A r
 order=(per-session pool-0 pool-8 pool-1)
-for round in 1 2 3; do
+# measure NAME ARGS…: a RESULT line plus cpu_us, the proxy's CPU per measured message.
+measure() {
+    local name=$1; shift
+    local before after out msgs
+    before=$(cpu_seconds "${pid[$name]}")
+    out=$(bench_result "$@")
+    after=$(cpu_seconds "${pid[$name]}")
+    msgs=$((64 * n))
+    echo "$out cpu_us=$(python3 -c "print(($after - $before) * 1e6 / $msgs)")"
+}
+for round in $(seq "$rounds"); do
     # A different order each round, so that no path always runs right after another.
     order=("${order[@]:1}" "${order[0]}")
     for name in "${order[@]}"; do
-        r[$name,$round]=$(bench_result --to "127.0.0.1:${port[$name]}" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 --size "$size")
+        r[$name,$round]=$(measure "$name" --to "127.0.0.1:${port[$name]}" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 --size "$size")
     done
     r[direct-1,$round]=$(bench_result --to "127.0.0.1:$engine_port" --connections 1 --messages $((n * 16)) --size "$size")
 done
 
-echo "| path | senders | engine connections | msg/s (median of 3) | p50 µs | p99 µs | ratio |"
-echo "|---|---|---|---|---|---|---|"
+echo "| path | senders | engine connections | msg/s (median of $rounds) | p50 µs | p99 µs | proxy CPU µs/msg | ratio of medians | median of per-round ratios |"
+echo "|---|---|---|---|---|---|---|---|---|"
 row() {
-    local name=$1 senders=$2 conns=$3 base=$4 what=$5
-    python3 - "$name" "$senders" "$conns" "$what" "${r[$name,1]}" "${r[$name,2]}" "${r[$name,3]}" \
-        "${r[$base,1]}" "${r[$base,2]}" "${r[$base,3]}" <<'PY'
+    local name=$1 senders=$2 conns=$3 base=$4 what=$5 mine=() theirs=()
+    for round in $(seq "$rounds"); do mine+=("${r[$name,$round]}"); theirs+=("${r[$base,$round]}"); done
+    python3 - "$name" "$senders" "$conns" "$what" "$rounds" "${mine[@]}" "${theirs[@]}" <<'PY'
 import re, statistics, sys
-name, senders, conns, what, *lines = sys.argv[1:]
-f = lambda l, k: float(re.search(k + r"=([0-9.]+)", l).group(1))
-mine, base = lines[:3], lines[3:]
-med = lambda ls, k: statistics.median(f(l, k) for l in ls)
+name, senders, conns, what, rounds, *lines = sys.argv[1:]
+k = int(rounds)
+f = lambda l, key: float(m.group(1)) if (m := re.search(key + r"=([0-9.]+)", l)) else float("nan")
+mine, base = lines[:k], lines[k:]
+med = lambda ls, key: statistics.median(f(l, key) for l in ls)
 ratio = med(mine, "msgs_per_sec") / med(base, "msgs_per_sec")
-print(f"| {name} | {senders} | {conns} | {med(mine, 'msgs_per_sec'):.0f} | {med(mine, 'p50_us'):.0f} | {med(mine, 'p99_us'):.0f} | {ratio:.2f} {what} |")
+paired = statistics.median(f(a, "msgs_per_sec") / f(b, "msgs_per_sec") for a, b in zip(mine, base))
+cpu = med(mine, "cpu_us")
+cpu = "-" if cpu != cpu else f"{cpu:.1f}"
+print(f"| {name} | {senders} | {conns} | {med(mine, 'msgs_per_sec'):.0f} | {med(mine, 'p50_us'):.0f} | "
+      f"{med(mine, 'p99_us'):.0f} | {cpu} | {ratio:.2f} | {paired:.2f} {what} |")
 PY
 }
 row per-session 64 "one per sender" per-session "(baseline)"
