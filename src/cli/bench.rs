@@ -87,30 +87,35 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
         return hold(&target, args.hold, args.size, args.timeout, args.hold_for).await;
     }
     let total = (args.connections * args.messages) as u64;
-    let done = Arc::new(AtomicU64::new(0));
-    // Every connection is open and warmed up before the clock starts.
-    let barrier = Arc::new(tokio::sync::Barrier::new(args.connections + 1));
+    let load = Arc::new(Load {
+        target: target.clone(),
+        messages: args.messages,
+        warmup: args.warmup,
+        size: args.size,
+        timeout: args.timeout,
+        done: AtomicU64::new(0),
+        // Every connection is open and warmed up before the clock starts.
+        barrier: tokio::sync::Barrier::new(args.connections + 1),
+    });
     let mut tasks = Vec::with_capacity(args.connections);
     for c in 0..args.connections {
-        let (target, done, barrier) = (target.clone(), done.clone(), barrier.clone());
-        let (n, warmup, size, timeout) = (args.messages, args.warmup, args.size, args.timeout);
-        let reconnect = args.reconnect;
+        let (load, reconnect) = (load.clone(), args.reconnect);
         tasks.push(tokio::spawn(async move {
             if reconnect {
-                reconnecting(c, &target, n, warmup, size, timeout, &done, &barrier).await
+                reconnecting(c, &load).await
             } else {
-                connection(c, &target, n, warmup, size, timeout, &done, &barrier).await
+                connection(c, &load).await
             }
         }));
     }
-    barrier.wait().await;
+    load.barrier.wait().await;
     let started = Instant::now();
     let progress = {
-        let done = done.clone();
+        let load = load.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let n = done.load(Ordering::Relaxed);
+                let n = load.done.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
                 eprint!("\r  {n}/{total} messages, {:.0} msg/s   ", n as f64 / secs);
                 let _ = std::io::stderr().flush();
@@ -187,85 +192,78 @@ fn new_histogram() -> Result<Histogram<u64>, ClientError> {
         .map_err(|e| ClientError(format!("histogram: {e}")))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    c: usize,
-    target: &ClientTarget,
-    n: usize,
+/// What every connection task of a run shares.
+struct Load {
+    target: ClientTarget,
+    /// Measured messages per connection.
+    messages: usize,
     warmup: usize,
     size: usize,
     timeout: Duration,
-    done: &AtomicU64,
-    barrier: &tokio::sync::Barrier,
-) -> Result<Histogram<u64>, ClientError> {
-    let connected = MllpClient::connect(target, timeout).await;
+    /// Measured messages acknowledged so far, all connections.
+    done: AtomicU64,
+    barrier: tokio::sync::Barrier,
+}
+
+/// One connection: warm-up messages, the barrier, then the measured ones, each timed.
+async fn connection(c: usize, load: &Load) -> Result<Histogram<u64>, ClientError> {
+    let connected = MllpClient::connect(&load.target, load.timeout).await;
     let mut client = match connected {
         Ok(cl) => cl,
         Err(e) => {
-            barrier.wait().await;
+            load.barrier.wait().await;
             return Err(e);
         }
     };
-    let mut h = new_histogram()?;
     let mut warm_err = None;
-    for i in 0..warmup {
-        let msg = message(c, i, size);
-        if let Err(e) = exchange(&mut client, &msg, timeout).await {
+    for i in 0..load.warmup {
+        let msg = message(c, i, load.size);
+        if let Err(e) = exchange(&mut client, &msg, load.timeout).await {
             warm_err = Some(e);
             break;
         }
     }
-    barrier.wait().await;
+    load.barrier.wait().await;
     if let Some(e) = warm_err {
         return Err(e);
     }
-    for i in 0..n {
-        let msg = message(c, warmup + i, size);
+    let mut h = new_histogram()?;
+    for i in 0..load.messages {
+        let msg = message(c, load.warmup + i, load.size);
         let t = Instant::now();
-        exchange(&mut client, &msg, timeout).await?;
-        let us = t.elapsed().as_micros().max(1) as u64;
-        h.saturating_record(us);
-        done.fetch_add(1, Ordering::Relaxed);
+        exchange(&mut client, &msg, load.timeout).await?;
+        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        load.done.fetch_add(1, Ordering::Relaxed);
     }
     client.close().await;
     Ok(h)
 }
 
 /// Like [`connection`], with a new connection (and full handshake) per message.
-#[allow(clippy::too_many_arguments)]
-async fn reconnecting(
-    c: usize,
-    target: &ClientTarget,
-    n: usize,
-    warmup: usize,
-    size: usize,
-    timeout: Duration,
-    done: &AtomicU64,
-    barrier: &tokio::sync::Barrier,
-) -> Result<Histogram<u64>, ClientError> {
+async fn reconnecting(c: usize, load: &Load) -> Result<Histogram<u64>, ClientError> {
     let once = |i: usize| async move {
-        let mut client = MllpClient::connect(target, timeout).await?;
-        exchange(&mut client, &message(c, i, size), timeout).await?;
+        let mut client = MllpClient::connect(&load.target, load.timeout).await?;
+        exchange(&mut client, &message(c, i, load.size), load.timeout).await?;
         client.close().await;
         Ok::<(), ClientError>(())
     };
     let mut warm_err = None;
-    for i in 0..warmup {
+    for i in 0..load.warmup {
         if let Err(e) = once(i).await {
             warm_err = Some(e);
             break;
         }
     }
-    barrier.wait().await;
+    load.barrier.wait().await;
     if let Some(e) = warm_err {
         return Err(e);
     }
     let mut h = new_histogram()?;
-    for i in 0..n {
+    for i in 0..load.messages {
         let t = Instant::now();
-        once(warmup + i).await?;
+        once(load.warmup + i).await?;
         h.saturating_record(t.elapsed().as_micros().max(1) as u64);
-        done.fetch_add(1, Ordering::Relaxed);
+        load.done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(h)
 }
