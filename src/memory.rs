@@ -140,7 +140,11 @@ mod tests {
         let at = b.as_ptr() as usize - 4;
         give_back(b);
         let again = take_buffer();
-        assert_eq!(again.as_ptr() as usize, at, "the same allocation, from its start");
+        assert_eq!(
+            again.as_ptr() as usize,
+            at,
+            "the same allocation, from its start"
+        );
         assert!(again.is_empty() && again.capacity() >= READ_BUFFER);
 
         // Part of it still held by a frame: freed, not kept for another session.
@@ -151,7 +155,10 @@ mod tests {
         let other = take_buffer();
         let start = held.as_ptr() as usize;
         let inside = (start..start + READ_BUFFER).contains(&(other.as_ptr() as usize));
-        assert!(!inside, "a buffer a frame still reads from was handed out again");
+        assert!(
+            !inside,
+            "a buffer a frame still reads from was handed out again"
+        );
         assert_eq!(&held[..], b"abc");
     }
 }
