@@ -101,11 +101,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
     for c in 0..args.connections {
         let (load, reconnect) = (load.clone(), args.reconnect);
         tasks.push(tokio::spawn(async move {
-            if reconnect {
-                reconnecting(c, &load).await
-            } else {
-                connection(c, &load).await
-            }
+            connection(c, &load, reconnect).await
         }));
     }
     load.barrier.wait().await;
@@ -205,20 +201,28 @@ struct Load {
     barrier: tokio::sync::Barrier,
 }
 
-/// One connection: warm-up messages, the barrier, then the measured ones, each timed.
-async fn connection(c: usize, load: &Load) -> Result<Histogram<u64>, ClientError> {
-    let connected = MllpClient::connect(&load.target, load.timeout).await;
-    let mut client = match connected {
-        Ok(cl) => cl,
-        Err(e) => {
-            load.barrier.wait().await;
-            return Err(e);
+/// How a connection task sends: on one connection, or on a new one per message.
+enum Sender {
+    Kept(MllpClient),
+    Reconnecting,
+}
+
+/// One connection task: warm-up messages, the barrier, then the measured ones, each timed.
+async fn connection(c: usize, load: &Load, reconnect: bool) -> Result<Histogram<u64>, ClientError> {
+    let mut sender = if reconnect {
+        Sender::Reconnecting
+    } else {
+        match MllpClient::connect(&load.target, load.timeout).await {
+            Ok(client) => Sender::Kept(client),
+            Err(e) => {
+                load.barrier.wait().await;
+                return Err(e);
+            }
         }
     };
     let mut warm_err = None;
     for i in 0..load.warmup {
-        let msg = message(c, i, load.size);
-        if let Err(e) = exchange(&mut client, &msg, load.timeout).await {
+        if let Err(e) = send(&mut sender, c, i, load).await {
             warm_err = Some(e);
             break;
         }
@@ -229,43 +233,30 @@ async fn connection(c: usize, load: &Load) -> Result<Histogram<u64>, ClientError
     }
     let mut h = new_histogram()?;
     for i in 0..load.messages {
-        let msg = message(c, load.warmup + i, load.size);
         let t = Instant::now();
-        exchange(&mut client, &msg, load.timeout).await?;
+        send(&mut sender, c, load.warmup + i, load).await?;
         h.saturating_record(t.elapsed().as_micros().max(1) as u64);
         load.done.fetch_add(1, Ordering::Relaxed);
     }
-    client.close().await;
+    if let Sender::Kept(client) = sender {
+        client.close().await;
+    }
     Ok(h)
 }
 
-/// Like [`connection`], with a new connection (and full handshake) per message.
-async fn reconnecting(c: usize, load: &Load) -> Result<Histogram<u64>, ClientError> {
-    let once = |i: usize| async move {
-        let mut client = MllpClient::connect(&load.target, load.timeout).await?;
-        exchange(&mut client, &message(c, i, load.size), load.timeout).await?;
-        client.close().await;
-        Ok::<(), ClientError>(())
-    };
-    let mut warm_err = None;
-    for i in 0..load.warmup {
-        if let Err(e) = once(i).await {
-            warm_err = Some(e);
-            break;
+/// Message `i` of connection `c`, acknowledged; with [`Sender::Reconnecting`] over a new
+/// connection with a full handshake.
+async fn send(sender: &mut Sender, c: usize, i: usize, load: &Load) -> Result<(), ClientError> {
+    let msg = message(c, i, load.size);
+    match sender {
+        Sender::Kept(client) => exchange(client, &msg, load.timeout).await,
+        Sender::Reconnecting => {
+            let mut client = MllpClient::connect(&load.target, load.timeout).await?;
+            exchange(&mut client, &msg, load.timeout).await?;
+            client.close().await;
+            Ok(())
         }
     }
-    load.barrier.wait().await;
-    if let Some(e) = warm_err {
-        return Err(e);
-    }
-    let mut h = new_histogram()?;
-    for i in 0..load.messages {
-        let t = Instant::now();
-        once(load.warmup + i).await?;
-        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
-        load.done.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(h)
 }
 
 /// `--hold`: opens `count` connections, 32 at a time, one exchange on each, and keeps them
