@@ -26,6 +26,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod cores;
 pub mod hl7;
 pub mod listener;
 pub mod logsafe;

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cores::Cores;
 use crate::metrics::RouteMetrics;
 use crate::session::{self, RouteContext};
 
@@ -39,11 +40,14 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// opens connections and never finishes a handshake costs a descriptor and nothing more:
 /// `max_connections` (all sessions), `max_connections_per_source` (one IP address, sessions
 /// and handshakes together) and `max_pending_handshakes` (all sources).
+///
+/// With `cores`, each session runs on the next session thread's runtime instead of this one.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<RouteContext>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    cores: Option<Arc<Cores>>,
 ) {
     let limits = &ctx.cfg.limits;
     let total = Arc::new(Semaphore::new(limits.max_connections));
@@ -85,13 +89,34 @@ pub async fn serve(
         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        let run = async move |tcp: TcpStream| {
             let _permit = permit;
             let _source = source;
             let _active = ActiveGuard::new(&ctx.metrics);
             let _open = crate::memory::OpenConnection::new();
             session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
-        });
+        };
+        let Some(cores) = &cores else {
+            tracker.spawn(run(tcp));
+            continue;
+        };
+        // The socket moves to the session thread's own I/O driver.
+        match tcp.into_std() {
+            Ok(std) => {
+                tracker.spawn_on(
+                    async move {
+                        match TcpStream::from_std(std) {
+                            Ok(tcp) => run(tcp).await,
+                            Err(e) => tracing::warn!(peer = %peer, error = %e, "connection not registered with its session thread"),
+                        }
+                    },
+                    cores.next(),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "connection not handed to a session thread")
+            }
+        }
     }
     tracing::info!(route = %ctx.cfg.name, "listener stopped accepting");
 }

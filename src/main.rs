@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mllp_proxy::audit::{self, LineWriter, Reopen, Sink, WriterGuard};
 use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use mllp_proxy::cores::Cores;
 use mllp_proxy::metrics::Metrics;
 use mllp_proxy::shutdown::{Signal, Signals};
 use tracing_subscriber::layer::SubscriberExt;
@@ -126,7 +127,17 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match mllp_proxy::proxy::start(config, metrics).await {
+    // A session thread per core (measured against the shared runtime at 64 senders: 1.13x the
+    // messages, 0.9x the CPU per message; docs/performance.md).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = match Cores::start(threads) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the session threads");
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy = match mllp_proxy::proxy::start_on(config, metrics, Some(cores.clone())).await {
         Ok(p) => p,
         Err(e) => {
             // Logging is set up by now: one line, in the configured format (JSON pipelines

@@ -23,6 +23,8 @@ pub(super) struct PooledConn {
     pub(super) conn: UpstreamConn,
     pub(super) target: Arc<Target>,
     idle_since: Instant,
+    /// The session thread whose runtime drives its socket ([`crate::cores`]).
+    home: usize,
 }
 
 impl PooledConn {
@@ -32,6 +34,7 @@ impl PooledConn {
             conn,
             target,
             idle_since: Instant::now(),
+            home: crate::cores::current(),
         }
     }
 }
@@ -68,9 +71,14 @@ impl Pool {
     /// The most recently used idle connection to `target`.
     pub(super) fn take_idle(&self, target: &Target) -> Option<PooledConn> {
         let mut idle = self.idle.lock().ok()?;
+        let to_target = |c: &PooledConn| std::ptr::eq(Arc::as_ptr(&c.target), target);
+        // One whose socket this thread's runtime drives, if there is one: another thread's
+        // would be woken through that thread.
+        let here = crate::cores::current();
         let at = idle
             .iter()
-            .rposition(|c| std::ptr::eq(Arc::as_ptr(&c.target), target))?;
+            .rposition(|c| to_target(c) && c.home == here)
+            .or_else(|| idle.iter().rposition(to_target))?;
         Some(idle.remove(at))
     }
 
