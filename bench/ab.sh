@@ -6,7 +6,8 @@
 #
 #   A_ENV="VAR=1" B_ENV="VAR=2" bash bench/ab.sh A_BINARY B_BINARY [CONNECTIONS] [MESSAGES]
 # A_YAML / B_YAML: a top-level configuration line for that side only (`audit: { messages: false }`);
-# A_UPSTREAM / B_UPSTREAM: more keys of the route's upstream (`, max_connections: 8`).
+# A_UPSTREAM / B_UPSTREAM: more keys of the route's upstream (`, max_connections: 8`);
+# BENCH_ARGS: more arguments for every `bench` run (`--reconnect`).
 a_bin=${1:?A binary}
 b_bin=${2:?B binary}
 conns=${3:-64}
@@ -38,7 +39,7 @@ for round in 1 2 3 4 5; do
     for side in A B; do
         kill -0 "${pid[$side]}" 2>/dev/null || { echo "proxy $side exited:" >&2; cat "$work/$side.log" >&2; exit 1; }
         before=$(cpu_seconds "${pid[$side]}")
-        out=$(bench_result --to "127.0.0.1:${port[$side]}" "${tls[@]}" --connections "$conns" --messages "$n" --warmup 20)
+        out=$(bench_result --to "127.0.0.1:${port[$side]}" "${tls[@]}" --connections "$conns" --messages "$n" --warmup 20 ${BENCH_ARGS:-})
         after=$(cpu_seconds "${pid[$side]}")
         r[$side,$round]="$out cpu_us=$(python3 -c "print(($after - $before) * 1e6 / ($conns * $n))")"
     done
