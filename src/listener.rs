@@ -93,7 +93,6 @@ pub async fn serve(
             let _permit = permit;
             let _source = source;
             let _active = ActiveGuard::new(&ctx.metrics);
-            let _open = crate::memory::OpenConnection::new();
             session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
         };
         let Some(cores) = &cores else {
@@ -216,13 +215,14 @@ impl Drop for SourceGuard {
     }
 }
 
-/// Keeps `connections_active` right however the session ends (including a panic).
-struct ActiveGuard(RouteMetrics);
+/// Keeps `connections_active` (and the process-wide count `memory` watches) right however the
+/// session ends (including a panic).
+struct ActiveGuard(RouteMetrics, crate::memory::OpenConnection);
 
 impl ActiveGuard {
     fn new(m: &RouteMetrics) -> Self {
         m.connections_active.inc();
-        Self(m.clone())
+        Self(m.clone(), crate::memory::OpenConnection::new())
     }
 }
 

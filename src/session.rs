@@ -276,9 +276,9 @@ impl<'a> Session<'a> {
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,
-            idle: Deadline::new(Instant::now() + ctx.cfg.limits.idle_timeout),
-            write: Deadline::new(Instant::now() + ctx.cfg.limits.frame_timeout),
-            queue: Deadline::new(Instant::now() + ctx.cfg.upstream.queue_timeout),
+            idle: Deadline::default(),
+            write: Deadline::default(),
+            queue: Deadline::default(),
         }
     }
 

@@ -11,26 +11,24 @@ use std::pin::Pin;
 
 use tokio::time::{Instant, Sleep};
 
-/// A re-usable timer for a deadline that mostly moves later.
+/// A re-usable timer for a deadline that mostly moves later; its `Sleep` is only made on first
+/// use, so a session that never waits for something holds no timer for it.
+#[derive(Default)]
 pub struct Deadline {
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Deadline {
-    /// A timer, first armed for `at`.
-    pub fn new(at: Instant) -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-        }
-    }
-
     /// Completes at `at` (exactly: an earlier arming is only a wake-up to re-arm).
     pub async fn until(&mut self, at: Instant) {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         loop {
-            if self.sleep.is_elapsed() || self.sleep.deadline() > at {
-                self.sleep.as_mut().reset(at);
+            if sleep.is_elapsed() || sleep.deadline() > at {
+                sleep.as_mut().reset(at);
             }
-            self.sleep.as_mut().await;
+            sleep.as_mut().await;
             if Instant::now() >= at {
                 return;
             }
@@ -47,8 +45,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deadline_moved_later_fires_exactly_at_the_new_instant() {
         let start = Instant::now();
-        let mut d = Deadline::new(start + Duration::from_secs(10));
-        // Pushed back three times before it was due, as messages keep arriving.
+        let mut d = Deadline::default();
+        // Armed for 10 s by a first wait that is abandoned, then pushed back three times before it was due, as messages keep arriving.
+        let first = d.until(start + Duration::from_secs(10));
+        tokio::select! {
+            _ = first => panic!("fired before its deadline"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         for later in [4, 8, 12] {
             let wait = d.until(start + Duration::from_secs(10 + later));
             let cut = tokio::time::sleep(Duration::from_secs(4));
@@ -64,7 +67,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_is_not_held_back_by_a_later_arming() {
         let start = Instant::now();
-        let mut d = Deadline::new(start + Duration::from_secs(60));
+        let mut d = Deadline::default();
+        let armed_later = d.until(start + Duration::from_secs(60));
+        tokio::select! {
+            _ = armed_later => panic!("fired before its deadline"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         d.until(start + Duration::from_secs(5)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         // After firing, a new deadline arms it again.

@@ -39,9 +39,9 @@ pub struct UpstreamConn {
     /// the engine repeating its previous ACK, not a wrong answer to the current message.
     last_control_id: Vec<u8>,
     duplicates: IntCounter,
-    /// The ACK deadline's timer, kept across exchanges; `None` after an exchange was abandoned
-    /// half-way (then made again).
-    ack_timer: Option<Deadline>,
+    /// The ACK deadline's timer, kept across exchanges (a new one after an exchange was
+    /// abandoned half-way).
+    ack_timer: Deadline,
 }
 
 /// What the next frame read from the engine turned out to be.
@@ -67,7 +67,7 @@ impl UpstreamConn {
             out: BytesMut::with_capacity(4096),
             last_control_id: Vec::new(),
             duplicates,
-            ack_timer: None,
+            ack_timer: Deadline::default(),
         }
     }
 
@@ -112,16 +112,14 @@ impl UpstreamConn {
         self.out.clear();
         MllpCodec::write_frame(msg, &mut self.out);
         let deadline = Instant::now() + ack_timeout;
-        let mut timer = self
-            .ack_timer
-            .take()
-            .unwrap_or_else(|| Deadline::new(deadline));
+        // Taken out for the exchange, which borrows the connection whole.
+        let mut timer = std::mem::take(&mut self.ack_timer);
         let answer = tokio::select! {
             biased;
             r = self.exchange_inner(control_id) => Some(r),
             _ = timer.until(deadline) => None,
         };
-        self.ack_timer = Some(timer);
+        self.ack_timer = timer;
         match answer {
             Some(Ok(ack)) => {
                 self.last_control_id.clear();
