@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cores::Cores;
+use crate::cores::Placement;
 use crate::metrics::RouteMetrics;
 use crate::session::{self, RouteContext};
 
@@ -41,13 +41,13 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// `max_connections` (all sessions), `max_connections_per_source` (one IP address, sessions
 /// and handshakes together) and `max_pending_handshakes` (all sources).
 ///
-/// With `cores`, each session runs on the next session thread's runtime instead of this one.
+/// With `placement`, each session runs on a session thread's runtime instead of this one.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<RouteContext>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    cores: Option<Arc<Cores>>,
+    placement: Option<Placement>,
 ) {
     let limits = &ctx.cfg.limits;
     let total = Arc::new(Semaphore::new(limits.max_connections));
@@ -95,7 +95,7 @@ pub async fn serve(
             let _active = ActiveGuard::new(&ctx.metrics);
             session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
         };
-        let Some(cores) = &cores else {
+        let Some(placement) = &placement else {
             tracker.spawn(run(tcp));
             continue;
         };
@@ -109,7 +109,7 @@ pub async fn serve(
                             Err(e) => tracing::warn!(peer = %peer, error = %e, "connection not registered with its session thread"),
                         }
                     },
-                    cores.next(),
+                    placement.next(),
                 );
             }
             Err(e) => {

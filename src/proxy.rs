@@ -145,18 +145,17 @@ pub async fn start_on(
         background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
         background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
         upstreams.push(ctx.upstream.clone());
-        // A limited pool's few connections move between all the route's sessions: those
-        // stay on the shared runtime, where any worker drives any connection (on session
-        // threads, max_connections 1 measured 0.95x).
-        let on_cores = cores
-            .clone()
-            .filter(|_| ctx.cfg.upstream.max_connections == 0);
+        // A limited pool's few connections pass between all the route's sessions: those share
+        // one thread (see `cores`).
+        let placement = cores
+            .as_ref()
+            .map(|c| c.placement(ctx.cfg.upstream.max_connections == 0));
         background.spawn(listener::serve(
             listener,
             ctx,
             sessions.clone(),
             stop_accepting.clone(),
-            on_cores,
+            placement,
         ));
     }
 
