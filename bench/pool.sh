@@ -89,11 +89,13 @@ f = lambda l, key: float(m.group(1)) if (m := re.search(key + r"=([0-9.]+)", l))
 mine, base = lines[:k], lines[k:]
 med = lambda ls, key: statistics.median(f(l, key) for l in ls)
 ratio = med(mine, "msgs_per_sec") / med(base, "msgs_per_sec")
-paired = statistics.median(f(a, "msgs_per_sec") / f(b, "msgs_per_sec") for a, b in zip(mine, base))
+per_round = [f(a, "msgs_per_sec") / f(b, "msgs_per_sec") for a, b in zip(mine, base)]
+paired = statistics.median(per_round)
 cpu = med(mine, "cpu_us")
 cpu = "-" if cpu != cpu else f"{cpu:.1f}"
 print(f"| {name} | {senders} | {conns} | {med(mine, 'msgs_per_sec'):.0f} | {med(mine, 'p50_us'):.0f} | "
       f"{med(mine, 'p99_us'):.0f} | {cpu} | {ratio:.2f} | {paired:.2f} {what} |")
+print(f"{name} per round: " + " ".join(f"{x:.2f}" for x in per_round), file=sys.stderr)
 PY
 }
 row per-session 64 "one per sender" per-session "(baseline)"
