@@ -17,8 +17,6 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use crate::logsafe::{escape, escape_str};
 use crate::tls::ClientIdentity;
@@ -334,12 +332,10 @@ impl Record {
     fn new(event: &str, who: Who<'_>) -> Option<Record> {
         let (writer, json) = SINK.get()?;
         let mut line = String::with_capacity(320);
-        let _ = if *json {
+        if *json {
             line.push_str("{\"timestamp\":\"");
-            SystemTime.format_time(&mut Writer::new(&mut line))
-        } else {
-            SystemTime.format_time(&mut Writer::new(&mut line))
-        };
+        }
+        push_timestamp(&mut line, std::time::SystemTime::now());
         let mut r = Record {
             line,
             json: *json,
@@ -352,7 +348,10 @@ impl Record {
         }
         r.label("event", event);
         r.label("route", who.route);
-        r.text("peer", &who.peer.to_string());
+        // An address has no character that needs escaping or quoting.
+        r.key("peer");
+        let quote = if r.json { "\"" } else { "" };
+        let _ = write!(r.line, "{quote}{}{quote}", who.peer);
         r.number("conn", who.conn);
         Some(r)
     }
@@ -379,14 +378,18 @@ impl Record {
 
     fn number(&mut self, key: &str, value: u64) {
         self.key(key);
-        let _ = write!(self.line, "{value}");
+        push_digits(&mut self.line, value, 1);
     }
 
     fn key(&mut self, key: &str) {
         if self.json {
-            let _ = write!(self.line, ",\"{key}\":");
+            self.line.push_str(",\"");
+            self.line.push_str(key);
+            self.line.push_str("\":");
         } else {
-            let _ = write!(self.line, " {key}=");
+            self.line.push(' ');
+            self.line.push_str(key);
+            self.line.push('=');
         }
     }
 
@@ -406,5 +409,116 @@ impl Record {
         }
         self.line.push('\n');
         let _ = self.tx.send(Line::Text(self.line.into_bytes()));
+    }
+}
+
+/// `at` as the log writes it (tracing-subscriber's `SystemTime`: RFC 3339 in UTC with
+/// microseconds, `2026-11-26T15:56:33.297320Z`), without the formatting machinery: a record per
+/// message spent more on its timestamp than on anything else it writes.
+fn push_timestamp(line: &mut String, at: std::time::SystemTime) {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_date(secs / 86_400);
+    let in_day = secs % 86_400;
+    push_digits(line, year, 4);
+    line.push('-');
+    push_digits(line, month, 2);
+    line.push('-');
+    push_digits(line, day, 2);
+    line.push('T');
+    push_digits(line, in_day / 3600, 2);
+    line.push(':');
+    push_digits(line, in_day / 60 % 60, 2);
+    line.push(':');
+    push_digits(line, in_day % 60, 2);
+    line.push('.');
+    push_digits(line, u64::from(since.subsec_micros()), 6);
+    line.push('Z');
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for days on or after the epoch).
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `value` in decimal, zero-padded to at least `width` digits.
+fn push_digits(line: &mut String, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while value > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    // Only ASCII digits were written.
+    line.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+    fn stamp(secs: u64, micros: u32) -> String {
+        let mut s = String::new();
+        push_timestamp(
+            &mut s,
+            UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(u64::from(micros)),
+        );
+        s
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        // Expected values from Python's datetime.
+        assert_eq!(stamp(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(stamp(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(stamp(951_868_799, 999_999), "2000-02-29T23:59:59.999999Z");
+        assert_eq!(stamp(1_709_164_800, 120), "2024-02-29T00:00:00.000120Z");
+        assert_eq!(stamp(1_798_761_599, 297_320), "2026-12-31T23:59:59.297320Z");
+        assert_eq!(stamp(1_798_761_600, 0), "2027-01-01T00:00:00.000000Z");
+        assert_eq!(stamp(4_102_531_199, 1), "2100-01-01T23:59:59.000001Z");
+    }
+
+    #[test]
+    fn timestamps_match_the_logs_formatter() {
+        // Taken between two of tracing-subscriber's own: same shape, in order.
+        let mut before = String::new();
+        let _ = SystemTime.format_time(&mut Writer::new(&mut before));
+        let mine = {
+            let mut s = String::new();
+            push_timestamp(&mut s, std::time::SystemTime::now());
+            s
+        };
+        let mut after = String::new();
+        let _ = SystemTime.format_time(&mut Writer::new(&mut after));
+        assert_eq!(mine.len(), before.len(), "{mine} {before}");
+        assert!(before <= mine && mine <= after, "{before} {mine} {after}");
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        for (v, w, s) in [
+            (0, 1, "0"),
+            (7, 1, "7"),
+            (42, 4, "0042"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut out = String::new();
+            push_digits(&mut out, v, w);
+            assert_eq!(out, s);
+        }
     }
 }
