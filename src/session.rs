@@ -434,6 +434,8 @@ impl<'a> Session<'a> {
                 m.messages_forwarded.inc();
                 m.upstream_ack_seconds.observe(elapsed.as_secs_f64());
                 m.ack(ack.code);
+                // The sender's ACK first: the record is bookkeeping, not on its latency path.
+                let replied = self.reply(stream, &ack.bytes).await;
                 if self.ctx.audit_messages {
                     let outcome = audit::Outcome::Relayed {
                         ack: ack.code.as_str(),
@@ -448,7 +450,7 @@ impl<'a> Session<'a> {
                         outcome,
                     );
                 }
-                self.reply(stream, &ack.bytes).await
+                replied
             }
             Err(e) => {
                 if e.kind() == "protocol" {
