@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use mllp_proxy::client::{MllpClient, http_get};
 use mllp_proxy::metrics::Metrics;
-use mllp_proxy::proxy::RunningProxy;
 
 use crate::support::*;
 
@@ -18,30 +17,27 @@ async fn sixteen_senders_share_a_single_connection_engine() {
     // An engine that serves one connection at a time, 16 concurrent senders x 100 messages and
     // max_connections 1: every message AA, each sender's messages reach the engine in order,
     // and the engine never saw a second connection.
-    let pki = Pki::new();
-    let engine = Engine::start_single(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].upstream.max_connections = 1;
-    let proxy = Arc::new(start_proxy(cfg).await);
-    sixteen_senders_one_connection(&pki, &engine, proxy).await;
+    sixteen_senders_one_connection(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_senders_share_a_single_connection_engine_on_session_threads() {
     // The same as the binary runs it: sessions on the session threads, where a limited pool's
     // route keeps all its sessions on one of them.
+    sixteen_senders_one_connection(true).await;
+}
+
+async fn sixteen_senders_one_connection(on_session_threads: bool) {
     let pki = Pki::new();
     let engine = Engine::start_single(Behaviour::Ack).await;
     let mut cfg = pki.config(&[engine.target()], "");
     cfg.routes[0].upstream.max_connections = 1;
-    let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
+    let cores =
+        on_session_threads.then(|| mllp_proxy::cores::Cores::start(2).expect("session threads"));
+    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), cores)
         .await
         .expect("proxy starts");
-    sixteen_senders_one_connection(&pki, &engine, Arc::new(proxy)).await;
-}
-
-async fn sixteen_senders_one_connection(pki: &Pki, engine: &Engine, proxy: Arc<RunningProxy>) {
+    let proxy = Arc::new(proxy);
     let senders: Vec<_> = (0..16)
         .map(|s| {
             let target = pki.target(proxy.routes[0].1, ClientCert::Good);
