@@ -27,7 +27,7 @@ pub const TARGET: &str = "audit";
 /// The writer thread's pause between batches: the most a line waits before it is written.
 /// At 5 ms its 200 wake-ups a second, each taking a core for a moment, landed on more than 1%
 /// of the messages of one busy sender and lengthened the p99 (50 ms: 0.76-0.93x the p99 at
-/// one sender in five of six A/Bs). A stop still flushes at once.
+/// one sender in five of six A/Bs). A stop writes everything queued, within one pause.
 const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Where a [`LineWriter`] thread writes.
