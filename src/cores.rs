@@ -7,10 +7,11 @@
 //! socket, its timers and (preferably) its pooled engine connection are all driven by that
 //! thread. Listeners, the admin server and the reloader stay on the main runtime.
 //!
-//! A route with a limited pool keeps all its sessions on one thread instead: its few engine
-//! connections pass from session to session after every exchange, and on one thread that
-//! hand-off is a task switch, not a wake-up of another thread (max_connections 1: a third less
-//! CPU per message, 1.11x the messages; docs/performance.md).
+//! A route with a small limited pool keeps all its sessions on one thread instead: its few
+//! engine connections pass from session to session after every exchange, and on one thread
+//! that hand-off is a task switch, not a wake-up of another thread (max_connections 1: a third
+//! less CPU per message, 1.11x the messages; docs/performance.md). A pool large enough to be
+//! split per thread (`upstream::pool`) is spread like an unlimited one.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -66,9 +67,14 @@ impl Cores {
         }))
     }
 
-    /// The runtime for the next session, in turn.
-    pub fn next(&self) -> &Handle {
-        &self.handles[self.next_index()]
+    /// How many session threads there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none (never: `start` makes at least one).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
     }
 
     fn next_index(&self) -> usize {
@@ -78,10 +84,11 @@ impl Cores {
     /// Where a route's sessions run: spread over all threads, or all on the next one in turn
     /// (routes pinned this way take turns, so several limited routes use several cores).
     pub fn placement(self: &Arc<Self>, spread: bool) -> Placement {
-        let one = (!spread).then(|| self.next_index());
+        let first = self.next_index();
         Placement {
             cores: self.clone(),
-            one,
+            one: (!spread).then_some(first),
+            next: AtomicUsize::new(first),
         }
     }
 }
@@ -91,15 +98,19 @@ pub struct Placement {
     cores: Arc<Cores>,
     /// Every session on this thread; `None`: each on the next thread in turn.
     one: Option<usize>,
+    /// The route's own turn: with one turn for all routes, two routes whose connections
+    /// alternate would each land every session on the same thread (and a pool split per
+    /// thread would leave one share unused).
+    next: AtomicUsize,
 }
 
 impl Placement {
     /// The runtime for the next session.
     pub fn next(&self) -> &Handle {
-        match self.one {
-            Some(i) => &self.cores.handles[i],
-            None => self.cores.next(),
-        }
+        let i = self
+            .one
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
+        &self.cores.handles[i % self.cores.handles.len()]
     }
 }
 

@@ -111,6 +111,7 @@ pub async fn start_on(
         })?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
+    let threads = cores.as_ref().map_or(1, |c| c.len());
     let mut routes = Vec::with_capacity(prepared.len());
     let mut upstreams = Vec::with_capacity(prepared.len());
     for (index, (route, material, listener)) in prepared.into_iter().enumerate() {
@@ -127,7 +128,12 @@ pub async fn start_on(
         let ctx = Arc::new(RouteContext {
             allow: AllowList::new(route.allowed_clients.clone()),
             validator: Validator::new(&route.validation),
-            upstream: Arc::new(Upstream::new(route.upstream.clone(), max_ack, rm.clone())),
+            upstream: Arc::new(Upstream::new(
+                route.upstream.clone(),
+                threads,
+                max_ack,
+                rm.clone(),
+            )),
             tls,
             events: RouteEvents::new(&rm),
             audit_messages: config.audit.messages,
@@ -145,11 +151,11 @@ pub async fn start_on(
         background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
         background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
         upstreams.push(ctx.upstream.clone());
-        // A limited pool's few connections pass between all the route's sessions: those share
+        // A small pool's few connections pass between all the route's sessions: those share
         // one thread (see `cores`).
         let placement = cores
             .as_ref()
-            .map(|c| c.placement(ctx.cfg.upstream.max_connections == 0));
+            .map(|c| c.placement(ctx.upstream.spread_sessions()));
         background.spawn(listener::serve(
             listener,
             ctx,

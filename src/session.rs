@@ -723,6 +723,7 @@ routes:
             validator: hl7::Validator::new(&cfg.validation),
             upstream: Arc::new(Upstream::new(
                 cfg.upstream.clone(),
+                1,
                 1 << 20,
                 metrics.clone(),
             )),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,7 @@ use crate::config::{Balance, UpstreamConfig};
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
 use health::Target;
-use pool::{Pool, PooledConn};
+use pool::{Lease, Pool, PooledConn, Shard};
 
 /// An upstream failure, by kind (the `kind` metric label).
 #[derive(Debug, thiserror::Error)]
@@ -96,21 +95,33 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// An upstream for `cfg`; answers larger than `max_ack_bytes` are protocol failures.
-    pub fn new(cfg: UpstreamConfig, max_ack_bytes: usize, metrics: RouteMetrics) -> Self {
+    /// An upstream for `cfg`, whose sessions run on `threads` session threads; answers larger
+    /// than `max_ack_bytes` are protocol failures.
+    pub fn new(
+        cfg: UpstreamConfig,
+        threads: usize,
+        max_ack_bytes: usize,
+        metrics: RouteMetrics,
+    ) -> Self {
         let targets = cfg
             .targets
             .iter()
             .map(|t| Arc::new(Target::new(t, metrics.target(t))))
             .collect();
         Self {
-            pool: Pool::new(cfg.max_connections),
+            pool: Pool::new(cfg.max_connections, threads),
             cfg,
             max_ack_bytes,
             metrics,
             targets,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the route's sessions may be spread over the session threads; if not, they all
+    /// run on one, where the few pooled connections pass between them cheaply.
+    pub fn spread_sessions(&self) -> bool {
+        self.pool.spread()
     }
 
     /// Brings the pool's busy/idle gauges up to date (before a scrape).
@@ -135,8 +146,9 @@ impl Upstream {
         shutdown: &CancellationToken,
         queue_timer: &mut Deadline,
     ) -> Result<Ack, UpstreamError> {
-        let permit = self.permit(shutdown, queue_timer).await?;
-        let (mut c, reused) = self.connection().await?;
+        let lease = self.lease(shutdown, queue_timer).await?;
+        let shard = lease.shard;
+        let (mut c, reused) = self.connection(shard).await?;
         let timeout = self.cfg.ack_timeout;
         let mut result = c.conn.exchange(msg, control_id, timeout).await;
         if reused
@@ -150,15 +162,15 @@ impl Upstream {
         {
             tracing::debug!(side = "upstream", engine = %c.target.addr, "reused upstream connection was closed; retrying on another");
             drop(c);
-            c = self.connection().await?.0;
+            c = self.connection(shard).await?.0;
             result = c.conn.exchange(msg, control_id, timeout).await;
         }
         if result.is_ok() {
             // A completed exchange is the best health check there is.
             c.target.mark_up();
-            self.pool.put_idle(c);
+            shard.put_idle(c);
         }
-        drop(permit);
+        drop(lease);
         if self.cfg.max_connections == 1 && self.metrics.upstream_queue_waiting.get() > 0 {
             // A single-connection engine is the bottleneck: let the exchange waiting for the
             // connection just given back run before this task spends its turn relaying the ACK.
@@ -177,35 +189,36 @@ impl Upstream {
         shutdown: &CancellationToken,
         queue_timer: &mut Deadline,
     ) -> Result<Arc<str>, UpstreamError> {
-        let _permit = self.permit(shutdown, queue_timer).await?;
-        let (mut c, _) = self.connection().await?;
+        let lease = self.lease(shutdown, queue_timer).await?;
+        let (mut c, _) = self.connection(lease.shard).await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
         let target = c.target.addr.clone();
-        self.pool.put_idle(c);
+        lease.shard.put_idle(c);
         Ok(target)
     }
 
     /// Waits first-in first-out for the right to one exchange, within `queue_timeout`.
-    async fn permit(
+    async fn lease(
         &self,
         shutdown: &CancellationToken,
         queue_timer: &mut Deadline,
-    ) -> Result<Option<SemaphorePermit<'_>>, UpstreamError> {
-        let Some(limit) = self.pool.limit() else {
-            return Ok(None);
-        };
+    ) -> Result<Lease<'_>, UpstreamError> {
         let m = &self.metrics;
         // A free connection: nothing to time or to watch.
-        if let Ok(p) = limit.try_acquire() {
-            m.upstream_queue_seconds.observe(0.0);
-            return Ok(Some(p));
-        }
+        let shard = match self.pool.try_lease() {
+            Ok(lease) => {
+                if self.cfg.max_connections > 0 {
+                    m.upstream_queue_seconds.observe(0.0);
+                }
+                return Ok(lease);
+            }
+            Err(shard) => shard,
+        };
         let started = Instant::now();
         m.upstream_queue_waiting.inc();
         let waited = tokio::select! {
             biased;
-            // The semaphore is never closed, so acquiring only ends with a permit.
-            p = limit.acquire() => Ok(p.ok()),
+            lease = shard.lease() => lease.ok_or_else(|| UpstreamError::Queue("upstream pool closed".into())),
             _ = queue_timer.until(started + self.cfg.queue_timeout) => Err(UpstreamError::Queue(format!(
                 "no upstream connection free within queue_timeout ({:?}); message not forwarded",
                 self.cfg.queue_timeout
@@ -222,7 +235,7 @@ impl Upstream {
 
     /// An idle connection to the preferred target that still works, or a new one; the targets
     /// are tried in the order `balance` gives.
-    async fn connection(&self) -> Result<(PooledConn, bool), UpstreamError> {
+    async fn connection(&self, shard: &Shard) -> Result<(PooledConn, bool), UpstreamError> {
         let now = Instant::now();
         let (first, all_down) = self.first_candidate(now);
         let n = self.targets.len();
@@ -232,7 +245,7 @@ impl Upstream {
             if !all_down && !target.eligible(now) {
                 continue;
             }
-            while let Some(mut c) = self.pool.take_idle(target) {
+            while let Some(mut c) = shard.take_idle(target) {
                 match c.conn.check_idle() {
                     Ok(()) => return Ok((c, true)),
                     Err(e) if e.kind() == "protocol" => {
@@ -244,7 +257,7 @@ impl Upstream {
                     }
                 }
             }
-            self.pool.make_room();
+            shard.make_room();
             match target.connect(self.cfg.connect_timeout, !all_down).await {
                 Ok(Some(stream)) => {
                     // Small request/response exchanges: Nagle would add up to 40 ms per ACK.

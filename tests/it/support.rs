@@ -326,8 +326,9 @@ pub struct Engine {
     received: Arc<Mutex<Vec<Bytes>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     connections: Arc<Mutex<usize>>,
-    /// Connections open now, and connections refused because one was (single-connection).
-    open: Arc<Mutex<(usize, usize)>>,
+    /// Connections open now, connections refused because one was (single-connection), and
+    /// the most open at once.
+    open: Arc<Mutex<(usize, usize, usize)>>,
     stop: CancellationToken,
 }
 
@@ -379,6 +380,7 @@ impl Engine {
                         continue;
                     }
                     o.0 += 1;
+                    o.2 = o.2.max(o.0);
                 }
                 *conns.lock().expect("lock") += 1;
                 let (received, behaviour, stop, open) = (
@@ -436,6 +438,11 @@ impl Engine {
     /// Connections refused because another was open (single-connection engines).
     pub fn refused(&self) -> usize {
         self.open.lock().expect("lock").1
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak(&self) -> usize {
+        self.open.lock().expect("lock").2
     }
 }
 

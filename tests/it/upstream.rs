@@ -80,6 +80,62 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
+    // max_connections 8 on two session threads: a share of 4 per thread. 32 senders x 50
+    // messages (more than the pool, so exchanges queue): every message AA and in order per
+    // sender, never more than 8 engine connections at once, and more than one share's 4 in
+    // use (the route's sessions run on both threads).
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Delay(Duration::from_millis(1))).await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].upstream.max_connections = 8;
+    let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
+    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
+        .await
+        .expect("proxy starts");
+    let senders: Vec<_> = (0..32)
+        .map(|s| {
+            let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+            tokio::spawn(async move {
+                let mut c = MllpClient::connect(&target, T).await.expect("connect");
+                for i in 0..50 {
+                    let id = format!("SPLIT-{s}-{i}");
+                    let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+                    assert_eq!(msa(&ack), ("AA".into(), id));
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.expect("sender");
+    }
+    assert!(
+        engine.peak() <= 8,
+        "{} engine connections at once",
+        engine.peak()
+    );
+    assert!(
+        engine.peak() > 4,
+        "only {} engine connections at once",
+        engine.peak()
+    );
+    let mut per_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for id in engine.received_ids() {
+        let (sender, i) = id.rsplit_once('-').expect("id");
+        per_sender
+            .entry(sender.to_string())
+            .or_default()
+            .push(i.parse().expect("n"));
+    }
+    assert_eq!(per_sender.len(), 32);
+    for (sender, seq) in per_sender {
+        assert_eq!(seq, (0..50).collect::<Vec<_>>(), "{sender}");
+    }
+    let waited = "mllp_proxy_upstream_queue_seconds_count{route=\"test\"}";
+    assert!(metric(&proxy, waited).await >= 1600.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_primary_costs_only_the_first_session_and_is_used_again_once_back() {
     // Primary drops SYNs, secondary is fine: of 20 sessions opened one after another only the
     // first waits connect_timeout (1 s), all get AA from the secondary. When the primary
