@@ -5,12 +5,14 @@
 # file and the proxy's metrics, and the proxy must stop cleanly on SIGTERM. Exits non-zero on
 # any violation. Everything stays on loopback.
 #
-# Four runs: on_upstream_failure close and nak, each with upstream.max_connections 0 (a pooled
+# Five runs: on_upstream_failure close and nak, each with upstream.max_connections 0 (a pooled
 # connection per busy sender) and 2 (16 senders sharing two engine connections, where every
-# time-out fault stalls half the pool for ack_timeout: those runs send 3/8 as many messages).
+# time-out fault stalls half the pool for ack_timeout: those runs send 3/8 as many messages);
+# then nak with 8, which on 2 or more CPUs is split into a share of 4 per session thread.
+# SOAK_RUNS="nak:8" picks runs (mode:max_connections).
 #
-#   bash bench/soak.sh                 # CI size: 16 senders x 4,000 / 1,500 messages (176,000)
-#   bash bench/soak.sh --long          # 16 senders x 12,000 / 4,500 messages (528,000)
+#   bash bench/soak.sh                 # CI size: 16 senders x 4,000 / 1,500 messages (200,000)
+#   bash bench/soak.sh --long          # 16 senders x 12,000 / 4,500 messages (600,000)
 #   SOAK_SENDERS=8 SOAK_MESSAGES=500 bash bench/soak.sh
 senders=${SOAK_SENDERS:-16}
 messages=${SOAK_MESSAGES:-4000}
@@ -27,7 +29,7 @@ faults=(
 )
 
 status=0
-for run in close:0 nak:0 close:2 nak:2; do
+for run in ${SOAK_RUNS:-close:0 nak:0 close:2 nak:2 nak:8}; do
     mode=${run%:*} pool=${run#*:}
     n=$messages; [ "$pool" = 0 ] || n=$((messages * 3 / 8))
     engine_port=$(free_port)
