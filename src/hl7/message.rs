@@ -270,6 +270,35 @@ fn is_delimiter(b: u8) -> bool {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The header's fields are the pieces of its first line between `|`.
+        #[test]
+        fn header_fields_are_the_first_lines_pieces(
+            rest in proptest::collection::vec(
+                proptest::sample::select(b"|^~\\&A1\r\n ".to_vec()), 0..80)
+        ) {
+            let mut m = b"MSH|^~\\&".to_vec();
+            m.extend_from_slice(&rest);
+            let line = m.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+            let pieces: Vec<&[u8]> = line.split(|&b| b == b'|').collect();
+            let piece = |i: usize| pieces.get(i).copied().unwrap_or(&[]);
+            match Header::parse(&m) {
+                Ok(h) => {
+                    proptest::prop_assert_eq!(h.encoding_characters, piece(1));
+                    proptest::prop_assert_eq!(h.sending_application, piece(2));
+                    proptest::prop_assert_eq!(h.message_type, piece(8));
+                    proptest::prop_assert_eq!(h.control_id, piece(9));
+                    proptest::prop_assert_eq!(h.accept_ack_type, piece(14));
+                }
+                Err(e) => {
+                    proptest::prop_assert_eq!(e, HeaderError::BadEncodingCharacters);
+                    proptest::prop_assert_ne!(piece(1), b"^~\\&".as_slice());
+                }
+            }
+        }
+    }
+
     #[test]
     fn reads_the_header_fields() {
         let m = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20260101120000||ORU^R01^ORU_R01|C123|P|2.5.1|||AL\rPID|1\r";
