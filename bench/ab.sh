@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of one idea: two proxies (binaries and/or environments) with the shipped configuration,
-# loaded alternately, 5 rounds; prints each side's median msg/s, p99 and CPU µs per message,
+# loaded alternately, 6 rounds; prints each side's median msg/s, p99 and CPU µs per message,
 # and B ÷ A. For deciding whether a change is kept: CPU per message is the steadiest figure on
 # a shared machine, throughput the one users feel.
 #
@@ -34,9 +34,14 @@ YAML
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
+# The order alternates (A B, B A, …), each side first in three of six rounds, so running second
+# (one A/A run put the second side at 1.09x the CPU) cannot favour a side. Three A/A runs of one
+# binary gave B/A CPU 1.09, 0.91 and 0.97: a single run does not resolve a change under ~10%;
+# keep a change only when several runs agree.
 declare -A r
-for round in 1 2 3 4 5; do
-    for side in A B; do
+for round in 1 2 3 4 5 6; do
+    order="A B"; [ $((round % 2)) = 0 ] && order="B A"
+    for side in $order; do
         kill -0 "${pid[$side]}" 2>/dev/null || { echo "proxy $side exited:" >&2; cat "$work/$side.log" >&2; exit 1; }
         before=$(cpu_seconds "${pid[$side]}")
         out=$(bench_result --to "127.0.0.1:${port[$side]}" "${tls[@]}" --connections "$conns" --messages "$n" --warmup 20 ${BENCH_ARGS:-})
@@ -44,10 +49,10 @@ for round in 1 2 3 4 5; do
         r[$side,$round]="$out cpu_us=$(python3 -c "print(($after - $before) * 1e6 / ($conns * $n))")"
     done
 done
-python3 - "${r[A,1]}" "${r[A,2]}" "${r[A,3]}" "${r[A,4]}" "${r[A,5]}" "${r[B,1]}" "${r[B,2]}" "${r[B,3]}" "${r[B,4]}" "${r[B,5]}" <<'PY'
+python3 - "${r[A,1]}" "${r[A,2]}" "${r[A,3]}" "${r[A,4]}" "${r[A,5]}" "${r[A,6]}" "${r[B,1]}" "${r[B,2]}" "${r[B,3]}" "${r[B,4]}" "${r[B,5]}" "${r[B,6]}" <<'PY'
 import re, statistics, sys
 f = lambda l, k: float(re.search(k + r"=([0-9.]+)", l).group(1))
-a, b = sys.argv[1:6], sys.argv[6:]
+a, b = sys.argv[1:7], sys.argv[7:]
 m = lambda ls, k: statistics.median(f(l, k) for l in ls)
 for k in ("msgs_per_sec", "p99_us", "cpu_us"):
     print(f"{k}: A {m(a, k):.1f}  B {m(b, k):.1f}  B/A {m(b, k) / m(a, k):.3f}")
