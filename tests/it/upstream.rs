@@ -2,7 +2,6 @@
 //! (passive and active), failover and round robin, the queue, and readiness.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mllp_proxy::client::{MllpClient, http_get};
@@ -37,29 +36,51 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
     let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), cores)
         .await
         .expect("proxy starts");
-    let proxy = Arc::new(proxy);
-    let senders: Vec<_> = (0..16)
-        .map(|s| {
-            let target = pki.target(proxy.routes[0].1, ClientCert::Good);
-            tokio::spawn(async move {
-                let mut c = MllpClient::connect(&target, T).await.expect("connect");
-                for i in 0..100 {
-                    let id = format!("ONE-{s}-{i}");
-                    let ack = c.exchange(&adt(&id), T).await.expect("ACK");
-                    assert_eq!(msa(&ack), ("AA".into(), id));
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.await.expect("sender");
-    }
+    send_concurrently(&pki, proxy.routes[0].1, "ONE", 16, 100).await;
     assert_eq!(
         engine.refused(),
         0,
         "a second connection reached the engine"
     );
     assert_eq!(engine.connections(), 1);
+    assert_each_sender_in_order(&engine, 16, 100);
+    let busy = format!(
+        "mllp_proxy_upstream_connections{{route=\"test\",state=\"idle\",target=\"{}\"}}",
+        engine.target()
+    );
+    assert_eq!(metric(&proxy, &busy).await, 1.0);
+}
+
+/// `senders` concurrent senders through the route at `addr`, `messages` each, control IDs
+/// `{prefix}-{sender}-{n}`: every one answered AA.
+async fn send_concurrently(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    senders: usize,
+    messages: usize,
+) {
+    let tasks: Vec<_> = (0..senders)
+        .map(|s| {
+            let target = pki.target(addr, ClientCert::Good);
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                let mut c = MllpClient::connect(&target, T).await.expect("connect");
+                for i in 0..messages {
+                    let id = format!("{prefix}-{s}-{i}");
+                    let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+                    assert_eq!(msa(&ack), ("AA".into(), id));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("sender");
+    }
+}
+
+/// The engine received every sender's messages, each sender's in order.
+fn assert_each_sender_in_order(engine: &Engine, senders: usize, messages: usize) {
     let mut per_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for id in engine.received_ids() {
         let (sender, i) = id.rsplit_once('-').expect("id");
@@ -68,15 +89,10 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
             .or_default()
             .push(i.parse().expect("n"));
     }
-    assert_eq!(per_sender.len(), 16);
+    assert_eq!(per_sender.len(), senders);
     for (sender, seq) in per_sender {
-        assert_eq!(seq, (0..100).collect::<Vec<_>>(), "{sender}");
+        assert_eq!(seq, (0..messages).collect::<Vec<_>>(), "{sender}");
     }
-    let busy = format!(
-        "mllp_proxy_upstream_connections{{route=\"test\",state=\"idle\",target=\"{}\"}}",
-        engine.target()
-    );
-    assert_eq!(metric(&proxy, &busy).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,44 +109,11 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
     let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
         .await
         .expect("proxy starts");
-    let senders: Vec<_> = (0..32)
-        .map(|s| {
-            let target = pki.target(proxy.routes[0].1, ClientCert::Good);
-            tokio::spawn(async move {
-                let mut c = MllpClient::connect(&target, T).await.expect("connect");
-                for i in 0..50 {
-                    let id = format!("SPLIT-{s}-{i}");
-                    let ack = c.exchange(&adt(&id), T).await.expect("ACK");
-                    assert_eq!(msa(&ack), ("AA".into(), id));
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.await.expect("sender");
-    }
-    assert!(
-        engine.peak() <= 8,
-        "{} engine connections at once",
-        engine.peak()
-    );
-    assert!(
-        engine.peak() > 4,
-        "only {} engine connections at once",
-        engine.peak()
-    );
-    let mut per_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for id in engine.received_ids() {
-        let (sender, i) = id.rsplit_once('-').expect("id");
-        per_sender
-            .entry(sender.to_string())
-            .or_default()
-            .push(i.parse().expect("n"));
-    }
-    assert_eq!(per_sender.len(), 32);
-    for (sender, seq) in per_sender {
-        assert_eq!(seq, (0..50).collect::<Vec<_>>(), "{sender}");
-    }
+    send_concurrently(&pki, proxy.routes[0].1, "SPLIT", 32, 50).await;
+    let peak = engine.peak();
+    assert!(peak <= 8, "{peak} engine connections at once");
+    assert!(peak > 4, "only {peak} engine connections at once");
+    assert_each_sender_in_order(&engine, 32, 50);
     let waited = "mllp_proxy_upstream_queue_seconds_count{route=\"test\"}";
     assert!(metric(&proxy, waited).await >= 1600.0);
 }
