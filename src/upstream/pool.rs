@@ -15,7 +15,10 @@
 //! sessions on one thread capped the route at one core (0.82-0.90 of a core busy at 64
 //! senders, 0.6x the rate of an unlimited pool). An exchange that finds its own share busy
 //! takes a free permit of another share if one has no queue; only when every share is busy
-//! does it wait, first-in first-out among its thread's sessions. Smaller pools stay whole.
+//! does it wait, first-in first-out among its thread's sessions. One that has waited
+//! [`WIDEN_AFTER`] also queues on the other shares and takes the first permit any of them
+//! gives: a slow share cannot hold a message while another's connections come free. Smaller
+//! pools stay whole.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,12 @@ use super::health::Target;
 /// one slow exchange would leave that thread's sessions queued while the others' connections
 /// sit free.
 pub(super) const MIN_SHARE: usize = 4;
+
+/// How long an exchange waits for its own thread's share before it also waits for the others.
+/// Far above a queue wait at full speed (about a millisecond at 64 senders on 8 connections),
+/// so the fast path stays on one thread; short enough that a slow share's queue does not hold
+/// a message while another share's connections come free.
+pub(super) const WIDEN_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// An open connection owned by the pool, busy or idle. The busy/idle gauges are computed when
 /// `/metrics` is scraped ([`Pool::refresh_gauges`]), not kept up to date per exchange: four
@@ -132,6 +141,31 @@ impl Pool {
             }
         }
         Err(&self.shards[own])
+    }
+
+    /// Whether the pool is split into shares per session thread.
+    pub(super) fn split(&self) -> bool {
+        self.shards.len() > 1
+    }
+
+    /// Waits for a permit of any share but `own`, whichever comes first.
+    pub(super) async fn lease_elsewhere(&self, own: &Shard) -> Option<Lease<'_>> {
+        let mut waits: Vec<_> = self
+            .shards
+            .iter()
+            .filter(|s| !std::ptr::eq(*s, own))
+            .map(|s| Box::pin(s.lease()))
+            .collect();
+        // Dropping the waits that lost gives back any permit already assigned to them.
+        std::future::poll_fn(|cx| {
+            for w in waits.iter_mut() {
+                if let std::task::Poll::Ready(lease) = w.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(lease);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Sets each target's busy and idle gauges from the pool as it is now.

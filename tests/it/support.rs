@@ -318,6 +318,9 @@ pub enum Behaviour {
     AckCloseWhenIdle(Duration),
     /// Answers AR to the message with this control ID, AA to the others.
     RejectId(&'static str),
+    /// Answers AA after the first delay when the control ID starts with the text, after the
+    /// second otherwise.
+    DelayByPrefix(&'static str, Duration, Duration),
 }
 
 /// A stand-in legacy engine on plain MLLP, recording what it receives.
@@ -488,6 +491,11 @@ async fn engine_connection(
                 }
                 Behaviour::Delay(d) => {
                     tokio::time::sleep(d).await;
+                    build_accept(header.as_ref())
+                }
+                Behaviour::DelayByPrefix(prefix, slow, fast) => {
+                    let hit = header.is_some_and(|h| h.control_id.starts_with(prefix.as_bytes()));
+                    tokio::time::sleep(if hit { slow } else { fast }).await;
                     build_accept(header.as_ref())
                 }
                 Behaviour::RejectId(id)

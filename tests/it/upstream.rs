@@ -119,6 +119,63 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connection() {
+    // max_connections 8 on two session threads: a share of 4 per thread, senders placed on
+    // the threads in turn. Senders 0, 2, 4, 6 (one thread) hold their share with 3 s
+    // exchanges, senders 1, 3, 5, 7 (the other) theirs with 300 ms ones. Sender 8 lands on
+    // the first thread, finds every share busy and queues there: it must not wait the 3 s for
+    // its own share, but take the other share's connection when that comes free.
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::DelayByPrefix(
+        "SLOW",
+        Duration::from_secs(3),
+        Duration::from_millis(300),
+    ))
+    .await;
+    let mut cfg = pki.config(&[engine.target()], "");
+    cfg.routes[0].upstream.max_connections = 8;
+    cfg.routes[0].upstream.ack_timeout = Duration::from_secs(10);
+    let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
+    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
+        .await
+        .expect("proxy starts");
+    let mut clients = Vec::new();
+    for _ in 0..9 {
+        // One after another, so the route places them on alternate threads.
+        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        clients.push(MllpClient::connect(&target, T).await.expect("connect"));
+    }
+    let last = clients.pop().expect("nine clients");
+    let mut holding = Vec::new();
+    for (s, mut c) in clients.into_iter().enumerate() {
+        let id = if s % 2 == 0 {
+            format!("SLOW-{s}")
+        } else {
+            format!("FAST-{s}")
+        };
+        holding.push(tokio::spawn(async move {
+            let ack = c.exchange(&adt(&id), T).await.expect("ACK");
+            assert_eq!(msa(&ack), ("AA".into(), id));
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut last = last;
+    let ack = last.exchange(&adt("FAST-8"), T).await.expect("ACK");
+    let took = started.elapsed();
+    assert_eq!(msa(&ack), ("AA".into(), "FAST-8".into()));
+    assert!(took < Duration::from_millis(1500), "waited {took:?}");
+    for h in holding {
+        h.await.expect("sender");
+    }
+    assert!(
+        engine.peak() <= 8,
+        "{} engine connections at once",
+        engine.peak()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_primary_costs_only_the_first_session_and_is_used_again_once_back() {
     // Primary drops SYNs, secondary is fine: of 20 sessions opened one after another only the
     // first waits connect_timeout (1 s), all get AA from the secondary. When the primary
