@@ -216,38 +216,16 @@ impl Upstream {
         };
         let started = Instant::now();
         m.upstream_queue_waiting.inc();
-        let deadline = started + self.cfg.queue_timeout;
-        // First in this thread's share's queue; past WIDEN_AFTER also in every other share's.
-        let widen_at = if self.pool.split() {
-            (started + pool::WIDEN_AFTER).min(deadline)
-        } else {
-            deadline
-        };
-        let mut mine = std::pin::pin!(shard.lease());
-        let mut widened = false;
-        let waited = loop {
-            let until = if widened { deadline } else { widen_at };
-            let lease = tokio::select! {
-                biased;
-                lease = &mut mine => Some(lease),
-                lease = self.pool.lease_elsewhere(shard), if widened => Some(lease),
-                _ = queue_timer.until(until) => None,
-                _ = shutdown.cancelled() => break Err(UpstreamError::Queue(
-                    "proxy stopping while waiting for an upstream connection; message not forwarded".into(),
-                )),
-            };
-            match lease {
-                Some(lease) => {
-                    break lease.ok_or_else(|| UpstreamError::Queue("upstream pool closed".into()));
-                }
-                None if !widened && until < deadline => widened = true,
-                None => {
-                    break Err(UpstreamError::Queue(format!(
-                        "no upstream connection free within queue_timeout ({:?}); message not forwarded",
-                        self.cfg.queue_timeout
-                    )));
-                }
-            }
+        let waited = tokio::select! {
+            biased;
+            lease = self.pool.wait(shard) => lease.ok_or_else(|| UpstreamError::Queue("upstream pool closed".into())),
+            _ = queue_timer.until(started + self.cfg.queue_timeout) => Err(UpstreamError::Queue(format!(
+                "no upstream connection free within queue_timeout ({:?}); message not forwarded",
+                self.cfg.queue_timeout
+            ))),
+            _ = shutdown.cancelled() => Err(UpstreamError::Queue(
+                "proxy stopping while waiting for an upstream connection; message not forwarded".into(),
+            )),
         };
         m.upstream_queue_waiting.dec();
         m.upstream_queue_seconds

@@ -15,15 +15,15 @@
 //! sessions on one thread capped the route at one core (0.82-0.90 of a core busy at 64
 //! senders, 0.6x the rate of an unlimited pool). An exchange that finds its own share busy
 //! takes a free permit of another share if one has no queue; only when every share is busy
-//! does it wait, first-in first-out among its thread's sessions. One that has waited
-//! [`WIDEN_AFTER`] also queues on the other shares and takes the first permit any of them
-//! gives: a slow share cannot hold a message while another's connections come free. Smaller
-//! pools stay whole.
+//! does it wait, first-in first-out among its thread's sessions. A share that gives a permit
+//! back with nobody queued for it nudges the oldest exchange queued on another share, which
+//! takes that permit: a share held by slow exchanges cannot keep a message waiting while the
+//! route has a free connection. Smaller pools stay whole.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::conn::UpstreamConn;
@@ -33,12 +33,6 @@ use super::health::Target;
 /// one slow exchange would leave that thread's sessions queued while the others' connections
 /// sit free.
 pub(super) const MIN_SHARE: usize = 4;
-
-/// How long an exchange waits for its own thread's share before it also waits for the others.
-/// Far above a queue wait at full speed (about a millisecond at 64 senders on 8 connections),
-/// so the fast path stays on one thread; short enough that a slow share's queue does not hold
-/// a message while another share's connections come free.
-pub(super) const WIDEN_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// An open connection owned by the pool, busy or idle. The busy/idle gauges are computed when
 /// `/metrics` is scraped ([`Pool::refresh_gauges`]), not kept up to date per exchange: four
@@ -80,12 +74,47 @@ pub(super) struct Shard {
     /// `None`: no limit.
     limit: Option<Semaphore>,
     max: usize,
+    /// Exchanges queued for this share's permits.
+    queued: AtomicUsize,
+    /// Tells this share's oldest queued exchange that another share has a permit free.
+    nudge: Notify,
 }
 
 /// The right to one exchange on a share of the pool (a permit of its limit, if it has one).
 pub(super) struct Lease<'a> {
     pub(super) shard: &'a Shard,
-    _permit: Option<SemaphorePermit<'a>>,
+    pool: &'a Pool,
+    permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        drop(permit);
+        // Nobody queued here: the permit would sit free while another share's exchanges
+        // queue. Its oldest one is nudged to take it (at full speed every share has a queue,
+        // so this costs one load per exchange).
+        if self.pool.shards.len() > 1 && self.shard.queued.load(Ordering::Acquire) == 0 {
+            let waiting =
+                self.pool.shards.iter().find(|s| {
+                    !std::ptr::eq(*s, self.shard) && s.queued.load(Ordering::Acquire) > 0
+                });
+            if let Some(other) = waiting {
+                other.nudge.notify_one();
+            }
+        }
+    }
+}
+
+/// Counts an exchange in its share's queue while it waits (also when the wait is abandoned).
+struct Queued<'a>(&'a Shard);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pool {
@@ -106,6 +135,8 @@ impl Pool {
                     idle: Mutex::new(Vec::new()),
                     limit: (max > 0).then(|| Semaphore::new(max)),
                     max,
+                    queued: AtomicUsize::new(0),
+                    nudge: Notify::new(),
                 }
             })
             .collect();
@@ -129,43 +160,44 @@ impl Pool {
             let Some(limit) = &shard.limit else {
                 return Ok(Lease {
                     shard,
-                    _permit: None,
+                    pool: self,
+                    permit: None,
                 });
             };
             // Tokio's semaphore is fair: `try_acquire` cannot jump a share's queue.
             if let Ok(p) = limit.try_acquire() {
                 return Ok(Lease {
                     shard,
-                    _permit: Some(p),
+                    pool: self,
+                    permit: Some(p),
                 });
             }
         }
         Err(&self.shards[own])
     }
 
-    /// Whether the pool is split into shares per session thread.
-    pub(super) fn split(&self) -> bool {
-        self.shards.len() > 1
-    }
-
-    /// Waits for a permit of any share but `own`, whichever comes first.
-    pub(super) async fn lease_elsewhere(&self, own: &Shard) -> Option<Lease<'_>> {
-        let mut waits: Vec<_> = self
-            .shards
-            .iter()
-            .filter(|s| !std::ptr::eq(*s, own))
-            .map(|s| Box::pin(s.lease()))
-            .collect();
-        // Dropping the waits that lost gives back any permit already assigned to them.
-        std::future::poll_fn(|cx| {
-            for w in waits.iter_mut() {
-                if let std::task::Poll::Ready(lease) = w.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(lease);
+    /// Waits first-in first-out in `own`'s queue (which has a limit: [`Pool::try_lease`]
+    /// found every share busy), or until another share gives back a permit nobody queued for.
+    pub(super) async fn wait<'a>(&'a self, own: &'a Shard) -> Option<Lease<'a>> {
+        let limit = own.limit.as_ref()?;
+        own.queued.fetch_add(1, Ordering::AcqRel);
+        let _queued = Queued(own);
+        let mut mine = std::pin::pin!(limit.acquire());
+        loop {
+            tokio::select! {
+                biased;
+                // The semaphore is never closed, so acquiring only ends with a permit.
+                p = &mut mine => {
+                    return Some(Lease { shard: own, pool: self, permit: Some(p.ok()?) });
+                }
+                _ = own.nudge.notified() => {
+                    // Still in this share's queue; the free permit may already be taken.
+                    if let Ok(lease) = self.try_lease() {
+                        return Some(lease);
+                    }
                 }
             }
-            std::task::Poll::Pending
-        })
-        .await
+        }
     }
 
     /// Sets each target's busy and idle gauges from the pool as it is now.
@@ -200,16 +232,6 @@ impl Pool {
 }
 
 impl Shard {
-    /// Waits (first-in first-out) for a permit of this share; only called when it has a limit.
-    pub(super) async fn lease(&self) -> Option<Lease<'_>> {
-        // The semaphore is never closed, so acquiring only ends with a permit.
-        let p = self.limit.as_ref()?.acquire().await.ok()?;
-        Some(Lease {
-            shard: self,
-            _permit: Some(p),
-        })
-    }
-
     /// The most recently used idle connection to `target`.
     pub(super) fn take_idle(&self, target: &Target) -> Option<PooledConn> {
         let mut idle = self.idle.lock().ok()?;
