@@ -180,6 +180,15 @@ impl Pool {
     /// found every share busy), or until another share gives back a permit nobody queued for.
     pub(super) async fn wait<'a>(&'a self, own: &'a Shard) -> Option<Lease<'a>> {
         let limit = own.limit.as_ref()?;
+        if self.shards.len() == 1 {
+            // Nobody to nudge or be nudged by.
+            let permit = limit.acquire().await.ok()?;
+            return Some(Lease {
+                shard: own,
+                pool: self,
+                permit: Some(permit),
+            });
+        }
         own.queued.fetch_add(1, Ordering::AcqRel);
         let _queued = Queued(own);
         let mut mine = std::pin::pin!(limit.acquire());
