@@ -67,14 +67,9 @@ impl Cores {
         }))
     }
 
-    /// How many session threads there are.
-    pub fn len(&self) -> usize {
+    /// How many session threads there are (at least one).
+    pub fn threads(&self) -> usize {
         self.handles.len()
-    }
-
-    /// Whether there are none (never: `start` makes at least one).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     fn next_index(&self) -> usize {

@@ -111,7 +111,7 @@ pub async fn start_on(
         })?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
-    let threads = cores.as_ref().map_or(1, |c| c.len());
+    let threads = cores.as_ref().map_or(1, |c| c.threads());
     let mut routes = Vec::with_capacity(prepared.len());
     let mut upstreams = Vec::with_capacity(prepared.len());
     for (index, (route, material, listener)) in prepared.into_iter().enumerate() {

@@ -196,15 +196,10 @@ impl Pool {
             tokio::select! {
                 biased;
                 // The semaphore is never closed, so acquiring only ends with a permit.
+                // A nudge that arrives with this permit is not lost: tokio hands a
+                // notification whose `Notified` is dropped unreceived to the next waiter.
                 p = &mut mine => {
-                    let lease = Lease { shard: own, pool: self, permit: Some(p.ok()?) };
-                    // A nudge may have come with this permit and been spent on it: pass it on
-                    // while another share still has a permit free (this exchange still counts
-                    // as queued here).
-                    if own.queued.load(Ordering::Acquire) > 1 && self.free_elsewhere(own) {
-                        own.nudge.notify_one();
-                    }
-                    return Some(lease);
+                    return Some(Lease { shard: own, pool: self, permit: Some(p.ok()?) });
                 }
                 _ = own.nudge.notified() => {
                     // Still in this share's queue; the free permit may already be taken.
@@ -214,15 +209,6 @@ impl Pool {
                 }
             }
         }
-    }
-
-    /// Whether a share other than `own` has a permit free and nobody queued for it.
-    fn free_elsewhere(&self, own: &Shard) -> bool {
-        self.shards.iter().any(|s| {
-            !std::ptr::eq(s, own)
-                && s.queued.load(Ordering::Acquire) == 0
-                && s.limit.as_ref().is_some_and(|l| l.available_permits() > 0)
-        })
     }
 
     /// Sets each target's busy and idle gauges from the pool as it is now.
