@@ -237,14 +237,24 @@ pub fn admin_server_config(cfg: &AdminTlsConfig) -> Result<Arc<ServerConfig>, Tl
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_single_cert(chain, key).map_err(|e| {
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
         TlsError::new(
             "admin.tls.private_key",
             &cfg.private_key,
             format!("does not fit the certificate: {e}"),
         )
     })?;
+    without_resumption(&mut config);
     Ok(Arc::new(config))
+}
+
+/// Turns session resumption off: a resumed session skips the client certificate's
+/// verification (chain, expiry, CRL), so every connection gets a full handshake. It also
+/// drops rustls's default cache of 256 sessions, whose entries, made during a burst of
+/// handshakes and kept after it, kept 1-2 MB of the heap from being returned after the burst.
+fn without_resumption(config: &mut ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
 }
 
 /// The crypto provider used everywhere: aws-lc-rs.
@@ -353,12 +363,13 @@ impl TlsMaterial {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
-        let server_config = ServerConfig::builder_with_provider(provider)
+        let mut server_config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| err("tls.min_version", &cfg.certificate, e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| err("tls.certificate", &cfg.certificate, e.to_string()))?;
+        without_resumption(&mut server_config);
 
         Ok(TlsMaterial {
             server_config: Arc::new(server_config),

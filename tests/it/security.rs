@@ -355,3 +355,70 @@ async fn metrics_can_be_scraped_over_mutual_tls() {
         "no plain HTTP"
     );
 }
+
+/// Connects over TLS with `config` and returns the connection once the handshake is done.
+async fn tls_connect(
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_has_its_client_certificate_verified_afresh_no_resumption() {
+    // A resumed session skips the client certificate's verification (chain, expiry, CRL), so
+    // the proxy offers none: a client that keeps sessions (as Java senders do) gets a full
+    // handshake every time, in TLS 1.3 (tickets) and TLS 1.2 (session IDs).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let addr = proxy.routes[0].1;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).expect("ca.crt") {
+        roots.add(ca.expect("CA PEM")).expect("CA");
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.path("client.crt"))
+        .expect("client.crt")
+        .map(|c| c.expect("client PEM"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("client.key")).expect("client.key");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = rustls::ClientConfig::builder_with_provider(mllp_proxy::tls::provider())
+            .with_protocol_versions(&[version])
+            .expect("version")
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .expect("client certificate");
+        let config = std::sync::Arc::new(config);
+        for attempt in 0..2 {
+            let mut tls = tls_connect(&config, addr).await;
+            assert_eq!(
+                tls.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}, connection {attempt}"
+            );
+            // One exchange, so that any ticket the proxy sent after the handshake is taken in.
+            let mut frame = vec![0x0b];
+            frame.extend(adt(&format!("RESUME{attempt}")));
+            frame.extend([0x1c, 0x0d]);
+            tls.write_all(&frame).await.expect("send");
+            let mut answer = Vec::new();
+            while !answer.ends_with(&[0x1c, 0x0d]) {
+                let mut chunk = [0u8; 4096];
+                let n = tls.read(&mut chunk).await.expect("read the ACK");
+                assert!(n > 0, "closed before the ACK");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(msa(&answer[1..answer.len() - 2]).0, "AA");
+            let _ = tls.shutdown().await;
+        }
+    }
+}
