@@ -67,22 +67,7 @@ CONF
 stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!); pid[stunnel]=$!
 
 port[haproxy]=$(free_port)
-cat "$certs/server.crt" "$certs/server.key" > "$work/haproxy.pem"
-cat > "$work/haproxy.cfg" <<CONF
-global
-  maxconn $(( held + 100 ))
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 15m
-  timeout server 15m
-frontend mllp
-  bind 127.0.0.1:${port[haproxy]} ssl crt $work/haproxy.pem ca-file $certs/ca.crt verify required ssl-min-ver TLSv1.2
-  default_backend engine
-backend engine
-  server e1 127.0.0.1:$engine_port
-CONF
-haproxy -q -f "$work/haproxy.cfg" 2>"$work/haproxy.err" & pids+=($!); pid[haproxy]=$!
+start_haproxy "${port[haproxy]}" $(( held + 100 )); pid[haproxy]=$haproxy_pid
 
 servers=(mllp-proxy haproxy stunnel)
 for s in "${servers[@]}"; do echo "waiting for $s" >&2; wait_port "${port[$s]}"; done

@@ -22,6 +22,28 @@ start_engine() {
     sleep 0.3
 }
 
+# start_haproxy PORT MAXCONN: HAProxy in TCP mode on PORT with the example certificates
+# (mutual TLS, as the proxy), forwarding to $engine_port; sets $haproxy_pid.
+start_haproxy() {
+    cat "$certs/server.crt" "$certs/server.key" > "$work/haproxy.pem"
+    cat > "$work/haproxy.cfg" <<CONF
+global
+  maxconn $2
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 15m
+  timeout server 15m
+frontend mllp
+  bind 127.0.0.1:$1 ssl crt $work/haproxy.pem ca-file $certs/ca.crt verify required ssl-min-ver TLSv1.2
+  default_backend engine
+backend engine
+  server e1 127.0.0.1:$engine_port
+CONF
+    haproxy -q -f "$work/haproxy.cfg" 2>"$work/haproxy.err" & pids+=($!)
+    haproxy_pid=$!
+}
+
 # start_proxy NAME MODE: a proxy route with validation MODE; sets $proxy_port.
 start_proxy() {
     local name=$1 mode=$2 admin_port

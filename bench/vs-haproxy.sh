@@ -27,22 +27,7 @@ YAML
 "$bin" run -c "$work/p.yaml" 2>"$work/p.log" & pids+=($!); ppid=$!
 
 hport=$(free_port)
-cat "$certs/server.crt" "$certs/server.key" > "$work/haproxy.pem"
-cat > "$work/haproxy.cfg" <<CONF
-global
-  maxconn 1000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 15m
-  timeout server 15m
-frontend mllp
-  bind 127.0.0.1:$hport ssl crt $work/haproxy.pem ca-file $certs/ca.crt verify required ssl-min-ver TLSv1.2
-  default_backend engine
-backend engine
-  server e1 127.0.0.1:$engine_port
-CONF
-haproxy -q -f "$work/haproxy.cfg" & pids+=($!); hpid=$!
+start_haproxy "$hport" 1000; hpid=$haproxy_pid
 sleep 1
 kill -0 "$ppid" 2>/dev/null || { echo "mllp-proxy did not start:" >&2; cat "$work/p.log" >&2; exit 1; }
 
