@@ -209,7 +209,7 @@ fn handshake_failed(addr: &str, name: &ServerName<'_>, e: &std::io::Error) -> St
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::BrokenPipe => format!(
-                "{addr} closed the connection during the TLS handshake: is this port TLS (1.2 or 1.3)?"
+                "{addr} closed the connection during the TLS handshake: is this port TLS (1.2 or 1.3)? (mllp-proxy also closes connections over its limits at once, before TLS: max_connections, max_connections_per_source, max_pending_handshakes; it logs 'connection refused at accept')"
             ),
             _ => format!("TLS handshake with {addr}: {e}"),
         };

@@ -263,8 +263,9 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_tells_each_kind_of_failure_apart() {
     // Each way a first connection goes wrong gets its own message from `send`: a certificate
-    // outside allowed_clients, a certificate from another CA, plain MLLP to the TLS port, TLS to
-    // a plain port, and an engine outage behind the proxy (with the count of messages not sent).
+    // outside allowed_clients, a certificate from another CA, plain MLLP to the TLS port, a
+    // connection over the proxy's limits, TLS to a plain port, and an engine outage behind the
+    // proxy (with the count of messages not sent).
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
     let denied = start_proxy(pki.config(
@@ -273,6 +274,16 @@ async fn send_tells_each_kind_of_failure_apart() {
     ))
     .await;
     let dead = start_proxy(pki.config(&[unused_addr().await.to_string()], "")).await;
+    let full = start_proxy(pki.config(
+        &[engine.target()],
+        "    limits:\n      max_connections_per_source: 1\n",
+    ))
+    .await;
+    // One connection from this address already open: the next is closed at accept.
+    let _held = tokio::net::TcpStream::connect(full.routes[0].1)
+        .await
+        .expect("connect");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let file = pki.path("two.hl7");
     std::fs::write(
         &file,
@@ -317,6 +328,10 @@ async fn send_tells_each_kind_of_failure_apart() {
         (
             args(denied.routes[0].1.to_string(), None),
             "answered bytes that are not MLLP (a TLS alert?) and closed the connection: if this port expects TLS, pass --ca, --cert and --key",
+        ),
+        (
+            args(full.routes[0].1.to_string(), Some("client")),
+            "closed the connection during the TLS handshake: is this port TLS (1.2 or 1.3)? (mllp-proxy also closes connections over its limits at once",
         ),
         (
             args(engine.target(), Some("client")),
