@@ -374,13 +374,16 @@ async fn every_connection_has_its_client_certificate_verified_afresh_no_resumpti
     // A resumed session skips the client certificate's verification (chain, expiry, CRL), so
     // the proxy offers none: a client that keeps sessions (as Java senders do) gets a full
     // handshake every time, in TLS 1.3 (tickets) and TLS 1.2 (session IDs).
+    use bytes::BytesMut;
+    use mllp_proxy::mllp::{Frame, MllpCodec};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::Decoder;
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
     let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
     let addr = proxy.routes[0].1;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).expect("ca.crt") {
         roots.add(ca.expect("CA PEM")).expect("CA");
@@ -406,18 +409,19 @@ async fn every_connection_has_its_client_certificate_verified_afresh_no_resumpti
                 "{version:?}, connection {attempt}"
             );
             // One exchange, so that any ticket the proxy sent after the handshake is taken in.
-            let mut frame = vec![0x0b];
-            frame.extend(adt(&format!("RESUME{attempt}")));
-            frame.extend([0x1c, 0x0d]);
-            tls.write_all(&frame).await.expect("send");
-            let mut answer = Vec::new();
-            while !answer.ends_with(&[0x1c, 0x0d]) {
-                let mut chunk = [0u8; 4096];
-                let n = tls.read(&mut chunk).await.expect("read the ACK");
-                assert!(n > 0, "closed before the ACK");
-                answer.extend_from_slice(&chunk[..n]);
-            }
-            assert_eq!(msa(&answer[1..answer.len() - 2]).0, "AA");
+            let msg = adt(&format!("RESUME{attempt}"));
+            tls.write_all(&MllpCodec::frame(&msg)).await.expect("send");
+            let (mut codec, mut buf) = (MllpCodec::new(1 << 20), BytesMut::new());
+            let answer = loop {
+                if let Some(Frame::Message(answer)) = codec.decode(&mut buf).expect("MLLP") {
+                    break answer;
+                }
+                assert!(
+                    tls.read_buf(&mut buf).await.expect("read") > 0,
+                    "closed before the ACK"
+                );
+            };
+            assert_eq!(msa(&answer).0, "AA");
             let _ = tls.shutdown().await;
         }
     }
