@@ -61,44 +61,27 @@ pub struct Header<'a> {
 impl<'a> Header<'a> {
     /// Reads MSH from the start of `msg`. The segment ends at the first `\r` or `\n`.
     pub fn parse(msg: &'a [u8]) -> Result<Self, HeaderError> {
-        if !msg.starts_with(b"MSH") {
-            return Err(HeaderError::NoMsh);
-        }
-        let field = *msg.get(3).ok_or(HeaderError::BadFieldSeparator)?;
-        if !is_delimiter(field) {
-            return Err(HeaderError::BadFieldSeparator);
-        }
-        let end = msg
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .unwrap_or(msg.len());
+        let (separators, encoding_characters) = msh_delimiters(msg)?;
+        let end = memchr::memchr2(b'\r', b'\n', msg).unwrap_or(msg.len());
         let seg = &msg[..end];
         // fields[0] = "MSH", fields[1] = MSH-2, fields[n-1] = MSH-n for n >= 2.
         let mut fields: [&[u8]; 18] = [&[]; 18];
-        for (i, f) in seg.split(|&b| b == field).take(18).enumerate() {
-            fields[i] = f;
+        let (mut n, mut start) = (0, 0);
+        for (at, &b) in seg.iter().enumerate() {
+            if b == separators.field {
+                fields[n] = &seg[start..at];
+                (n, start) = (n + 1, at + 1);
+                if n == fields.len() {
+                    break;
+                }
+            }
         }
-        let enc = fields[1];
-        let valid_enc = (enc.len() == 4 || enc.len() == 5)
-            && enc.iter().all(|&b| is_delimiter(b) && b != field)
-            && enc
-                .iter()
-                .enumerate()
-                .all(|(i, b)| !enc[i + 1..].contains(b));
-        if !valid_enc {
-            return Err(HeaderError::BadEncodingCharacters);
+        if let Some(last) = fields.get_mut(n) {
+            *last = &seg[start..];
         }
-        let separators = Separators {
-            field,
-            component: enc[0],
-            repetition: enc[1],
-            escape: enc[2],
-            subcomponent: enc[3],
-            truncation: enc.get(4).copied(),
-        };
         Ok(Header {
             separators,
-            encoding_characters: enc,
+            encoding_characters,
             sending_application: fields[2],
             sending_facility: fields[3],
             receiving_application: fields[4],
@@ -161,7 +144,7 @@ pub struct Field<'a> {
 impl<'a> Message<'a> {
     /// Reads the delimiters from MSH; the rest is split lazily.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, HeaderError> {
-        let separators = Header::parse(bytes)?.separators;
+        let (separators, _) = msh_delimiters(bytes)?;
         Ok(Self { bytes, separators })
     }
 
@@ -258,8 +241,56 @@ pub(crate) fn field(segment: &[u8], sep: u8, n: usize) -> &[u8] {
 
 /// Segments of a message, split on `\r` and `\n`, without empty ones.
 pub(crate) fn segments(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
-    msg.split(|&b| b == b'\r' || b == b'\n')
-        .filter(|s| !s.is_empty())
+    // memchr2 rather than a split on a closure: every ACK is searched for its MSA this way.
+    let mut rest = msg;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+            let segment = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or_default();
+            if !segment.is_empty() {
+                return Some(segment);
+            }
+        }
+        None
+    })
+}
+
+/// MSH-1 and MSH-2 of `msg`, checked, without reading the rest of MSH.
+fn msh_delimiters(msg: &[u8]) -> Result<(Separators, &[u8]), HeaderError> {
+    if !msg.starts_with(b"MSH") {
+        return Err(HeaderError::NoMsh);
+    }
+    let field = *msg.get(3).ok_or(HeaderError::BadFieldSeparator)?;
+    if !is_delimiter(field) {
+        return Err(HeaderError::BadFieldSeparator);
+    }
+    // MSH-2 runs to the next field separator or line end; past five bytes it is invalid
+    // whatever follows, so a message without either is not scanned to its end.
+    let rest = &msg[4..];
+    let window = &rest[..rest.len().min(6)];
+    let len = window
+        .iter()
+        .position(|&b| b == field || b == b'\r' || b == b'\n')
+        .unwrap_or(window.len());
+    let enc = &rest[..len];
+    let valid = (enc.len() == 4 || enc.len() == 5)
+        && enc.iter().all(|&b| is_delimiter(b) && b != field)
+        // Index pairs, not `contains`: a library memchr call per character cost more than
+        // the rest of MSH's reading.
+        && (0..enc.len()).all(|i| (i + 1..enc.len()).all(|j| enc[i] != enc[j]));
+    if !valid {
+        return Err(HeaderError::BadEncodingCharacters);
+    }
+    let separators = Separators {
+        field,
+        component: enc[0],
+        repetition: enc[1],
+        escape: enc[2],
+        subcomponent: enc[3],
+        truncation: enc.get(4).copied(),
+    };
+    Ok((separators, enc))
 }
 
 fn is_delimiter(b: u8) -> bool {
@@ -272,11 +303,39 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Whatever follows `MSH`: a message's delimiters are its header's, the header's fields
+        /// are the first line's pieces between its MSH-1, and both refuse the same input.
+        #[test]
+        fn message_and_header_read_the_same_delimiters(
+            rest in proptest::collection::vec(
+                proptest::sample::select(b"|#^~\\&A1\r\n ".to_vec()), 0..40)
+        ) {
+            let mut m = b"MSH".to_vec();
+            m.extend_from_slice(&rest);
+            let header = Header::parse(&m);
+            proptest::prop_assert_eq!(
+                Message::parse(&m).map(|m| m.separators()),
+                header.map(|h| h.separators)
+            );
+            if let Ok(h) = header {
+                let line = m.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+                let pieces: Vec<&[u8]> = line.split(|&b| b == h.separators.field).collect();
+                let piece = |i: usize| pieces.get(i).copied().unwrap_or(&[]);
+                proptest::prop_assert_eq!(h.encoding_characters, piece(1));
+                proptest::prop_assert_eq!(h.receiving_facility, piece(5));
+                proptest::prop_assert_eq!(h.version, piece(11));
+                proptest::prop_assert_eq!(h.accept_ack_type, piece(14));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// The header's fields are the pieces of its first line between `|`.
         #[test]
         fn header_fields_are_the_first_lines_pieces(
             rest in proptest::collection::vec(
-                proptest::sample::select(b"|^~\\&A1\r\n ".to_vec()), 0..80)
+                proptest::sample::select(b"|^~\\&#A1\r\n ".to_vec()), 0..80)
         ) {
             let mut m = b"MSH|^~\\&".to_vec();
             m.extend_from_slice(&rest);
