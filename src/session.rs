@@ -669,12 +669,13 @@ impl<'a> Session<'a> {
             stream.write_all(&out).await?;
             stream.flush().await
         };
-        let deadline = Instant::now() + self.ctx.cfg.limits.frame_timeout;
-        // Biased: an answer the socket takes at once never arms the timer.
+        let (timer, limit) = (&mut self.write, self.ctx.cfg.limits.frame_timeout);
+        // Biased: an answer the socket takes at once never arms the timer, nor reads the
+        // clock for its deadline (the block's body runs when it is first polled).
         tokio::select! {
             biased;
             r = write => r.map_err(|e| SessionEnd::WriteFailed(io_detail(&e))),
-            _ = self.write.until(deadline) => Err(SessionEnd::NotReading),
+            _ = async { timer.until(Instant::now() + limit).await } => Err(SessionEnd::NotReading),
         }
     }
 }

@@ -68,13 +68,14 @@ impl Target {
     }
 
     /// Whether a session may try this target now while another may be up: it is up, or its
-    /// back-off has passed (or it was never tried).
-    pub fn eligible(&self, now: Instant) -> bool {
+    /// back-off has passed (or it was never tried). The clock is read only for a target that
+    /// is down: every exchange asks, and most of the time every target is up.
+    pub fn eligible(&self) -> bool {
         self.is_up()
             || self
                 .state
                 .lock()
-                .is_ok_and(|s| s.up || s.retry_at.is_none_or(|t| t <= now))
+                .is_ok_and(|s| s.up || s.retry_at.is_none_or(|t| t <= Instant::now()))
     }
 
     /// Records a success: the target is up.
@@ -127,7 +128,7 @@ impl Target {
     ) -> Result<Option<TcpStream>, String> {
         let _gate = if wait {
             let gate = self.gate.lock().await;
-            if !self.eligible(Instant::now()) {
+            if !self.eligible() {
                 return Ok(None);
             }
             gate

@@ -236,13 +236,12 @@ impl Upstream {
     /// An idle connection to the preferred target that still works, or a new one; the targets
     /// are tried in the order `balance` gives.
     async fn connection(&self, shard: &Shard) -> Result<(PooledConn, bool), UpstreamError> {
-        let now = Instant::now();
-        let (first, all_down) = self.first_candidate(now);
+        let (first, all_down) = self.first_candidate();
         let n = self.targets.len();
         let mut reasons = Vec::new();
         for k in 0..n {
             let target = &self.targets[(first + k) % n];
-            if !all_down && !target.eligible(now) {
+            if !all_down && !target.eligible() {
                 continue;
             }
             while let Some(mut c) = shard.take_idle(target) {
@@ -291,12 +290,12 @@ impl Upstream {
     /// or starts one eligible target further each time (`round_robin`). When none is eligible,
     /// all are down, and each may be tried by one exchange at a time (a single-target route
     /// must notice its engine's return at once, not after a back-off).
-    fn first_candidate(&self, now: Instant) -> (usize, bool) {
-        let all_down = !self.targets.iter().any(|t| t.eligible(now));
+    fn first_candidate(&self) -> (usize, bool) {
+        let all_down = !self.targets.iter().any(|t| t.eligible());
         if self.cfg.balance != Balance::RoundRobin {
             return (0, all_down);
         }
-        let eligible = |t: &&Arc<Target>| all_down || t.eligible(now);
+        let eligible = |t: &&Arc<Target>| all_down || t.eligible();
         let count = self.targets.iter().filter(eligible).count().max(1);
         let skip = self.next.fetch_add(1, Ordering::Relaxed) % count;
         let first = self
