@@ -275,8 +275,8 @@ pub fn message(
     let Some(mut r) = Record::new("message", who) else {
         return;
     };
-    r.text("control_id", &escape(control_id));
-    r.text("message_type", &escape(message_type));
+    r.escaped("control_id", control_id);
+    r.escaped("message_type", message_type);
     r.number("bytes", bytes as u64);
     match outcome {
         Outcome::Relayed {
@@ -380,6 +380,14 @@ impl Record {
         }
     }
 
+    /// A peer's value, escaped ([`escape`]); without a copy when there is nothing to escape.
+    fn escaped(&mut self, key: &str, value: &[u8]) {
+        match crate::logsafe::plain(value) {
+            Some(text) => self.text(key, text),
+            None => self.text(key, &escape(value)),
+        }
+    }
+
     fn number(&mut self, key: &str, value: u64) {
         self.key(key);
         push_digits(&mut self.line, value, 1);
@@ -425,8 +433,28 @@ impl Record {
 /// microseconds, `2026-11-26T15:56:33.297320Z`), without the formatting machinery: a record per
 /// message spent more on its timestamp than on anything else it writes.
 fn push_timestamp(line: &mut Vec<u8>, at: std::time::SystemTime) {
+    thread_local! {
+        // The second's part (`2026-11-26T15:56:33.`) changes once a second; at a thousand
+        // records a second it was made a thousand times.
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            prefix.clear();
+            push_second(prefix, secs);
+            *cached = secs;
+        }
+        line.extend_from_slice(prefix);
+    });
+    push_digits(line, u64::from(since.subsec_micros()), 6);
+    line.push(b'Z');
+}
+
+/// The timestamp up to its fraction of a second: `2026-11-26T15:56:33.`.
+fn push_second(line: &mut Vec<u8>, secs: u64) {
     let (year, month, day) = civil_date(secs / 86_400);
     let in_day = secs % 86_400;
     push_digits(line, year, 4);
@@ -441,8 +469,6 @@ fn push_timestamp(line: &mut Vec<u8>, at: std::time::SystemTime) {
     line.push(b':');
     push_digits(line, in_day % 60, 2);
     line.push(b'.');
-    push_digits(line, u64::from(since.subsec_micros()), 6);
-    line.push(b'Z');
 }
 
 /// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (Howard
@@ -513,6 +539,9 @@ mod tests {
         // Expected values from Python's datetime.
         assert_eq!(stamp(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(stamp(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        // The same second again (its part kept from the call before), then the next.
+        assert_eq!(stamp(951_782_400, 999_999), "2000-02-29T00:00:00.999999Z");
+        assert_eq!(stamp(951_782_401, 0), "2000-02-29T00:00:01.000000Z");
         assert_eq!(stamp(951_868_799, 999_999), "2000-02-29T23:59:59.999999Z");
         assert_eq!(stamp(1_709_164_800, 120), "2024-02-29T00:00:00.000120Z");
         assert_eq!(stamp(1_798_761_599, 297_320), "2026-12-31T23:59:59.297320Z");

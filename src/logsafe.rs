@@ -28,18 +28,29 @@ pub fn escape_str(text: &str) -> String {
     escape_bounded(text.as_bytes(), MAX_LOGGED_CERT)
 }
 
+/// `bytes` as text when [`escape`] would leave them as they are (printable ASCII, no
+/// backslash, within [`MAX_LOGGED`]): the usual control ID or message type, which an audit
+/// record then copies without building a `String` (two per message).
+pub fn plain(bytes: &[u8]) -> Option<&str> {
+    plain_within(bytes, MAX_LOGGED)
+}
+
+fn plain_within(bytes: &[u8], max: usize) -> Option<&str> {
+    let printable = |b: &u8| matches!(b, b' '..=b'~') && *b != b'\\';
+    if bytes.len() <= max && bytes.iter().all(printable) {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
 fn escape_bounded(bytes: &[u8], max: usize) -> String {
+    // The per-character path below cost 600 instructions for two plain fields.
+    if let Some(text) = plain_within(bytes, max) {
+        return text.to_string();
+    }
     let cut = bytes.len() > max;
     let bytes = &bytes[..bytes.len().min(max)];
-    // The usual control ID or message type: printable ASCII, nothing to escape. An audit
-    // record writes two per message, and the per-character path below cost 600 instructions.
-    if !cut
-        && bytes
-            .iter()
-            .all(|&b| matches!(b, b' '..=b'~') && b != b'\\')
-    {
-        return String::from_utf8(bytes.to_vec()).unwrap_or_default();
-    }
     let mut out = String::with_capacity(bytes.len() + 8);
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -156,6 +167,15 @@ mod tests {
         assert_eq!(escape(b"MSG-1"), "MSG-1");
         assert_eq!(escape(b" ORU^R01~\"|&#}"), " ORU^R01~\"|&#}");
         assert_eq!(escape(&[b'x'; MAX_LOGGED]), "x".repeat(MAX_LOGGED));
+        assert_eq!(plain(b"ORU^R01"), Some("ORU^R01"));
+        for needs_escaping in [
+            &b"a\\b"[..],
+            b"a\x7f",
+            b"caf\xc3\xa9",
+            &[b'x'; MAX_LOGGED + 1],
+        ] {
+            assert_eq!(plain(needs_escaping), None);
+        }
         assert_eq!(escape(b"INJ\x1b[31mRED\n"), "INJ\\x1B[31mRED\\x0A");
         assert_eq!(escape(b"a\\b\x00\x7f"), "a\\x5Cb\\x00\\x7F");
         assert_eq!(escape(b"caf\xe9"), "caf\\xE9");
