@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# User-space instructions per message, counted by callgrind: the proxy (profiling build,
+# symbols kept) under valgrind, 64 senders, once with 200 and once with 600 messages each;
+# the difference divided by the 25,600 extra messages, so start-up and handshakes cancel.
+# Unlike a timing, the count does not move with the machine's load: the tool for a change to
+# one function, where an A/B's noise is larger than the change. Kernel work is not counted.
+#
+#   bash bench/instructions.sh [BINARY] [TOP]     (default target/profiling/mllp-proxy, 25)
+#
+# Needs valgrind (apt-get install valgrind).
+source "$(dirname "$0")/lib.sh"
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+subject=${1:-target/profiling/mllp-proxy}
+[ -n "${1:-}" ] || cargo build --profile profiling --quiet
+start_engine
+
+for n in 200 600; do
+    pport=$(free_port); admin=$(free_port)
+    cat > "$work/p$n.yaml" <<YAML
+admin: { listen: "127.0.0.1:$admin" }
+logging: { level: warn }
+${TOP_YAML:-}
+routes:
+  - name: p
+    listen: "127.0.0.1:$pport"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"] }
+YAML
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$subject" run -c "$work/p$n.yaml" 2>"$work/v$n.log" &
+    vpid=$!; pids+=($vpid)
+    for _ in $(seq 150); do
+        curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    bench_result --to "127.0.0.1:$pport" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
+    kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true
+done
+python3 - "$work/cg.200" "$work/cg.600" "${2:-25}" <<'PY'
+import collections, re, subprocess, sys
+def functions(path):
+    out = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    cost = collections.Counter()
+    for line in out.splitlines():
+        m = re.match(r"\s*([0-9,]+) \([ 0-9.]+%\)\s+(.*)", line)
+        if m and "PROGRAM TOTALS" not in line:
+            name = re.sub(r" \[[^]]*\]$", "", m.group(2))
+            name = name.split(":", 1)[1] if re.match(r"^(\?\?\?|[^ ]*\.(rs|c|S|h)):", name) else name
+            cost[name] += int(m.group(1).replace(",", ""))
+    return cost
+small, large = functions(sys.argv[1]), functions(sys.argv[2])
+extra = 64 * 400
+per = {f: (large[f] - small[f]) / extra for f in set(small) | set(large)}
+print(f"user-space instructions per message: {sum(per.values()):.0f}")
+for f, n in sorted(per.items(), key=lambda kv: -kv[1])[: int(sys.argv[3])]:
+    print(f"{n:8.0f}  {f[:120]}")
+PY
