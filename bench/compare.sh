@@ -37,7 +37,6 @@ declare -A port pid start_rss
 mllp_admin=$(free_port); port[mllp-proxy]=$(free_port)
 cat > "$work/mllp-proxy.yaml" <<YAML
 admin: { listen: "127.0.0.1:$mllp_admin" }
-logging: { level: warn }
 routes:
   - name: bench
     listen: "127.0.0.1:${port[mllp-proxy]}"
@@ -46,7 +45,8 @@ routes:
     validation: { mode: strict }
     limits: { max_connections: $(( held + 200 )), max_connections_per_source: 0 }
 YAML
-# The log (with one audit record per message) goes to a file, as it would to a log pipe.
+# The log (at its default level, info, with one audit record per message) goes to a file, as
+# it would to a log pipe.
 "$bin" run -c "$work/mllp-proxy.yaml" 2>"$work/mllp-proxy.log" & pids+=($!); pid[mllp-proxy]=$!
 
 port[stunnel]=$(free_port)

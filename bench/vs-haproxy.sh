@@ -15,7 +15,6 @@ start_engine
 pport=$(free_port); admin=$(free_port)
 cat > "$work/p.yaml" <<YAML
 admin: { listen: "127.0.0.1:$admin" }
-logging: { level: warn }
 ${TOP_YAML:-}
 routes:
   - name: p
