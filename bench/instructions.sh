@@ -18,7 +18,6 @@ for n in 200 600; do
     pport=$(free_port); admin=$(free_port)
     cat > "$work/p$n.yaml" <<YAML
 admin: { listen: "127.0.0.1:$admin" }
-logging: { level: warn }
 ${TOP_YAML:-}
 routes:
   - name: p
