@@ -5,7 +5,7 @@
 # the medians of the per-round ratios to HAProxy. What it answers: how much of the proxy's
 # cost is its stack, and how far the machine lets any server on that stack get ahead.
 #
-#   bash bench/floor.sh            (TOP_YAML / ROUTE_YAML as in vs-haproxy.sh)
+#   bash bench/floor.sh            (TOP_YAML / ROUTE_YAML: see write_proxy_yaml in lib.sh)
 #
 # Needs haproxy (apt-get install haproxy).
 rounds=${ROUNDS:-5}
@@ -16,16 +16,7 @@ start_engine
 
 declare -A port pid
 port[mllp-proxy]=$(free_port); admin=$(free_port)
-cat > "$work/p.yaml" <<YAML
-admin: { listen: "127.0.0.1:$admin" }
-${TOP_YAML:-}
-routes:
-  - name: p
-    listen: "127.0.0.1:${port[mllp-proxy]}"
-    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"] }
-${ROUTE_YAML:-}
-YAML
+write_proxy_yaml "$work/p.yaml" "${port[mllp-proxy]}" "$admin"
 "$bin" run -c "$work/p.yaml" 2>"$work/p.log" & pids+=($!); pid[mllp-proxy]=$!
 port[haproxy]=$(free_port)
 start_haproxy "${port[haproxy]}" 1000; pid[haproxy]=$haproxy_pid

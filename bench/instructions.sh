@@ -16,15 +16,7 @@ start_engine
 
 for n in 200 600; do
     pport=$(free_port); admin=$(free_port)
-    cat > "$work/p$n.yaml" <<YAML
-admin: { listen: "127.0.0.1:$admin" }
-${TOP_YAML:-}
-routes:
-  - name: p
-    listen: "127.0.0.1:$pport"
-    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"] }
-YAML
+    write_proxy_yaml "$work/p$n.yaml" "$pport" "$admin"
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$subject" run -c "$work/p$n.yaml" 2>"$work/v$n.log" &
     vpid=$!; pids+=($vpid)
     for _ in $(seq 150); do

@@ -44,6 +44,22 @@ CONF
     haproxy_pid=$!
 }
 
+# write_proxy_yaml FILE PORT ADMIN_PORT: one route on PORT in front of $engine_port, as it
+# ships (default log level, strict validation, audit records), with $TOP_YAML (top-level
+# keys) and $ROUTE_YAML (keys of the route, indented four spaces) added.
+write_proxy_yaml() {
+    cat > "$1" <<YAML
+admin: { listen: "127.0.0.1:$3" }
+${TOP_YAML:-}
+routes:
+  - name: p
+    listen: "127.0.0.1:$2"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"] }
+${ROUTE_YAML:-}
+YAML
+}
+
 # start_proxy NAME MODE: a proxy route with validation MODE; sets $proxy_port.
 start_proxy() {
     local name=$1 mode=$2 admin_port

@@ -13,16 +13,7 @@ command -v haproxy >/dev/null || { echo "needs haproxy (apt-get install haproxy)
 start_engine
 
 pport=$(free_port); admin=$(free_port)
-cat > "$work/p.yaml" <<YAML
-admin: { listen: "127.0.0.1:$admin" }
-${TOP_YAML:-}
-routes:
-  - name: p
-    listen: "127.0.0.1:$pport"
-    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"] }
-${ROUTE_YAML:-}
-YAML
+write_proxy_yaml "$work/p.yaml" "$pport" "$admin"
 "$bin" run -c "$work/p.yaml" 2>"$work/p.log" & pids+=($!); ppid=$!
 
 hport=$(free_port)
