@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::hl7::{AckCode, RejectReason};
+use crate::label::{FailureKind, Label};
 use crate::logsafe::{escape, escape_str};
 use crate::tls::ClientIdentity;
 
@@ -235,7 +237,7 @@ pub enum Outcome<'a> {
     /// The engine's ACK was relayed.
     Relayed {
         /// Its MSA-1.
-        ack: &'a str,
+        ack: AckCode,
         /// The engine target that answered.
         engine: &'a str,
         /// Forward to ACK.
@@ -244,18 +246,20 @@ pub enum Outcome<'a> {
     /// The proxy refused it with a NAK (or, for an acknowledgment, silently).
     Refused {
         /// The metric reason label.
-        reason: &'a str,
+        reason: RejectReason,
         /// The ERR code (HL7 table 0357).
         err: u16,
+        /// The MSA-1 of the NAK sent (AE, AR, CE or CR); `None` when nothing was sent.
+        answer: Option<AckCode>,
     },
-    /// The engine gave no ACK; the sender got none (or the proxy's AR).
+    /// The engine gave no ACK; the sender got none (or the proxy's AR/CR).
     Failed {
         /// The failure kind label.
-        kind: &'a str,
+        kind: FailureKind,
         /// The engine target, if one was reached.
         engine: Option<&'a str>,
-        /// What the sender got: `none` or `AR`/`CR`.
-        answer: &'a str,
+        /// The MSA-1 of the NAK sent; `None` when the connection was closed without one.
+        answer: Option<AckCode>,
     },
     /// An acknowledgment from the sender, passed on.
     Forwarded {
@@ -278,30 +282,36 @@ pub fn message(
     r.escaped("control_id", control_id);
     r.escaped("message_type", message_type);
     r.number("bytes", bytes as u64);
+    let answer = |a: Option<AckCode>| a.map_or("none", AckCode::label);
     match outcome {
         Outcome::Relayed {
             ack,
             engine,
             latency,
         } => {
-            r.label("ack", ack);
+            r.label("ack", ack.label());
             r.label("engine", engine);
             r.number("latency_us", latency.as_micros() as u64);
         }
-        Outcome::Refused { reason, err } => {
-            r.label("nak", reason);
+        Outcome::Refused {
+            reason,
+            err,
+            answer: sent,
+        } => {
+            r.label("nak", reason.label());
             r.number("err_code", u64::from(err));
+            r.label("answer", answer(sent));
         }
         Outcome::Failed {
             kind,
             engine,
-            answer,
+            answer: sent,
         } => {
-            r.label("upstream_failure", kind);
+            r.label("upstream_failure", kind.label());
             if let Some(engine) = engine {
                 r.label("engine", engine);
             }
-            r.label("answer", answer);
+            r.label("answer", answer(sent));
         }
         Outcome::Forwarded { engine } => {
             r.label("engine", engine);
@@ -368,14 +378,13 @@ impl Record {
         self.line.push(b'"');
     }
 
-    /// An already escaped value: bare in text, as tracing writes a `Display` value.
+    /// An already escaped value: bare in text when logfmt allows (as the log's formatter
+    /// writes a `Display` value), quoted when it has a space, `=`, `"` or `,`.
     fn text(&mut self, key: &str, value: &str) {
-        self.key(key);
-        if self.json {
-            self.line.push(b'"');
-            self.quoted(value);
-            self.line.push(b'"');
+        if self.json || crate::logsafe::needs_quotes(value) {
+            self.label(key, value);
         } else {
+            self.key(key);
             self.line.extend_from_slice(value.as_bytes());
         }
     }

@@ -259,6 +259,24 @@ pub enum FailureMode {
     Nak,
 }
 
+impl FailureMode {
+    /// The word of the configuration file.
+    pub fn word(self) -> &'static str {
+        match self {
+            FailureMode::Close => "close",
+            FailureMode::Nak => "nak",
+        }
+    }
+
+    /// Parses the word of the configuration file (for command-line flags).
+    pub fn parse(word: &str) -> Result<Self, String> {
+        [FailureMode::Close, FailureMode::Nak]
+            .into_iter()
+            .find(|m| m.word() == word)
+            .ok_or_else(|| format!("{word:?}: expected close or nak"))
+    }
+}
+
 /// Validation policy of a route.
 #[derive(Debug, Clone)]
 pub struct ValidationConfig {

@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod cores;
 pub mod hl7;
+pub mod label;
 pub mod listener;
 pub mod logsafe;
 pub mod memory;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cores::Placement;
+use crate::label::{Label, Refusal};
 use crate::metrics::RouteMetrics;
 use crate::session::{self, RouteContext};
 
@@ -81,7 +82,7 @@ pub async fn serve(
             Ok(a) => a,
             Err(reason) => {
                 if let Some(suppressed) = ctx.events.rejected.admit() {
-                    tracing::warn!(route = %ctx.cfg.name, peer = %peer, reason, suppressed, "connection refused at accept");
+                    tracing::warn!(route = %ctx.cfg.name, peer = %peer, reason = reason.label(), suppressed, "connection refused at accept");
                 }
                 drop(tcp);
                 continue;
@@ -121,7 +122,7 @@ pub async fn serve(
     tracing::info!(route = %ctx.cfg.name, "listener stopped accepting");
 }
 
-/// The permits a new connection needs, or the reason label of the limit it hit (counted).
+/// The permits a new connection needs, or the limit it hit (counted).
 #[allow(clippy::type_complexity)]
 fn admit(
     ctx: &RouteContext,
@@ -135,25 +136,24 @@ fn admit(
         SourceGuard,
         Option<OwnedSemaphorePermit>,
     ),
-    &'static str,
+    Refusal,
 > {
     let m = &ctx.metrics;
+    let refuse = |reason| {
+        m.refused(reason);
+        Err(reason)
+    };
     let Ok(permit) = total.clone().try_acquire_owned() else {
-        m.rejected_limit.inc();
-        return Err("max_connections");
+        return refuse(Refusal::Limit);
     };
     let Some(source) = Sources::enter(sources, peer.ip()) else {
-        m.rejected_per_source.inc();
-        return Err("max_connections_per_source");
+        return refuse(Refusal::PerSource);
     };
     let handshake = match pending {
         None => None,
         Some(p) => match p.clone().try_acquire_owned() {
             Ok(h) => Some(h),
-            Err(_) => {
-                m.rejected_pending.inc();
-                return Err("max_pending_handshakes");
-            }
+            Err(_) => return refuse(Refusal::PendingHandshakes),
         },
     };
     Ok((permit, source, handshake))

@@ -5,11 +5,16 @@
 //! operator's screen, and a peer that repeats a failing handshake at will could flood the log.
 //! Counters always count every event; only the lines are limited.
 
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus::IntCounter;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::Writer;
+
+use crate::label::LogEvent;
 
 /// Longest message field (control ID, message type) written to a log line, in bytes.
 pub const MAX_LOGGED: usize = 64;
@@ -140,6 +145,9 @@ pub struct RouteEvents {
     pub refused: EventLog,
     /// Sessions ended by a sender fault (`session_error`).
     pub session: EventLog,
+    /// Exchanges without the engine's ACK (`upstream_failure`): one per sender resend while
+    /// an engine is down.
+    pub upstream: EventLog,
 }
 
 impl RouteEvents {
@@ -147,12 +155,130 @@ impl RouteEvents {
     pub fn new(metrics: &crate::metrics::RouteMetrics) -> Self {
         let log = |event| EventLog::new(metrics.suppressed(event));
         Self {
-            handshake: log("handshake_failure"),
-            rejected: log("connection_rejected"),
-            denied: log("client_denied"),
-            refused: log("message_refused"),
-            session: log("session_error"),
+            handshake: log(LogEvent::HandshakeFailure),
+            rejected: log(LogEvent::ConnectionRejected),
+            denied: log(LogEvent::ClientDenied),
+            refused: log(LogEvent::MessageRefused),
+            session: log(LogEvent::SessionError),
+            upstream: log(LogEvent::UpstreamFailure),
         }
+    }
+}
+
+/// The text log's field formatter: logfmt. A value is written bare when it can be, and quoted
+/// (with `"` and `\` escaped) when it has a space, `=`, `"`, `,` or a control character, so
+/// that logfmt parsers (Loki, Vector, Grafana) read a certificate subject such as
+/// `O=HL7 Proxy Test, CN=lab-01` as one value instead of several junk keys. String values are
+/// always quoted, as tracing's default formatter writes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogfmtFields;
+
+/// The visitor of [`LogfmtFields`] for one event.
+pub struct LogfmtVisitor<'a> {
+    writer: Writer<'a>,
+    result: fmt::Result,
+    first: bool,
+}
+
+impl<'a> MakeVisitor<Writer<'a>> for LogfmtFields {
+    type Visitor = LogfmtVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> Self::Visitor {
+        LogfmtVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        }
+    }
+}
+
+impl LogfmtVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>, always_quote: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        if field.name() == "message" {
+            self.result = write!(self.writer, "{sep}{value}");
+            return;
+        }
+        let name = field.name().trim_start_matches("r#");
+        // Most values are static words or numbers: no allocation for those.
+        let text = match value.as_str() {
+            Some(text) => std::borrow::Cow::Borrowed(text),
+            None => std::borrow::Cow::Owned(value.to_string()),
+        };
+        self.result = if always_quote || needs_quotes(&text) {
+            write!(self.writer, "{sep}{name}=\"{}\"", QuotedText(&text))
+        } else {
+            write!(self.writer, "{sep}{name}={text}")
+        };
+    }
+}
+
+impl Visit for LogfmtVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.write(field, format_args!("{value}"), field.name() != "message");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, format_args!("{value}"), false);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, format_args!("{value}"), false);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, format_args!("{value}"), false);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"), false);
+    }
+}
+
+impl VisitOutput<fmt::Result> for LogfmtVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for LogfmtVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// Whether a logfmt value must be quoted to stay one value.
+pub fn needs_quotes(text: &str) -> bool {
+    let special = |b: u8| matches!(b, b' ' | b'=' | b'"' | b',' | b'\\' | 0..0x20 | 0x7f);
+    text.is_empty()
+        || text.bytes().any(special)
+        || (!text.is_ascii() && text.chars().any(char::is_control))
+}
+
+/// Text inside logfmt quotes: `"` and `\` escaped, line breaks and other controls as `\n`, `\xNN`.
+pub struct QuotedText<'a>(pub &'a str);
+
+impl fmt::Display for QuotedText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\x{:02X}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 

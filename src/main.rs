@@ -241,7 +241,12 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
     let subscriber = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => subscriber
-            .with(fmt::layer().with_ansi(ansi).with_writer(log_writer))
+            .with(
+                fmt::layer()
+                    .fmt_fields(mllp_proxy::logsafe::LogfmtFields)
+                    .with_ansi(ansi)
+                    .with_writer(log_writer),
+            )
             .try_init(),
         LogFormat::Json => subscriber
             .with(

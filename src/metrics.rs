@@ -1,16 +1,19 @@
 //! Prometheus metrics: one [`Metrics`] value owns the registry and typed handles, and is passed
 //! to whoever records. There are no globals, so tests can run several proxies in one process.
 //!
-//! Label values come from bounded sets only (route names from the configuration, target
-//! addresses from the configuration, fixed reason and code words); never identities, control IDs
-//! or message content.
+//! Label values come from bounded sets only: route names and target addresses from the
+//! configuration, and the closed sets of [`crate::label`] (each series created at zero from its
+//! `ALL` list); never identities, control IDs or message content.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::hl7::AckCode;
+use crate::hl7::{AckCode, RejectReason};
+use crate::label::{
+    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Refusal, Verdict,
+};
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -33,99 +36,52 @@ const BYTES_BUCKETS: &[f64] = &[
     67_108_864.0,
 ];
 
-/// Reasons of `messages_rejected_total` (see `NakReason::label` and `session`).
-pub const REJECT_REASONS: &[&str] = &[
-    "segment",
-    "required_field",
-    "data_type",
-    "too_large",
-    "content",
-    "message_type",
-    "processing_id",
-    "version",
-    "unsupported",
-    "upstream",
-];
-/// Reasons of `tls_handshake_failures_total` (see `tls::handshake_failure_reason`).
-pub const HANDSHAKE_REASONS: &[&str] = &[
-    "timeout",
-    "no_client_cert",
-    "expired",
-    "unknown_ca",
-    "revoked",
-    "bad_certificate",
-    "incompatible",
-    "not_tls",
-    "alert",
-    "protocol",
-    "eof",
-    "io",
-];
-/// Events of `log_events_suppressed_total` (see `logsafe::RouteEvents`).
-pub const LOG_EVENTS: &[&str] = &[
-    "handshake_failure",
-    "connection_rejected",
-    "client_denied",
-    "message_refused",
-    "session_error",
-];
-/// Kinds of `upstream_failures_total` (failures of one target).
-pub const UPSTREAM_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol"];
-/// Kinds of `upstream_exchanges_failed_total`: a target's failures, and `queue` (no pooled
-/// connection within `queue_timeout`, which no target is to blame for).
-pub const EXCHANGE_FAILURE_KINDS: &[&str] = &["connect", "timeout", "closed", "protocol", "queue"];
-
 /// All metrics of one proxy process.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Connections accepted (before the TLS handshake).
-    pub connections_accepted: IntCounterVec,
-    /// Connections open now.
-    pub connections_active: IntGaugeVec,
-    /// Connections closed at accept, before any TLS work, by the limit that refused them.
-    pub connections_rejected: IntCounterVec,
-    /// Log lines of peer-triggered events held back by rate limiting.
-    pub log_events_suppressed: IntCounterVec,
-    /// Failed TLS handshakes by reason.
-    pub tls_handshake_failures: IntCounterVec,
-    /// Verified clients refused by `allowed_clients`.
-    pub clients_denied: IntCounterVec,
-    /// Frames received from senders.
-    pub messages_received: IntCounterVec,
-    /// Messages refused by the proxy (NAKed or, when no NAK was possible, dropped) by reason.
-    pub messages_rejected: IntCounterVec,
-    /// Messages written to the upstream.
-    pub messages_forwarded: IntCounterVec,
-    /// Upstream acknowledgments relayed, by MSA-1 code.
-    pub acks: IntCounterVec,
-    /// Upstream failures by target and kind.
-    pub upstream_failures: IntCounterVec,
-    /// Exchanges that ended without an engine ACK, by kind: what senders experienced.
-    pub upstream_exchanges_failed: IntCounterVec,
-    /// Repeats of an already relayed ACK, dropped.
-    pub upstream_duplicate_acks: IntCounterVec,
-    /// Pooled upstream connections by state (busy, idle).
-    pub upstream_connections: IntGaugeVec,
-    /// Exchanges waiting for a pooled connection.
-    pub upstream_queue_waiting: IntGaugeVec,
-    /// Time exchanges waited for a pooled connection.
-    pub upstream_queue_seconds: HistogramVec,
-    /// Active TCP probes of targets, by result.
-    pub upstream_health_checks: IntCounterVec,
-    /// 1 while the last attempt to reach a target succeeded.
-    pub upstream_up: IntGaugeVec,
-    /// Forward-to-ACK latency.
-    pub upstream_ack_seconds: HistogramVec,
-    /// Sizes of received messages.
-    pub message_bytes: HistogramVec,
-    /// Bytes outside frames, discarded.
-    pub discarded_bytes: IntCounterVec,
-    /// notAfter of the server certificate and of the earliest client CA.
-    pub certificate_expiry: GaugeVec,
-    /// TLS material reloads by result.
-    pub tls_reloads: IntCounterVec,
+    conn: ConnectionFamilies,
+    msg: MessageFamilies,
+    up: UpstreamFamilies,
     build_info: IntGaugeVec,
+}
+
+/// Connections, TLS and the log's rate limiting.
+#[derive(Clone)]
+struct ConnectionFamilies {
+    accepted: IntCounterVec,
+    active: IntGaugeVec,
+    rejected: IntCounterVec,
+    handshake_failures: IntCounterVec,
+    clients_denied: IntCounterVec,
+    certificate_expiry: GaugeVec,
+    tls_reloads: IntCounterVec,
+    log_events_suppressed: IntCounterVec,
+}
+
+/// Messages and the proxy's answers.
+#[derive(Clone)]
+struct MessageFamilies {
+    received: IntCounterVec,
+    rejected: IntCounterVec,
+    forwarded: IntCounterVec,
+    acks: IntCounterVec,
+    bytes: HistogramVec,
+    discarded_bytes: IntCounterVec,
+}
+
+/// The engine side: failures, the pool and target health.
+#[derive(Clone)]
+struct UpstreamFamilies {
+    failures: IntCounterVec,
+    exchanges_failed: IntCounterVec,
+    duplicate_acks: IntCounterVec,
+    connections: IntGaugeVec,
+    queue_waiting: IntGaugeVec,
+    queue_seconds: HistogramVec,
+    health_checks: IntCounterVec,
+    up: IntGaugeVec,
+    ack_seconds: HistogramVec,
 }
 
 /// Handles of one route, bound once so the per-message path does no label lookups.
@@ -133,37 +89,31 @@ pub struct Metrics {
 pub struct RouteMetrics {
     /// The route name (label value).
     pub route: String,
-    /// See [`Metrics::connections_accepted`].
+    /// Connections accepted (before the TLS handshake).
     pub connections_accepted: IntCounter,
-    /// See [`Metrics::connections_active`].
+    /// Sender connections open now.
     pub connections_active: IntGauge,
-    /// `connections_rejected_total` per reason: `limit`, `per_source`, `pending_handshakes`.
-    pub rejected_limit: IntCounter,
-    /// See [`RouteMetrics::rejected_limit`].
-    pub rejected_per_source: IntCounter,
-    /// See [`RouteMetrics::rejected_limit`].
-    pub rejected_pending: IntCounter,
-    /// See [`Metrics::clients_denied`].
+    /// Verified clients refused by `allowed_clients`.
     pub clients_denied: IntCounter,
-    /// See [`Metrics::messages_received`].
+    /// Frames received from senders.
     pub messages_received: IntCounter,
-    /// See [`Metrics::messages_forwarded`].
+    /// Messages written to the engine.
     pub messages_forwarded: IntCounter,
-    /// See [`Metrics::upstream_ack_seconds`].
+    /// Forward-to-ACK latency.
     pub upstream_ack_seconds: Histogram,
-    /// See [`Metrics::message_bytes`].
+    /// Sizes of received messages.
     pub message_bytes: Histogram,
-    /// See [`Metrics::discarded_bytes`].
+    /// Bytes outside frames, discarded.
     pub discarded_bytes: IntCounter,
-    /// See [`Metrics::upstream_duplicate_acks`].
+    /// Repeats of an already relayed ACK, dropped.
     pub upstream_duplicate_acks: IntCounter,
-    /// See [`Metrics::upstream_queue_waiting`].
+    /// Exchanges waiting for a pooled connection.
     pub upstream_queue_waiting: IntGauge,
-    /// See [`Metrics::upstream_queue_seconds`].
+    /// Time exchanges waited for a pooled connection.
     pub upstream_queue_seconds: Histogram,
-    /// `acks_total` per MSA-1 code, indexed by `AckCode as usize`: counted for every relayed
+    /// `acks_total` per MSA-1 code, in the order of `AckCode::ALL`: counted for every relayed
     /// ACK, so bound once rather than looked up by label each time.
-    acks: [IntCounter; 7],
+    acks: Vec<IntCounter>,
     all: Metrics,
 }
 
@@ -190,155 +140,17 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     /// Creates and registers every metric, plus `process_*` on Linux.
     pub fn new() -> Result<Self, MetricsError> {
-        let registry = Registry::new();
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let histogram =
-            |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                    &["route"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                Ok(h)
-            };
-        let certificate_expiry = GaugeVec::new(
-            Opts::new(
-                "mllp_proxy_certificate_expiry_timestamp_seconds",
-                "notAfter of the server certificate and of the earliest-expiring client CA, as a Unix timestamp.",
-            ),
-            &["route", "role"],
-        )?;
-        registry.register(Box::new(certificate_expiry.clone()))?;
-
+        let reg = Reg(Registry::new());
         let m = Metrics {
-            connections_accepted: counter(
-                "mllp_proxy_connections_accepted_total",
-                "TCP connections accepted.",
-                &["route"],
-            )?,
-            connections_active: gauge(
-                "mllp_proxy_connections_active",
-                "Sender connections open now.",
-                &["route"],
-            )?,
-            connections_rejected: counter(
-                "mllp_proxy_connections_rejected_total",
-                "Connections closed at accept, before any TLS work, by reason (limit, per_source, pending_handshakes).",
-                &["route", "reason"],
-            )?,
-            log_events_suppressed: counter(
-                "mllp_proxy_log_events_suppressed_total",
-                "Log lines of peer-triggered events held back by rate limiting (the events are still counted).",
-                &["route", "event"],
-            )?,
-            tls_handshake_failures: counter(
-                "mllp_proxy_tls_handshake_failures_total",
-                "TLS handshakes that failed, by reason.",
-                &["route", "reason"],
-            )?,
-            clients_denied: counter(
-                "mllp_proxy_clients_denied_total",
-                "Verified clients refused by allowed_clients.",
-                &["route"],
-            )?,
-            messages_received: counter(
-                "mllp_proxy_messages_received_total",
-                "Messages received from senders.",
-                &["route"],
-            )?,
-            messages_rejected: counter(
-                "mllp_proxy_messages_rejected_total",
-                "Messages refused by the proxy, by reason.",
-                &["route", "reason"],
-            )?,
-            messages_forwarded: counter(
-                "mllp_proxy_messages_forwarded_total",
-                "Messages written to the upstream engine.",
-                &["route"],
-            )?,
-            acks: counter(
-                "mllp_proxy_acks_total",
-                "Upstream acknowledgments relayed to senders, by MSA-1 code.",
-                &["route", "code"],
-            )?,
-            upstream_failures: counter(
-                "mllp_proxy_upstream_failures_total",
-                "Upstream failures by target and kind.",
-                &["route", "target", "kind"],
-            )?,
-            upstream_exchanges_failed: counter(
-                "mllp_proxy_upstream_exchanges_failed_total",
-                "Exchanges that ended without an ACK from the engine (the sender got none, or an AR from the proxy), by kind of the last failure.",
-                &["route", "kind"],
-            )?,
-            upstream_duplicate_acks: counter(
-                "mllp_proxy_upstream_duplicate_acks_total",
-                "Repeats of the previous message's ACK on the same upstream connection, dropped.",
-                &["route"],
-            )?,
-            upstream_connections: gauge(
-                "mllp_proxy_upstream_connections",
-                "Pooled connections to the engine, by target and state (busy, idle).",
-                &["route", "target", "state"],
-            )?,
-            upstream_queue_waiting: gauge(
-                "mllp_proxy_upstream_queue_waiting",
-                "Exchanges waiting for a pooled upstream connection.",
-                &["route"],
-            )?,
-            upstream_queue_seconds: histogram(
-                "mllp_proxy_upstream_queue_seconds",
-                "Time an exchange waited for a pooled upstream connection.",
-                SECONDS_BUCKETS,
-            )?,
-            upstream_health_checks: counter(
-                "mllp_proxy_upstream_health_checks_total",
-                "Active TCP connect probes of targets, by result.",
-                &["route", "target", "result"],
-            )?,
-            upstream_up: gauge(
-                "mllp_proxy_upstream_up",
-                "1 if the last attempt to reach the target succeeded.",
-                &["route", "target"],
-            )?,
-            upstream_ack_seconds: histogram(
-                "mllp_proxy_upstream_ack_seconds",
-                "Time from forwarding a message to receiving the engine's ACK.",
-                SECONDS_BUCKETS,
-            )?,
-            message_bytes: histogram(
-                "mllp_proxy_message_bytes",
-                "Size of received messages in bytes.",
-                BYTES_BUCKETS,
-            )?,
-            discarded_bytes: counter(
-                "mllp_proxy_discarded_bytes_total",
-                "Bytes received outside MLLP frames and discarded.",
-                &["route"],
-            )?,
-            certificate_expiry,
-            tls_reloads: counter(
-                "mllp_proxy_tls_reloads_total",
-                "Reloads of TLS material, by result.",
-                &["route", "result"],
-            )?,
-            build_info: gauge(
+            conn: ConnectionFamilies::new(&reg)?,
+            msg: MessageFamilies::new(&reg)?,
+            up: UpstreamFamilies::new(&reg)?,
+            build_info: reg.gauge(
                 "mllp_proxy_build_info",
                 "Build information; always 1.",
                 &["version"],
             )?,
-            registry,
+            registry: reg.0,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -354,47 +166,29 @@ impl Metrics {
     /// created at zero, so `rate()` and alerts see a series before its first event.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let r = [route];
-        for reason in REJECT_REASONS {
-            self.messages_rejected.with_label_values(&[route, reason]);
-        }
-        for reason in HANDSHAKE_REASONS {
-            self.tls_handshake_failures
-                .with_label_values(&[route, reason]);
-        }
-        for result in ["success", "failure"] {
-            self.tls_reloads.with_label_values(&[route, result]);
-        }
-        for event in LOG_EVENTS {
-            self.log_events_suppressed
-                .with_label_values(&[route, event]);
-        }
-        for kind in EXCHANGE_FAILURE_KINDS {
-            self.upstream_exchanges_failed
-                .with_label_values(&[route, kind]);
-        }
+        zero::<RejectReason>(&self.msg.rejected, &r);
+        zero::<HandshakeReason>(&self.conn.handshake_failures, &r);
+        zero::<Verdict>(&self.conn.tls_reloads, &r);
+        zero::<LogEvent>(&self.conn.log_events_suppressed, &r);
+        zero::<Refusal>(&self.conn.rejected, &r);
+        zero::<FailureKind>(&self.up.exchanges_failed, &r);
         RouteMetrics {
             route: route.to_string(),
-            connections_accepted: self.connections_accepted.with_label_values(&r),
-            connections_active: self.connections_active.with_label_values(&r),
-            rejected_limit: self
-                .connections_rejected
-                .with_label_values(&[route, "limit"]),
-            rejected_per_source: self
-                .connections_rejected
-                .with_label_values(&[route, "per_source"]),
-            rejected_pending: self
-                .connections_rejected
-                .with_label_values(&[route, "pending_handshakes"]),
-            clients_denied: self.clients_denied.with_label_values(&r),
-            messages_received: self.messages_received.with_label_values(&r),
-            messages_forwarded: self.messages_forwarded.with_label_values(&r),
-            upstream_ack_seconds: self.upstream_ack_seconds.with_label_values(&r),
-            message_bytes: self.message_bytes.with_label_values(&r),
-            discarded_bytes: self.discarded_bytes.with_label_values(&r),
-            upstream_duplicate_acks: self.upstream_duplicate_acks.with_label_values(&r),
-            upstream_queue_waiting: self.upstream_queue_waiting.with_label_values(&r),
-            upstream_queue_seconds: self.upstream_queue_seconds.with_label_values(&r),
-            acks: AckCode::ALL.map(|c| self.acks.with_label_values(&[route, c.as_str()])),
+            connections_accepted: self.conn.accepted.with_label_values(&r),
+            connections_active: self.conn.active.with_label_values(&r),
+            clients_denied: self.conn.clients_denied.with_label_values(&r),
+            messages_received: self.msg.received.with_label_values(&r),
+            messages_forwarded: self.msg.forwarded.with_label_values(&r),
+            upstream_ack_seconds: self.up.ack_seconds.with_label_values(&r),
+            message_bytes: self.msg.bytes.with_label_values(&r),
+            discarded_bytes: self.msg.discarded_bytes.with_label_values(&r),
+            upstream_duplicate_acks: self.up.duplicate_acks.with_label_values(&r),
+            upstream_queue_waiting: self.up.queue_waiting.with_label_values(&r),
+            upstream_queue_seconds: self.up.queue_seconds.with_label_values(&r),
+            acks: AckCode::ALL
+                .iter()
+                .map(|c| self.msg.acks.with_label_values(&[route, c.label()]))
+                .collect(),
             all: self.clone(),
         }
     }
@@ -414,27 +208,222 @@ impl Metrics {
     }
 }
 
+/// Creates the series of every value of `L` (the last label) under `prefix`, at zero.
+fn zero<L: Label>(family: &IntCounterVec, prefix: &[&str]) {
+    for value in L::ALL {
+        let mut labels = prefix.to_vec();
+        labels.push(value.label());
+        family.with_label_values(&labels);
+    }
+}
+
+/// Registers metric families in one registry.
+struct Reg(Registry);
+
+impl Reg {
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let h = HistogramVec::new(opts, &["route"])?;
+        self.0.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+}
+
+impl ConnectionFamilies {
+    fn new(reg: &Reg) -> Result<Self, MetricsError> {
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "mllp_proxy_certificate_expiry_timestamp_seconds",
+                "notAfter of the server certificate and of the earliest-expiring client CA, as a Unix timestamp.",
+            ),
+            &["route", "role"],
+        )?;
+        reg.0.register(Box::new(certificate_expiry.clone()))?;
+        Ok(Self {
+            accepted: reg.counter(
+                "mllp_proxy_connections_accepted_total",
+                "TCP connections accepted.",
+                &["route"],
+            )?,
+            active: reg.gauge(
+                "mllp_proxy_connections_active",
+                "Sender connections open now.",
+                &["route"],
+            )?,
+            rejected: reg.counter(
+                "mllp_proxy_connections_rejected_total",
+                "Connections closed at accept, before any TLS work, by reason (limit, per_source, pending_handshakes).",
+                &["route", "reason"],
+            )?,
+            handshake_failures: reg.counter(
+                "mllp_proxy_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason.",
+                &["route", "reason"],
+            )?,
+            clients_denied: reg.counter(
+                "mllp_proxy_clients_denied_total",
+                "Verified clients refused by allowed_clients.",
+                &["route"],
+            )?,
+            certificate_expiry,
+            tls_reloads: reg.counter(
+                "mllp_proxy_tls_reloads_total",
+                "Reloads of TLS material, by result.",
+                &["route", "result"],
+            )?,
+            log_events_suppressed: reg.counter(
+                "mllp_proxy_log_events_suppressed_total",
+                "Log lines of peer-triggered events held back by rate limiting (the events are still counted).",
+                &["route", "event"],
+            )?,
+        })
+    }
+}
+
+impl MessageFamilies {
+    fn new(reg: &Reg) -> Result<Self, MetricsError> {
+        Ok(Self {
+            received: reg.counter(
+                "mllp_proxy_messages_received_total",
+                "Messages received from senders.",
+                &["route"],
+            )?,
+            rejected: reg.counter(
+                "mllp_proxy_messages_rejected_total",
+                "Messages refused by the proxy, by reason.",
+                &["route", "reason"],
+            )?,
+            forwarded: reg.counter(
+                "mllp_proxy_messages_forwarded_total",
+                "Messages written to the upstream engine.",
+                &["route"],
+            )?,
+            acks: reg.counter(
+                "mllp_proxy_acks_total",
+                "Upstream acknowledgments relayed to senders, by MSA-1 code.",
+                &["route", "code"],
+            )?,
+            bytes: reg.histogram(
+                "mllp_proxy_message_bytes",
+                "Size of received messages in bytes.",
+                BYTES_BUCKETS,
+            )?,
+            discarded_bytes: reg.counter(
+                "mllp_proxy_discarded_bytes_total",
+                "Bytes received outside MLLP frames and discarded.",
+                &["route"],
+            )?,
+        })
+    }
+}
+
+impl UpstreamFamilies {
+    fn new(reg: &Reg) -> Result<Self, MetricsError> {
+        Ok(Self {
+            failures: reg.counter(
+                "mllp_proxy_upstream_failures_total",
+                "Upstream failures by target and kind.",
+                &["route", "target", "kind"],
+            )?,
+            exchanges_failed: reg.counter(
+                "mllp_proxy_upstream_exchanges_failed_total",
+                "Exchanges that ended without an ACK from the engine (the sender got none, or an AR from the proxy), by kind of the last failure.",
+                &["route", "kind"],
+            )?,
+            duplicate_acks: reg.counter(
+                "mllp_proxy_upstream_duplicate_acks_total",
+                "Repeats of the previous message's ACK on the same upstream connection, dropped.",
+                &["route"],
+            )?,
+            connections: reg.gauge(
+                "mllp_proxy_upstream_connections",
+                "Pooled connections to the engine, by target and state (busy, idle).",
+                &["route", "target", "state"],
+            )?,
+            queue_waiting: reg.gauge(
+                "mllp_proxy_upstream_queue_waiting",
+                "Exchanges waiting for a pooled upstream connection.",
+                &["route"],
+            )?,
+            queue_seconds: reg.histogram(
+                "mllp_proxy_upstream_queue_seconds",
+                "Time an exchange waited for a pooled upstream connection.",
+                SECONDS_BUCKETS,
+            )?,
+            health_checks: reg.counter(
+                "mllp_proxy_upstream_health_checks_total",
+                "Active TCP connect probes of targets, by result.",
+                &["route", "target", "result"],
+            )?,
+            up: reg.gauge(
+                "mllp_proxy_upstream_up",
+                "1 if the last attempt to reach the target succeeded.",
+                &["route", "target"],
+            )?,
+            ack_seconds: reg.histogram(
+                "mllp_proxy_upstream_ack_seconds",
+                "Time from forwarding a message to receiving the engine's ACK.",
+                SECONDS_BUCKETS,
+            )?,
+        })
+    }
+}
+
 impl RouteMetrics {
     /// The suppression counter of one kind of peer-triggered log event.
-    pub fn suppressed(&self, event: &str) -> IntCounter {
+    pub fn suppressed(&self, event: LogEvent) -> IntCounter {
         self.all
+            .conn
             .log_events_suppressed
-            .with_label_values(&[&self.route, event])
+            .with_label_values(&[&self.route, event.label()])
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn refused(&self, reason: Refusal) {
+        self.all
+            .conn
+            .rejected
+            .with_label_values(&[&self.route, reason.label()])
+            .inc();
     }
 
     /// Counts a TLS handshake failure.
-    pub fn handshake_failed(&self, reason: &'static str) {
+    pub fn handshake_failed(&self, reason: HandshakeReason) {
         self.all
-            .tls_handshake_failures
-            .with_label_values(&[&self.route, reason])
+            .conn
+            .handshake_failures
+            .with_label_values(&[&self.route, reason.label()])
             .inc();
     }
 
     /// Counts a message the proxy refused.
-    pub fn rejected(&self, reason: &'static str) {
+    pub fn rejected(&self, reason: RejectReason) {
         self.all
-            .messages_rejected
-            .with_label_values(&[&self.route, reason])
+            .msg
+            .rejected
+            .with_label_values(&[&self.route, reason.label()])
             .inc();
     }
 
@@ -444,59 +433,63 @@ impl RouteMetrics {
     }
 
     /// Counts an exchange that ended without an engine ACK.
-    pub fn exchange_failed(&self, kind: &'static str) {
+    pub fn exchange_failed(&self, kind: FailureKind) {
         self.all
-            .upstream_exchanges_failed
-            .with_label_values(&[&self.route, kind])
+            .up
+            .exchanges_failed
+            .with_label_values(&[&self.route, kind.label()])
             .inc();
     }
 
     /// Handles of one target, its series created at zero (and `upstream_up` 0 until known).
     pub fn target(&self, target: &str) -> TargetMetrics {
-        for kind in UPSTREAM_FAILURE_KINDS {
-            self.all
-                .upstream_failures
-                .with_label_values(&[&self.route, target, kind]);
+        let up = &self.all.up;
+        for kind in FailureKind::ALL.iter().filter(|k| k.has_target()) {
+            up.failures
+                .with_label_values(&[&self.route, target, kind.label()]);
         }
-        let m = &self.all;
-        let labels = |x: &str| [self.route.clone(), target.to_string(), x.to_string()];
+        let with = |family: &IntGaugeVec, state: ConnState| {
+            family.with_label_values(&[&self.route, target, state.label()])
+        };
+        let checks = |v: Verdict| {
+            up.health_checks
+                .with_label_values(&[&self.route, target, v.label()])
+        };
         let t = TargetMetrics {
-            up: m.upstream_up.with_label_values(&[&self.route, target]),
-            busy: m.upstream_connections.with_label_values(&labels("busy")),
-            idle: m.upstream_connections.with_label_values(&labels("idle")),
-            checks_passed: m
-                .upstream_health_checks
-                .with_label_values(&labels("success")),
-            checks_failed: m
-                .upstream_health_checks
-                .with_label_values(&labels("failure")),
+            up: up.up.with_label_values(&[&self.route, target]),
+            busy: with(&up.connections, ConnState::Busy),
+            idle: with(&up.connections, ConnState::Idle),
+            checks_passed: checks(Verdict::Success),
+            checks_failed: checks(Verdict::Failure),
         };
         t.up.set(0);
         t
     }
 
     /// Counts a failure of one target.
-    pub fn upstream_failed(&self, target: &str, kind: &'static str) {
+    pub fn upstream_failed(&self, target: &str, kind: FailureKind) {
         self.all
-            .upstream_failures
-            .with_label_values(&[&self.route, target, kind])
+            .up
+            .failures
+            .with_label_values(&[&self.route, target, kind.label()])
             .inc();
     }
 
-    /// Records a certificate's notAfter for `role` (`server`, `client_ca`).
-    pub fn set_expiry(&self, role: &'static str, not_after_unix: i64) {
+    /// Records a certificate's notAfter.
+    pub fn set_expiry(&self, role: CertRole, not_after_unix: i64) {
         self.all
+            .conn
             .certificate_expiry
-            .with_label_values(&[&self.route, role])
+            .with_label_values(&[&self.route, role.label()])
             .set(not_after_unix as f64);
     }
 
     /// Counts a TLS reload attempt.
     pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
         self.all
+            .conn
             .tls_reloads
-            .with_label_values(&[&self.route, result])
+            .with_label_values(&[&self.route, Verdict::of(ok).label()])
             .inc();
     }
 }
@@ -504,45 +497,52 @@ impl RouteMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hl7::NakReason;
+    use crate::label::assert_well_formed;
+
+    /// Every value of `L` has its series under route `lab` in `text`, at zero.
+    fn all_at_zero<L: Label>(text: &str, name: &str, key: &str) {
+        for v in L::ALL {
+            let series = format!("{name}{{{key}=\"{}\",route=\"lab\"}} 0", v.label());
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
 
     #[test]
-    fn every_reject_label_is_pre_created() {
-        for r in [
-            NakReason::Content {
-                code: 100,
-                text: "",
-            },
-            NakReason::Content {
-                code: 101,
-                text: "",
-            },
-            NakReason::Content {
-                code: 102,
-                text: "",
-            },
-            NakReason::Content {
-                code: 207,
-                text: "",
-            },
-            NakReason::Content { code: 1, text: "" },
-            NakReason::Unsupported {
-                code: 200,
-                text: "",
-            },
-            NakReason::Unsupported {
-                code: 202,
-                text: "",
-            },
-            NakReason::Unsupported {
-                code: 203,
-                text: "",
-            },
-            NakReason::Unsupported { code: 1, text: "" },
-            NakReason::UpstreamFailed,
-        ] {
-            assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());
+    fn every_label_set_is_well_formed_and_pre_created_from_its_enum() {
+        assert_well_formed::<AckCode>();
+        assert_well_formed::<RejectReason>();
+        assert_well_formed::<HandshakeReason>();
+        assert_well_formed::<FailureKind>();
+        assert_well_formed::<Refusal>();
+        assert_well_formed::<LogEvent>();
+        assert_well_formed::<Verdict>();
+        assert_well_formed::<ConnState>();
+        assert_well_formed::<CertRole>();
+        let m = Metrics::new().unwrap();
+        let r = m.route("lab");
+        let _t = r.target("engine:2575");
+        let text = m.encode();
+        all_at_zero::<AckCode>(&text, "mllp_proxy_acks_total", "code");
+        all_at_zero::<RejectReason>(&text, "mllp_proxy_messages_rejected_total", "reason");
+        all_at_zero::<HandshakeReason>(&text, "mllp_proxy_tls_handshake_failures_total", "reason");
+        all_at_zero::<FailureKind>(&text, "mllp_proxy_upstream_exchanges_failed_total", "kind");
+        all_at_zero::<Refusal>(&text, "mllp_proxy_connections_rejected_total", "reason");
+        all_at_zero::<LogEvent>(&text, "mllp_proxy_log_events_suppressed_total", "event");
+        all_at_zero::<Verdict>(&text, "mllp_proxy_tls_reloads_total", "result");
+        for kind in FailureKind::ALL {
+            let series = format!(
+                "mllp_proxy_upstream_failures_total{{kind=\"{kind}\",route=\"lab\",target=\"engine:2575\"}} 0"
+            );
+            assert_eq!(text.contains(&series), kind.has_target(), "{series}");
         }
+        for state in ConnState::ALL {
+            let series = format!(
+                "mllp_proxy_upstream_connections{{route=\"lab\",state=\"{state}\",target=\"engine:2575\"}} 0"
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
+        assert!(text.contains("mllp_proxy_build_info{version="));
     }
 
     #[test]
@@ -556,20 +556,5 @@ mod tests {
             m.encode()
                 .contains("mllp_proxy_acks_total{code=\"CE\",route=\"lab\"} 1")
         );
-    }
-
-    #[test]
-    fn route_series_exist_at_zero() {
-        let m = Metrics::new().unwrap();
-        let r = m.route("lab");
-        let _t = r.target("engine:2575");
-        let text = m.encode();
-        assert!(text.contains("mllp_proxy_acks_total{code=\"CR\",route=\"lab\"} 0"));
-        assert!(text.contains("mllp_proxy_tls_reloads_total{result=\"failure\",route=\"lab\"} 0"));
-        assert!(text.contains(
-            "mllp_proxy_upstream_failures_total{kind=\"timeout\",route=\"lab\",target=\"engine:2575\"} 0"
-        ));
-        assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
-        assert!(text.contains("mllp_proxy_build_info{version="));
     }
 }

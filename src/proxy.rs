@@ -18,13 +18,10 @@ use crate::cores::Cores;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::hl7::Validator;
 use crate::listener;
-use crate::logsafe::RouteEvents;
 use crate::metrics::Metrics;
 use crate::session::RouteContext;
-use crate::tls::{AllowList, TlsError, TlsMaterial, TlsReloader};
-use crate::upstream::Upstream;
+use crate::tls::{TlsError, TlsMaterial};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,30 +113,14 @@ pub async fn start_on(
     let mut upstreams = Vec::with_capacity(prepared.len());
     for (index, (route, material, listener)) in prepared.into_iter().enumerate() {
         let addr = local_addr(&listener, route.listen);
-        let rm = metrics.route(&route.name);
-        let (reloader, tls) = TlsReloader::new(
-            format!("routes[{index}]"),
-            route.tls.clone(),
+        let (ctx, reloader) = RouteContext::build(
+            index,
+            route,
             material,
-            rm.clone(),
+            &metrics,
+            threads,
+            config.audit.messages,
         );
-        // An engine may echo the message in its ACK; anything larger is not an ACK.
-        let max_ack = route.validation.max_message_bytes.saturating_add(64 * 1024);
-        let ctx = Arc::new(RouteContext {
-            allow: AllowList::new(route.allowed_clients.clone()),
-            validator: Validator::new(&route.validation),
-            upstream: Arc::new(Upstream::new(
-                route.upstream.clone(),
-                threads,
-                max_ack,
-                rm.clone(),
-            )),
-            tls,
-            events: RouteEvents::new(&rm),
-            audit_messages: config.audit.messages,
-            metrics: rm,
-            cfg: route,
-        });
         tracing::info!(
             route = %ctx.cfg.name,
             listen = %addr,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, ClientTarget, MllpClient};
 use crate::config::Config;
-use crate::hl7::{Header, parse_ack};
+use crate::hl7::{AckCode, Header, parse_ack};
 use crate::metrics::Metrics;
 use crate::shutdown::{Signal, Signals};
 
@@ -100,7 +100,7 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         let took = readable(started.elapsed());
         match parse_ack(&answer) {
             Some(ack) => {
-                let ok = ack.code.as_str() == "AA" && ack.control_id == header.control_id;
+                let ok = ack.code == AckCode::AA && ack.control_id == header.control_id;
                 all_ok &= ok;
                 println!(
                     "  sent {kind:<18} {id}  ->  ACK {} {}  ({took}){}",

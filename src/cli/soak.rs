@@ -23,7 +23,9 @@ use super::TlsArgs;
 use crate::cli::ack_server::Fault;
 use crate::cli::send::parse_duration_arg;
 use crate::client::{ClientError, ClientTarget, MllpClient, http_get};
+use crate::config::FailureMode;
 use crate::hl7::{AckCode, Header, parse_ack};
+use crate::label::Label;
 
 /// Arguments of `soak`.
 #[derive(Debug, clap::Args)]
@@ -49,8 +51,8 @@ pub struct SoakArgs {
     #[arg(long)]
     pub proxy_pid: Option<u32>,
     /// The route's `on_upstream_failure` (`nak` allows AR answers written by the proxy).
-    #[arg(long, default_value = "close")]
-    pub mode: String,
+    #[arg(long, default_value = "close", value_parser = FailureMode::parse)]
+    pub mode: FailureMode,
     /// A sender gives up on one attempt after this (set it above what the proxy can take).
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
@@ -320,7 +322,7 @@ impl Report {
             .iter()
             .filter_map(|r| Some((r.ack_id.as_deref()?, r)))
             .collect();
-        let nak_mode = args.mode == "nak";
+        let nak_mode = args.mode == FailureMode::Nak;
         let (mut fabricated, mut misrouted, mut altered) = (vec![], vec![], vec![]);
         let mut engine_codes: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut proxy_naks = 0u64;
@@ -349,7 +351,7 @@ impl Report {
                     if rec.ack.as_deref().map(str::as_bytes) != Some(&answer[..]) {
                         altered.push(format!("{id}: ACK {ack_id} differs from the engine's"));
                     }
-                    *engine_codes.entry(info.code.as_str()).or_default() += 1;
+                    *engine_codes.entry(info.code.label()).or_default() += 1;
                 }
                 None if nak_mode && matches!(info.code, AckCode::AR | AckCode::CR) => {
                     proxy_naks += 1;
@@ -528,7 +530,7 @@ impl Report {
         println!(
             "soak: {} senders, on_upstream_failure {}, {:.1} s, {:.0} attempts/s, {} engine records",
             args.senders,
-            args.mode,
+            args.mode.word(),
             t.as_secs_f64(),
             attempts as f64 / t.as_secs_f64().max(1e-9),
             engine.len()

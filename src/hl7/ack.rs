@@ -1,29 +1,57 @@
 //! Acknowledgments: reading the engine's MSA, and writing the proxy's own NAKs.
 
-use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::label::Label;
+
 use super::message::{Header, Message, Separators};
 
-/// MSA-1 acknowledgment code, as a bounded metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckCode {
-    /// Application accept.
-    AA,
-    /// Application error.
-    AE,
-    /// Application reject.
-    AR,
-    /// Commit accept (enhanced mode).
-    CA,
-    /// Commit error (enhanced mode).
-    CE,
-    /// Commit reject (enhanced mode).
-    CR,
-    /// Anything else.
-    Other,
+crate::labels! {
+    /// MSA-1 acknowledgment code, as a bounded metric label (and its wire form).
+    pub enum AckCode {
+        /// Application accept.
+        AA => "AA",
+        /// Application error.
+        AE => "AE",
+        /// Application reject.
+        AR => "AR",
+        /// Commit accept (enhanced mode).
+        CA => "CA",
+        /// Commit error (enhanced mode).
+        CE => "CE",
+        /// Commit reject (enhanced mode).
+        CR => "CR",
+        /// Anything else.
+        Other => "other",
+    }
+}
+
+crate::labels! {
+    /// The `reason` of `messages_rejected_total`: why the proxy refused a message.
+    pub enum RejectReason {
+        /// ERR 100: segment sequence.
+        Segment => "segment",
+        /// ERR 101: a required field is missing.
+        RequiredField => "required_field",
+        /// ERR 102: data type error (a control character, a bad delimiter).
+        DataType => "data_type",
+        /// ERR 207: over `max_message_bytes`.
+        TooLarge => "too_large",
+        /// Another content error.
+        Content => "content",
+        /// ERR 200: MSH-9 not in `message_types`.
+        MessageType => "message_type",
+        /// ERR 202: MSH-11 not in `processing_ids`.
+        ProcessingId => "processing_id",
+        /// ERR 203: MSH-12 not in `versions`.
+        Version => "version",
+        /// Another unacceptable header value.
+        Unsupported => "unsupported",
+        /// The engine failed and `on_upstream_failure: nak` answered for it.
+        Upstream => "upstream",
+    }
 }
 
 /// What the proxy read from an acknowledgment.
@@ -57,17 +85,6 @@ pub enum NakReason {
 }
 
 impl AckCode {
-    /// Every code, in the order of their discriminants (metric handles are indexed by it).
-    pub const ALL: [AckCode; 7] = [
-        AckCode::AA,
-        AckCode::AE,
-        AckCode::AR,
-        AckCode::CA,
-        AckCode::CE,
-        AckCode::CR,
-        AckCode::Other,
-    ];
-
     /// Parses MSA-1.
     pub fn parse(code: &[u8]) -> Self {
         match code {
@@ -81,45 +98,26 @@ impl AckCode {
         }
     }
 
-    /// The metric label and wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckCode::AA => "AA",
-            AckCode::AE => "AE",
-            AckCode::AR => "AR",
-            AckCode::CA => "CA",
-            AckCode::CE => "CE",
-            AckCode::CR => "CR",
-            AckCode::Other => "other",
-        }
-    }
-
     /// Whether a sender treats this code as delivered.
     pub fn is_positive(self) -> bool {
         matches!(self, AckCode::AA | AckCode::CA)
     }
 }
 
-impl fmt::Display for AckCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl NakReason {
     /// The bounded metric label of this reason.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> RejectReason {
         match self {
-            NakReason::Content { code: 100, .. } => "segment",
-            NakReason::Content { code: 101, .. } => "required_field",
-            NakReason::Content { code: 102, .. } => "data_type",
-            NakReason::Content { code: 207, .. } => "too_large",
-            NakReason::Content { .. } => "content",
-            NakReason::Unsupported { code: 200, .. } => "message_type",
-            NakReason::Unsupported { code: 202, .. } => "processing_id",
-            NakReason::Unsupported { code: 203, .. } => "version",
-            NakReason::Unsupported { .. } => "unsupported",
-            NakReason::UpstreamFailed => "upstream",
+            NakReason::Content { code: 100, .. } => RejectReason::Segment,
+            NakReason::Content { code: 101, .. } => RejectReason::RequiredField,
+            NakReason::Content { code: 102, .. } => RejectReason::DataType,
+            NakReason::Content { code: 207, .. } => RejectReason::TooLarge,
+            NakReason::Content { .. } => RejectReason::Content,
+            NakReason::Unsupported { code: 200, .. } => RejectReason::MessageType,
+            NakReason::Unsupported { code: 202, .. } => RejectReason::ProcessingId,
+            NakReason::Unsupported { code: 203, .. } => RejectReason::Version,
+            NakReason::Unsupported { .. } => RejectReason::Unsupported,
+            NakReason::UpstreamFailed => RejectReason::Upstream,
         }
     }
 
@@ -157,18 +155,19 @@ pub fn parse_ack(msg: &[u8]) -> Option<AckInfo<'_>> {
 /// Builds the proxy's negative acknowledgment of a message it refused.
 ///
 /// `header` is `None` when not even MSH could be read; the NAK then uses standard delimiters,
-/// version 2.5 and an empty MSA-2.
-pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
+/// version 2.5 and an empty MSA-2. Returns the NAK and its MSA-1, which logs and audit
+/// records report: what was sent, not what the reason usually gets.
+pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> (Vec<u8>, AckCode) {
     let (unsupported, err_code, text) = reason.parts();
     let enhanced = header.is_some_and(|h| h.enhanced_mode());
     let code = match (enhanced, unsupported) {
-        (false, false) => "AE",
-        (false, true) => "AR",
-        (true, false) => "CE",
-        (true, true) => "CR",
+        (false, false) => AckCode::AE,
+        (false, true) => AckCode::AR,
+        (true, false) => AckCode::CE,
+        (true, true) => AckCode::CR,
     };
     let mut out = Vec::with_capacity(256);
-    let d = write_ack_header(&mut out, header, code, text);
+    let d = write_ack_header(&mut out, header, code.label(), text);
     // ERR-1 (segment^seq^field^code&text&table) before v2.5, ERR-3 (code^text^table) after.
     let code_digits = err_code.to_string();
     let parts: [&[u8]; 3] = [code_digits.as_bytes(), text.as_bytes(), b"HL70357"];
@@ -193,7 +192,7 @@ pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> Vec<u8> {
         out.push(b'E');
     }
     out.push(b'\r');
-    out
+    (out, code)
 }
 
 /// Builds a positive acknowledgment (`AA`, or `CA` in enhanced mode): what the stand-in engine
@@ -211,7 +210,7 @@ pub fn build_accept(header: Option<&Header<'_>>) -> Vec<u8> {
 /// answers when it is told to refuse (`ack-server --fault ae=…`).
 pub fn build_ack(header: Option<&Header<'_>>, code: AckCode) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    write_ack_header(&mut out, header, code.as_str(), "");
+    write_ack_header(&mut out, header, code.label(), "");
     out
 }
 
@@ -399,7 +398,7 @@ mod tests {
     #[test]
     fn nak_swaps_parties_and_echoes_the_control_id() {
         let h = Header::parse(ADT).unwrap();
-        let nak = build_nak(
+        let (nak, sent) = build_nak(
             Some(&h),
             NakReason::Content {
                 code: 101,
@@ -418,6 +417,7 @@ mod tests {
         assert_eq!(segs[2], "ERR|||101^required field missing^HL70357|E");
         let info = parse_ack(&nak).unwrap();
         assert_eq!(info.code, AckCode::AE);
+        assert_eq!(sent, AckCode::AE);
         assert_eq!(info.control_id, b"MSG42");
     }
 
@@ -425,9 +425,10 @@ mod tests {
     fn enhanced_mode_and_old_versions() {
         let m = b"MSH|^~\\&|A|B|C|D|||ORU^R01|X9|T|2.3|||AL|NE\r";
         let h = Header::parse(m).unwrap();
-        let nak = build_nak(Some(&h), NakReason::UpstreamFailed);
+        let (nak, sent) = build_nak(Some(&h), NakReason::UpstreamFailed);
         let info = parse_ack(&nak).unwrap();
         assert_eq!(info.code, AckCode::CR);
+        assert_eq!(sent, AckCode::CR);
         let text = String::from_utf8(nak).unwrap();
         assert!(
             text.contains("\rERR|^^^207&upstream engine failed"),
@@ -441,7 +442,7 @@ mod tests {
         // "MSH-1 field separator…" split into components.
         let m = b"MSH|-~\\&|A|B|C|D|||ADT-A01|X1|P|2.5\r";
         let h = Header::parse(m).unwrap();
-        let nak = build_nak(
+        let (nak, _) = build_nak(
             Some(&h),
             NakReason::Content {
                 code: 102,
@@ -457,7 +458,7 @@ mod tests {
 
     #[test]
     fn unreadable_header_gets_a_generic_nak() {
-        let nak = build_nak(
+        let (nak, sent) = build_nak(
             None,
             NakReason::Content {
                 code: 100,
@@ -466,6 +467,7 @@ mod tests {
         );
         let info = parse_ack(&nak).unwrap();
         assert_eq!(info.code, AckCode::AE);
+        assert_eq!(sent, AckCode::AE);
         assert!(info.control_id.is_empty());
     }
 

@@ -9,6 +9,8 @@ mod message;
 mod validate;
 
 pub(crate) use ack::hl7_timestamp;
-pub use ack::{AckCode, AckInfo, NakReason, build_accept, build_ack, build_nak, parse_ack};
+pub use ack::{
+    AckCode, AckInfo, NakReason, RejectReason, build_accept, build_ack, build_nak, parse_ack,
+};
 pub use message::{Field, Header, HeaderError, Message, Segment, Separators};
 pub use validate::{Checked, Rejection, Validator};

@@ -352,9 +352,9 @@ mod tests {
                 }
                 let header = Header::parse(&data).ok();
                 let reason = strict_result.err().map_or(NakReason::UpstreamFailed, |r| r.reason);
-                let nak = build_nak(header.as_ref(), reason);
+                let (nak, sent) = build_nak(header.as_ref(), reason);
                 let ack = parse_ack(&nak);
-                prop_assert!(ack.is_some());
+                prop_assert_eq!(ack.map(|a| a.code), Some(sent));
                 if let (Some(h), Some(a)) = (header, ack) {
                     prop_assert_eq!(a.control_id, h.control_id);
                 }

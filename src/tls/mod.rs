@@ -25,6 +25,8 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsVersion};
 
 pub use identity::{AllowList, ClientIdentity};
+
+use crate::label::HandshakeReason;
 pub use reload::{TlsReloader, TlsWatch};
 
 /// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
@@ -456,27 +458,29 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Maps a failed handshake to a bounded metric label.
-pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
-        return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe => "eof",
-            _ => "io",
+impl HandshakeReason {
+    /// Maps a failed handshake to its reason.
+    pub fn of(e: &std::io::Error) -> Self {
+        use rustls::{CertificateError, Error};
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => Self::Eof,
+                _ => Self::Io,
+            };
         };
-    };
-    match tls {
-        Error::NoCertificatesPresented => "no_client_cert",
-        Error::InvalidCertificate(CertificateError::Expired)
-        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => "expired",
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
-        Error::InvalidCertificate(CertificateError::Revoked) => "revoked",
-        Error::InvalidCertificate(_) => "bad_certificate",
-        Error::PeerIncompatible(_) => "incompatible",
-        Error::InvalidMessage(_) => "not_tls",
-        Error::AlertReceived(_) => "alert",
-        _ => "protocol",
+        match tls {
+            Error::NoCertificatesPresented => Self::NoClientCert,
+            Error::InvalidCertificate(CertificateError::Expired)
+            | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => Self::Expired,
+            Error::InvalidCertificate(CertificateError::UnknownIssuer) => Self::UnknownCa,
+            Error::InvalidCertificate(CertificateError::Revoked) => Self::Revoked,
+            Error::InvalidCertificate(_) => Self::BadCertificate,
+            Error::PeerIncompatible(_) => Self::Incompatible,
+            Error::InvalidMessage(_) => Self::NotTls,
+            Error::AlertReceived(_) => Self::Alert,
+            _ => Self::Protocol,
+        }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{TlsMaterial, read_files};
 use crate::config::TlsConfig;
+use crate::label::CertRole;
 use crate::metrics::RouteMetrics;
 
 /// The server configuration currently in service; each handshake takes the latest.
@@ -49,8 +50,8 @@ impl TlsReloader {
         material: TlsMaterial,
         metrics: RouteMetrics,
     ) -> (Self, TlsWatch) {
-        metrics.set_expiry("server", material.expiry.server_not_after);
-        metrics.set_expiry("client_ca", material.expiry.client_ca_not_after);
+        metrics.set_expiry(CertRole::Server, material.expiry.server_not_after);
+        metrics.set_expiry(CertRole::ClientCa, material.expiry.client_ca_not_after);
         let (tx, rx) = watch::channel(material.server_config);
         let reloader = Self {
             key,
@@ -85,9 +86,9 @@ impl TlsReloader {
         match TlsMaterial::from_contents(&self.cfg, files.clone()) {
             Ok(material) => {
                 self.metrics
-                    .set_expiry("server", material.expiry.server_not_after);
+                    .set_expiry(CertRole::Server, material.expiry.server_not_after);
                 self.metrics
-                    .set_expiry("client_ca", material.expiry.client_ca_not_after);
+                    .set_expiry(CertRole::ClientCa, material.expiry.client_ca_not_after);
                 self.metrics.reloaded(true);
                 tracing::info!(route = %route, subject = %material.server_subject, "TLS material reloaded");
                 self.in_service = files;

@@ -16,12 +16,39 @@ use tokio_util::sync::CancellationToken;
 pub use conn::{Ack, UpstreamConn};
 
 use crate::config::{Balance, UpstreamConfig};
+use crate::label::FailureKind;
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
 use health::Target;
 use pool::{Lease, Pool, PooledConn, Shard};
 
-/// An upstream failure, by kind (the `kind` metric label).
+/// Why an exchange got no pooled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueCause {
+    /// None became free within `queue_timeout`.
+    Timeout(Duration),
+    /// The pool was closed (its route is stopping).
+    Closed,
+    /// The proxy is shutting down; the sender should resend to a replica that is up.
+    Stopping,
+}
+
+impl std::fmt::Display for QueueCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueCause::Timeout(t) => write!(
+                f,
+                "no upstream connection free within queue_timeout ({t:?}); message not forwarded"
+            ),
+            QueueCause::Closed => f.write_str("upstream pool closed; message not forwarded"),
+            QueueCause::Stopping => f.write_str(
+                "proxy stopping while waiting for an upstream connection; message not forwarded",
+            ),
+        }
+    }
+}
+
+/// An upstream failure; [`UpstreamError::kind`] is its metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No target accepted a connection.
@@ -57,18 +84,18 @@ pub enum UpstreamError {
     /// No pooled connection became free within `queue_timeout` (or the proxy is stopping):
     /// the message was never forwarded.
     #[error("{0}")]
-    Queue(String),
+    Queue(QueueCause),
 }
 
 impl UpstreamError {
-    /// The bounded `kind` label: connect, timeout, closed, protocol or queue.
-    pub fn kind(&self) -> &'static str {
+    /// The bounded `kind` label.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Closed { .. } => "closed",
-            UpstreamError::Protocol { .. } => "protocol",
-            UpstreamError::Queue(_) => "queue",
+            UpstreamError::Connect(_) => FailureKind::Connect,
+            UpstreamError::Timeout { .. } => FailureKind::Timeout,
+            UpstreamError::Closed { .. } => FailureKind::Closed,
+            UpstreamError::Protocol { .. } => FailureKind::Protocol,
+            UpstreamError::Queue(_) => FailureKind::Queue,
         }
     }
 
@@ -218,14 +245,11 @@ impl Upstream {
         m.upstream_queue_waiting.inc();
         let waited = tokio::select! {
             biased;
-            lease = self.pool.wait(shard) => lease.ok_or_else(|| UpstreamError::Queue("upstream pool closed".into())),
-            _ = queue_timer.until(started + self.cfg.queue_timeout) => Err(UpstreamError::Queue(format!(
-                "no upstream connection free within queue_timeout ({:?}); message not forwarded",
-                self.cfg.queue_timeout
-            ))),
-            _ = shutdown.cancelled() => Err(UpstreamError::Queue(
-                "proxy stopping while waiting for an upstream connection; message not forwarded".into(),
-            )),
+            lease = self.pool.wait(shard) => lease.ok_or(UpstreamError::Queue(QueueCause::Closed)),
+            _ = queue_timer.until(started + self.cfg.queue_timeout) => {
+                Err(UpstreamError::Queue(QueueCause::Timeout(self.cfg.queue_timeout)))
+            }
+            _ = shutdown.cancelled() => Err(UpstreamError::Queue(QueueCause::Stopping)),
         };
         m.upstream_queue_waiting.dec();
         m.upstream_queue_seconds
@@ -247,8 +271,9 @@ impl Upstream {
             while let Some(mut c) = shard.take_idle(target) {
                 match c.conn.check_idle() {
                     Ok(()) => return Ok((c, true)),
-                    Err(e) if e.kind() == "protocol" => {
-                        self.metrics.upstream_failed(&target.addr, "protocol");
+                    Err(e) if e.kind() == FailureKind::Protocol => {
+                        self.metrics
+                            .upstream_failed(&target.addr, FailureKind::Protocol);
                         tracing::warn!(side = "upstream", engine = %target.addr, error = %e, "upstream connection discarded");
                     }
                     Err(e) => {
@@ -277,7 +302,8 @@ impl Upstream {
                 Err(reason) => {
                     // Counted per target here; logged once by whoever handles the exchange's
                     // failure, and not at all when the next target takes over.
-                    self.metrics.upstream_failed(&target.addr, "connect");
+                    self.metrics
+                        .upstream_failed(&target.addr, FailureKind::Connect);
                     reasons.push(format!("{}: {reason}", target.addr));
                 }
             }

@@ -1,0 +1,188 @@
+//! Closed label sets: every metric label value the code produces is a variant of an enum that
+//! implements [`Label`], and metrics create their series from [`Label::ALL`].
+//!
+//! The [`labels!`](crate::labels) macro writes the enum, its `ALL` list and its words from one
+//! list, so a new variant cannot be missing from `ALL` or from the pre-created series, and no
+//! label is ever compared as a string.
+
+/// A bounded set of metric label values (and the same words in log lines and audit records).
+pub trait Label: Copy + Eq + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+    /// The word written into metrics, logs and audit records.
+    fn label(self) -> &'static str;
+}
+
+/// Declares an enum whose variants are the values of one metric label:
+/// `labels! { pub enum Kind { Connect => "connect", Timeout => "timeout" } }`.
+#[macro_export]
+macro_rules! labels {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $word:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
+        impl $crate::label::Label for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($crate::label::Label::label(*self))
+            }
+        }
+    };
+}
+
+labels! {
+    /// The `result` of a reload or a health check.
+    pub enum Verdict {
+        /// It worked.
+        Success => "success",
+        /// It did not.
+        Failure => "failure",
+    }
+}
+
+impl Verdict {
+    /// `Success` when `ok`.
+    pub fn of(ok: bool) -> Self {
+        if ok {
+            Verdict::Success
+        } else {
+            Verdict::Failure
+        }
+    }
+}
+
+labels! {
+    /// The `role` of `certificate_expiry_timestamp_seconds`: which certificate expires.
+    pub enum CertRole {
+        /// The listener's own certificate.
+        Server => "server",
+        /// The earliest-expiring certificate of `client_ca`.
+        ClientCa => "client_ca",
+    }
+}
+
+labels! {
+    /// The `reason` of `tls_handshake_failures_total`, in logs and audit records too.
+    pub enum HandshakeReason {
+        /// Not completed within `handshake_timeout`.
+        Timeout => "timeout",
+        /// The client sent no certificate.
+        NoClientCert => "no_client_cert",
+        /// The client certificate has expired.
+        Expired => "expired",
+        /// The client certificate does not chain to `client_ca`.
+        UnknownCa => "unknown_ca",
+        /// A CRL revokes the client certificate.
+        Revoked => "revoked",
+        /// Another certificate problem.
+        BadCertificate => "bad_certificate",
+        /// No protocol version, cipher suite or group in common.
+        Incompatible => "incompatible",
+        /// The first bytes were not TLS (plain MLLP to a TLS port, an HTTP probe).
+        NotTls => "not_tls",
+        /// The client sent an alert (it refused our certificate).
+        Alert => "alert",
+        /// Another TLS protocol error.
+        Protocol => "protocol",
+        /// Closed before or during the handshake (port probes, health checks).
+        Eof => "eof",
+        /// Another socket error.
+        Io => "io",
+    }
+}
+
+labels! {
+    /// The `kind` of an upstream failure (`upstream_failures_total`, which counts the kinds
+    /// one target is to blame for, and `upstream_exchanges_failed_total`, which counts all).
+    pub enum FailureKind {
+        /// No target accepted a connection.
+        Connect => "connect",
+        /// No ACK within `ack_timeout`.
+        Timeout => "timeout",
+        /// The engine closed the connection before a whole ACK.
+        Closed => "closed",
+        /// The engine answered something other than the message's ACK.
+        Protocol => "protocol",
+        /// No pooled connection in time: the message was never forwarded.
+        Queue => "queue",
+    }
+}
+
+impl FailureKind {
+    /// Whether one target is to blame, so `upstream_failures_total` has a series for it.
+    pub fn has_target(self) -> bool {
+        !matches!(self, FailureKind::Queue)
+    }
+}
+
+labels! {
+    /// The `reason` of `connections_rejected_total`: the limit that refused a connection at
+    /// accept, before any TLS work.
+    pub enum Refusal {
+        /// `limits.max_connections`.
+        Limit => "limit",
+        /// `limits.max_connections_per_source`.
+        PerSource => "per_source",
+        /// `limits.max_pending_handshakes`.
+        PendingHandshakes => "pending_handshakes",
+    }
+}
+
+labels! {
+    /// The `event` of `log_events_suppressed_total`: the peer-repeatable events whose log lines
+    /// are rate-limited.
+    pub enum LogEvent {
+        /// A TLS handshake failed.
+        HandshakeFailure => "handshake_failure",
+        /// A connection was refused at accept by a limit.
+        ConnectionRejected => "connection_rejected",
+        /// A verified client outside `allowed_clients`.
+        ClientDenied => "client_denied",
+        /// A message answered with the proxy's NAK.
+        MessageRefused => "message_refused",
+        /// A session ended by a sender's fault.
+        SessionError => "session_error",
+        /// An exchange that ended without the engine's ACK.
+        UpstreamFailure => "upstream_failure",
+    }
+}
+
+labels! {
+    /// The `state` of a pooled upstream connection.
+    pub enum ConnState {
+        /// Leased to an exchange.
+        Busy => "busy",
+        /// Waiting in the pool.
+        Idle => "idle",
+    }
+}
+
+/// Checks a label set: unique words in Prometheus' safe alphabet.
+#[cfg(test)]
+pub fn assert_well_formed<L: Label>() {
+    let mut seen = std::collections::HashSet::new();
+    for value in L::ALL {
+        let word = value.label();
+        assert!(seen.insert(word), "{word} twice");
+        assert!(
+            !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{word:?}"
+        );
+    }
+}

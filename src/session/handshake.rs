@@ -1,0 +1,138 @@
+//! A session's start: the TLS handshake under `handshake_timeout`, the client's admission by
+//! `allowed_clients`, and waiting for a sender's bytes without holding a buffer.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::{RouteContext, session_event};
+use crate::audit;
+use crate::label::{HandshakeReason, Label};
+use crate::logsafe::escape_str;
+use crate::tls::{ClientIdentity, PRESENTED};
+
+/// Waits for a sender's next bytes without holding a read buffer, so that an idle session
+/// (thousands of them are an interface's normal state) keeps no buffer of its own.
+pub trait ReadReady {
+    /// Ready when a read would find something (or fail): plaintext already decrypted, the peer's
+    /// close, or bytes on the socket. A spurious ready only costs an early buffer.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for TlsStream<TcpStream> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let (tcp, conn) = self.get_mut();
+        // Records already read from the socket but not yet decrypted count as readable; an
+        // error is sticky in rustls and surfaces in the read that follows.
+        match conn.process_new_packets() {
+            Ok(io) if io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed() => {
+                tcp.poll_read_ready(cx)
+            }
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The TLS handshake under `handshake_timeout`; a failure is counted, logged and audited here.
+/// A function of its own so that the stream is one local of the session's future: moved
+/// through several locals of one `async` body, each move kept a slot of its own.
+pub(super) async fn accept(
+    ctx: &RouteContext,
+    tcp: TcpStream,
+    who: audit::Who<'_>,
+    handshake_permit: Option<OwnedSemaphorePermit>,
+) -> Option<TlsStream<TcpStream>> {
+    let acceptor = TlsAcceptor::from(ctx.tls.borrow().clone());
+    let presented = Arc::new(std::sync::Mutex::new(None));
+    let handshake = PRESENTED
+        .scope(
+            presented.clone(),
+            tokio::time::timeout(ctx.cfg.limits.handshake_timeout, acceptor.accept(tcp)),
+        )
+        .await;
+    // No longer a pending handshake, whatever the outcome.
+    drop(handshake_permit);
+    let (reason, error) = match handshake {
+        Ok(Ok(tls)) => return Some(tls),
+        Ok(Err(e)) => (HandshakeReason::of(&e), io_detail(&e)),
+        Err(_) => (
+            HandshakeReason::Timeout,
+            "not completed within handshake_timeout".into(),
+        ),
+    };
+    ctx.metrics.handshake_failed(reason);
+    if reason == HandshakeReason::Eof {
+        // A TCP connect that closes before a byte: load-balancer health checks and port probes
+        // do this every few seconds. Counted, not worth a line.
+        session_event!(
+            debug,
+            who,
+            side = "sender",
+            reason = reason.label(),
+            "TLS handshake failed"
+        );
+    } else if let Some(suppressed) = ctx.events.handshake.admit() {
+        let presented = presented.lock().ok().and_then(|p| p.clone());
+        session_event!(warn, who, side = "sender", reason = reason.label(), error = %error, suppressed, "TLS handshake failed");
+        audit::handshake_refused(who, reason.label(), presented.as_ref());
+    }
+    None
+}
+
+/// The verified client's identity and its escaped form for log lines, if `allowed_clients`
+/// admits it; otherwise the refusal is counted, logged, audited and the connection closed.
+pub(super) async fn admit(
+    ctx: &RouteContext,
+    tls: &mut TlsStream<TcpStream>,
+    who: audit::Who<'_>,
+) -> Option<(ClientIdentity, String)> {
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(ClientIdentity::from_der)
+        .unwrap_or_default();
+    let shown = escape_str(&identity.to_string());
+    if ctx.allow.admits(&identity) {
+        return Some((identity, shown));
+    }
+    ctx.metrics.clients_denied.inc();
+    if let Some(suppressed) = ctx.events.denied.admit() {
+        session_event!(warn, who, client = %shown, side = "sender", suppressed, "client certificate verified but not in allowed_clients; connection refused");
+        audit::handshake_refused(who, "not_allowed", Some(&identity));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    None
+}
+
+/// The negotiated protocol version and cipher suite, for the session's audit record.
+pub(super) fn negotiated(tls: &TlsStream<TcpStream>) -> (&'static str, &'static str) {
+    let conn = tls.get_ref().1;
+    (
+        conn.protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("?"),
+        conn.negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("?"),
+    )
+}
+
+/// An I/O error in words, without the documentation links some TLS errors carry.
+pub(super) fn io_detail(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "connection closed without TLS close_notify".into();
+    }
+    let text = e.to_string();
+    match text.split_once(": http") {
+        Some((head, _)) => head.to_string(),
+        None => text,
+    }
+}

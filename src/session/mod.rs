@@ -1,0 +1,380 @@
+//! One sender's connection: handshake → identity → read frame → validate → forward → await
+//! ACK → relay, in order, one message at a time.
+//!
+//! The session only stops between exchanges: once a message is written to the engine, its ACK
+//! (or the failure) is dealt with before anything else, shutdown included.
+//!
+//! - this file: a route's shared [`RouteContext`], [`serve`], and the frame loop;
+//! - [`handshake`]: the TLS handshake, the allow-list, and waiting for bytes without a buffer;
+//! - [`exchange`]: one message, from validation to the answer written;
+//! - [`report`]: the one place that counts, logs and audits how an exchange ended.
+
+mod exchange;
+mod handshake;
+mod report;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+pub use handshake::ReadReady;
+
+use crate::audit;
+use crate::config::RouteConfig;
+use crate::hl7;
+use crate::logsafe::RouteEvents;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::mllp::{Frame, MllpCodec, MllpError};
+use crate::timer::Deadline;
+use crate::tls::{AllowList, TlsMaterial, TlsReloader, TlsWatch};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Everything a session of one route needs, shared by all its sessions.
+pub struct RouteContext {
+    /// The route's validated configuration.
+    pub cfg: RouteConfig,
+    /// The TLS configuration in service (replaced on reload).
+    pub tls: TlsWatch,
+    /// `allowed_clients`.
+    pub allow: AllowList,
+    /// The validation rules.
+    pub validator: hl7::Validator,
+    /// The engine: its pooled connections and targets.
+    pub upstream: Arc<Upstream>,
+    /// Metric handles bound to this route.
+    pub metrics: RouteMetrics,
+    /// Log lines of peer-triggered events, rate-limited.
+    pub events: RouteEvents,
+    /// `audit.messages`: one audit record per message, and control IDs in log lines.
+    pub audit_messages: bool,
+}
+
+impl RouteContext {
+    /// Makes route `index` from its configuration and its loaded TLS material, with sessions
+    /// spread over `threads` session threads. The reloader that keeps `tls` current is
+    /// returned for the caller to spawn.
+    pub fn build(
+        index: usize,
+        cfg: RouteConfig,
+        material: TlsMaterial,
+        metrics: &Metrics,
+        threads: usize,
+        audit_messages: bool,
+    ) -> (Arc<Self>, TlsReloader) {
+        let rm = metrics.route(&cfg.name);
+        let (reloader, tls) = TlsReloader::new(
+            format!("routes[{index}]"),
+            cfg.tls.clone(),
+            material,
+            rm.clone(),
+        );
+        // An engine may echo the message in its ACK; anything larger is not an ACK.
+        let max_ack = cfg.validation.max_message_bytes.saturating_add(64 * 1024);
+        let ctx = RouteContext {
+            allow: AllowList::new(cfg.allowed_clients.clone()),
+            validator: hl7::Validator::new(&cfg.validation),
+            upstream: Arc::new(Upstream::new(
+                cfg.upstream.clone(),
+                threads,
+                max_ack,
+                rm.clone(),
+            )),
+            tls,
+            events: RouteEvents::new(&rm),
+            audit_messages,
+            metrics: rm,
+            cfg,
+        };
+        (Arc::new(ctx), reloader)
+    }
+}
+
+/// Why a session ended; `side` says who caused it.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("sender closed the connection")]
+    SenderClosed,
+    #[error("idle timeout")]
+    Idle,
+    #[error("shutting down")]
+    Shutdown,
+    #[error("frame not completed within frame_timeout")]
+    FrameTimeout,
+    #[error("connection closed inside a frame after {0} bytes")]
+    TruncatedFrame(usize),
+    #[error("reading from the sender failed: {0}")]
+    ReadFailed(String),
+    #[error("writing the answer failed: {0}")]
+    WriteFailed(String),
+    #[error("sender did not read its answer within frame_timeout")]
+    NotReading,
+    #[error("oversize message whose header could not be read")]
+    OversizeUnreadable,
+    #[error("upstream failed, connection closed without ACK: {0}")]
+    Upstream(UpstreamError),
+}
+
+impl SessionEnd {
+    fn side(&self) -> &'static str {
+        match self {
+            SessionEnd::Upstream(_) => "upstream",
+            SessionEnd::Shutdown => "proxy",
+            _ => "sender",
+        }
+    }
+
+    /// The bounded word for the audit record.
+    fn label(&self) -> &'static str {
+        match self {
+            SessionEnd::SenderClosed => "sender_closed",
+            SessionEnd::Idle => "idle_timeout",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::FrameTimeout => "frame_timeout",
+            SessionEnd::TruncatedFrame(_) => "truncated_frame",
+            SessionEnd::ReadFailed(_) => "read_failed",
+            SessionEnd::WriteFailed(_) => "write_failed",
+            SessionEnd::NotReading => "sender_not_reading",
+            SessionEnd::OversizeUnreadable => "oversize_unreadable",
+            SessionEnd::Upstream(_) => "upstream_failure",
+        }
+    }
+
+    /// Routine ends are logged at debug; the rest need an operator's eye. An upstream failure
+    /// was logged where it was handled, with its control ID.
+    fn routine(&self) -> bool {
+        matches!(
+            self,
+            SessionEnd::SenderClosed
+                | SessionEnd::Idle
+                | SessionEnd::Shutdown
+                | SessionEnd::Upstream(_)
+        )
+    }
+}
+
+/// A log event of one session: its route, peer and connection as fields (the caller adds
+/// `client` once the handshake has shown it). Fields, not a span: the registry kept each
+/// session span's memory after its connection closed, and entering it on every poll cost
+/// instructions on every message.
+macro_rules! session_event {
+    ($level:ident, $who:expr, $($fields:tt)+) => {
+        tracing::$level!(route = %$who.route, peer = %$who.peer, conn = $who.conn, $($fields)+)
+    };
+}
+use session_event;
+
+/// Serves one accepted TCP connection until the sender leaves, a limit ends it or `shutdown`.
+pub async fn serve(
+    ctx: Arc<RouteContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    handshake_permit: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let who = audit::Who {
+        route: &ctx.cfg.name,
+        peer,
+        conn: conn_id,
+    };
+    if let Err(e) = tcp.set_nodelay(true) {
+        session_event!(debug, who, error = %e, "TCP_NODELAY not set");
+    }
+    let Some(mut tls) = handshake::accept(&ctx, tcp, who, handshake_permit).await else {
+        return;
+    };
+    let Some((identity, shown)) = handshake::admit(&ctx, &mut tls, who).await else {
+        return;
+    };
+    let (version, suite) = handshake::negotiated(&tls);
+    audit::session_started(who, &identity, version, suite);
+    let started = Instant::now();
+    let mut session = Session::new(&ctx, who, &shown);
+    // A token of its own: every check and wait on the route's token would take the one
+    // mutex all sessions share, several times per message.
+    let shutdown = shutdown.child_token();
+    let end = session.run(&mut tls, &shutdown).await;
+    audit::session_ended(who, session.messages, started.elapsed(), end.label());
+    if end.routine() {
+        session_event!(debug, who, client = %shown, side = end.side(), reason = %end, "session ended");
+    } else if let Some(suppressed) = ctx.events.session.admit() {
+        session_event!(warn, who, client = %shown, side = end.side(), reason = %end, suppressed, "session ended");
+    }
+    // close_notify, bounded: a sender that stopped reading must not hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// The per-connection state after the handshake; generic over the stream for tests.
+struct Session<'a> {
+    ctx: &'a RouteContext,
+    /// The connection, for audit records and log lines.
+    who: audit::Who<'a>,
+    /// The client certificate's identity, escaped, for log lines.
+    client: &'a str,
+    codec: MllpCodec,
+    /// Bytes read and not yet framed; no allocation while the session is idle.
+    buf: BytesMut,
+    /// Frames received, for the audit record of the session's end.
+    messages: u64,
+    /// The idle deadline's timer, kept across messages.
+    idle: Deadline,
+    /// The answer's write deadline (`frame_timeout`), likewise.
+    write: Deadline,
+    /// The wait for a pooled engine connection (`queue_timeout`), likewise.
+    queue: Deadline,
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a RouteContext, who: audit::Who<'a>, client: &'a str) -> Self {
+        Self {
+            ctx,
+            who,
+            client,
+            codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
+            buf: BytesMut::new(),
+            messages: 0,
+            idle: Deadline::default(),
+            write: Deadline::default(),
+            queue: Deadline::default(),
+        }
+    }
+
+    async fn run<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> SessionEnd
+    where
+        S: AsyncRead + AsyncWrite + ReadReady + Unpin,
+    {
+        loop {
+            let frame = match self.next_frame(stream, shutdown).await {
+                Ok(f) => f,
+                Err(end) => return end,
+            };
+            if let Err(end) = self.handle(stream, frame, shutdown).await {
+                return end;
+            }
+        }
+    }
+
+    /// The next frame, under `idle_timeout` between frames and `frame_timeout` within one.
+    async fn next_frame<S>(
+        &mut self,
+        stream: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Result<Frame, SessionEnd>
+    where
+        S: AsyncRead + ReadReady + Unpin,
+    {
+        let limits = &self.ctx.cfg.limits;
+        // Counted from the end of the last frame: bytes outside frames do not keep a
+        // connection alive, only finished frames do.
+        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let mut frame_deadline: Option<Instant> = None;
+        loop {
+            if !self.codec.in_frame() && shutdown.is_cancelled() {
+                return Err(SessionEnd::Shutdown);
+            }
+            let decoded = self.codec.decode(&mut self.buf);
+            self.count_discarded();
+            match decoded {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(SessionEnd::ReadFailed(e.to_string())),
+            }
+            let idle = self.idle_without_buffer();
+            let read = read_more(&mut self.buf, idle, stream);
+            let n = if self.codec.in_frame() {
+                let deadline =
+                    *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+                match tokio::time::timeout_at(deadline, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(SessionEnd::FrameTimeout),
+                }
+            } else {
+                frame_deadline = None;
+                tokio::select! {
+                    biased;
+                    r = read => r,
+                    _ = self.idle.until(idle_deadline) => return Err(SessionEnd::Idle),
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                }
+            };
+            match n {
+                Ok(0) => return self.sender_closed(),
+                Ok(_) => {}
+                // Many MLLP clients close the TCP connection without a TLS close_notify. Between
+                // frames that is an ordinary goodbye, not an error worth a warning.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && !self.codec.in_frame() =>
+                {
+                    return Err(SessionEnd::SenderClosed);
+                }
+                Err(e) => return Err(SessionEnd::ReadFailed(handshake::io_detail(&e))),
+            }
+        }
+    }
+
+    /// Whether the session waits between frames with nothing buffered; then the buffer is
+    /// given back (the frame just decoded owns its bytes) and taken again once the sender has
+    /// sent something: an idle session holds no buffer.
+    fn idle_without_buffer(&mut self) -> bool {
+        let idle = self.buf.is_empty() && !self.codec.in_frame();
+        if idle && self.buf.capacity() > 0 {
+            crate::memory::give_back(std::mem::take(&mut self.buf));
+        }
+        idle
+    }
+
+    /// The sender closed: its last frame, a goodbye between frames, or a frame cut short.
+    fn sender_closed(&mut self) -> Result<Frame, SessionEnd> {
+        let last = self.codec.decode_eof(&mut self.buf);
+        self.count_discarded();
+        match last {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(SessionEnd::SenderClosed),
+            Err(MllpError::TruncatedFrame { received }) => {
+                Err(SessionEnd::TruncatedFrame(received))
+            }
+            Err(e) => Err(SessionEnd::ReadFailed(e.to_string())),
+        }
+    }
+
+    fn count_discarded(&mut self) {
+        let n = self.codec.take_discarded();
+        if n > 0 {
+            self.ctx.metrics.discarded_bytes.inc_by(n);
+            session_event!(
+                debug,
+                self.who,
+                client = %self.client,
+                side = "sender",
+                bytes = n,
+                "discarded bytes outside MLLP frames"
+            );
+        }
+    }
+}
+
+/// Reads what the sender sent next into `buf`; when `idle`, first waits for bytes without a
+/// buffer, then takes one.
+async fn read_more<S>(buf: &mut BytesMut, idle: bool, stream: &mut S) -> std::io::Result<usize>
+where
+    S: AsyncRead + ReadReady + Unpin,
+{
+    if idle {
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        *buf = crate::memory::take_buffer();
+    } else if buf.capacity() - buf.len() < 4096 {
+        // Chunks of at least 8 KiB keep syscalls few; the codec bounds the total.
+        buf.reserve(crate::memory::READ_BUFFER);
+    }
+    stream.read_buf(buf).await
+}

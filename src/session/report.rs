@@ -1,0 +1,197 @@
+//! How an exchange ended, reported in one place: the counters, the (rate-limited) log line
+//! and the audit record, each saying the same thing, so no path can count one answer and log
+//! or audit another.
+
+use std::time::Duration;
+
+use super::{Session, session_event};
+use crate::audit;
+use crate::hl7::{AckCode, Header, NakReason, RejectReason};
+use crate::label::{FailureKind, Label};
+use crate::logsafe::escape;
+use crate::upstream::{Ack, UpstreamError};
+
+/// How one exchange ended.
+pub(super) enum Outcome<'a> {
+    /// The engine's ACK was relayed.
+    Relayed {
+        /// The engine's answer.
+        ack: &'a Ack,
+        /// Forward to ACK.
+        latency: Duration,
+    },
+    /// An acknowledgment from the sender was passed on to the engine (which answers nothing).
+    Forwarded {
+        /// The engine target.
+        engine: &'a str,
+    },
+    /// Validation refused the message.
+    Refused {
+        /// Why.
+        reason: NakReason,
+        /// The NAK's MSA-1; `None` for an acknowledgment, which is never answered.
+        answer: Option<AckCode>,
+    },
+    /// The message was over `max_message_bytes`.
+    Oversize {
+        /// The NAK's MSA-1; `None` when its header could not be read (the connection closes).
+        answer: Option<AckCode>,
+    },
+    /// The engine gave no ACK.
+    Failed {
+        /// What went wrong.
+        error: &'a UpstreamError,
+        /// The proxy's NAK (`on_upstream_failure: nak`); `None`: the connection closes.
+        answer: Option<AckCode>,
+    },
+}
+
+impl Session<'_> {
+    /// Counts, logs and audits one exchange of the message with `header` and `bytes`.
+    pub(super) fn report(&self, header: Option<&Header<'_>>, bytes: usize, outcome: Outcome<'_>) {
+        let m = &self.ctx.metrics;
+        let record = match outcome {
+            Outcome::Relayed { ack, latency } => {
+                m.messages_forwarded.inc();
+                m.upstream_ack_seconds.observe(latency.as_secs_f64());
+                m.ack(ack.code);
+                audit::Outcome::Relayed {
+                    ack: ack.code,
+                    engine: &ack.target,
+                    latency,
+                }
+            }
+            Outcome::Forwarded { engine } => {
+                m.messages_forwarded.inc();
+                audit::Outcome::Forwarded { engine }
+            }
+            Outcome::Refused { reason, answer } => {
+                m.rejected(reason.label());
+                if !self.log_refusal(header, bytes, reason, answer) {
+                    return;
+                }
+                audit::Outcome::Refused {
+                    reason: reason.label(),
+                    err: reason.err_code(),
+                    answer,
+                }
+            }
+            Outcome::Oversize { answer } => {
+                m.rejected(RejectReason::TooLarge);
+                let Some(suppressed) = self.ctx.events.refused.admit() else {
+                    return;
+                };
+                session_event!(
+                    warn,
+                    self.who,
+                    client = %self.client,
+                    side = "sender",
+                    bytes,
+                    limit = self.ctx.cfg.validation.max_message_bytes,
+                    answer = answer.map_or("none (connection closed)", AckCode::label),
+                    suppressed,
+                    "message over max_message_bytes refused"
+                );
+                audit::Outcome::Refused {
+                    reason: RejectReason::TooLarge,
+                    err: 207,
+                    answer,
+                }
+            }
+            Outcome::Failed { error, answer } => {
+                self.count_failure(header, error, answer);
+                audit::Outcome::Failed {
+                    kind: error.kind(),
+                    engine: error.target(),
+                    answer,
+                }
+            }
+        };
+        if self.ctx.audit_messages {
+            let (id, kind) = (control_id(header), message_type(header));
+            audit::message(self.who, id, kind, bytes, record);
+        }
+    }
+
+    /// The log line of a refusal, rate-limited: a sender can repeat a refused message at will.
+    /// Whether it was written (and the audit record may be too).
+    fn log_refusal(
+        &self,
+        header: Option<&Header<'_>>,
+        bytes: usize,
+        reason: NakReason,
+        answer: Option<AckCode>,
+    ) -> bool {
+        let Some(suppressed) = self.ctx.events.refused.admit() else {
+            return false;
+        };
+        let id = self.logged_control_id(header);
+        let reason = reason.label().label();
+        match answer {
+            None => {
+                session_event!(debug, self.who, client = %self.client, side = "sender", reason, control_id = id, suppressed, "acknowledgment refused; not answered");
+            }
+            Some(code) => {
+                session_event!(info, self.who, client = %self.client, side = "sender", reason, control_id = id, bytes, answer = code.label(), suppressed, "message refused with NAK");
+            }
+        }
+        true
+    }
+
+    /// Counts an exchange without the engine's ACK and writes its warning, rate-limited: an
+    /// engine outage would otherwise write one line per sender resend. (Its audit record is
+    /// not limited: unlike a refusal, a sender cannot cause it at will.)
+    fn count_failure(
+        &self,
+        header: Option<&Header<'_>>,
+        error: &UpstreamError,
+        answer: Option<AckCode>,
+    ) {
+        let m = &self.ctx.metrics;
+        let kind = error.kind();
+        // Connect failures were counted per target as each was tried.
+        if let Some(target) = error.target() {
+            m.upstream_failed(target, kind);
+        }
+        m.exchange_failed(kind);
+        if kind == FailureKind::Protocol {
+            // Written and answered, though not with its ACK.
+            m.messages_forwarded.inc();
+        }
+        if answer.is_some() {
+            m.rejected(RejectReason::Upstream);
+        }
+        let Some(suppressed) = self.ctx.events.upstream.admit() else {
+            return;
+        };
+        session_event!(
+            warn,
+            self.who,
+            client = %self.client,
+            side = "upstream",
+            kind = kind.label(),
+            engine = error.target().unwrap_or("none"),
+            control_id = self.logged_control_id(header),
+            answer = answer.map_or("none (connection closed)", AckCode::label),
+            error = %error,
+            suppressed,
+            "upstream failure; message not acknowledged by the engine"
+        );
+    }
+
+    /// MSH-10 for a log line, escaped; `None` (no field) when `audit.messages` is off, which
+    /// keeps control IDs out of every line.
+    fn logged_control_id(&self, header: Option<&Header<'_>>) -> Option<String> {
+        self.ctx.audit_messages.then(|| escape(control_id(header)))
+    }
+}
+
+/// MSH-10, or nothing when MSH could not be read.
+pub(super) fn control_id<'a>(header: Option<&Header<'a>>) -> &'a [u8] {
+    header.map_or(&[][..], |h| h.control_id)
+}
+
+/// MSH-9, or nothing when MSH could not be read.
+fn message_type<'a>(header: Option<&Header<'a>>) -> &'a [u8] {
+    header.map_or(&[][..], |h| h.message_type)
+}
