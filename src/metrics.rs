@@ -494,6 +494,57 @@ impl RouteMetrics {
     }
 }
 
+/// One sample of a scrape in the Prometheus text format: `name{labels} value`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample<'a> {
+    /// The metric name.
+    pub name: &'a str,
+    /// The labels as written, braces included (`{code="AA",route="lab"}`), or empty.
+    pub labels: &'a str,
+    /// The value.
+    pub value: f64,
+}
+
+impl Sample<'_> {
+    /// Whether the sample has label `key` with `value`.
+    pub fn has(&self, key: &str, value: &str) -> bool {
+        let inner = self.labels.trim_start_matches('{').trim_end_matches('}');
+        inner.split(',').any(|pair| {
+            pair.strip_prefix(key).and_then(|r| r.strip_prefix('='))
+                == Some(&format!("\"{value}\""))
+        })
+    }
+}
+
+/// The samples of a scrape in the text format, comments skipped: the one reader of scrapes
+/// (soak's checks and the tests).
+pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
+            Some(Sample {
+                name,
+                labels,
+                value,
+            })
+        })
+}
+
+/// The value of the series written exactly as `series` (`name{labels}`, labels in the
+/// encoder's order), or `None` when the scrape has no such series.
+pub fn sample_value(text: &str, series: &str) -> Option<f64> {
+    samples(text)
+        .find(|s| {
+            s.name.len() + s.labels.len() == series.len()
+                && series.starts_with(s.name)
+                && series.ends_with(s.labels)
+        })
+        .map(|s| s.value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +594,28 @@ mod tests {
         }
         assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
         assert!(text.contains("mllp_proxy_build_info{version="));
+    }
+
+    #[test]
+    fn a_scrape_reads_back_as_samples() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("lab");
+        r.ack(AckCode::AA);
+        r.ack(AckCode::AA);
+        let text = m.encode();
+        let aa = "mllp_proxy_acks_total{code=\"AA\",route=\"lab\"}";
+        assert_eq!(sample_value(&text, aa), Some(2.0));
+        assert_eq!(
+            sample_value(&text, "mllp_proxy_acks_total{code=\"AA\"}"),
+            None
+        );
+        assert_eq!(sample_value(&text, "mllp_proxy_acks_total"), None);
+        let sum: f64 = samples(&text)
+            .filter(|s| s.name == "mllp_proxy_acks_total" && s.has("route", "lab"))
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(sum, 2.0);
+        assert!(samples(&text).all(|s| !s.has("route", "la")));
     }
 
     #[test]

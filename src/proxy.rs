@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::cores::Cores;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::session::RouteContext;
@@ -81,20 +81,7 @@ pub async fn start_on(
     let background = TaskTracker::new();
     let (hup, hup_rx) = watch::channel(0u64);
 
-    let mut prepared = Vec::with_capacity(config.routes.len());
-    for (index, route) in config.routes.into_iter().enumerate() {
-        let material =
-            TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
-        let listener =
-            listener::bind(route.listen, route.limits.listen_backlog).map_err(|source| {
-                StartError::Bind {
-                    key: format!("routes[{index}].listen"),
-                    addr: route.listen,
-                    source,
-                }
-            })?;
-        prepared.push((route, material, listener));
-    }
+    let prepared = bind_routes(config.routes)?;
     let admin_tls = match &config.admin.tls {
         Some(t) => Some(crate::tls::admin_server_config(t).map_err(StartError::AdminTls)?),
         None => None,
@@ -121,29 +108,18 @@ pub async fn start_on(
             threads,
             config.audit.messages,
         );
-        tracing::info!(
-            route = %ctx.cfg.name,
-            listen = %addr,
-            upstream = %ctx.cfg.upstream.targets.join(","),
-            validation = %format!("{:?}", ctx.validator.mode()).to_lowercase(),
-            "route listening"
-        );
         routes.push((ctx.cfg.name.clone(), addr));
-        background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
-        background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
         upstreams.push(ctx.upstream.clone());
-        // A small pool's few connections pass between all the route's sessions: those share
-        // one thread (see `cores`).
-        let placement = cores
-            .as_ref()
-            .map(|c| c.placement(ctx.upstream.spread_sessions()));
-        background.spawn(listener::serve(
-            listener,
+        background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
+        spawn_route(
             ctx,
-            sessions.clone(),
-            stop_accepting.clone(),
-            placement,
-        ));
+            listener,
+            addr,
+            cores.as_ref(),
+            &sessions,
+            &background,
+            &stop_accepting,
+        );
     }
 
     background.spawn(crate::memory::release_after_bursts(stop_accepting.clone()));
@@ -217,6 +193,58 @@ impl RunningProxy {
         let _ = tokio::time::timeout(Duration::from_secs(6), self.background.wait()).await;
         drained
     }
+}
+
+/// Spawns a route's pool maintenance and accept loop.
+fn spawn_route(
+    ctx: Arc<RouteContext>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    cores: Option<&Arc<Cores>>,
+    sessions: &TaskTracker,
+    background: &TaskTracker,
+    stop_accepting: &CancellationToken,
+) {
+    tracing::info!(
+        route = %ctx.cfg.name,
+        listen = %addr,
+        upstream = %ctx.cfg.upstream.targets.join(","),
+        validation = %format!("{:?}", ctx.validator.mode()).to_lowercase(),
+        "route listening"
+    );
+    background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
+    // A small pool's few connections pass between all the route's sessions: those share
+    // one thread (see `cores`).
+    let placement = cores.map(|c| c.placement(ctx.upstream.spread_sessions()));
+    background.spawn(listener::serve(
+        listener,
+        ctx,
+        sessions.clone(),
+        stop_accepting.clone(),
+        placement,
+    ));
+}
+
+/// Every route's TLS material loaded and listener bound, before anything is spawned: a bad
+/// certificate or a taken port fails start-up with its key named.
+fn bind_routes(
+    routes: Vec<RouteConfig>,
+) -> Result<Vec<(RouteConfig, TlsMaterial, TcpListener)>, StartError> {
+    let mut prepared = Vec::with_capacity(routes.len());
+    for (index, route) in routes.into_iter().enumerate() {
+        let material =
+            TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
+        let listener =
+            listener::bind(route.listen, route.limits.listen_backlog).map_err(|source| {
+                StartError::Bind {
+                    key: format!("routes[{index}].listen"),
+                    addr: route.listen,
+                    source,
+                }
+            })?;
+        prepared.push((route, material, listener));
+    }
+    Ok(prepared)
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

@@ -385,8 +385,28 @@ async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> 
         }
         _ => build_accept(header.as_ref()),
     };
-    let framed = MllpCodec::frame(&ack);
-    let (written, next) = match fault {
+    let (written, next) = write_answer(tcp, engine, fault, &ack).await;
+    if let Some(complete) = written {
+        rec.ack_id = Header::parse(&ack)
+            .ok()
+            .map(|h| String::from_utf8_lossy(h.control_id).into_owned());
+        rec.ack = Some(String::from_utf8_lossy(&ack).into_owned());
+        rec.ack_complete = complete;
+    }
+    engine.record(&rec);
+    next
+}
+
+/// Writes `ack` as `fault` says: whether it was written whole (`None`: not at all), and
+/// what the connection does next.
+async fn write_answer(
+    tcp: &mut TcpStream,
+    engine: &Engine,
+    fault: Option<Fault>,
+    ack: &[u8],
+) -> (Option<bool>, Next) {
+    let framed = MllpCodec::frame(ack);
+    match fault {
         Some(Fault::NoAnswer) => (None, Next::Read),
         Some(Fault::Close) => (None, Next::Close),
         Some(Fault::Reset) => {
@@ -428,16 +448,7 @@ async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> 
         }
         Some(Fault::CloseAfterAck) => (Some(tcp.write_all(&framed).await.is_ok()), Next::Close),
         _ => (Some(tcp.write_all(&framed).await.is_ok()), Next::Read),
-    };
-    if let Some(complete) = written {
-        rec.ack_id = Header::parse(&ack)
-            .ok()
-            .map(|h| String::from_utf8_lossy(h.control_id).into_owned());
-        rec.ack = Some(String::from_utf8_lossy(&ack).into_owned());
-        rec.ack_complete = complete;
     }
-    engine.record(&rec);
-    next
 }
 
 #[cfg(test)]

@@ -106,18 +106,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
     }
     load.barrier.wait().await;
     let started = Instant::now();
-    let progress = {
-        let load = load.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let n = load.done.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64();
-                eprint!("\r  {n}/{total} messages, {:.0} msg/s   ", n as f64 / secs);
-                let _ = std::io::stderr().flush();
-            }
-        })
-    };
+    let progress = tokio::spawn(progress(load.clone(), started, total));
     let mut latency = new_histogram()?;
     let mut first_error = None;
     for t in tasks {
@@ -146,15 +135,28 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
         elapsed,
         latency_us: latency,
     };
-    let h = &result.latency_us;
+    print_result(&args, target.tls.is_some(), &result);
+    Ok(result)
+}
+
+/// Prints how far the run is, every second, until aborted.
+async fn progress(load: Arc<Load>, started: Instant, total: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = load.done.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        eprint!("\r  {n}/{total} messages, {:.0} msg/s   ", n as f64 / secs);
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// The summary for people, then one `RESULT` line for scripts (bench/*.sh read it).
+fn print_result(args: &BenchArgs, tls: bool, result: &BenchResult) {
+    let (h, elapsed) = (&result.latency_us, result.elapsed);
     println!(
         "target {} ({}), {} connection(s) x {} messages of {} bytes",
         args.to,
-        if target.tls.is_some() {
-            "MLLP/TLS"
-        } else {
-            "MLLP"
-        },
+        if tls { "MLLP/TLS" } else { "MLLP" },
         args.connections,
         args.messages,
         args.size
@@ -179,7 +181,6 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, ClientError> {
         h.value_at_quantile(0.99),
         h.max()
     );
-    Ok(result)
 }
 
 fn new_histogram() -> Result<Histogram<u64>, ClientError> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::tls::TlsMaterial;
 
 /// Certificates expiring sooner than this are warned about.
@@ -28,6 +28,18 @@ pub fn run(path: &Path) -> bool {
         config.routes.len(),
         config.admin.listen
     );
+    let mut ok = check_admin_and_audit(&config);
+    for (i, r) in config.routes.iter().enumerate() {
+        ok &= check_route(i, r, now);
+    }
+    if ok {
+        println!("configuration OK");
+    }
+    ok
+}
+
+/// `audit.file`'s folder and `admin.tls`; `true` when there is no error.
+fn check_admin_and_audit(config: &Config) -> bool {
     let mut ok = true;
     if let Some(f) = &config.audit.file {
         // `run` opens it at start and exits 1 when it cannot; say so before a deployment.
@@ -56,88 +68,93 @@ pub fn run(path: &Path) -> bool {
             }
         }
     }
-    for (i, r) in config.routes.iter().enumerate() {
-        println!(
-            "route {}: listen {} -> {} (on failure: {}, validation: {}, max {} bytes)",
-            r.name,
-            r.listen,
-            r.upstream.targets.join(", "),
-            format!("{:?}", r.on_upstream_failure).to_lowercase(),
-            format!("{:?}", r.validation.mode).to_lowercase(),
-            r.validation.max_message_bytes
-        );
-        let u = &r.upstream;
-        println!(
-            "  upstream: {}, {} pooled connection(s), queue {:?}, health check {}",
-            match u.balance {
-                crate::config::Balance::Failover => "failover",
-                crate::config::Balance::RoundRobin => "round_robin",
-            },
-            match u.max_connections {
-                0 => "unlimited".to_string(),
-                n => format!("at most {n}"),
-            },
-            u.queue_timeout,
-            u.health_check_interval
-                .map_or("off".to_string(), |d| format!("every {d:?}"))
-        );
-        let material = match TlsMaterial::load(&r.tls) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("error: routes[{i}].{e}");
-                ok = false;
-                continue;
-            }
-        };
-        println!(
-            "  tls: min {}, reload every {:?}; server certificate {} expires {}",
-            r.tls.min_version,
-            r.tls.reload_interval,
-            material.server_subject,
-            describe(material.expiry.server_not_after, now)
-        );
-        println!(
-            "  client CA: {} certificate(s), earliest expiry {}; CRLs: {}",
-            material.counts.0,
-            describe(material.expiry.client_ca_not_after, now),
-            material.counts.1
-        );
-        if r.allowed_clients.is_empty() {
-            println!("  allowed_clients: any certificate verified by client_ca");
-        } else {
-            let list: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
-            println!("  allowed_clients: {}", list.join(", "));
+    ok
+}
+
+/// Prints route `i`'s summary and loads its TLS material; `true` when there is no error.
+fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
+    println!(
+        "route {}: listen {} -> {} (on failure: {}, validation: {}, max {} bytes)",
+        r.name,
+        r.listen,
+        r.upstream.targets.join(", "),
+        r.on_upstream_failure.word(),
+        format!("{:?}", r.validation.mode).to_lowercase(),
+        r.validation.max_message_bytes
+    );
+    let u = &r.upstream;
+    println!(
+        "  upstream: {}, {} pooled connection(s), queue {:?}, health check {}",
+        match u.balance {
+            crate::config::Balance::Failover => "failover",
+            crate::config::Balance::RoundRobin => "round_robin",
+        },
+        match u.max_connections {
+            0 => "unlimited".to_string(),
+            n => format!("at most {n}"),
+        },
+        u.queue_timeout,
+        u.health_check_interval
+            .map_or("off".to_string(), |d| format!("every {d:?}"))
+    );
+    let material = match TlsMaterial::load(&r.tls) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: routes[{i}].{e}");
+            return false;
         }
-        for (key, not_after) in [
-            ("tls.certificate", material.expiry.server_not_after),
-            ("tls.client_ca", material.expiry.client_ca_not_after),
-        ] {
-            if not_after <= now {
-                eprintln!(
-                    "error: routes[{i}].{key}: certificate expired on {}",
-                    date(not_after)
-                );
-                ok = false;
-            } else if not_after - now < EXPIRY_WARNING.as_secs() as i64 {
-                eprintln!(
-                    "warning: routes[{i}].{key}: certificate expires in {} day(s), on {}",
-                    (not_after - now) / 86_400,
-                    date(not_after)
-                );
-            }
-        }
-        for (j, (crl, next)) in material.crl_next_updates.iter().enumerate() {
-            if let Some(next) = next.filter(|n| *n < now) {
-                eprintln!(
-                    "warning: routes[{i}].tls.crl[{j}]: {} is past its next update ({}); fetch a fresh CRL",
-                    crl.display(),
-                    date(next)
-                );
-            }
+    };
+    println!(
+        "  tls: min {}, reload every {:?}; server certificate {} expires {}",
+        r.tls.min_version,
+        r.tls.reload_interval,
+        material.server_subject,
+        describe(material.expiry.server_not_after, now)
+    );
+    println!(
+        "  client CA: {} certificate(s), earliest expiry {}; CRLs: {}",
+        material.counts.0,
+        describe(material.expiry.client_ca_not_after, now),
+        material.counts.1
+    );
+    if r.allowed_clients.is_empty() {
+        println!("  allowed_clients: any certificate verified by client_ca");
+    } else {
+        let list: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
+        println!("  allowed_clients: {}", list.join(", "));
+    }
+    check_dates(i, &material, now)
+}
+
+/// Expired certificates are errors, those expiring within 30 days and stale CRLs warnings.
+fn check_dates(i: usize, material: &TlsMaterial, now: i64) -> bool {
+    let mut ok = true;
+    for (key, not_after) in [
+        ("tls.certificate", material.expiry.server_not_after),
+        ("tls.client_ca", material.expiry.client_ca_not_after),
+    ] {
+        if not_after <= now {
+            eprintln!(
+                "error: routes[{i}].{key}: certificate expired on {}",
+                date(not_after)
+            );
+            ok = false;
+        } else if not_after - now < EXPIRY_WARNING.as_secs() as i64 {
+            eprintln!(
+                "warning: routes[{i}].{key}: certificate expires in {} day(s), on {}",
+                (not_after - now) / 86_400,
+                date(not_after)
+            );
         }
     }
-    if ok {
-        println!("configuration OK");
+    for (j, (crl, next)) in material.crl_next_updates.iter().enumerate() {
+        if let Some(next) = next.filter(|n| *n < now) {
+            eprintln!(
+                "warning: routes[{i}].tls.crl[{j}]: {} is past its next update ({}); fetch a fresh CRL",
+                crl.display(),
+                date(next)
+            );
+        }
     }
     ok
 }

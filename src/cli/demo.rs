@@ -87,54 +87,8 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     println!();
 
     let target = client_target(&certs, proxy_addr)?;
-    let mut client = MllpClient::connect(&target, Duration::from_secs(10)).await?;
-    let mut all_ok = true;
-    for msg in MESSAGES {
-        let header = Header::parse(msg.as_bytes()).map_err(|e| fail("demo message", &e))?;
-        let kind = String::from_utf8_lossy(header.message_type).into_owned();
-        let id = String::from_utf8_lossy(header.control_id).into_owned();
-        let started = Instant::now();
-        let answer = client
-            .exchange(msg.as_bytes(), Duration::from_secs(10))
-            .await?;
-        let took = readable(started.elapsed());
-        match parse_ack(&answer) {
-            Some(ack) => {
-                let ok = ack.code == AckCode::AA && ack.control_id == header.control_id;
-                all_ok &= ok;
-                println!(
-                    "  sent {kind:<18} {id}  ->  ACK {} {}  ({took}){}",
-                    ack.code,
-                    String::from_utf8_lossy(ack.control_id),
-                    if ok { "" } else { "  UNEXPECTED" }
-                );
-            }
-            None => {
-                all_ok = false;
-                println!("  sent {kind:<18} {id}  ->  answer without MSA");
-            }
-        }
-    }
-    client.close().await;
-
-    println!();
-    println!("metrics (from http://{}/metrics):", proxy.admin);
-    match crate::client::http_get(proxy.admin, "/metrics").await {
-        Ok(body) => {
-            for line in body.lines().filter(|l| {
-                !l.starts_with('#')
-                    && (l.starts_with("mllp_proxy_messages_")
-                        || l.starts_with("mllp_proxy_acks_total")
-                        || l.starts_with("mllp_proxy_connections_accepted")
-                        || l.starts_with("mllp_proxy_upstream_up")
-                        || l.starts_with("mllp_proxy_upstream_ack_seconds_count")
-                        || l.starts_with("mllp_proxy_certificate_expiry"))
-            }) {
-                println!("  {line}");
-            }
-        }
-        Err(e) => println!("  (scrape failed: {e})"),
-    }
+    let all_ok = send_messages(&target).await?;
+    print_metrics(proxy.admin).await;
     println!();
     println!(
         "{}",
@@ -163,6 +117,64 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     proxy.shutdown(drain).await;
     stop_engine.cancel();
     Ok(all_ok)
+}
+
+/// Sends the sample messages over one connection and prints each ACK; `true` when every one
+/// was answered AA with its own control ID.
+async fn send_messages(target: &ClientTarget) -> Result<bool, ClientError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| ClientError(format!("{what}: {e}"));
+    let mut client = MllpClient::connect(target, Duration::from_secs(10)).await?;
+    let mut all_ok = true;
+    for msg in MESSAGES {
+        let header = Header::parse(msg.as_bytes()).map_err(|e| fail("demo message", &e))?;
+        let kind = String::from_utf8_lossy(header.message_type).into_owned();
+        let id = String::from_utf8_lossy(header.control_id).into_owned();
+        let started = Instant::now();
+        let answer = client
+            .exchange(msg.as_bytes(), Duration::from_secs(10))
+            .await?;
+        let took = readable(started.elapsed());
+        match parse_ack(&answer) {
+            Some(ack) => {
+                let ok = ack.code == AckCode::AA && ack.control_id == header.control_id;
+                all_ok &= ok;
+                println!(
+                    "  sent {kind:<18} {id}  ->  ACK {} {}  ({took}){}",
+                    ack.code,
+                    String::from_utf8_lossy(ack.control_id),
+                    if ok { "" } else { "  UNEXPECTED" }
+                );
+            }
+            None => {
+                all_ok = false;
+                println!("  sent {kind:<18} {id}  ->  answer without MSA");
+            }
+        }
+    }
+    client.close().await;
+    Ok(all_ok)
+}
+
+/// Prints the metrics a first-time user should look at.
+async fn print_metrics(admin: std::net::SocketAddr) {
+    println!();
+    println!("metrics (from http://{admin}/metrics):");
+    match crate::client::http_get(admin, "/metrics").await {
+        Ok(body) => {
+            for line in body.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("mllp_proxy_messages_")
+                        || l.starts_with("mllp_proxy_acks_total")
+                        || l.starts_with("mllp_proxy_connections_accepted")
+                        || l.starts_with("mllp_proxy_upstream_up")
+                        || l.starts_with("mllp_proxy_upstream_ack_seconds_count")
+                        || l.starts_with("mllp_proxy_certificate_expiry"))
+            }) {
+                println!("  {line}");
+            }
+        }
+        Err(e) => println!("  (scrape failed: {e})"),
+    }
 }
 
 fn client_target(certs: &Path, addr: std::net::SocketAddr) -> Result<ClientTarget, ClientError> {

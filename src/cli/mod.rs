@@ -74,22 +74,10 @@ fn host_of(addr: &str) -> String {
 /// Splits text into HL7 messages: line breaks (`\r\n`, `\n` or `\r`) end segments, and a blank
 /// line separates messages. Each segment of the result ends with `\r`.
 pub fn split_messages(text: &[u8]) -> Vec<Vec<u8>> {
-    let mut unified = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        match text[i] {
-            b'\r' if text.get(i + 1) == Some(&b'\n') => {
-                unified.push(b'\n');
-                i += 1;
-            }
-            b'\r' => unified.push(b'\n'),
-            b => unified.push(b),
-        }
-        i += 1;
-    }
+    let unified = crate::hl7::normalise_terminators(text);
     let mut messages = Vec::new();
     let mut current = Vec::new();
-    for line in unified.split(|&b| b == b'\n') {
+    for line in unified.split(|&b| b == b'\r') {
         if line.iter().all(u8::is_ascii_whitespace) {
             if !current.is_empty() {
                 messages.push(std::mem::take(&mut current));

@@ -24,8 +24,9 @@ use crate::cli::ack_server::Fault;
 use crate::cli::send::parse_duration_arg;
 use crate::client::{ClientError, ClientTarget, MllpClient, http_get};
 use crate::config::FailureMode;
-use crate::hl7::{AckCode, Header, parse_ack};
+use crate::hl7::{AckCode, Header, RejectReason, parse_ack};
 use crate::label::Label;
+use crate::metrics::samples;
 
 /// Arguments of `soak`.
 #[derive(Debug, clap::Args)]
@@ -276,17 +277,96 @@ fn usage(pid: u32) -> Result<Usage, ClientError> {
 
 /// The sum of a metric's samples whose labels include every `(name, value)` of `with`.
 fn metric_sum(text: &str, name: &str, with: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            with.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
+    samples(text)
+        .filter(|s| s.name == name && with.iter().all(|(k, v)| s.has(k, v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// What senders were answered, held against what the engine wrote.
+#[derive(Default)]
+struct Answers {
+    /// Answers that are no ACK the engine wrote for that message.
+    fabricated: Vec<String>,
+    /// ACKs whose MSA-2 is another message.
+    misrouted: Vec<String>,
+    /// Relayed ACKs that differ from the engine's bytes.
+    altered: Vec<String>,
+    /// Engine ACKs relayed, per MSA-1.
+    engine_codes: BTreeMap<&'static str, u64>,
+    /// AR/CR written by the proxy itself (`on_upstream_failure: nak`).
+    proxy_naks: u64,
+}
+
+impl Answers {
+    fn of(mode: FailureMode, logs: &[SenderLog], engine: &[EngineRecord]) -> Self {
+        let by_ack_id: HashMap<&str, &EngineRecord> = engine
+            .iter()
+            .filter_map(|r| Some((r.ack_id.as_deref()?, r)))
+            .collect();
+        let mut a = Answers::default();
+        for (id, answer) in logs.iter().flat_map(|l| &l.answers) {
+            let Some(info) = parse_ack(answer) else {
+                a.fabricated.push(format!("{id}: answer without MSA"));
+                continue;
+            };
+            if info.control_id != id.as_bytes() {
+                a.misrouted.push(format!(
+                    "{id} answered for {}",
+                    String::from_utf8_lossy(info.control_id)
+                ));
+            }
+            let ack_id = Header::parse(answer)
+                .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
+                .unwrap_or_default();
+            match by_ack_id.get(ack_id.as_str()) {
+                Some(rec) => {
+                    if rec.control_id != *id || !rec.ack_complete {
+                        a.fabricated.push(format!(
+                            "{id}: ACK {ack_id} was written for {} (complete: {})",
+                            rec.control_id, rec.ack_complete
+                        ));
+                    }
+                    if rec.ack.as_deref().map(str::as_bytes) != Some(&answer[..]) {
+                        a.altered
+                            .push(format!("{id}: ACK {ack_id} differs from the engine's"));
+                    }
+                    *a.engine_codes.entry(info.code.label()).or_default() += 1;
+                }
+                None if mode == FailureMode::Nak
+                    && matches!(info.code, AckCode::AR | AckCode::CR) =>
+                {
+                    a.proxy_naks += 1;
+                }
+                None => a.fabricated.push(format!(
+                    "{id}: {} {ack_id} was never written by the engine",
+                    info.code
+                )),
+            }
+        }
+        a
+    }
+}
+
+/// Messages the engine received out of one sender's order.
+fn out_of_order(engine: &[EngineRecord]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut highest: HashMap<&str, usize> = HashMap::new();
+    for r in engine {
+        let Some((sender, i)) = r
+            .control_id
+            .rsplit_once('-')
+            .and_then(|(s, i)| Some((s, i.parse::<usize>().ok()?)))
+        else {
+            continue;
+        };
+        let top = highest.entry(sender).or_insert(i);
+        if i < *top {
+            out.push(format!("{} after {sender}-{top}", r.control_id));
+        }
+        *top = (*top).max(i);
+    }
+    out
 }
 
 /// Figures and violations, in the order they are printed.
@@ -318,75 +398,9 @@ impl Report {
         engine: &[EngineRecord],
         metrics: &str,
     ) {
-        let by_ack_id: HashMap<&str, &EngineRecord> = engine
-            .iter()
-            .filter_map(|r| Some((r.ack_id.as_deref()?, r)))
-            .collect();
-        let nak_mode = args.mode == FailureMode::Nak;
-        let (mut fabricated, mut misrouted, mut altered) = (vec![], vec![], vec![]);
-        let mut engine_codes: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut proxy_naks = 0u64;
-        for (id, answer) in logs.iter().flat_map(|l| &l.answers) {
-            let Some(info) = parse_ack(answer) else {
-                fabricated.push(format!("{id}: answer without MSA"));
-                continue;
-            };
-            if info.control_id != id.as_bytes() {
-                misrouted.push(format!(
-                    "{id} answered for {}",
-                    String::from_utf8_lossy(info.control_id)
-                ));
-            }
-            let ack_id = Header::parse(answer)
-                .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
-                .unwrap_or_default();
-            match by_ack_id.get(ack_id.as_str()) {
-                Some(rec) => {
-                    if rec.control_id != *id || !rec.ack_complete {
-                        fabricated.push(format!(
-                            "{id}: ACK {ack_id} was written for {} (complete: {})",
-                            rec.control_id, rec.ack_complete
-                        ));
-                    }
-                    if rec.ack.as_deref().map(str::as_bytes) != Some(&answer[..]) {
-                        altered.push(format!("{id}: ACK {ack_id} differs from the engine's"));
-                    }
-                    *engine_codes.entry(info.code.label()).or_default() += 1;
-                }
-                None if nak_mode && matches!(info.code, AckCode::AR | AckCode::CR) => {
-                    proxy_naks += 1;
-                }
-                None => fabricated.push(format!(
-                    "{id}: {} {ack_id} was never written by the engine",
-                    info.code
-                )),
-            }
-        }
-        let unanswered: Vec<String> = logs.iter().flat_map(|l| l.unanswered.clone()).collect();
-        let mut out_of_order = Vec::new();
-        let mut highest: HashMap<&str, usize> = HashMap::new();
-        for r in engine {
-            let Some((sender, i)) = r
-                .control_id
-                .rsplit_once('-')
-                .and_then(|(s, i)| Some((s, i.parse::<usize>().ok()?)))
-            else {
-                continue;
-            };
-            let top = highest.entry(sender).or_insert(i);
-            if i < *top {
-                out_of_order.push(format!("{} after {sender}-{top}", r.control_id));
-            }
-            *top = (*top).max(i);
-        }
-        let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in engine {
-            *faults.entry(r.fault.as_str()).or_default() += 1;
-        }
-
+        let answers = Answers::of(args.mode, logs, engine);
         let attempts: u64 = logs.iter().map(|l| l.attempts).sum();
         let closed: u64 = logs.iter().map(|l| l.closed).sum();
-        let timeouts: u64 = logs.iter().map(|l| l.timeouts).sum();
         self.row(
             "senders x messages",
             format!("{} x {}", args.senders, args.messages),
@@ -396,6 +410,25 @@ impl Report {
             "messages received by the engine (with repeats)",
             engine.len(),
         );
+        self.faults(args, engine);
+        let codes: Vec<String> = answers
+            .engine_codes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        self.row("engine ACKs relayed to senders", codes.join(", "));
+        self.row("AR written by the proxy (nak mode)", answers.proxy_naks);
+        self.row("attempts closed without an answer", closed);
+        self.delivery(logs, engine, &answers);
+        self.metrics_match(metrics, &answers, attempts, closed);
+    }
+
+    /// The faults the engine injected, per kind; with `--require-every-fault`, each at least once.
+    fn faults(&mut self, args: &SoakArgs, engine: &[EngineRecord]) {
+        let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in engine {
+            *faults.entry(r.fault.as_str()).or_default() += 1;
+        }
         let injected: u64 = faults
             .iter()
             .filter(|(k, _)| **k != "none")
@@ -418,27 +451,27 @@ impl Report {
                     .push(format!("fault kinds never injected: {}", missing.join(" ")));
             }
         }
-        let codes: Vec<String> = engine_codes
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        self.row("engine ACKs relayed to senders", codes.join(", "));
-        self.row("AR written by the proxy (nak mode)", proxy_naks);
-        self.row("attempts closed without an answer", closed);
+    }
+
+    /// The delivery promises: no fabricated, misrouted or altered ACK, nothing lost, in order.
+    fn delivery(&mut self, logs: &[SenderLog], engine: &[EngineRecord], answers: &Answers) {
+        let unanswered: Vec<String> = logs.iter().flat_map(|l| l.unanswered.clone()).collect();
+        let out_of_order = out_of_order(engine);
+        let timeouts: u64 = logs.iter().map(|l| l.timeouts).sum();
         self.must_be_zero(
             "positive ACKs the engine did not write for that message",
-            fabricated.len(),
-            &fabricated,
+            answers.fabricated.len(),
+            &answers.fabricated,
         );
         self.must_be_zero(
             "ACKs whose MSA-2 is not the message in flight",
-            misrouted.len(),
-            &misrouted,
+            answers.misrouted.len(),
+            &answers.misrouted,
         );
         self.must_be_zero(
             "relayed ACKs not byte-identical to the engine's",
-            altered.len(),
-            &altered,
+            answers.altered.len(),
+            &answers.altered,
         );
         self.must_be_zero(
             "messages never answered AA or AE",
@@ -451,20 +484,22 @@ impl Report {
             &out_of_order,
         );
         self.must_be_zero("attempts the sender timed out on", timeouts as usize, &[]);
+    }
 
-        // The metrics must tell the operator exactly what the senders experienced.
+    /// The metrics must tell the operator exactly what the senders experienced.
+    fn metrics_match(&mut self, metrics: &str, answers: &Answers, attempts: u64, closed: u64) {
         let mut mismatches = Vec::new();
         let mut expect = |what: &str, got: f64, want: u64| {
             if got != want as f64 {
                 mismatches.push(format!("{what}: metrics {got}, senders {want}"));
             }
         };
-        for code in ["AA", "AE", "AR", "CA", "CE", "CR"] {
-            let got = metric_sum(metrics, "mllp_proxy_acks_total", &[("code", code)]);
+        for code in AckCode::ALL.iter().filter(|c| **c != AckCode::Other) {
+            let got = metric_sum(metrics, "mllp_proxy_acks_total", &[("code", code.label())]);
             expect(
                 &format!("acks_total{{code={code}}}"),
                 got,
-                engine_codes.get(code).copied().unwrap_or(0),
+                answers.engine_codes.get(code.label()).copied().unwrap_or(0),
             );
         }
         expect(
@@ -475,16 +510,17 @@ impl Report {
         expect(
             "upstream_exchanges_failed_total",
             metric_sum(metrics, "mllp_proxy_upstream_exchanges_failed_total", &[]),
-            closed + proxy_naks,
+            closed + answers.proxy_naks,
         );
+        let upstream = RejectReason::Upstream.label();
         expect(
             "messages_rejected_total{reason=upstream}",
             metric_sum(
                 metrics,
                 "mllp_proxy_messages_rejected_total",
-                &[("reason", "upstream")],
+                &[("reason", upstream)],
             ),
-            proxy_naks,
+            answers.proxy_naks,
         );
         let dups = metric_sum(metrics, "mllp_proxy_upstream_duplicate_acks_total", &[]);
         self.row("repeated ACKs dropped by the proxy", dups);

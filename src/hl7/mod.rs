@@ -13,4 +13,4 @@ pub use ack::{
     AckCode, AckInfo, NakReason, RejectReason, build_accept, build_ack, build_nak, parse_ack,
 };
 pub use message::{Field, Header, HeaderError, Message, Segment, Separators};
-pub use validate::{Checked, Rejection, Validator};
+pub use validate::{Checked, Rejection, Validator, normalise_terminators};

@@ -197,7 +197,8 @@ fn check_segments(msg: &[u8], field_sep: u8) -> Result<(), Rejection> {
 }
 
 /// `\r\n` and lone `\n` become `\r`, and a missing final `\r` is added; nothing else changes.
-fn normalise_terminators(msg: &[u8]) -> Cow<'_, [u8]> {
+/// The one line-end normaliser: lenient validation, `send`'s files and the tests use it.
+pub fn normalise_terminators(msg: &[u8]) -> Cow<'_, [u8]> {
     if memchr::memchr(b'\n', msg).is_none() && msg.last() == Some(&b'\r') {
         return Cow::Borrowed(msg);
     }

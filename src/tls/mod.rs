@@ -315,51 +315,9 @@ impl TlsMaterial {
             })?;
         }
 
-        let mut crls = Vec::with_capacity(cfg.crl.len());
-        let mut crl_next_updates = Vec::with_capacity(cfg.crl.len());
-        for (path, bytes) in cfg.crl.iter().zip(&files[3..]) {
-            let der = if bytes.starts_with(b"-----BEGIN") {
-                CertificateRevocationListDer::from_pem_slice(bytes)
-                    .map_err(|e| err("tls.crl", path, format!("no PEM X509 CRL ({e})")))?
-            } else {
-                CertificateRevocationListDer::from(bytes.clone())
-            };
-            let next = crl_next_update(der.as_ref()).map_err(|r| err("tls.crl", path, r))?;
-            crl_next_updates.push((path.clone(), next));
-            crls.push(der);
-        }
+        let (crls, crl_next_updates) = parse_crls(cfg, &files[3..])?;
         let crl_count = crls.len();
-
-        // By default revocation is checked for the sender's own certificate, and a sender whose
-        // CA has no CRL configured is not refused for that (the CA bundle may mix CAs with and
-        // without CRLs); tls.revocation tightens both.
-        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(crls);
-        let r = cfg.revocation;
-        let webpki = if r.depth == RevocationDepth::EndEntity {
-            webpki.only_check_end_entity_revocation()
-        } else {
-            webpki
-        };
-        let webpki = if r.unknown_status == Policy::Allow {
-            webpki.allow_unknown_revocation_status()
-        } else {
-            webpki
-        };
-        let webpki = if r.expired_crl == Policy::Deny {
-            webpki.enforce_revocation_expiration()
-        } else {
-            webpki
-        };
-        let webpki = webpki.build().map_err(|e| {
-            let (key, path) = if cfg.crl.is_empty() {
-                ("tls.client_ca", &cfg.client_ca)
-            } else {
-                ("tls.crl", &cfg.crl[0])
-            };
-            err(key, path, format!("client verifier: {e}"))
-        })?;
-        let verifier = Arc::new(RecordingVerifier { inner: webpki });
+        let verifier = client_verifier(cfg, roots, crls, &provider)?;
 
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -385,6 +343,75 @@ impl TlsMaterial {
             fingerprint: files,
         })
     }
+}
+
+/// The CRLs of `cfg` (PEM or DER) and the nextUpdate of each.
+#[allow(clippy::type_complexity)]
+fn parse_crls(
+    cfg: &TlsConfig,
+    files: &[Vec<u8>],
+) -> Result<
+    (
+        Vec<CertificateRevocationListDer<'static>>,
+        Vec<(PathBuf, Option<i64>)>,
+    ),
+    TlsError,
+> {
+    let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
+    let mut crls = Vec::with_capacity(cfg.crl.len());
+    let mut crl_next_updates = Vec::with_capacity(cfg.crl.len());
+    for (path, bytes) in cfg.crl.iter().zip(files) {
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::from_pem_slice(bytes)
+                .map_err(|e| err("tls.crl", path, format!("no PEM X509 CRL ({e})")))?
+        } else {
+            CertificateRevocationListDer::from(bytes.clone())
+        };
+        let next = crl_next_update(der.as_ref()).map_err(|r| err("tls.crl", path, r))?;
+        crl_next_updates.push((path.clone(), next));
+        crls.push(der);
+    }
+    Ok((crls, crl_next_updates))
+}
+
+/// The client certificate verifier: `client_ca`, the CRLs and `tls.revocation`.
+fn client_verifier(
+    cfg: &TlsConfig,
+    roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<RecordingVerifier>, TlsError> {
+    let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
+    // By default revocation is checked for the sender's own certificate, and a sender whose
+    // CA has no CRL configured is not refused for that (the CA bundle may mix CAs with and
+    // without CRLs); tls.revocation tightens both.
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls);
+    let r = cfg.revocation;
+    let webpki = if r.depth == RevocationDepth::EndEntity {
+        webpki.only_check_end_entity_revocation()
+    } else {
+        webpki
+    };
+    let webpki = if r.unknown_status == Policy::Allow {
+        webpki.allow_unknown_revocation_status()
+    } else {
+        webpki
+    };
+    let webpki = if r.expired_crl == Policy::Deny {
+        webpki.enforce_revocation_expiration()
+    } else {
+        webpki
+    };
+    let webpki = webpki.build().map_err(|e| {
+        let (key, path) = if cfg.crl.is_empty() {
+            ("tls.client_ca", &cfg.client_ca)
+        } else {
+            ("tls.crl", &cfg.crl[0])
+        };
+        err(key, path, format!("client verifier: {e}"))
+    })?;
+    Ok(Arc::new(RecordingVerifier { inner: webpki }))
 }
 
 /// Reads every file of `cfg` in a fixed order: certificate, key, client CA, CRLs.

@@ -1,0 +1,421 @@
+//! Configuration: YAML → raw serde structs (`deny_unknown_fields`) → a validated [`Config`].
+//!
+//! The public schema lives here; [`raw`] is the file as written (serde, defaults),
+//! [`validate`] turns it into these types section by section, and [`locate`] finds a key's
+//! line for error messages. Reloading is the same load and validation.
+//!
+//! This is the only module that knows the YAML crate. Everything downstream receives typed
+//! values (socket addresses, durations, absolute paths), so a mistake in the file is reported
+//! once, at start-up, with the key path that holds it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use locate::line_of;
+use raw::RawConfig;
+
+mod locate;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+/// Where `run` and `check` look when neither `-c` nor `$MLLP_PROXY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mllp-proxy/mllp-proxy.yaml";
+
+/// A configuration error: the key path that holds the mistake and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file itself could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML did not parse or did not fit the schema (serde names the key path).
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    /// An `Invalid` value found in a file: named with the file and, when it can be found, the
+    /// line, as the YAML parser does for syntax errors.
+    #[error("{path}: {key}: {reason}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    InFile {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The validated configuration of one proxy process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The admin HTTP server (metrics and probes).
+    pub admin: AdminConfig,
+    /// Log output format and default level.
+    pub logging: LoggingConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// How long a stop waits for in-flight exchanges.
+    pub shutdown: ShutdownConfig,
+    /// One listener per route, each forwarding to its own upstream.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The audit trail: who sent which message when, and what became of it.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// One record per message (sessions and refused handshakes are always recorded).
+    pub messages: bool,
+    /// Where records go: `None` into the log, else appended to this file.
+    pub file: Option<PathBuf>,
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// `/readyz` is 503 while a route has no target up.
+    pub ready_requires_upstream: bool,
+    /// Admin connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Serve the admin endpoints over TLS (mutual TLS with a client CA).
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// TLS of the admin server.
+#[derive(Debug, Clone)]
+pub struct AdminTlsConfig {
+    /// PEM chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub private_key: PathBuf,
+    /// PEM bundle of the CAs of scrapers' client certificates; `None`: no client certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// Default level (`trace`, `debug`, `info`, `warn` or `error`), overridden by `RUST_LOG`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable single lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// Upper bound on the drain after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+}
+
+/// One listening port, its TLS policy and the legacy engine behind it.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Bounded metric label and log field; `[a-z0-9_-]+`.
+    pub name: String,
+    /// Where senders connect (TLS).
+    pub listen: SocketAddr,
+    /// Server certificate, client CA and revocation lists.
+    pub tls: TlsConfig,
+    /// Identities admitted after verification; empty admits every verified certificate.
+    pub allowed_clients: Vec<ClientMatcher>,
+    /// The legacy engine.
+    pub upstream: UpstreamConfig,
+    /// What the sender sees when the engine fails.
+    pub on_upstream_failure: FailureMode,
+    /// Which messages are accepted for forwarding.
+    pub validation: ValidationConfig,
+    /// Bounds on connections and on how long a peer may hold one.
+    pub limits: LimitsConfig,
+}
+
+/// TLS material of a route. Paths are absolute (resolved against the configuration file).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub private_key: PathBuf,
+    /// PEM bundle of the CAs that issue sender certificates.
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists, PEM or DER.
+    pub crl: Vec<PathBuf>,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// How often the files are compared with the material in service.
+    pub reload_interval: Duration,
+    /// rustls names of the cipher suites offered; empty: the provider's defaults.
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups offered (`secp256r1`, `X25519MLKEM768`, …); empty: the defaults.
+    pub groups: Vec<String>,
+    /// How CRLs are applied.
+    pub revocation: RevocationConfig,
+}
+
+/// How certificate revocation lists are applied to client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// Which certificates of the chain are checked.
+    pub depth: RevocationDepth,
+    /// A certificate whose issuer has no CRL configured.
+    pub unknown_status: Policy,
+    /// A CRL past its nextUpdate.
+    pub expired_crl: Policy,
+}
+
+/// Which certificates revocation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationDepth {
+    /// The sender's own certificate only.
+    #[default]
+    EndEntity,
+    /// Every certificate of the chain below the root.
+    Chain,
+}
+
+/// Admit or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Admit.
+    #[default]
+    Allow,
+    /// Refuse.
+    Deny,
+}
+
+/// Lowest accepted TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// One entry of `allowed_clients`; a client is admitted when any entry matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatcher {
+    /// Subject common name, exact.
+    Cn(String),
+    /// DNS SAN, exact or `*.` for exactly one leading label.
+    Dns(String),
+    /// URI SAN, exact (SPIFFE IDs).
+    Uri(String),
+    /// e-mail SAN, exact (case-insensitive).
+    Email(String),
+}
+
+/// The legacy engine targets of a route.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The engine's addresses, in order of preference.
+    pub targets: Vec<String>,
+    /// Bound on one TCP connect.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for the engine's ACK after forwarding.
+    pub ack_timeout: Duration,
+    /// How a new connection picks among healthy targets.
+    pub balance: Balance,
+    /// Pooled connections shared by all sessions of the route; 0 = no limit.
+    pub max_connections: usize,
+    /// Longest wait for a pooled connection before the exchange fails (kind `queue`).
+    pub queue_timeout: Duration,
+    /// An idle pooled connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Interval of the TCP probe of targets the pool holds no connection to; `None` = off.
+    pub health_check_interval: Option<Duration>,
+}
+
+/// How a new upstream connection picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The first healthy target in configuration order (primary/standby).
+    #[default]
+    Failover,
+    /// Healthy targets in turn.
+    RoundRobin,
+}
+
+/// Behaviour when the engine cannot be reached or answers wrongly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Close the sender's connection without an ACK, so it resends.
+    #[default]
+    Close,
+    /// Answer AR (CR in enhanced mode) and keep the connection.
+    Nak,
+}
+
+impl FailureMode {
+    /// The word of the configuration file.
+    pub fn word(self) -> &'static str {
+        match self {
+            FailureMode::Close => "close",
+            FailureMode::Nak => "nak",
+        }
+    }
+
+    /// Parses the word of the configuration file (for command-line flags).
+    pub fn parse(word: &str) -> Result<Self, String> {
+        [FailureMode::Close, FailureMode::Nak]
+            .into_iter()
+            .find(|m| m.word() == word)
+            .ok_or_else(|| format!("{word:?}: expected close or nak"))
+    }
+}
+
+/// Validation policy of a route.
+#[derive(Debug, Clone)]
+pub struct ValidationConfig {
+    /// How much of HL7 is checked.
+    pub mode: ValidationMode,
+    /// Largest message accepted, excluding framing bytes.
+    pub max_message_bytes: usize,
+    /// Allowed `MSH-9` types (`ADT^A01`, `ORU^*`); empty allows all.
+    pub message_types: Vec<String>,
+    /// Allowed `MSH-12` versions; empty allows all.
+    pub versions: Vec<String>,
+    /// Allowed `MSH-11` processing IDs; empty allows all.
+    pub processing_ids: Vec<String>,
+}
+
+/// How much of HL7 is checked before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationMode {
+    /// Full header and segment checks.
+    Strict,
+    /// Strict, but `\n`/`\r\n` terminators are accepted and normalised.
+    Lenient,
+    /// Framing and size only.
+    Off,
+}
+
+/// Per-route bounds.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Open connections at once; excess ones are closed right after accept.
+    pub max_connections: usize,
+    /// Bound on the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A started frame must end within this.
+    pub frame_timeout: Duration,
+    /// A connection with no frame in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// The kernel's accept queue for the listener (capped by net.core.somaxconn).
+    pub listen_backlog: u32,
+    /// Sessions and handshakes from one IP address at once; 0 = no limit.
+    pub max_connections_per_source: usize,
+    /// Connections still in the TLS handshake, all sources; 0 = no limit.
+    pub max_pending_handshakes: usize,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; relative paths inside resolve against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::from_yaml(&text, &base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
+            ConfigError::Invalid { key, reason } => ConfigError::InFile {
+                path: path.to_path_buf(),
+                line: line_of(&text, &key),
+                key,
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates YAML text; `base_dir` anchors relative file paths.
+    pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        raw.validate(base_dir)
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        })
+    }
+}
+
+impl fmt::Display for ClientMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientMatcher::Cn(v) => write!(f, "cn={v}"),
+            ClientMatcher::Dns(v) => write!(f, "dns={v}"),
+            ClientMatcher::Uri(v) => write!(f, "uri={v}"),
+            ClientMatcher::Email(v) => write!(f, "email={v}"),
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `1h` (an integer and a unit; no unit is an error).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (write 500ms, 30s, 15m or 1h)"))?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (write 500ms, 30s, 15m or 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}

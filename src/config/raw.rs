@@ -1,0 +1,247 @@
+//! The configuration file exactly as written: serde structs that refuse unknown keys, and the
+//! defaults of every optional key.
+
+use serde::Deserialize;
+
+use super::{Balance, FailureMode, LogFormat, RevocationConfig, ValidationMode};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) logging: RawLogging,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) shutdown: RawShutdown,
+    pub(super) routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAudit {
+    pub(super) messages: bool,
+    pub(super) file: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            messages: true,
+            file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdmin {
+    pub(super) listen: String,
+    pub(super) ready_requires_upstream: bool,
+    pub(super) max_connections: u32,
+    pub(super) tls: RawAdminTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdminTls {
+    pub(super) certificate: String,
+    pub(super) private_key: String,
+    pub(super) client_ca: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLogging {
+    pub(super) format: LogFormat,
+    pub(super) level: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawShutdown {
+    pub(super) drain_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: String,
+    pub(super) listen: String,
+    pub(super) tls: RawTls,
+    #[serde(default)]
+    pub(super) allowed_clients: Vec<RawClientMatcher>,
+    pub(super) upstream: RawUpstream,
+    #[serde(default)]
+    pub(super) on_upstream_failure: FailureMode,
+    #[serde(default)]
+    pub(super) validation: RawValidation,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificate: String,
+    pub(super) private_key: String,
+    pub(super) client_ca: String,
+    #[serde(default)]
+    pub(super) crl: Vec<String>,
+    #[serde(default = "RawTls::default_min_version")]
+    pub(super) min_version: String,
+    #[serde(default = "RawTls::default_reload_interval")]
+    pub(super) reload_interval: String,
+    #[serde(default)]
+    pub(super) cipher_suites: Vec<String>,
+    #[serde(default)]
+    pub(super) groups: Vec<String>,
+    #[serde(default)]
+    pub(super) revocation: RevocationConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientMatcher {
+    pub(super) cn: Option<String>,
+    pub(super) dns: Option<String>,
+    pub(super) uri: Option<String>,
+    pub(super) email: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) targets: Vec<String>,
+    #[serde(default = "RawUpstream::default_connect_timeout")]
+    pub(super) connect_timeout: String,
+    #[serde(default = "RawUpstream::default_ack_timeout")]
+    pub(super) ack_timeout: String,
+    #[serde(default)]
+    pub(super) balance: Balance,
+    #[serde(default)]
+    pub(super) max_connections: u32,
+    #[serde(default = "RawUpstream::default_queue_timeout")]
+    pub(super) queue_timeout: String,
+    #[serde(default = "RawUpstream::default_idle_timeout")]
+    pub(super) idle_timeout: String,
+    #[serde(default = "RawUpstream::default_health_check_interval")]
+    pub(super) health_check_interval: DurationOrOff,
+}
+
+/// A duration that may be written `0` (off) as well as `10s`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum DurationOrOff {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawValidation {
+    pub(super) mode: ValidationMode,
+    pub(super) max_message_bytes: u64,
+    pub(super) message_types: Vec<String>,
+    pub(super) versions: Vec<String>,
+    pub(super) processing_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    pub(super) max_connections: u64,
+    pub(super) handshake_timeout: String,
+    pub(super) frame_timeout: String,
+    pub(super) idle_timeout: String,
+    pub(super) listen_backlog: u32,
+    pub(super) max_connections_per_source: u32,
+    pub(super) max_pending_handshakes: u32,
+}
+
+// The defaults, one place per section (docs/configuration.md lists the same values).
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9575".into(),
+            ready_requires_upstream: false,
+            max_connections: 64,
+            tls: RawAdminTls::default(),
+        }
+    }
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: "30s".into(),
+        }
+    }
+}
+
+// RawTls and RawUpstream have required keys, so no `Default`: their optional keys default
+// one by one.
+impl RawTls {
+    fn default_min_version() -> String {
+        "1.2".into()
+    }
+    fn default_reload_interval() -> String {
+        "30s".into()
+    }
+}
+
+impl RawUpstream {
+    fn default_connect_timeout() -> String {
+        "5s".into()
+    }
+    fn default_ack_timeout() -> String {
+        "30s".into()
+    }
+    fn default_queue_timeout() -> String {
+        "30s".into()
+    }
+    fn default_idle_timeout() -> String {
+        "60s".into()
+    }
+    fn default_health_check_interval() -> DurationOrOff {
+        DurationOrOff::Text("10s".into())
+    }
+}
+
+impl Default for RawValidation {
+    fn default() -> Self {
+        Self {
+            mode: ValidationMode::Strict,
+            max_message_bytes: 1_048_576,
+            message_types: Vec::new(),
+            versions: Vec::new(),
+            processing_ids: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: "10s".into(),
+            frame_timeout: "60s".into(),
+            idle_timeout: "15m".into(),
+            listen_backlog: 1024,
+            max_connections_per_source: 64,
+            max_pending_handshakes: 256,
+        }
+    }
+}

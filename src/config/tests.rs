@@ -1,0 +1,177 @@
+//! Configuration cases as inline YAML.
+
+use super::validate::{addr, expand_env};
+use super::*;
+
+const MINIMAL: &str = r#"
+routes:
+  - name: lab
+    listen: "127.0.0.1:2575"
+    tls:
+      certificate: tls/server.crt
+      private_key: tls/server.key
+      client_ca: tls/ca.crt
+    upstream:
+      targets: ["127.0.0.1:3575"]
+"#;
+
+fn err(yaml: &str) -> String {
+    match Config::from_yaml(yaml, Path::new("/etc/mllp")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn minimal_file_gets_documented_defaults() {
+    let c = Config::from_yaml(MINIMAL, Path::new("/etc/mllp")).unwrap();
+    assert_eq!(c.admin.listen, "127.0.0.1:9575".parse().unwrap());
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+    let r = &c.routes[0];
+    assert_eq!(r.tls.certificate, PathBuf::from("/etc/mllp/tls/server.crt"));
+    assert_eq!(r.tls.min_version, TlsVersion::Tls12);
+    assert_eq!(r.on_upstream_failure, FailureMode::Close);
+    assert_eq!(r.validation.mode, ValidationMode::Strict);
+    assert_eq!(r.validation.max_message_bytes, 1_048_576);
+    assert_eq!(r.limits.max_connections, 1024);
+    assert_eq!(r.limits.listen_backlog, 1024);
+    assert_eq!(r.limits.max_connections_per_source, 64);
+    assert_eq!(r.limits.max_pending_handshakes, 256);
+    assert_eq!(c.logging.level, "info");
+    let u = &r.upstream;
+    assert_eq!(u.balance, Balance::Failover);
+    assert_eq!(u.max_connections, 0);
+    assert_eq!(u.queue_timeout, Duration::from_secs(30));
+    assert_eq!(u.idle_timeout, Duration::from_secs(60));
+    assert_eq!(u.health_check_interval, Some(Duration::from_secs(10)));
+    assert!(!c.admin.ready_requires_upstream);
+    assert!(c.audit.messages && c.audit.file.is_none());
+    assert_eq!(c.admin.max_connections, 64);
+    assert!(c.admin.tls.is_none());
+    for off in ["0", "\"0\"", "0s"] {
+        let yaml = MINIMAL.replace(
+                "targets: [\"127.0.0.1:3575\"]",
+                &format!("targets: [\"127.0.0.1:3575\"]\n      health_check_interval: {off}\n      balance: round_robin"),
+            );
+        let c = Config::from_yaml(&yaml, Path::new("/etc/mllp")).unwrap();
+        assert_eq!(c.routes[0].upstream.health_check_interval, None, "{off}");
+        assert_eq!(c.routes[0].upstream.balance, Balance::RoundRobin);
+    }
+    let warning = MINIMAL.replace("routes:", "logging: { level: WARNING }\nroutes:");
+    let c = Config::from_yaml(&warning, Path::new("/etc/mllp")).unwrap();
+    assert_eq!(c.logging.level, "warn");
+    assert_eq!(r.limits.idle_timeout, Duration::from_secs(900));
+    assert_eq!(r.upstream.ack_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let yaml = MINIMAL.replace(
+        "client_ca: tls/ca.crt",
+        "client_ca: tls/ca.crt\n      cliant: x",
+    );
+    let e = err(&yaml);
+    assert!(e.contains("routes[0].tls"), "{e}");
+    assert!(e.contains("cliant"), "{e}");
+}
+
+#[test]
+fn semantic_errors_are_located_in_the_file() {
+    let text = "admin:\n  listen: \"127.0.0.1:9575\"\nroutes:\n  - name: lab\n    listen: \"127.0.0.1:2575\"\n    tls: { certificate: c, private_key: k }\n    upstream:\n      targets:\n        - \"127.0.0.1:1\"\n        - engine\n  - name: adt\n    upstream:\n      targets: [\"a:1\", \"b\"]\n      ack_timeout: 30\n";
+    assert_eq!(line_of(text, "admin.listen"), Some(2));
+    assert_eq!(line_of(text, "routes[0].name"), Some(4));
+    assert_eq!(line_of(text, "routes[0].tls.private_key"), Some(6));
+    assert_eq!(line_of(text, "routes[0].upstream.targets[1]"), Some(10));
+    assert_eq!(line_of(text, "routes[1].upstream.targets[1]"), Some(13));
+    assert_eq!(line_of(text, "routes[1].upstream.ack_timeout"), Some(14));
+    // Not under route 0: no line rather than route 1's.
+    assert_eq!(line_of(text, "routes[0].upstream.ack_timeout"), None);
+    assert_eq!(line_of(text, "routes[2].name"), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, MINIMAL.replace("\"127.0.0.1:3575\"", "\"engine\"")).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    let head = format!("{}: routes[0].upstream.targets[0]: ", path.display());
+    assert!(e.starts_with(&head) && e.ends_with(" (line 10)"), "{e}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        (
+            "listen: \"127.0.0.1:2575\"",
+            "listen: \"nowhere\"",
+            "routes[0].listen",
+        ),
+        ("name: lab", "name: Lab Results", "routes[0].name"),
+        (
+            "targets: [\"127.0.0.1:3575\"]",
+            "targets: [\"127.0.0.1:3575\"]\n      ack_timeout: 30",
+            "routes[0].upstream.ack_timeout",
+        ),
+        (
+            "targets: [\"127.0.0.1:3575\"]",
+            "targets: [\"engine\"]",
+            "routes[0].upstream.targets[0]",
+        ),
+        (
+            "targets: [\"127.0.0.1:3575\"]",
+            "targets: []",
+            "routes[0].upstream.targets",
+        ),
+        (
+            "targets: [\"127.0.0.1:3575\"]",
+            "targets: [\"127.0.0.1:3575\"]\n    limits: { listen_backlog: 0 }",
+            "routes[0].limits.listen_backlog",
+        ),
+        (
+            "routes:",
+            "logging: { level: verbose }\nroutes:",
+            "logging.level",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let e = err(&MINIMAL.replace(from, to));
+        assert!(e.starts_with(key), "{key}: {e}");
+    }
+}
+
+#[test]
+fn allow_list_entries_take_one_kind() {
+    let yaml = MINIMAL.replace(
+            "    upstream:",
+            "    allowed_clients:\n      - dns: \"*.lab.example.org\"\n      - uri: spiffe://h/lab\n      - cn: x\n        dns: y\n    upstream:",
+        );
+    let e = err(&yaml);
+    assert!(e.starts_with("routes[0].allowed_clients[2]"), "{e}");
+}
+
+#[test]
+fn listen_addresses_expand_environment_variables() {
+    // PATH is set in every test environment; an address made from it is not an address.
+    let e = addr("routes[0].listen", "${PATH}:2575")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("routes[0].listen: `${PATH}:2575` (`"), "{e}");
+    let e = addr("admin.listen", "${MLLP_PROXY_SURELY_UNSET_VAR}:1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MLLP_PROXY_SURELY_UNSET_VAR"), "{e}");
+    assert_eq!(
+        expand_env("k", "a${PATH}b").unwrap(),
+        format!("a{}b", std::env::var("PATH").unwrap())
+    );
+    assert!(expand_env("k", "${OPEN").is_err());
+    assert_eq!(addr("k", "127.0.0.1:2575").unwrap().port(), 2575);
+}
+
+#[test]
+fn durations_need_a_unit() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert!(parse_duration("30").is_err());
+    assert!(parse_duration("s").is_err());
+    assert!(parse_duration("3d").is_err());
+}
