@@ -15,9 +15,7 @@ const T: Duration = Duration::from_secs(10);
 async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
     // One sender, 1,000 messages: the engine sees each byte-identical and in order, and every
     // ACK the sender gets carries the matching MSA-2.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new().start().await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let sent: Vec<Vec<u8>> = (0..1000).map(|i| adt(&format!("ONE-{i:04}"))).collect();
     for (i, msg) in sent.iter().enumerate() {
@@ -48,9 +46,7 @@ async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_senders_are_each_served_in_order() {
     // 20 senders × 50 messages at once: per connection, order and correlation hold.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new().start().await;
     let mut tasks = Vec::new();
     for c in 0..20 {
         let target = pki.target(proxy.routes[0].1, ClientCert::Good);
@@ -103,9 +99,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
 async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_read() {
     // No certificate, a certificate from another CA, an expired one: the handshake fails, the
     // sender gets no answer, and the engine sees nothing.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new().start().await;
     for (which, reason) in [
         (ClientCert::None, "no_client_cert"),
         (ClientCert::OtherCa, "unknown_ca"),
@@ -136,12 +130,18 @@ async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_r
 /// Sends one message through a proxy whose engine misbehaves as `bad`, in `mode`, and checks
 /// the sender never sees a positive ACK; then the engine recovers and delivery resumes.
 async fn upstream_failure_case(bad: Behaviour, mode: &str) {
-    let pki = Pki::new();
-    let engine = Engine::start(bad).await;
-    let extra = format!("    on_upstream_failure: {mode}\n");
-    let mut cfg = pki.config(&[engine.target()], &extra);
-    cfg.routes[0].upstream.ack_timeout = Duration::from_millis(500);
-    let proxy = start_proxy(cfg).await;
+    let ack_timeout = match bad {
+        Behaviour::Silent => Duration::from_millis(500),
+        _ => Duration::from_secs(5),
+    };
+    let World { pki, engine, proxy } = Harness::new()
+        .engine(bad)
+        .route_yaml(&format!("    on_upstream_failure: {mode}\n"))
+        // Short only where the test waits it out: on a loaded machine an engine that closes
+        // or answers wrongly could otherwise miss a short deadline and fail as a timeout.
+        .edit(move |cfg| cfg.routes[0].upstream.ack_timeout = ack_timeout)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let answer = client.exchange(&adt("FAIL-1"), T).await;
     match mode {
@@ -239,10 +239,10 @@ async fn engine_refusing_connections_then_coming_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_target_takes_over_when_the_first_is_down() {
     // Targets are tried in order: the first refuses, the second delivers.
-    let pki = Pki::new();
-    let down = unused_addr().await;
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[down.to_string(), engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .target_before(unused_addr().await)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let ack = client.exchange(&adt("FO-1"), T).await.expect("ACK");
     assert_eq!(msa(&ack), ("AA".into(), "FO-1".into()));
@@ -252,9 +252,10 @@ async fn second_target_takes_over_when_the_first_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_that_closes_after_every_ack_does_not_fail_the_next_message() {
     // A quirky engine closes after each ACK: the proxy notices before reuse and reconnects.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::CloseAfterAck).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .engine(Behaviour::CloseAfterAck)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     for i in 0..20 {
         let id = format!("Q-{i}");
@@ -271,9 +272,10 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
     // (the race of an engine closing idle connections). The proxy resends it once on a fresh
     // connection; the sender gets the engine's AA. The engine sees that message twice, as
     // documented in docs/behaviour.md.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::CloseOnSecondMessage).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .engine(Behaviour::CloseOnSecondMessage)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     for id in ["R-1", "R-2", "R-3"] {
         let ack = client.exchange(&adt(id), T).await.expect("ACK");
@@ -338,11 +340,10 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
 async fn framing_quirks_are_absorbed() {
     // A frame split byte by byte, two frames in one write, garbage between frames, and an
     // oversize frame (NAKed, and the connection still usable afterwards).
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].validation.max_message_bytes = 2048;
-    let proxy = start_proxy(cfg).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .edit(|cfg| cfg.routes[0].validation.max_message_bytes = 2048)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
 
     let wire = MllpCodec::frame(&adt("SPLIT-1"));
@@ -398,11 +399,10 @@ async fn framing_quirks_are_absorbed() {
 async fn oversize_frame_without_a_readable_header_closes_the_connection() {
     // Not even MSH in the first bytes: there is nobody to address a NAK to, so the connection
     // is closed and the sender resends (or its operator looks).
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].validation.max_message_bytes = 1024;
-    let proxy = start_proxy(cfg).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .edit(|cfg| cfg.routes[0].validation.max_message_bytes = 1024)
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let answer = client.exchange(&vec![b'z'; 100_000], T).await;
     assert!(answer.is_err(), "{answer:?}");

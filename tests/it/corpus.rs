@@ -16,20 +16,7 @@ fn data_dir() -> std::path::PathBuf {
 
 /// `\r\n` and `\n` to `\r`, and a final `\r`: what lenient mode may change, and nothing else.
 fn normalised(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(if data[i] == b'\n' { b'\r' } else { data[i] });
-        i += 1;
-    }
-    if out.last() != Some(&b'\r') {
-        out.push(b'\r');
-    }
-    out
+    mllp_proxy::hl7::normalise_terminators(data).into_owned()
 }
 
 /// MSA-1 and the ERR table 0357 code of a NAK (ERR-3 from v2.5, ERR-1.4 before).

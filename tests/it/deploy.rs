@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use mllp_proxy::config::Config;
 use mllp_proxy::metrics::Metrics;
+use serde::Deserialize;
+
+use crate::support::promtool;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -173,13 +176,13 @@ fn alert_rules_dashboard_and_docs_use_real_metric_names() {
 fn every_configuration_key_is_documented() {
     // Field names of the raw configuration structs (what the YAML may contain) all appear in
     // docs/configuration.md as `key` or `section.key`.
-    let source = read("src/config.rs");
+    let source = read("src/config/raw.rs");
     let docs = read("docs/configuration.md");
     let mut keys = BTreeSet::new();
     let mut in_raw = false;
     for line in source.lines() {
         let t = line.trim();
-        if t.starts_with("struct Raw") && t.ends_with('{') {
+        if t.starts_with("pub(super) struct Raw") && t.ends_with('{') {
             in_raw = true;
             continue;
         }
@@ -187,9 +190,9 @@ fn every_configuration_key_is_documented() {
             in_raw = false;
         }
         if in_raw
-            && let Some((name, _)) = t.split_once(':')
-            && !name.starts_with("#")
-            && !name.starts_with("//")
+            && let Some((name, _)) = t
+                .strip_prefix("pub(super) ")
+                .and_then(|f| f.split_once(':'))
         {
             keys.insert(name.trim().to_string());
         }
@@ -203,4 +206,153 @@ fn every_configuration_key_is_documented() {
         missing.is_empty(),
         "undocumented configuration keys: {missing:?}"
     );
+    // The example configuration shows every key (the optional ones commented out).
+    let example = read("examples/mllp-proxy.yaml");
+    let absent: Vec<_> = keys
+        .iter()
+        .filter(|k| {
+            !example.lines().any(|l| {
+                let l = l
+                    .trim_start()
+                    .trim_start_matches("# ")
+                    .trim_start_matches("- ");
+                l.starts_with(&format!("{k}:"))
+            })
+        })
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "examples/mllp-proxy.yaml lacks {absent:?}"
+    );
+}
+
+/// The `job` label each shipped scrape path gives its targets: prometheus.yml's scrape
+/// configs (their `job_name`, unless a relabeling sets `job`) and the Prometheus Operator's
+/// ServiceMonitors (a relabeling of `job`, else the Service label `jobLabel` names, else the
+/// Service's name, as the operator does).
+fn shipped_jobs() -> Vec<(String, String)> {
+    use serde_yaml::Value;
+    let relabeled = |rules: Option<&Value>, target: &str, replacement: &str| {
+        rules?.as_sequence()?.iter().find_map(|r| {
+            (r.get(target)?.as_str()? == "job")
+                .then(|| r.get(replacement)?.as_str().map(str::to_string))?
+        })
+    };
+    let mut jobs = Vec::new();
+    let prom: Value =
+        serde_yaml::from_str(&read("deploy/prometheus/prometheus.yml")).expect("yaml");
+    for sc in prom["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+    {
+        let name = sc["job_name"].as_str().expect("job_name").to_string();
+        let job = relabeled(sc.get("relabel_configs"), "target_label", "replacement")
+            .unwrap_or_else(|| name.clone());
+        jobs.push((format!("prometheus.yml job {name}"), job));
+    }
+    for folder in ["deploy/kubernetes/scaled", "deploy/kubernetes/sidecar"] {
+        let docs: Vec<Value> = std::fs::read_dir(repo().join(folder))
+            .expect("folder")
+            .flat_map(|e| {
+                let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
+                serde_yaml::Deserializer::from_str(&text)
+                    .map(|d| Value::deserialize(d).expect("yaml"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let kind = |d: &Value, k: &str| d["kind"].as_str() == Some(k);
+        for monitor in docs.iter().filter(|d| kind(d, "ServiceMonitor")) {
+            let selector = &monitor["spec"]["selector"]["matchLabels"];
+            let selected = |svc: &&Value| {
+                selector
+                    .as_mapping()
+                    .expect("matchLabels")
+                    .iter()
+                    .all(|(k, v)| {
+                        svc["metadata"]["labels"].get(k.as_str().unwrap_or_default()) == Some(v)
+                    })
+            };
+            for endpoint in monitor["spec"]["endpoints"]
+                .as_sequence()
+                .expect("endpoints")
+            {
+                let port = endpoint["port"].as_str().expect("port");
+                let has_port = |svc: &&Value| {
+                    svc["spec"]["ports"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p["name"].as_str() == Some(port))
+                };
+                for svc in docs
+                    .iter()
+                    .filter(|d| kind(d, "Service"))
+                    .filter(selected)
+                    .filter(has_port)
+                {
+                    let job = relabeled(endpoint.get("relabelings"), "targetLabel", "replacement")
+                        .or_else(|| {
+                            let label = monitor["spec"].get("jobLabel")?.as_str()?;
+                            svc["metadata"]["labels"]
+                                .get(label)?
+                                .as_str()
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_else(|| {
+                            svc["metadata"]["name"].as_str().expect("name").to_string()
+                        });
+                    jobs.push((
+                        format!(
+                            "{folder} ServiceMonitor, Service {}",
+                            svc["metadata"]["name"].as_str().unwrap_or("?")
+                        ),
+                        job,
+                    ));
+                }
+            }
+        }
+    }
+    jobs
+}
+
+#[test]
+fn every_shipped_scrape_path_produces_a_job_the_down_alert_selects() {
+    // An alert on up{job="mllp-proxy"} fires only for targets scraped under that job; the
+    // Prometheus Operator names a ServiceMonitor's job after the Service unless told
+    // otherwise. Each job the shipped files produce is fed to promtool with its target down:
+    // MllpProxyDown must fire for every one.
+    let jobs = shipped_jobs();
+    assert!(jobs.len() >= 4, "{jobs:?}");
+    let Some(promtool) = promtool() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        repo().join("deploy/prometheus/mllp-proxy.rules.yml"),
+        dir.path().join("rules.yml"),
+    )
+    .expect("copy");
+    let names: BTreeSet<&str> = jobs.iter().map(|(_, j)| j.as_str()).collect();
+    for job in names {
+        let test = format!(
+            "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'up{{job=\"{job}\",instance=\"p1:9575\"}}'\n        values: '0x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: MllpProxyDown\n        exp_alerts:\n          - exp_labels: {{ severity: critical, job: \"{job}\", instance: \"p1:9575\" }}\n            exp_annotations:\n              summary: \"mllp-proxy p1:9575 is down\"\n              description: \"Prometheus cannot scrape p1:9575 for 2 minutes. Senders behind it cannot deliver; check the process or pod.\"\n"
+        );
+        let path = dir.path().join(format!("{job}.test.yml"));
+        std::fs::write(&path, test).expect("write test");
+        let out = std::process::Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool");
+        let from: Vec<_> = jobs
+            .iter()
+            .filter(|(_, j)| j == job)
+            .map(|(w, _)| w)
+            .collect();
+        assert!(
+            out.status.success(),
+            "MllpProxyDown does not fire for job {job} (from {from:?}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

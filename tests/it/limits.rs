@@ -27,11 +27,14 @@ async fn wait_closed(tcp: &mut TcpStream) -> Duration {
 async fn silent_and_non_tls_peers_are_closed_and_counted() {
     // A peer that connects and says nothing is closed after handshake_timeout; one that speaks
     // plain MLLP to the TLS port is refused at once.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].limits.handshake_timeout = Duration::from_millis(300);
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki: _pki,
+        engine,
+        proxy,
+    } = Harness::new()
+        .edit(|cfg| cfg.routes[0].limits.handshake_timeout = Duration::from_millis(300))
+        .start()
+        .await;
     let addr = proxy.routes[0].1;
 
     let mut silent = TcpStream::connect(addr).await.expect("connect");
@@ -70,11 +73,14 @@ async fn silent_and_non_tls_peers_are_closed_and_counted() {
 async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
     // max_connections 2: a third sender is closed right after accept; when one leaves, a new
     // sender gets in.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].limits.max_connections = 2;
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new()
+        .edit(|cfg| cfg.routes[0].limits.max_connections = 2)
+        .start()
+        .await;
     let mut a = connect(&pki, &proxy, ClientCert::Good).await;
     let mut b = connect(&pki, &proxy, ClientCert::Good).await;
     a.exchange(&adt("A-1"), T).await.expect("a served");
@@ -105,11 +111,10 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_senders_are_closed_after_idle_timeout() {
     // A sender that goes quiet between messages is disconnected after idle_timeout.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].limits.idle_timeout = Duration::from_millis(300);
-    let proxy = start_proxy(cfg).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .edit(|cfg| cfg.routes[0].limits.idle_timeout = Duration::from_millis(300))
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     client.exchange(&adt("IDLE-1"), T).await.expect("served");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -122,11 +127,10 @@ async fn idle_senders_are_closed_after_idle_timeout() {
 async fn a_frame_dribbled_byte_by_byte_is_cut_at_frame_timeout() {
     // A slow-loris sender keeps sending one byte every 50 ms but never ends the frame: the
     // connection is closed once frame_timeout has passed since the frame started.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].limits.frame_timeout = Duration::from_millis(500);
-    let proxy = start_proxy(cfg).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .edit(|cfg| cfg.routes[0].limits.frame_timeout = Duration::from_millis(500))
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let started = Instant::now();
     client
@@ -232,10 +236,12 @@ async fn memory_goes_back_down_after_a_burst_of_idle_connections() {
     // 1,500 senders connect, send one message each and stay; then all leave. The proxy's RSS
     // grows while they are held, and is back within 2x of its start a few seconds after they
     // left (glibc alone kept the peak: docs/performance.md).
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
     let extra = "    limits: { max_connections: 4000, max_connections_per_source: 0 }\n";
-    let proxy = spawn_json_proxy(&pki, &engine, extra);
+    let BinaryWorld {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new().route_yaml(extra).spawn_json().await;
     let pid = proxy.child.id();
     let start = rss_kib(pid);
     let target = pki.target(proxy.addr, ClientCert::Good);

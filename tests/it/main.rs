@@ -8,6 +8,7 @@ mod corpus;
 mod deploy;
 mod interop;
 mod limits;
+mod logging;
 mod observability;
 mod reliability;
 mod security;

@@ -14,13 +14,10 @@ const T: Duration = Duration::from_secs(10);
 async fn metrics_have_exact_values_after_a_known_scenario() {
     // 10 forwarded, 2 refused by the type allow-list, 1 handshake without a certificate:
     // scraped over HTTP, every counter is exact, and promtool accepts the exposition.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(
-        &[engine.target()],
-        "    validation:\n      message_types: [\"ADT^*\"]\n",
-    ))
-    .await;
+    let World { pki, engine, proxy } = Harness::new()
+        .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     for i in 0..10 {
         client
@@ -116,9 +113,10 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
 async fn health_and_readiness_follow_the_lifecycle() {
     // /healthz and /readyz answer 200 when running, /readyz turns 503 while draining (an
     // exchange is in flight), unknown paths are 404.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Delay(Duration::from_millis(1500))).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .engine(Behaviour::Delay(Duration::from_millis(1500)))
+        .start()
+        .await;
     let admin = proxy.admin;
     assert_eq!(http_get(admin, "/healthz").await.expect("healthz"), "ok\n");
     assert_eq!(http_get(admin, "/readyz").await.expect("readyz"), "ready\n");

@@ -20,13 +20,17 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
     // A primary that drops SYNs: the message waits connect_timeout, then the secondary answers
     // AA. Alone, it gets the sender an AR (nak mode) once connect_timeout has passed, counted
     // as an exchange that failed on connect.
-    let pki = Pki::new();
     let (_listener, _held, dead) = black_hole().await;
     let dead = dead.to_string();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[dead.clone(), engine.target()], "");
-    cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500);
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new()
+        .target_before(&dead)
+        .edit(|cfg| cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500))
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let started = Instant::now();
     let ack = client.exchange(&adt("SYN-1"), T).await.expect("ACK");
@@ -65,9 +69,7 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
 async fn a_pipelining_sender_gets_every_ack_in_order() {
     // Ten messages in one write: each is forwarded only after the previous one's ACK, and the
     // ten ACKs come back in the order sent.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new().start().await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let ids: Vec<String> = (0..10).map(|i| format!("PIPE-{i}")).collect();
     let mut burst = Vec::new();
@@ -90,11 +92,15 @@ async fn a_sender_that_stops_reading_is_closed_at_frame_timeout_and_others_carry
     // The engine's ACKs are 256 KiB; a sender pipelines 40 messages and never reads, so the
     // proxy's write to it blocks. That session is closed frame_timeout later, while another
     // sender's messages are acknowledged all along.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::AckPadded(256 * 1024)).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].limits.frame_timeout = Duration::from_secs(1);
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new()
+        .engine(Behaviour::AckPadded(256 * 1024))
+        .edit(|cfg| cfg.routes[0].limits.frame_timeout = Duration::from_secs(1))
+        .start()
+        .await;
     let mut stuck = connect(&pki, &proxy, ClientCert::Good).await;
     let mut burst = Vec::new();
     for i in 0..40 {
@@ -132,9 +138,11 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
     // the server certificate is replaced and SIGHUP sent every second, five times: every
     // message is acknowledged, no handshake fails, every reload succeeds.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pki = Pki::new();
-    let engine = rt.block_on(Engine::start(Behaviour::Ack));
-    let proxy = spawn_json_proxy(&pki, &engine, "");
+    let BinaryWorld {
+        pki,
+        engine: _engine,
+        proxy,
+    } = rt.block_on(Harness::new().spawn_json());
     let (addr, admin) = (proxy.addr, proxy.admin);
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..4)
@@ -186,10 +194,9 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
         value("mllp_proxy_tls_reloads_total{result=\"failure\",route=\"test\"}"),
         0.0
     );
-    let handshake_failures: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mllp_proxy_tls_handshake_failures_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    let handshake_failures: f64 = mllp_proxy::metrics::samples(&metrics)
+        .filter(|s| s.name == "mllp_proxy_tls_handshake_failures_total")
+        .map(|s| s.value)
         .sum();
     assert_eq!(handshake_failures, 0.0);
     assert_eq!(
@@ -204,9 +211,12 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
     // middle. Every message the engine received is acknowledged to its sender with the engine's
     // AA; every other attempt ends with the connection closed and no answer; exit status 0.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pki = Pki::new();
-    let engine = rt.block_on(Engine::start(Behaviour::Delay(Duration::from_millis(300))));
-    let mut proxy = spawn_json_proxy(&pki, &engine, "");
+    let harness = Harness::new().engine(Behaviour::Delay(Duration::from_millis(300)));
+    let BinaryWorld {
+        pki,
+        engine,
+        mut proxy,
+    } = rt.block_on(harness.spawn_json());
     let addr = proxy.addr;
     let senders: Vec<_> = (0..8)
         .map(|s| {

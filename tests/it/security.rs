@@ -28,9 +28,11 @@ async fn eleven_hundred_idle_connections_from_one_address_do_not_lock_out_anothe
     // 1,100 TCP connections from 127.0.0.2 that never start TLS: 64 are held as pending
     // handshakes, the rest closed at accept (per_source). A sender from 127.0.0.1 meanwhile
     // gets its AA within a second.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new().start().await;
     let addr = proxy.routes[0].1;
     let mut held = Vec::new();
     for _ in 0..1100 {
@@ -64,9 +66,11 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
     // as a failed handshake, but the log gets a burst of 20 lines and 2 a second after that;
     // the rest are counted as suppressed, and the next line says how many.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pki = Pki::new();
-    let engine = rt.block_on(Engine::start(Behaviour::Ack));
-    let proxy = spawn_json_proxy(&pki, &engine, "");
+    let BinaryWorld {
+        pki: _pki,
+        engine: _engine,
+        proxy,
+    } = rt.block_on(Harness::new().spawn_json());
     let plain = || {
         let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
         let _ = s.write_all(b"\x0bMSH|^~\\&|plain MLLP on a TLS port\x1c\r");
@@ -132,10 +136,15 @@ fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
     // TLS version and suite), a record per message and the session's end; a refused
     // certificate leaves a record with the presented certificate's subject and issuer.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pki = Pki::new();
-    pki.issue_client_serial("audited", "audited-sender", 0x4711);
-    let engine = rt.block_on(Engine::start(Behaviour::RejectId("AUD-3")));
-    let mut proxy = spawn_json_proxy(&pki, &engine, "");
+    let harness = Harness::new().engine(Behaviour::RejectId("AUD-3"));
+    harness
+        .pki
+        .issue_client_serial("audited", "audited-sender", 0x4711);
+    let BinaryWorld {
+        pki,
+        engine,
+        mut proxy,
+    } = rt.block_on(harness.spawn_json());
     let addr = proxy.addr;
     rt.block_on(async {
         let mut c = MllpClient::connect(&pki.target_named(addr, "audited"), T)
@@ -246,9 +255,11 @@ async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
     // MSH-10 holding ESC and then LF: the message is refused (a control character), and the
     // log line and audit record show the control ID with \x1B, never the raw escape. (The
     // header ends at the LF, a segment break to the reader; escape() writes LF as \x0A.)
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = spawn_json_proxy(&pki, &engine, "");
+    let BinaryWorld {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new().spawn_json().await;
     let mut c = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
         .await
         .expect("connect");
@@ -269,11 +280,14 @@ async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
 async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served() {
     // admin.max_connections 4: ten idle admin connections, six closed at accept; a sender's
     // message is acknowledged meanwhile; once the idle ones close, /metrics answers again.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.admin.max_connections = 4;
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new()
+        .edit(|cfg| cfg.admin.max_connections = 4)
+        .start()
+        .await;
     let mut idle = Vec::new();
     for _ in 0..10 {
         idle.push(TcpStream::connect(proxy.admin).await.expect("connect"));
@@ -387,9 +401,11 @@ async fn every_connection_has_its_client_certificate_verified_afresh_no_resumpti
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::Decoder;
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new().start().await;
     let addr = proxy.routes[0].1;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).expect("ca.crt") {

@@ -272,6 +272,150 @@ routes:
     }
 }
 
+/// A test's set-up in one builder: a test PKI, a stand-in engine, and a proxy in front of it
+/// on loopback port 0; `Harness::new().engine(b).route_yaml(y).edit(f).start().await`.
+pub struct Harness {
+    /// The PKI, there before the start so a test can issue certificates or write files.
+    pub pki: Pki,
+    behaviour: Behaviour,
+    /// Targets listed before the engine's (a down or black-holed primary).
+    before: Vec<String>,
+    extra: String,
+    top: String,
+    edits: Vec<ConfigEdit>,
+    /// The engine is started but not listed: its only target is an address nobody listens on.
+    engine_down: bool,
+}
+
+/// A change to the validated configuration, made before the proxy starts.
+type ConfigEdit = Box<dyn FnOnce(&mut Config)>;
+
+/// What [`Harness::start`] made; destructure it into the names the test uses.
+pub struct World {
+    pub pki: Pki,
+    pub engine: Engine,
+    pub proxy: RunningProxy,
+}
+
+impl Harness {
+    /// A fresh PKI and an engine that answers AA.
+    pub fn new() -> Self {
+        Self {
+            pki: Pki::new(),
+            behaviour: Behaviour::Ack,
+            before: Vec::new(),
+            extra: String::new(),
+            top: String::new(),
+            edits: Vec::new(),
+            engine_down: false,
+        }
+    }
+
+    /// The engine's behaviour.
+    pub fn engine(mut self, b: Behaviour) -> Self {
+        self.behaviour = b;
+        self
+    }
+
+    /// An engine that is down: the route's target is a loopback port nobody listens on.
+    pub fn engine_down(mut self) -> Self {
+        self.engine_down = true;
+        self
+    }
+
+    /// A target tried before the engine.
+    pub fn target_before(mut self, target: impl ToString) -> Self {
+        self.before.push(target.to_string());
+        self
+    }
+
+    /// YAML appended to the route (indented four spaces, as in [`Pki::config_yaml`]).
+    pub fn route_yaml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self
+    }
+
+    /// Top-level YAML (`audit:`, `logging:`) for the binary ([`Harness::spawn_json`]).
+    pub fn top_yaml(mut self, yaml: &str) -> Self {
+        self.top.push_str(yaml);
+        self
+    }
+
+    /// A change to the validated configuration before the proxy starts.
+    pub fn edit(mut self, f: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.edits.push(Box::new(f));
+        self
+    }
+
+    /// Starts the engine and the proxy in-process.
+    pub async fn start(self) -> World {
+        let engine = Engine::start(self.behaviour).await;
+        let mut targets = self.before;
+        targets.push(if self.engine_down {
+            unused_addr().await.to_string()
+        } else {
+            engine.target()
+        });
+        let mut cfg = self.pki.config(&targets, &self.extra);
+        for edit in self.edits {
+            edit(&mut cfg);
+        }
+        let proxy = start_proxy(cfg).await;
+        World {
+            pki: self.pki,
+            engine,
+            proxy,
+        }
+    }
+
+    /// Starts the engine and the proxy binary with JSON logs at level info (configuration
+    /// edits do not apply: the binary reads the YAML).
+    pub async fn spawn_json(self) -> BinaryWorld {
+        self.spawn("json").await
+    }
+
+    /// Starts the engine and the proxy binary logging in `format` (`json` or `text`).
+    pub async fn spawn(self, format: &str) -> BinaryWorld {
+        assert!(
+            self.edits.is_empty(),
+            "the binary reads YAML: use route_yaml"
+        );
+        let engine = Engine::start(self.behaviour).await;
+        let mut targets = self.before;
+        targets.push(if self.engine_down {
+            unused_addr().await.to_string()
+        } else {
+            engine.target()
+        });
+        let yaml = self.pki.config_yaml(&targets, &self.extra).replace(
+            "admin:\n",
+            &format!("{}logging:\n  format: {format}\nadmin:\n", self.top),
+        );
+        let config_path = self.pki.path("proxy.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let proxy = ProxyProcess::spawn(&config_path, "info");
+        BinaryWorld {
+            pki: self.pki,
+            engine,
+            proxy,
+        }
+    }
+}
+
+/// What [`Harness::spawn`] made: the proxy is the binary, its log captured.
+pub struct BinaryWorld {
+    pub pki: Pki,
+    pub engine: Engine,
+    pub proxy: ProxyProcess,
+}
+
+impl World {
+    /// A connected sender with the good client certificate.
+    pub async fn client(&self) -> MllpClient {
+        connect(&self.pki, &self.proxy, ClientCert::Good).await
+    }
+}
+
 /// Starts a proxy in-process on loopback port 0.
 pub async fn start_proxy(config: Config) -> RunningProxy {
     mllp_proxy::proxy::start(config, Metrics::new().expect("metrics"))
@@ -576,17 +720,19 @@ pub fn msa(answer: &[u8]) -> (String, String) {
     )
 }
 
-/// Scrapes `/metrics` over HTTP and returns the value of the sample `name{labels}` (0 if absent).
-pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
+/// Scrapes `/metrics` over HTTP: the value of the series `name{labels}`, `None` when absent.
+pub async fn scrape(proxy: &RunningProxy, sample: &str) -> Option<f64> {
     let body = mllp_proxy::client::http_get(proxy.admin, "/metrics")
         .await
         .expect("scrape");
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |v| v.trim().parse().expect("number"))
+    mllp_proxy::metrics::sample_value(&body, sample)
+}
+
+/// [`scrape`] of a series the proxy must have written (they are created at zero).
+pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
+    scrape(proxy, sample)
+        .await
+        .unwrap_or_else(|| panic!("no series {sample} in the scrape"))
 }
 
 /// Polls `check` until it is true or `within` passes.
@@ -621,7 +767,7 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Runs `mllp-proxy run -c CONFIG` (the config must log in JSON) with `RUST_LOG=rust_log`,
+    /// Runs `mllp-proxy run -c CONFIG` (logging in JSON or text) with `RUST_LOG=rust_log`,
     /// which must let info lines through: the addresses are read from them.
     pub fn spawn(config: &Path, rust_log: &str) -> ProxyProcess {
         use std::io::BufRead;
@@ -653,10 +799,13 @@ impl ProxyProcess {
         let lines = log.lock().expect("lock").clone();
         let field = |msg: &str, name: &str| -> SocketAddr {
             let line = lines.iter().find(|l| l.contains(msg)).expect("log line");
-            let key = format!("\"{name}\":\"");
-            let at = line.find(&key).expect("field") + key.len();
-            let end = line[at..].find('"').expect("end quote");
-            line[at..at + end].parse().expect("address")
+            let (json, text) = (format!("\"{name}\":\""), format!(" {name}="));
+            let (at, end) = match line.find(&json) {
+                Some(at) => (at + json.len(), '"'),
+                None => (line.find(&text).expect("field") + text.len(), ' '),
+            };
+            let len = line[at..].find(end).unwrap_or(line.len() - at);
+            line[at..at + len].parse().expect("address")
         };
         let addr = field("route listening", "listen");
         let admin = field("admin listening", "admin");
@@ -746,7 +895,7 @@ pub fn replace_file(path: &Path, bytes: &[u8]) {
 /// Whether the scraped `sample` reaches `want` within 10 s.
 pub async fn metric_reaches(proxy: &RunningProxy, sample: &str, want: f64) -> bool {
     eventually(Duration::from_secs(10), || async {
-        metric(proxy, sample).await == want
+        scrape(proxy, sample).await == Some(want)
     })
     .await
 }
@@ -837,20 +986,8 @@ pub async fn black_hole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
     (listener, held, addr)
 }
 
-/// The proxy binary with JSON logs in front of `engine`, `extra` appended to the route.
-pub fn spawn_json_proxy(pki: &Pki, engine: &Engine, extra: &str) -> ProxyProcess {
-    let yaml = pki
-        .config_yaml(&[engine.target()], extra)
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
-    let config_path = pki.path("proxy.yaml");
-    std::fs::write(&config_path, yaml).expect("write config");
-    ProxyProcess::spawn(&config_path, "info")
-}
-
-/// The value of one sample (`name{labels}`) in a Prometheus text scrape, or -1.
+/// The value of one series (`name{labels}`) in a scrape the test holds; absent fails the test.
 pub fn sample_value(metrics: &str, sample: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(-1.0)
+    mllp_proxy::metrics::sample_value(metrics, sample)
+        .unwrap_or_else(|| panic!("no series {sample} in the scrape"))
 }

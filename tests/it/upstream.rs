@@ -259,15 +259,15 @@ async fn an_exchange_that_waits_past_queue_timeout_is_closed_or_naked_and_never_
     // (queue_timeout) and fails with kind "queue": closed without answer, or AR in nak mode.
     // The engine never sees it.
     for mode in ["close", "nak"] {
-        let pki = Pki::new();
-        let engine = Engine::start(Behaviour::Delay(Duration::from_secs(1))).await;
-        let mut cfg = pki.config(
-            &[engine.target()],
-            &format!("    on_upstream_failure: {mode}\n"),
-        );
-        cfg.routes[0].upstream.max_connections = 1;
-        cfg.routes[0].upstream.queue_timeout = Duration::from_millis(200);
-        let proxy = start_proxy(cfg).await;
+        let World { pki, engine, proxy } = Harness::new()
+            .engine(Behaviour::Delay(Duration::from_secs(1)))
+            .route_yaml(&format!("    on_upstream_failure: {mode}\n"))
+            .edit(|cfg| {
+                cfg.routes[0].upstream.max_connections = 1;
+                cfg.routes[0].upstream.queue_timeout = Duration::from_millis(200);
+            })
+            .start()
+            .await;
         let mut first = connect(&pki, &proxy, ClientCert::Good).await;
         let mut second = connect(&pki, &proxy, ClientCert::Good).await;
         first.send(&adt("Q-1")).await.expect("send");
@@ -317,9 +317,10 @@ async fn round_robin_spreads_connections_over_the_targets() {
 async fn an_engine_that_drops_idle_connections_after_a_second_loses_no_message() {
     // The engine closes a connection idle for 1 s; the sender pauses 1.2 s between messages.
     // The pool notices the closed connection before reuse and opens a new one.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::AckCloseWhenIdle(Duration::from_secs(1))).await;
-    let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+    let World { pki, engine, proxy } = Harness::new()
+        .engine(Behaviour::AckCloseWhenIdle(Duration::from_secs(1)))
+        .start()
+        .await;
     let mut c = connect(&pki, &proxy, ClientCert::Good).await;
     for i in 0..3 {
         let id = format!("IDLE-{i}");
