@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validates every deployment file: Kubernetes manifests against the Kubernetes schemas
 # (kubernetes-validate, offline) plus CRD and cross-reference checks, the systemd unit with
-# systemd-analyze, the Prometheus configuration and alert rules with promtool (including
+# systemd-analyze, the logrotate stanza with logrotate --debug, the Prometheus configuration and alert rules with promtool (including
 # their unit tests), and the Grafana dashboard's JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,21 @@ if command -v systemd-analyze >/dev/null; then
     echo "systemd-analyze verify: OK"
 else
     echo "systemd-analyze not available; skipped"
+fi
+
+echo "== logrotate"
+if ! command -v logrotate >/dev/null && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends logrotate >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends logrotate >/dev/null; }
+fi
+if command -v logrotate >/dev/null; then
+    state=$(mktemp)
+    # --debug parses and plans without touching any file; a syntax error exits non-zero.
+    logrotate --debug --state "$state" deploy/systemd/mllp-proxy.logrotate 2>&1 | tail -n 2
+    rm -f "$state"
+else
+    echo "logrotate not available; skipped"
 fi
 
 echo "== prometheus"

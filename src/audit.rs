@@ -26,9 +26,8 @@ use crate::tls::ClientIdentity;
 pub const TARGET: &str = "audit";
 
 /// The writer thread's pause between batches: the most a line waits before it is written.
-/// At 5 ms its 200 wake-ups a second, each taking a core for a moment, landed on more than 1%
-/// of the messages of one busy sender and lengthened the p99 (50 ms: 0.76-0.93x the p99 at
-/// one sender in five of six A/Bs). A stop writes everything queued, within one pause.
+/// Shorter pauses wake the thread so often that its wake-ups land on a busy sender's messages
+/// and lengthen their latency. A stop writes everything queued, within one pause.
 const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// Where a [`LineWriter`] thread writes.
@@ -333,7 +332,7 @@ pub fn install(writer: LineWriter, json: bool) {
 
 /// One audit line, written the way the log's formatter writes an info event of target `audit`
 /// (same timestamp, level, field syntax), without going through it: a record per message is
-/// on every exchange's path, and the general formatter cost 3 µs of CPU per message.
+/// on every exchange's path, and the general formatter is several times the cost.
 struct Record {
     line: Vec<u8>,
     json: bool,
@@ -495,8 +494,8 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// `peer` as `Display` writes it; an IPv4 address by hand: `Display` went through the
-/// formatting machinery per octet, a third of a record's instructions.
+/// `peer` as `Display` writes it; an IPv4 address by hand, since `Display` goes through the
+/// formatting machinery once per octet.
 fn push_peer(line: &mut Vec<u8>, peer: SocketAddr) {
     match peer {
         SocketAddr::V4(v4) => {

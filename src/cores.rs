@@ -9,8 +9,7 @@
 //!
 //! A route with a small limited pool keeps all its sessions on one thread instead: its few
 //! engine connections pass from session to session after every exchange, and on one thread
-//! that hand-off is a task switch, not a wake-up of another thread (max_connections 1: a third
-//! less CPU per message, 1.11x the messages; docs/performance.md). A pool large enough to be
+//! that hand-off is a task switch, not a wake-up of another thread. A pool large enough to be
 //! split per thread (`upstream::pool`) is spread like an unlimited one.
 
 use std::cell::Cell;

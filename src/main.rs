@@ -73,27 +73,27 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Run { config } => run(config).await,
         Command::Check { config } => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None);
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             status(cli::check::run(&config))
         }
         Command::Demo { once } => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None);
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             report(cli::demo::run(once).await)
         }
         Command::Send(a) => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None);
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             report(cli::send::run(a).await)
         }
         Command::AckServer(a) => {
-            let _logging = init_tracing(LogFormat::Text, "info", None);
+            let _logging = init_tracing(LogFormat::Text, "info", None).ok();
             report(cli::ack_server::run(a).await.map(|()| true))
         }
         Command::Bench(a) => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None);
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             report(cli::bench::run(a).await.map(|_| true))
         }
         Command::Soak(a) => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None);
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             report(cli::soak::run(a).await)
         }
     }
@@ -107,11 +107,17 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let logging = init_tracing(
+    let logging = match init_tracing(
         config.logging.format,
         &config.logging.level,
         config.audit.file.as_deref(),
-    );
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -127,8 +133,8 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A session thread per core (measured against the shared runtime at 64 senders: 1.13x the
-    // messages, 0.9x the CPU per message; docs/performance.md).
+    // A session thread per core: a sender's connection and its engine connection are then
+    // driven by one thread, with no cross-thread wake-ups per message (see `cores`).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = match Cores::start(threads) {
         Ok(c) => c,
@@ -185,8 +191,13 @@ struct Logging {
 /// Logs go to stderr through a writer thread; `RUST_LOG` overrides `level`. Audit records are
 /// written whatever the level, into the log or, with `audit_file`, into that file alone. A
 /// `RUST_LOG` that cannot be what the user meant is reported, never silently obeyed: a bare
-/// `warning` would log nothing else at all.
-fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Logging {
+/// `warning` would log nothing else at all. An audit file that cannot be opened is an error:
+/// the proxy does not run without the audit trail it was told to keep.
+fn init_tracing(
+    format: LogFormat,
+    level: &str,
+    audit_file: Option<&Path>,
+) -> Result<Logging, String> {
     let mut logging = Logging {
         reopen: Reopen::default(),
         _guards: Vec::new(),
@@ -212,7 +223,7 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
         Ok(w) => w,
         Err(e) => {
             eprintln!("warning: logging not initialised: {e}");
-            return logging;
+            return Ok(logging);
         }
     };
     logging._guards.push(guard);
@@ -225,11 +236,8 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
                     logging._guards.push(guard);
                     w
                 }
-                Err(e) => {
-                    // Checked at start-up by `run`, so only a race gets here.
-                    eprintln!("error: audit.file {}: {e}", path.display());
-                    std::process::exit(1);
-                }
+                // Returned, not exited on: dropping `logging` flushes the log writer.
+                Err(e) => return Err(format!("audit.file {}: {e}", path.display())),
             }
         }
     };
@@ -260,7 +268,7 @@ fn init_tracing(format: LogFormat, level: &str, audit_file: Option<&Path>) -> Lo
     if let Err(e) = installed {
         eprintln!("warning: logging not initialised: {e}");
     }
-    logging
+    Ok(logging)
 }
 
 /// A directive that is a single plain word but no level (`warning`, `verbose`): almost always

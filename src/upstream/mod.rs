@@ -201,8 +201,8 @@ impl Upstream {
         if self.cfg.max_connections == 1 && self.metrics.upstream_queue_waiting.get() > 0 {
             // A single-connection engine is the bottleneck: let the exchange waiting for the
             // connection just given back run before this task spends its turn relaying the ACK.
-            // (With a larger pool the CPU is, and the extra turn costs more than it saves:
-            // measured 1.10x for one connection, 0.89x for eight.)
+            // (With a larger pool the CPU is the bottleneck, and the extra turn costs more than
+            // it saves.)
             tokio::task::yield_now().await;
         }
         result

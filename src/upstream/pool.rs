@@ -12,8 +12,7 @@
 //! route's sessions are spread over the threads. A connection then passes only between
 //! sessions of one thread: handing it to a session of the other thread woke that thread
 //! around every exchange (more CPU per message than the limit saved), and keeping all the
-//! sessions on one thread capped the route at one core (0.82-0.90 of a core busy at 64
-//! senders, 0.6x the rate of an unlimited pool). An exchange that finds its own share busy
+//! sessions on one thread capped the route at one core. An exchange that finds its own share busy
 //! takes a free permit of another share if one has no queue; only when every share is busy
 //! does it wait, first-in first-out among its thread's sessions. A share that gives a permit
 //! back with nobody queued for it nudges the oldest exchange queued on another share, which
