@@ -313,6 +313,51 @@ mod tests {
         assert_eq!(escape_str("a\u{9b}b"), "a\\xC2\\x9Bb");
     }
 
+    /// The fields of one event as the text log writes them.
+    fn logfmt_line(emit: impl FnOnce()) -> String {
+        let out = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(LogfmtFields)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(move || SharedBuf(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.trim_end().to_string()
+    }
+
+    struct SharedBuf(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_log_values_are_bare_when_they_can_be_and_quoted_when_they_must() {
+        let subject = "O=HL7 Proxy \"Test\", CN=lab";
+        let id = Some(tracing::field::display("MSG-2".to_string()));
+        let none: Option<tracing::field::DisplayValue<String>> = None;
+        let line = logfmt_line(|| {
+            tracing::info!(subject = %subject, control_id = id, hidden = none, n = 3u64, word = "AE", empty = %"", "event text");
+        });
+        assert_eq!(
+            line,
+            r#"event text subject="O=HL7 Proxy \"Test\", CN=lab" control_id=MSG-2 n=3 word="AE" empty="""#
+        );
+        let line = logfmt_line(|| tracing::info!(error = %"line\nbreak\\", "x"));
+        assert_eq!(line, r#"x error="line\nbreak\\""#);
+    }
+
     #[test]
     fn a_flood_gets_a_burst_then_a_steady_rate_and_the_rest_is_counted() {
         let counter = IntCounter::new("t", "t").unwrap();

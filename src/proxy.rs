@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::cores::Cores;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, RouteConfig};
+use crate::config::{AdminConfig, Config, RouteConfig};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::session::RouteContext;
@@ -82,17 +82,7 @@ pub async fn start_on(
     let (hup, hup_rx) = watch::channel(0u64);
 
     let prepared = bind_routes(config.routes)?;
-    let admin_tls = match &config.admin.tls {
-        Some(t) => Some(crate::tls::admin_server_config(t).map_err(StartError::AdminTls)?),
-        None => None,
-    };
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "admin.listen".into(),
-            addr: config.admin.listen,
-            source,
-        })?;
+    let (admin_listener, admin_tls) = bind_admin(&config.admin).await?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen);
 
     let threads = cores.as_ref().map_or(1, |c| c.threads());
@@ -223,6 +213,24 @@ fn spawn_route(
         stop_accepting.clone(),
         placement,
     ));
+}
+
+/// The admin listener bound and its TLS configuration loaded, if any.
+async fn bind_admin(
+    admin: &AdminConfig,
+) -> Result<(TcpListener, Option<Arc<rustls::ServerConfig>>), StartError> {
+    let tls = match &admin.tls {
+        Some(t) => Some(crate::tls::admin_server_config(t).map_err(StartError::AdminTls)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "admin.listen".into(),
+            addr: admin.listen,
+            source,
+        })?;
+    Ok((listener, tls))
 }
 
 /// Every route's TLS material loaded and listener bound, before anything is spawned: a bad

@@ -38,8 +38,10 @@ fuzz_target!(|data: &[u8]| {
         Err(r) => r.reason,
         Ok(_) => NakReason::UpstreamFailed,
     };
-    let nak = build_nak(header.as_ref(), reason);
+    let (nak, sent) = build_nak(header.as_ref(), reason);
     let ack = parse_ack(&nak).expect("a proxy NAK is an acknowledgment");
+    // What logs and audit records report is what the NAK says.
+    assert_eq!(ack.code, sent);
     // MSA-2 echoes MSH-10 unless MSH-10 itself contains a delimiter the reader splits on.
     if let Some(h) = header {
         let id = h.control_id;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
@@ -119,6 +119,106 @@ impl Fault {
     }
 }
 
+/// What the engine does with every message for which no `--fault` is drawn: answer AA, or one
+/// of the quirks of real engines, deterministically. `ack-server` answers AA; the integration
+/// tests set the others, so that they, `demo`, the soak and `ack-server` run one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers AA (CA in enhanced mode) with the right MSA-2.
+    Ack,
+    /// Reads and never answers ([`Fault::NoAnswer`] on every message).
+    Silent,
+    /// Reads the message, then closes the connection ([`Fault::Close`]).
+    CloseAfterRead,
+    /// Answers AA with a wrong MSA-2 ([`Fault::WrongMsa2`]).
+    WrongControlId,
+    /// Answers something that is not an acknowledgment ([`Fault::Garbage`]).
+    Garbage,
+    /// Answers AA, then closes the connection ([`Fault::CloseAfterAck`]).
+    CloseAfterAck,
+    /// Answers AA after a delay.
+    Delay(Duration),
+    /// Answers AA after the first delay when the control ID starts with the text, after the
+    /// second otherwise.
+    DelayByPrefix(&'static str, Duration, Duration),
+    /// Answers the first message of each connection; closes on reading the second (engines
+    /// that mishandle a second message on a connection).
+    CloseOnSecondMessage,
+    /// Answers AA, then a line feed outside any frame a moment later.
+    AckThenLineFeed,
+    /// Answers AA twice (the same ACK again 20 ms later).
+    AckTwice,
+    /// Answers AA, then 20 ms later an unsolicited AA naming another message.
+    AckThenOther,
+    /// Answers AA with an NTE segment of this many bytes (engines that echo the message).
+    AckPadded(usize),
+    /// Answers AA, and closes a connection idle for this long.
+    AckCloseWhenIdle(Duration),
+    /// Answers AR to the message with this control ID, AA to the others.
+    RejectId(&'static str),
+}
+
+impl Behaviour {
+    /// The fault kind this behaviour applies to every message, if it is one.
+    fn fault(self) -> Option<Fault> {
+        match self {
+            Behaviour::Silent => Some(Fault::NoAnswer),
+            Behaviour::CloseAfterRead => Some(Fault::Close),
+            Behaviour::WrongControlId => Some(Fault::WrongMsa2),
+            Behaviour::Garbage => Some(Fault::Garbage),
+            Behaviour::CloseAfterAck => Some(Fault::CloseAfterAck),
+            _ => None,
+        }
+    }
+
+    /// The answer to a message with `header`, after the wait this behaviour asks for.
+    async fn ack(self, header: Option<&Header<'_>>) -> Vec<u8> {
+        let id = header.map_or(&[][..], |h| h.control_id);
+        match self {
+            Behaviour::Delay(d) => tokio::time::sleep(d).await,
+            Behaviour::DelayByPrefix(prefix, slow, fast) => {
+                let hit = id.starts_with(prefix.as_bytes());
+                tokio::time::sleep(if hit { slow } else { fast }).await;
+            }
+            Behaviour::RejectId(reject) if id == reject.as_bytes() => {
+                return build_ack(header, AckCode::AR);
+            }
+            Behaviour::AckPadded(n) => {
+                let mut ack = build_accept(header);
+                ack.extend_from_slice(b"NTE|1||");
+                ack.extend(std::iter::repeat_n(b'x', n));
+                ack.push(b'\r');
+                return ack;
+            }
+            _ => {}
+        }
+        build_accept(header)
+    }
+
+    /// What follows a written answer `framed`.
+    async fn after(self, tcp: &mut TcpStream, framed: &[u8]) {
+        let pause = Duration::from_millis(20);
+        match self {
+            Behaviour::AckThenLineFeed => {
+                tokio::time::sleep(pause).await;
+                let _ = tcp.write_all(b"\n").await;
+            }
+            Behaviour::AckTwice => {
+                tokio::time::sleep(pause).await;
+                let _ = tcp.write_all(framed).await;
+            }
+            Behaviour::AckThenOther => {
+                tokio::time::sleep(pause).await;
+                let other =
+                    b"MSH|^~\\&|LAB|HOSP|ADT|WARD|20261126||ADT^A01|SOMETHING-ELSE|P|2.5.1\r";
+                let ack = build_accept(Header::parse(other).ok().as_ref());
+                let _ = tcp.write_all(&MllpCodec::frame(&ack)).await;
+            }
+            _ => {}
+        }
+    }
+}
+
 fn parse_fault(s: &str) -> Result<(Fault, f64), String> {
     let (kind, p) = s
         .split_once('=')
@@ -136,7 +236,8 @@ fn parse_fault(s: &str) -> Result<(Fault, f64), String> {
     Ok((fault, p))
 }
 
-/// How the engine answers: the fault mix, the draws, and the record file.
+/// How the engine answers: the fault mix, the draws, the behaviour when no fault is drawn,
+/// and what it keeps of what it received.
 pub struct Engine {
     faults: Vec<(Fault, f64)>,
     late_delay: Duration,
@@ -145,6 +246,13 @@ pub struct Engine {
     seq: AtomicU64,
     conns: AtomicU64,
     log: Option<Mutex<std::fs::File>>,
+    behaviour: Mutex<Behaviour>,
+    /// Every frame received, in order (tests only: it grows without bound).
+    received: Option<Mutex<Vec<Bytes>>>,
+    /// Serves one connection at a time, like a lab system's single listener thread.
+    single: bool,
+    /// Connections open now, refused because one was (single), and the most open at once.
+    open: Mutex<(usize, usize, usize)>,
 }
 
 /// A bad `ack-server` set-up, named for the person at the terminal.
@@ -179,9 +287,8 @@ impl Engine {
             faults: args.faults.clone(),
             late_delay: args.late_delay,
             rng: AtomicU64::new(seed),
-            seq: AtomicU64::new(0),
-            conns: AtomicU64::new(0),
             log,
+            ..Engine::plain()
         })
     }
 
@@ -194,6 +301,76 @@ impl Engine {
             seq: AtomicU64::new(0),
             conns: AtomicU64::new(0),
             log: None,
+            behaviour: Mutex::new(Behaviour::Ack),
+            received: None,
+            single: false,
+            open: Mutex::default(),
+        }
+    }
+
+    /// An engine that behaves as `behaviour` and keeps every frame it receives (for tests);
+    /// `single`: one connection at a time, a second one closed at once and counted.
+    pub fn scripted(behaviour: Behaviour, single: bool) -> Engine {
+        Engine {
+            behaviour: Mutex::new(behaviour),
+            received: Some(Mutex::default()),
+            single,
+            ..Engine::plain()
+        }
+    }
+
+    /// Changes the behaviour for the messages that follow.
+    pub fn set_behaviour(&self, b: Behaviour) {
+        if let Ok(mut current) = self.behaviour.lock() {
+            *current = b;
+        }
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        self.behaviour.lock().map_or(Behaviour::Ack, |b| *b)
+    }
+
+    /// The frames received so far, in order (empty unless [`Engine::scripted`]).
+    pub fn received(&self) -> Vec<Bytes> {
+        self.received
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Connections accepted and served.
+    pub fn connections(&self) -> u64 {
+        self.conns.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because another was open (single-connection engines).
+    pub fn refused(&self) -> usize {
+        self.open.lock().map_or(0, |o| o.1)
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak(&self) -> usize {
+        self.open.lock().map_or(0, |o| o.2)
+    }
+
+    /// Takes a new connection into the counts; `false` when a single-connection engine is
+    /// busy (then it is counted as refused).
+    fn enter(&self) -> bool {
+        let Ok(mut o) = self.open.lock() else {
+            return true;
+        };
+        if self.single && o.0 > 0 {
+            o.1 += 1;
+            return false;
+        }
+        o.0 += 1;
+        o.2 = o.2.max(o.0);
+        true
+    }
+
+    fn leave(&self) {
+        if let Ok(mut o) = self.open.lock() {
+            o.0 = o.0.saturating_sub(1);
         }
     }
 
@@ -305,17 +482,24 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: Cancell
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, _)) => {
+            Ok((mut tcp, _)) => {
+                if !engine.enter() {
+                    continue;
+                }
                 let engine = engine.clone();
                 let shutdown = shutdown.clone();
                 let conn = engine.conns.fetch_add(1, Ordering::Relaxed) + 1;
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = connection(tcp, &engine, conn) => if let Err(e) = r {
+                        r = connection(&mut tcp, &engine, conn) => if let Err(e) = r {
                             tracing::debug!(error = %e, "ack-server connection ended");
                         },
                     }
+                    // Counted closed before the peer can see the close, as a real engine that
+                    // takes the next connection only after closing this one.
+                    engine.leave();
+                    drop(tcp);
                 });
             }
             Err(e) => {
@@ -332,26 +516,46 @@ enum Next {
     Close,
 }
 
-async fn connection(mut tcp: TcpStream, engine: &Engine, conn: u64) -> std::io::Result<()> {
+async fn connection(tcp: &mut TcpStream, engine: &Engine, conn: u64) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let mut codec = MllpCodec::new(64 * 1024 * 1024);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut nth = 0;
     loop {
         while let Some(frame) = codec.decode(&mut buf).map_err(std::io::Error::other)? {
             let Frame::Message(msg) = frame else { continue };
-            if let Next::Close = answer(&mut tcp, engine, conn, &msg).await {
+            nth += 1;
+            if let Next::Close = answer(tcp, engine, conn, &msg, nth).await {
                 return Ok(());
             }
         }
         buf.reserve(16 * 1024);
-        if tcp.read_buf(&mut buf).await? == 0 {
+        let read = tcp.read_buf(&mut buf);
+        let n = match engine.behaviour() {
+            Behaviour::AckCloseWhenIdle(idle) => match tokio::time::timeout(idle, read).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
+            _ => read.await?,
+        };
+        if n == 0 {
             return Ok(());
         }
     }
 }
 
-/// Answers one message as the drawn fault says, and records what was written.
-async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> Next {
+/// Answers the `nth` message of a connection as the drawn fault or the behaviour says, and
+/// records what was written.
+async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &Bytes, nth: u64) -> Next {
+    if let Some(received) = &engine.received
+        && let Ok(mut r) = received.lock()
+    {
+        r.push(msg.clone());
+    }
+    let behaviour = engine.behaviour();
+    if behaviour == Behaviour::CloseOnSecondMessage && nth == 2 {
+        return Next::Close;
+    }
     let seq = engine.seq.fetch_add(1, Ordering::Relaxed);
     let header = Header::parse(msg).ok();
     let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
@@ -371,7 +575,7 @@ async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> 
         engine.record(&rec);
         return Next::Read;
     }
-    let fault = engine.pick();
+    let fault = engine.pick().or(behaviour.fault());
     rec.fault = fault.map_or("none", Fault::name);
     let ack = match fault {
         Some(Fault::Ae) => build_ack(header.as_ref(), AckCode::AE),
@@ -383,9 +587,13 @@ async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &[u8]) -> 
             let msa = format!("MSA{f}AA{f}");
             ack.replacen(&msa, &format!("{msa}WRONG-"), 1).into_bytes()
         }
-        _ => build_accept(header.as_ref()),
+        Some(_) => build_accept(header.as_ref()),
+        None => behaviour.ack(header.as_ref()).await,
     };
     let (written, next) = write_answer(tcp, engine, fault, &ack).await;
+    if fault.is_none() && written == Some(true) {
+        behaviour.after(tcp, &MllpCodec::frame(&ack)).await;
+    }
     if let Some(complete) = written {
         rec.ack_id = Header::parse(&ack)
             .ok()

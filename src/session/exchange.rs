@@ -55,10 +55,12 @@ impl Session<'_> {
         match exchanged {
             Ok(ack) => {
                 let latency = started.elapsed();
-                // The sender's ACK first: the record is bookkeeping, not on its latency path.
-                let replied = self.reply(stream, &ack.bytes).await;
                 let outcome = Outcome::Relayed { ack: &ack, latency };
-                self.report(header.as_ref(), forward.len(), outcome);
+                self.count(header.as_ref(), forward.len(), &outcome);
+                // The sender's ACK before its audit record: the record is bookkeeping, not on
+                // the sender's latency path.
+                let replied = self.reply(stream, &ack.bytes).await;
+                self.record(header.as_ref(), forward.len(), &outcome);
                 replied
             }
             Err(e) => {

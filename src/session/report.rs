@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tracing::field::{DisplayValue, display};
+
 use super::{Session, session_event};
 use crate::audit;
 use crate::hl7::{AckCode, Header, NakReason, RejectReason};
@@ -49,37 +51,40 @@ pub(super) enum Outcome<'a> {
 impl Session<'_> {
     /// Counts, logs and audits one exchange of the message with `header` and `bytes`.
     pub(super) fn report(&self, header: Option<&Header<'_>>, bytes: usize, outcome: Outcome<'_>) {
+        if self.count(header, bytes, &outcome) {
+            self.record(header, bytes, &outcome);
+        }
+    }
+
+    /// The counters and the (rate-limited) log line of an exchange; whether its audit record
+    /// is to be written (a refusal's shares its line's rate limit). A relayed ACK is counted
+    /// before the sender has it, so a scrape never lags what a sender saw.
+    pub(super) fn count(
+        &self,
+        header: Option<&Header<'_>>,
+        bytes: usize,
+        outcome: &Outcome<'_>,
+    ) -> bool {
         let m = &self.ctx.metrics;
-        let record = match outcome {
+        match *outcome {
             Outcome::Relayed { ack, latency } => {
                 m.messages_forwarded.inc();
                 m.upstream_ack_seconds.observe(latency.as_secs_f64());
                 m.ack(ack.code);
-                audit::Outcome::Relayed {
-                    ack: ack.code,
-                    engine: &ack.target,
-                    latency,
-                }
+                true
             }
-            Outcome::Forwarded { engine } => {
+            Outcome::Forwarded { .. } => {
                 m.messages_forwarded.inc();
-                audit::Outcome::Forwarded { engine }
+                true
             }
             Outcome::Refused { reason, answer } => {
                 m.rejected(reason.label());
-                if !self.log_refusal(header, bytes, reason, answer) {
-                    return;
-                }
-                audit::Outcome::Refused {
-                    reason: reason.label(),
-                    err: reason.err_code(),
-                    answer,
-                }
+                self.log_refusal(header, bytes, reason, answer)
             }
             Outcome::Oversize { answer } => {
                 m.rejected(RejectReason::TooLarge);
                 let Some(suppressed) = self.ctx.events.refused.admit() else {
-                    return;
+                    return false;
                 };
                 session_event!(
                     warn,
@@ -92,25 +97,45 @@ impl Session<'_> {
                     suppressed,
                     "message over max_message_bytes refused"
                 );
-                audit::Outcome::Refused {
-                    reason: RejectReason::TooLarge,
-                    err: 207,
-                    answer,
-                }
+                true
             }
             Outcome::Failed { error, answer } => {
                 self.count_failure(header, error, answer);
-                audit::Outcome::Failed {
-                    kind: error.kind(),
-                    engine: error.target(),
-                    answer,
-                }
+                true
             }
-        };
-        if self.ctx.audit_messages {
-            let (id, kind) = (control_id(header), message_type(header));
-            audit::message(self.who, id, kind, bytes, record);
         }
+    }
+
+    /// The audit record of an exchange (with `audit.messages`).
+    pub(super) fn record(&self, header: Option<&Header<'_>>, bytes: usize, outcome: &Outcome<'_>) {
+        if !self.ctx.audit_messages {
+            return;
+        }
+        let record = match *outcome {
+            Outcome::Relayed { ack, latency } => audit::Outcome::Relayed {
+                ack: ack.code,
+                engine: &ack.target,
+                latency,
+            },
+            Outcome::Forwarded { engine } => audit::Outcome::Forwarded { engine },
+            Outcome::Refused { reason, answer } => audit::Outcome::Refused {
+                reason: reason.label(),
+                err: reason.err_code(),
+                answer,
+            },
+            Outcome::Oversize { answer } => audit::Outcome::Refused {
+                reason: RejectReason::TooLarge,
+                err: 207,
+                answer,
+            },
+            Outcome::Failed { error, answer } => audit::Outcome::Failed {
+                kind: error.kind(),
+                engine: error.target(),
+                answer,
+            },
+        };
+        let (id, kind) = (control_id(header), message_type(header));
+        audit::message(self.who, id, kind, bytes, record);
     }
 
     /// The log line of a refusal, rate-limited: a sender can repeat a refused message at will.
@@ -181,8 +206,9 @@ impl Session<'_> {
 
     /// MSH-10 for a log line, escaped; `None` (no field) when `audit.messages` is off, which
     /// keeps control IDs out of every line.
-    fn logged_control_id(&self, header: Option<&Header<'_>>) -> Option<String> {
-        self.ctx.audit_messages.then(|| escape(control_id(header)))
+    fn logged_control_id(&self, header: Option<&Header<'_>>) -> Option<DisplayValue<String>> {
+        let id = || display(escape(control_id(header)));
+        self.ctx.audit_messages.then(id)
     }
 }
 

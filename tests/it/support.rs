@@ -1,5 +1,5 @@
-//! Test support: certificates made with rcgen per test, a stand-in engine with misbehaviours,
-//! and a proxy started in-process on port 0.
+//! Test support: certificates made with rcgen per test, `ack-server`'s stand-in engine, the
+//! [`Harness`] that starts a proxy in front of it (in-process on port 0, or the binary).
 
 #![allow(dead_code)]
 
@@ -8,21 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mllp_proxy::cli::TlsArgs;
+use mllp_proxy::cli::ack_server;
 use mllp_proxy::client::{ClientTarget, MllpClient};
 use mllp_proxy::config::Config;
-use mllp_proxy::hl7::{Header, build_accept};
 use mllp_proxy::metrics::Metrics;
-use mllp_proxy::mllp::{Frame, MllpCodec};
 use mllp_proxy::proxy::RunningProxy;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 /// A test PKI in a temporary folder: a CA, a server certificate for localhost/127.0.0.1 and
@@ -431,57 +428,20 @@ pub async fn connect(pki: &Pki, proxy: &RunningProxy, which: ClientCert) -> Mllp
         .expect("client connects")
 }
 
-/// What the stand-in engine does with each message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behaviour {
-    /// Answers AA with the right MSA-2.
-    Ack,
-    /// Reads and never answers.
-    Silent,
-    /// Reads the message, then closes the connection.
-    CloseAfterRead,
-    /// Answers AA with a wrong MSA-2.
-    WrongControlId,
-    /// Answers something that is not an acknowledgment.
-    Garbage,
-    /// Answers AA after a delay.
-    Delay(Duration),
-    /// Answers AA, then closes the connection (a quirk of some legacy engines).
-    CloseAfterAck,
-    /// Answers the first message of each connection; closes on reading the second.
-    CloseOnSecondMessage,
-    /// Answers AA, then a line feed outside any frame a moment later.
-    AckThenLineFeed,
-    /// Answers AA twice (the same ACK again 20 ms later).
-    AckTwice,
-    /// Answers AA, then 20 ms later an unsolicited AA naming another message.
-    AckThenOther,
-    /// Answers AA with an NTE segment of this many bytes (engines that echo the message).
-    AckPadded(usize),
-    /// Answers AA, and closes a connection idle for this long.
-    AckCloseWhenIdle(Duration),
-    /// Answers AR to the message with this control ID, AA to the others.
-    RejectId(&'static str),
-    /// Answers AA after the first delay when the control ID starts with the text, after the
-    /// second otherwise.
-    DelayByPrefix(&'static str, Duration, Duration),
-}
+/// What the stand-in engine does with each message: `ack-server`'s own engine behaviours.
+pub use mllp_proxy::cli::ack_server::Behaviour;
 
-/// A stand-in legacy engine on plain MLLP, recording what it receives.
+/// The stand-in legacy engine of `ack-server`, on plain MLLP on a loopback port, keeping what
+/// it receives; stopped when dropped.
 pub struct Engine {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<Bytes>>>,
-    behaviour: Arc<Mutex<Behaviour>>,
-    connections: Arc<Mutex<usize>>,
-    /// Connections open now, connections refused because one was (single-connection), and
-    /// the most open at once.
-    open: Arc<Mutex<(usize, usize, usize)>>,
+    engine: Arc<ack_server::Engine>,
     stop: CancellationToken,
 }
 
 impl Engine {
     pub async fn start(b: Behaviour) -> Engine {
-        Self::start_on("127.0.0.1:0".parse().expect("addr"), b).await
+        Self::start_with("127.0.0.1:0".parse().expect("addr"), b, false).await
     }
 
     pub async fn start_on(addr: SocketAddr, b: Behaviour) -> Engine {
@@ -497,59 +457,10 @@ impl Engine {
     async fn start_with(addr: SocketAddr, b: Behaviour, single: bool) -> Engine {
         let listener = TcpListener::bind(addr).await.expect("engine binds");
         let addr = listener.local_addr().expect("addr");
-        let engine = Engine {
-            addr,
-            received: Arc::default(),
-            behaviour: Arc::new(Mutex::new(b)),
-            connections: Arc::default(),
-            open: Arc::default(),
-            stop: CancellationToken::new(),
-        };
-        let (received, behaviour, stop, conns, open) = (
-            engine.received.clone(),
-            engine.behaviour.clone(),
-            engine.stop.clone(),
-            engine.connections.clone(),
-            engine.open.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((tcp, _)) = accepted else { continue };
-                {
-                    let mut o = open.lock().expect("lock");
-                    if single && o.0 > 0 {
-                        o.1 += 1;
-                        drop(tcp);
-                        continue;
-                    }
-                    o.0 += 1;
-                    o.2 = o.2.max(o.0);
-                }
-                *conns.lock().expect("lock") += 1;
-                let (received, behaviour, stop, open) = (
-                    received.clone(),
-                    behaviour.clone(),
-                    stop.clone(),
-                    open.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut tcp = tcp;
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = engine_connection(&mut tcp, received, behaviour) => {}
-                    }
-                    // Counted closed before the peer can see the close, as a real engine
-                    // that takes the next connection only after closing this one.
-                    open.lock().expect("lock").0 -= 1;
-                    drop(tcp);
-                });
-            }
-        });
-        engine
+        let engine = Arc::new(ack_server::Engine::scripted(b, single));
+        let stop = CancellationToken::new();
+        tokio::spawn(ack_server::serve(listener, engine.clone(), stop.clone()));
+        Engine { addr, engine, stop }
     }
 
     pub fn target(&self) -> String {
@@ -557,11 +468,11 @@ impl Engine {
     }
 
     pub fn set(&self, b: Behaviour) {
-        *self.behaviour.lock().expect("lock") = b;
+        self.engine.set_behaviour(b);
     }
 
     pub fn received(&self) -> Vec<Bytes> {
-        self.received.lock().expect("lock").clone()
+        self.engine.received()
     }
 
     /// The MSH-10 of each received message, in order.
@@ -579,121 +490,23 @@ impl Engine {
     }
 
     pub fn connections(&self) -> usize {
-        *self.connections.lock().expect("lock")
+        self.engine.connections() as usize
     }
 
     /// Connections refused because another was open (single-connection engines).
     pub fn refused(&self) -> usize {
-        self.open.lock().expect("lock").1
+        self.engine.refused()
     }
 
     /// The most connections that were open at once.
     pub fn peak(&self) -> usize {
-        self.open.lock().expect("lock").2
+        self.engine.peak()
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-async fn engine_connection(
-    tcp: &mut TcpStream,
-    received: Arc<Mutex<Vec<Bytes>>>,
-    behaviour: Arc<Mutex<Behaviour>>,
-) {
-    let mut codec = MllpCodec::new(64 << 20);
-    let mut buf = BytesMut::new();
-    let mut on_this_connection = 0;
-    loop {
-        while let Ok(Some(frame)) = codec.decode(&mut buf) {
-            let Frame::Message(msg) = frame else { continue };
-            received.lock().expect("lock").push(msg.clone());
-            on_this_connection += 1;
-            let b = *behaviour.lock().expect("lock");
-            if b == Behaviour::CloseOnSecondMessage && on_this_connection == 2 {
-                return;
-            }
-            let header = Header::parse(&msg).ok();
-            if header.is_some_and(|h| h.is_ack()) {
-                // Like a real engine: an acknowledgment is not answered.
-                continue;
-            }
-            let answer = match b {
-                Behaviour::Silent => continue,
-                Behaviour::CloseAfterRead => return,
-                Behaviour::Garbage => b"this is not HL7".to_vec(),
-                Behaviour::WrongControlId => {
-                    let ack = String::from_utf8_lossy(&build_accept(header.as_ref())).into_owned();
-                    let id = header
-                        .map(|h| String::from_utf8_lossy(h.control_id).into_owned())
-                        .unwrap_or_default();
-                    ack.replace(&format!("MSA|AA|{id}"), "MSA|AA|SOMETHING-ELSE")
-                        .into_bytes()
-                }
-                Behaviour::Delay(d) => {
-                    tokio::time::sleep(d).await;
-                    build_accept(header.as_ref())
-                }
-                Behaviour::DelayByPrefix(prefix, slow, fast) => {
-                    let hit = header.is_some_and(|h| h.control_id.starts_with(prefix.as_bytes()));
-                    tokio::time::sleep(if hit { slow } else { fast }).await;
-                    build_accept(header.as_ref())
-                }
-                Behaviour::RejectId(id)
-                    if header.is_some_and(|h| h.control_id == id.as_bytes()) =>
-                {
-                    mllp_proxy::hl7::build_ack(header.as_ref(), mllp_proxy::hl7::AckCode::AR)
-                }
-                Behaviour::RejectId(_) => build_accept(header.as_ref()),
-                Behaviour::AckPadded(n) => {
-                    let mut ack = build_accept(header.as_ref());
-                    ack.extend_from_slice(b"NTE|1||");
-                    ack.extend(std::iter::repeat_n(b'x', n));
-                    ack.push(b'\r');
-                    ack
-                }
-                Behaviour::Ack
-                | Behaviour::CloseAfterAck
-                | Behaviour::CloseOnSecondMessage
-                | Behaviour::AckThenLineFeed
-                | Behaviour::AckTwice
-                | Behaviour::AckThenOther
-                | Behaviour::AckCloseWhenIdle(_) => build_accept(header.as_ref()),
-            };
-            if tcp.write_all(&MllpCodec::frame(&answer)).await.is_err() {
-                return;
-            }
-            match b {
-                Behaviour::AckThenLineFeed => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let _ = tcp.write_all(b"\n").await;
-                }
-                Behaviour::AckTwice => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let _ = tcp.write_all(&MllpCodec::frame(&answer)).await;
-                }
-                Behaviour::AckThenOther => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let other = build_accept(Header::parse(&adt("SOMETHING-ELSE")).ok().as_ref());
-                    let _ = tcp.write_all(&MllpCodec::frame(&other)).await;
-                }
-                _ => {}
-            }
-            if b == Behaviour::CloseAfterAck {
-                return;
-            }
-        }
-        let idle = match *behaviour.lock().expect("lock") {
-            Behaviour::AckCloseWhenIdle(d) => d,
-            _ => Duration::from_secs(3600),
-        };
-        match tokio::time::timeout(idle, tcp.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(_)) => {}
-        }
     }
 }
 
