@@ -332,7 +332,7 @@ impl Harness {
         self
     }
 
-    /// Top-level YAML (`audit:`, `logging:`) for the binary ([`Harness::spawn_json`]).
+    /// Top-level YAML (`audit:`, `shutdown:`) before the `admin:` section.
     pub fn top_yaml(mut self, yaml: &str) -> Self {
         self.top.push_str(yaml);
         self
@@ -346,14 +346,8 @@ impl Harness {
 
     /// Starts the engine and the proxy in-process.
     pub async fn start(self) -> World {
-        let engine = Engine::start(self.behaviour).await;
-        let mut targets = self.before;
-        targets.push(if self.engine_down {
-            unused_addr().await.to_string()
-        } else {
-            engine.target()
-        });
-        let mut cfg = self.pki.config(&targets, &self.extra);
+        let (engine, yaml) = self.engine_and_yaml("").await;
+        let mut cfg = Config::from_yaml(&yaml, self.pki.dir.path()).expect("test config");
         for edit in self.edits {
             edit(&mut cfg);
         }
@@ -377,17 +371,8 @@ impl Harness {
             self.edits.is_empty(),
             "the binary reads YAML: use route_yaml"
         );
-        let engine = Engine::start(self.behaviour).await;
-        let mut targets = self.before;
-        targets.push(if self.engine_down {
-            unused_addr().await.to_string()
-        } else {
-            engine.target()
-        });
-        let yaml = self.pki.config_yaml(&targets, &self.extra).replace(
-            "admin:\n",
-            &format!("{}logging:\n  format: {format}\nadmin:\n", self.top),
-        );
+        let logging = format!("logging:\n  format: {format}\n");
+        let (engine, yaml) = self.engine_and_yaml(&logging).await;
         let config_path = self.pki.path("proxy.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let proxy = ProxyProcess::spawn(&config_path, "info");
@@ -396,6 +381,23 @@ impl Harness {
             engine,
             proxy,
         }
+    }
+
+    /// Starts the engine, and writes the configuration in front of it (or of a port nobody
+    /// listens on, with [`Harness::engine_down`]), with `top` YAML before `admin:`.
+    async fn engine_and_yaml(&self, top: &str) -> (Engine, String) {
+        let engine = Engine::start(self.behaviour).await;
+        let mut targets = self.before.clone();
+        targets.push(if self.engine_down {
+            unused_addr().await.to_string()
+        } else {
+            engine.target()
+        });
+        let yaml = self
+            .pki
+            .config_yaml(&targets, &self.extra)
+            .replace("admin:\n", &format!("{}{top}admin:\n", self.top));
+        (engine, yaml)
     }
 }
 
