@@ -71,12 +71,7 @@ impl LineWriter {
     pub fn start(sink: Sink, reopen: Reopen) -> std::io::Result<(LineWriter, WriterGuard)> {
         let (tx, rx) = mpsc::channel::<Line>();
         let open = |p: &PathBuf| -> std::io::Result<Box<dyn Write + Send>> {
-            Ok(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ))
+            Ok(Box::new(open_private(p)?))
         };
         let mut out: Box<dyn Write + Send> = match &sink {
             Sink::Stderr => Box::new(std::io::stderr()),
@@ -142,6 +137,26 @@ impl Drop for WriterGuard {
             }
         }
     }
+}
+
+/// Opens `path` for appending, created `rw-r-----`: the audit trail names every sending
+/// system, certificate serial and control ID, which is no business of other local users. A
+/// file found with wider permissions is narrowed to the same.
+fn open_private(path: &PathBuf) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    const MODE: u32 = 0o640;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(MODE)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o777 & !MODE != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(
+            mode & !0o777 | (mode & MODE),
+        ))?;
+    }
+    Ok(file)
 }
 
 /// One formatted line, sent when tracing drops the writer.

@@ -45,6 +45,24 @@ pub struct MllpClient {
     out: BytesMut,
 }
 
+/// A TCP connection to `addr`, from `from` when given.
+async fn tcp_connect(addr: &str, from: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let remote = tokio::net::lookup_host(addr)
+        .await?
+        .find(|r| r.is_ipv4() == from.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address of {from}'s family")))?;
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    socket.connect(remote).await
+}
+
 /// A client error, with a message for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -54,8 +72,18 @@ impl MllpClient {
     /// Connects (and completes the TLS handshake) within `timeout`; the handshake alone within
     /// [`HANDSHAKE_TIMEOUT`] at most.
     pub async fn connect(target: &ClientTarget, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_from(target, None, timeout).await
+    }
+
+    /// [`MllpClient::connect`] from the local address `from` (one of several loopback
+    /// addresses, say, to look like several senders).
+    pub async fn connect_from(
+        target: &ClientTarget,
+        from: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let addr = &target.addr;
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(timeout, tcp_connect(addr, from)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(ClientError(format!("connect {addr}: {e}"))),
             Err(_) => {

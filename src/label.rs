@@ -164,6 +164,25 @@ labels! {
 }
 
 labels! {
+    /// The `result` of `proxy_protocol_total`: what became of a connection on a route behind a
+    /// load balancer, before any TLS work.
+    pub enum ProxyResult {
+        /// A header named the sender; it is the peer from here on.
+        Proxied => "proxied",
+        /// The balancer's own connection (v2 LOCAL, v1 UNKNOWN): its address stays the peer.
+        Local => "local",
+        /// A trusted source sent no header: refused.
+        Missing => "missing",
+        /// A malformed or oversize header: refused.
+        Invalid => "invalid",
+        /// A source outside `proxy_protocol.trusted`: refused.
+        Untrusted => "untrusted",
+        /// No whole header within `header_timeout`: refused.
+        Timeout => "timeout",
+    }
+}
+
+labels! {
     /// The `state` of a pooled upstream connection.
     pub enum ConnState {
         /// Leased to an exchange.

@@ -35,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mllp;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod session;
 pub mod shutdown;
 pub mod timer;

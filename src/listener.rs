@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cores::Placement;
-use crate::label::{Label, Refusal};
+use crate::label::{Label, ProxyResult, Refusal};
 use crate::metrics::RouteMetrics;
+use crate::proxy_protocol::{self, Source};
 use crate::session::{self, RouteContext};
 
 /// Connection ids are process-wide so log lines of different routes never collide.
@@ -77,13 +78,21 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(5);
         ctx.metrics.connections_accepted.inc();
-        let admitted = admit(&ctx, &total, pending.as_ref(), &sources, peer);
+        let balancer = ctx.cfg.proxy_protocol.as_ref();
+        if balancer.is_some_and(|b| !b.trusts(peer.ip())) {
+            refused(&ctx, peer, ProxyResult::Untrusted.label());
+            ctx.metrics.proxy_protocol(ProxyResult::Untrusted);
+            drop(tcp);
+            continue;
+        }
+        // Behind a balancer every connection comes from the balancer: the per-source limit
+        // applies to the sender its header names, once the header is read.
+        let per_source = balancer.is_none().then_some(&sources);
+        let admitted = admit(&ctx, &total, pending.as_ref(), per_source, peer);
         let (permit, source, handshake) = match admitted {
             Ok(a) => a,
             Err(reason) => {
-                if let Some(suppressed) = ctx.events.rejected.admit() {
-                    tracing::warn!(route = %ctx.cfg.name, peer = %peer, reason = reason.label(), suppressed, "connection refused at accept");
-                }
+                refused(&ctx, peer, reason.label());
                 drop(tcp);
                 continue;
             }
@@ -91,49 +100,112 @@ pub async fn serve(
         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        let run = async move |tcp: TcpStream| {
+        let sources = sources.clone();
+        let run = async move |mut tcp: TcpStream| {
             let _permit = permit;
-            let _source = source;
             let _active = ActiveGuard::new(&ctx.metrics);
+            let (peer, _source) = match source {
+                Some(source) => (peer, source),
+                None => match behind_balancer(&ctx, &mut tcp, peer, &sources).await {
+                    Some(sender) => sender,
+                    None => return,
+                },
+            };
             session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
         };
-        let Some(placement) = &placement else {
-            tracker.spawn(run(tcp));
-            continue;
-        };
-        // The socket moves to the session thread's own I/O driver.
-        match tcp.into_std() {
-            Ok(std) => {
-                tracker.spawn_on(
-                    async move {
-                        match TcpStream::from_std(std) {
-                            Ok(tcp) => run(tcp).await,
-                            Err(e) => tracing::warn!(peer = %peer, error = %e, "connection not registered with its session thread"),
-                        }
-                    },
-                    placement.next(),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(peer = %peer, error = %e, "connection not handed to a session thread")
-            }
-        }
+        spawn(&tracker, placement.as_ref(), tcp, peer, run);
     }
     tracing::info!(route = %ctx.cfg.name, "listener stopped accepting");
 }
 
-/// The permits a new connection needs, or the limit it hit (counted).
+/// Runs `run` on the accepted `tcp`: on this runtime, or on the session thread `placement`
+/// picks, the socket moving to that thread's own I/O driver.
+fn spawn<F, Fut>(
+    tracker: &TaskTracker,
+    placement: Option<&Placement>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    run: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(placement) = placement else {
+        tracker.spawn(run(tcp));
+        return;
+    };
+    match tcp.into_std() {
+        Ok(std) => {
+            tracker.spawn_on(
+                async move {
+                    match TcpStream::from_std(std) {
+                        Ok(tcp) => run(tcp).await,
+                        Err(e) => tracing::warn!(peer = %peer, error = %e, "connection not registered with its session thread"),
+                    }
+                },
+                placement.next(),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "connection not handed to a session thread")
+        }
+    }
+}
+
+/// A connection closed before any TLS work, in one rate-limited line.
+fn refused(ctx: &RouteContext, peer: SocketAddr, reason: &'static str) {
+    if let Some(suppressed) = ctx.events.rejected.admit() {
+        tracing::warn!(route = %ctx.cfg.name, peer = %peer, reason, suppressed, "connection refused at accept");
+    }
+}
+
+/// Reads the PROXY header of a connection from the trusted `balancer` within
+/// `header_timeout`, and takes the per-source place of the sender it names; `None` (counted
+/// and logged) when the connection is refused.
+async fn behind_balancer(
+    ctx: &RouteContext,
+    tcp: &mut TcpStream,
+    balancer: SocketAddr,
+    sources: &Arc<Sources>,
+) -> Option<(SocketAddr, SourceGuard)> {
+    let timeout = ctx.cfg.proxy_protocol.as_ref()?.header_timeout;
+    let read = tokio::time::timeout(timeout, proxy_protocol::read(tcp)).await;
+    let result = match read {
+        Ok(Ok(Source::Proxied(_))) => ProxyResult::Proxied,
+        Ok(Ok(Source::Local)) => ProxyResult::Local,
+        Ok(Err(refusal)) => refusal,
+        Err(_) => ProxyResult::Timeout,
+    };
+    ctx.metrics.proxy_protocol(result);
+    let peer = match read {
+        Ok(Ok(Source::Proxied(sender))) => sender,
+        Ok(Ok(Source::Local)) => balancer,
+        _ => {
+            refused(ctx, balancer, result.label());
+            return None;
+        }
+    };
+    let Some(source) = Sources::enter(sources, peer.ip()) else {
+        ctx.metrics.refused(Refusal::PerSource);
+        refused(ctx, peer, Refusal::PerSource.label());
+        return None;
+    };
+    Some((peer, source))
+}
+
+/// The permits a new connection needs, or the limit it hit (counted). Without `sources` the
+/// per-source place is taken later (behind a balancer, for the sender its header names).
 #[allow(clippy::type_complexity)]
 fn admit(
     ctx: &RouteContext,
     total: &Arc<Semaphore>,
     pending: Option<&Arc<Semaphore>>,
-    sources: &Arc<Sources>,
+    sources: Option<&Arc<Sources>>,
     peer: SocketAddr,
 ) -> Result<
     (
         OwnedSemaphorePermit,
-        SourceGuard,
+        Option<SourceGuard>,
         Option<OwnedSemaphorePermit>,
     ),
     Refusal,
@@ -146,8 +218,12 @@ fn admit(
     let Ok(permit) = total.clone().try_acquire_owned() else {
         return refuse(Refusal::Limit);
     };
-    let Some(source) = Sources::enter(sources, peer.ip()) else {
-        return refuse(Refusal::PerSource);
+    let source = match sources {
+        None => None,
+        Some(sources) => match Sources::enter(sources, peer.ip()) {
+            Some(source) => Some(source),
+            None => return refuse(Refusal::PerSource),
+        },
     };
     let handshake = match pending {
         None => None,

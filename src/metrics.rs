@@ -12,7 +12,8 @@ use prometheus::{
 
 use crate::hl7::{AckCode, RejectReason};
 use crate::label::{
-    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Refusal, Verdict,
+    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, ProxyResult, Refusal,
+    Verdict,
 };
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
@@ -57,6 +58,7 @@ struct ConnectionFamilies {
     certificate_expiry: GaugeVec,
     tls_reloads: IntCounterVec,
     log_events_suppressed: IntCounterVec,
+    proxy_protocol: IntCounterVec,
 }
 
 /// Messages and the proxy's answers.
@@ -172,6 +174,7 @@ impl Metrics {
         zero::<LogEvent>(&self.conn.log_events_suppressed, &r);
         zero::<Refusal>(&self.conn.rejected, &r);
         zero::<FailureKind>(&self.up.exchanges_failed, &r);
+        zero::<ProxyResult>(&self.conn.proxy_protocol, &r);
         RouteMetrics {
             route: route.to_string(),
             connections_accepted: self.conn.accepted.with_label_values(&r),
@@ -298,6 +301,11 @@ impl ConnectionFamilies {
                 "Log lines of peer-triggered events held back by rate limiting (the events are still counted).",
                 &["route", "event"],
             )?,
+            proxy_protocol: reg.counter(
+                "mllp_proxy_proxy_protocol_total",
+                "Connections of routes behind a load balancer, by what their PROXY header gave (proxied, local) or why they were refused before TLS.",
+                &["route", "result"],
+            )?,
         })
     }
 }
@@ -406,6 +414,15 @@ impl RouteMetrics {
             .conn
             .rejected
             .with_label_values(&[&self.route, reason.label()])
+            .inc();
+    }
+
+    /// Counts what a route behind a load balancer made of a connection's PROXY header.
+    pub fn proxy_protocol(&self, result: ProxyResult) {
+        self.all
+            .conn
+            .proxy_protocol
+            .with_label_values(&[&self.route, result.label()])
             .inc();
     }
 
@@ -569,6 +586,7 @@ mod tests {
         assert_well_formed::<Verdict>();
         assert_well_formed::<ConnState>();
         assert_well_formed::<CertRole>();
+        assert_well_formed::<ProxyResult>();
         let m = Metrics::new().unwrap();
         let r = m.route("lab");
         let _t = r.target("engine:2575");
@@ -580,6 +598,7 @@ mod tests {
         all_at_zero::<Refusal>(&text, "mllp_proxy_connections_rejected_total", "reason");
         all_at_zero::<LogEvent>(&text, "mllp_proxy_log_events_suppressed_total", "event");
         all_at_zero::<Verdict>(&text, "mllp_proxy_tls_reloads_total", "result");
+        all_at_zero::<ProxyResult>(&text, "mllp_proxy_proxy_protocol_total", "result");
         for kind in FailureKind::ALL {
             let series = format!(
                 "mllp_proxy_upstream_failures_total{{kind=\"{kind}\",route=\"lab\",target=\"engine:2575\"}} 0"

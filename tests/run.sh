@@ -14,9 +14,11 @@ if ! [ -f tests/interop/node_modules/node-hl7-client/package.json ]; then
     echo "== installing node-hl7-client into tests/interop/node_modules"
     (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# openssl (s_client interop) and promtool (Debian package prometheus: metrics format).
+# openssl (s_client interop), promtool (Debian package prometheus: metrics format) and
+# haproxy (a real load balancer sending PROXY protocol headers).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

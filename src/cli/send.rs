@@ -22,6 +22,10 @@ pub struct SendArgs {
     /// Also print each answer in full, one segment per line.
     #[arg(long)]
     pub show: bool,
+    /// Connect from this local address (a host with several, or 127.0.0.N to look like
+    /// another sender behind a load balancer).
+    #[arg(long)]
+    pub from: Option<std::net::IpAddr>,
     /// Files holding one or more messages separated by blank lines; `-` or none reads stdin.
     pub files: Vec<PathBuf>,
 }
@@ -55,7 +59,7 @@ pub async fn run(args: SendArgs) -> Result<bool, ClientError> {
         return Err(ClientError("no message to send".into()));
     }
     let target = args.tls.target(&args.to)?;
-    let mut client = MllpClient::connect(&target, args.timeout).await?;
+    let mut client = MllpClient::connect_from(&target, args.from, args.timeout).await?;
     client.check_admitted(ADMISSION_WAIT).await?;
     let mut all_positive = true;
     for (i, msg) in messages.iter().enumerate() {

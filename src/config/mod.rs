@@ -9,7 +9,7 @@
 //! once, at start-up, with the key path that holds it.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,6 +147,77 @@ pub struct RouteConfig {
     pub validation: ValidationConfig,
     /// Bounds on connections and on how long a peer may hold one.
     pub limits: LimitsConfig,
+    /// The route sits behind a TCP load balancer that sends a PROXY protocol header.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// `routes[].proxy_protocol`: which sources must send a PROXY header, and how fast.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolConfig {
+    /// Sources that must begin with a header; every other source is refused.
+    pub trusted: Vec<Cidr>,
+    /// A header not complete within this is refused.
+    pub header_timeout: Duration,
+}
+
+impl ProxyProtocolConfig {
+    /// Whether connections from `ip` come from a trusted balancer.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDRESS/PREFIX` or a single address.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("`{text}` is not an address range (write 10.0.0.0/8 or 2001:db8::/32)")
+        })?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4 peer seen on an IPv6 socket counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u32) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        shift >= width || (net >> shift) == (addr >> shift)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// TLS material of a route. Paths are absolute (resolved against the configuration file).

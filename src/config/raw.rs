@@ -80,6 +80,19 @@ pub(super) struct RawRoute {
     pub(super) validation: RawValidation,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) proxy_protocol: Option<RawProxyProtocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyProtocol {
+    pub(super) trusted: Vec<String>,
+    #[serde(default = "default_header_timeout")]
+    pub(super) header_timeout: String,
+}
+
+fn default_header_timeout() -> String {
+    "3s".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,3 +175,56 @@ fn durations_need_a_unit() {
     assert!(parse_duration("s").is_err());
     assert!(parse_duration("3d").is_err());
 }
+
+#[test]
+fn proxy_protocol_takes_address_ranges_and_names_a_bad_one() {
+    let with = |block: &str| MINIMAL.replace("    upstream:", &format!("{block}    upstream:"));
+    let ok = Config::from_yaml(
+        &with(
+            "    proxy_protocol: { trusted: [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"] }\n",
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    let pp = ok.routes[0].proxy_protocol.clone().unwrap();
+    assert_eq!(pp.header_timeout, Duration::from_secs(3));
+    for (addr, trusted) in [
+        ("10.1.2.3", true),
+        ("11.0.0.1", false),
+        ("::ffff:10.9.9.9", true),
+        ("2001:db8:1::5", true),
+        ("2001:db9::5", false),
+        ("192.0.2.7", true),
+        ("192.0.2.8", false),
+    ] {
+        assert_eq!(pp.trusts(addr.parse().unwrap()), trusted, "{addr}");
+    }
+    assert!(
+        Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("203.0.113.1".parse().unwrap())
+    );
+    assert!(
+        !Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("::1".parse().unwrap())
+    );
+    let e = err(&with(
+        "    proxy_protocol: { trusted: [\"10.0.0.0/8\", \"10.0.0.0/33\"] }\n",
+    ));
+    assert!(
+        e.contains("routes[0].proxy_protocol.trusted[1]") && e.contains("0 to 32"),
+        "{e}"
+    );
+    let e = err(&with("    proxy_protocol: { trusted: [\"balancer\"] }\n"));
+    assert!(e.contains("routes[0].proxy_protocol.trusted[0]"), "{e}");
+    let e = err(&with("    proxy_protocol: { trusted: [] }\n"));
+    assert!(e.contains("routes[0].proxy_protocol.trusted"), "{e}");
+    let e = err(&with(
+        "    proxy_protocol: { trusted: [\"10.0.0.0/8\"], header_timeout: 3 }\n",
+    ));
+    assert!(e.contains("routes[0].proxy_protocol.header_timeout"), "{e}");
+    assert!(ok.routes[0].proxy_protocol.is_some());
+    let none = Config::from_yaml(MINIMAL, Path::new("/")).unwrap();
+    assert!(none.routes[0].proxy_protocol.is_none());
+}

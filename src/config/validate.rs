@@ -188,6 +188,33 @@ impl RawRoute {
             on_upstream_failure: self.on_upstream_failure,
             validation: self.validation.validate(&format!("{k}.validation"))?,
             limits: self.limits.validate(&format!("{k}.limits"))?,
+            proxy_protocol: self
+                .proxy_protocol
+                .map(|p| p.validate(&format!("{k}.proxy_protocol")))
+                .transpose()?,
+        })
+    }
+}
+
+impl RawProxyProtocol {
+    fn validate(self, k: &str) -> Result<ProxyProtocolConfig, ConfigError> {
+        if self.trusted.is_empty() {
+            return Err(invalid(
+                format!("{k}.trusted"),
+                "list the load balancers' address ranges; every other source is refused",
+            ));
+        }
+        let trusted = self
+            .trusted
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Cidr::parse(t).map_err(|reason| invalid(format!("{k}.trusted[{i}]"), reason))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ProxyProtocolConfig {
+            trusted,
+            header_timeout: duration(&format!("{k}.header_timeout"), &self.header_timeout)?,
         })
     }
 }

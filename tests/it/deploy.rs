@@ -212,10 +212,8 @@ fn every_configuration_key_is_documented() {
         .iter()
         .filter(|k| {
             !example.lines().any(|l| {
-                let l = l
-                    .trim_start()
-                    .trim_start_matches("# ")
-                    .trim_start_matches("- ");
+                let l = l.trim_start().trim_start_matches('#').trim_start();
+                let l = l.trim_start_matches("- ");
                 l.starts_with(&format!("{k}:"))
             })
         })

@@ -279,3 +279,67 @@ async fn every_text_log_line_of_a_busy_run_parses_as_logfmt() {
         assert!(kinds.contains(kind), "no {kind} record in {lines:#?}");
     }
 }
+
+#[test]
+fn the_audit_file_is_readable_by_its_group_only_and_stays_so_across_rotation() {
+    // audit.file names every sending system, certificate serial and control ID: it is created
+    // rw-r-----, and after logrotate moves it and SIGHUP reopens it, the new file is too and
+    // the moved one keeps the records written before.
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let harness = Harness::new();
+    let file = harness.pki.path("audit.log");
+    let top = format!("audit:\n  file: {}\n", file.display());
+    let BinaryWorld {
+        pki,
+        engine: _engine,
+        proxy,
+    } = rt.block_on(harness.top_yaml(&top).spawn_json());
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .expect("audit file")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let send = |id: &str| {
+        rt.block_on(async {
+            let target = pki.target(proxy.addr, ClientCert::Good);
+            let mut c = MllpClient::connect(&target, T).await.expect("connect");
+            let ack = c.exchange(&adt(id), T).await.expect("ACK");
+            c.close().await;
+            msa(&ack).0
+        })
+    };
+    let holds = |p: &std::path::Path, id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(p).is_ok_and(|t| t.contains(id)) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    };
+    assert_eq!(send("ROT-1"), "AA");
+    assert!(holds(&file, "ROT-1"));
+    assert_eq!(mode(&file), 0o640);
+
+    let rotated = pki.path("audit.log.1");
+    std::fs::rename(&file, &rotated).expect("rotate");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(send("ROT-2"), "AA");
+    assert!(holds(&file, "ROT-2"), "no new audit file after SIGHUP");
+    assert_eq!(mode(&file), 0o640);
+    assert!(holds(&rotated, "ROT-1"));
+    assert!(
+        !std::fs::read_to_string(&rotated)
+            .expect("rotated")
+            .contains("ROT-2")
+    );
+}

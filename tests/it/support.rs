@@ -665,19 +665,25 @@ impl Drop for ProxyProcess {
 
 /// `promtool`, or `None` after saying so (a failure when MLLP_PROXY_REQUIRE_INTEROP=1).
 pub fn promtool() -> Option<PathBuf> {
-    let ok = std::process::Command::new("promtool")
-        .arg("--version")
+    required_tool("promtool", "--version", "prometheus")
+}
+
+/// The command `name` if `name ARG` runs, or `None` after saying so; a failure when
+/// MLLP_PROXY_REQUIRE_INTEROP=1 (tests/run.sh installs `package`, a Debian package).
+pub fn required_tool(name: &str, arg: &str, package: &str) -> Option<PathBuf> {
+    let ok = std::process::Command::new(name)
+        .arg(arg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if ok {
-        return Some(PathBuf::from("promtool"));
+        return Some(PathBuf::from(name));
     }
     if std::env::var("MLLP_PROXY_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-        panic!("promtool not found (Debian package prometheus; tests/run.sh installs it)");
+        panic!("{name} not found (Debian package {package}; tests/run.sh installs it)");
     }
-    eprintln!("SKIPPED: promtool not found (Debian package prometheus)");
+    eprintln!("SKIPPED: {name} not found (Debian package {package})");
     None
 }
 
