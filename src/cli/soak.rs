@@ -431,7 +431,7 @@ impl Report {
         }
         let injected: u64 = faults
             .iter()
-            .filter(|(k, _)| **k != "none")
+            .filter(|(k, _)| Fault::from_name(k).is_some())
             .map(|(_, v)| v)
             .sum();
         self.row("faults injected by the engine", injected);
