@@ -170,20 +170,16 @@ async fn behind_balancer(
 ) -> Option<(SocketAddr, SourceGuard)> {
     let timeout = ctx.cfg.proxy_protocol.as_ref()?.header_timeout;
     let read = tokio::time::timeout(timeout, proxy_protocol::read(tcp)).await;
-    let result = match read {
-        Ok(Ok(Source::Proxied(_))) => ProxyResult::Proxied,
-        Ok(Ok(Source::Local)) => ProxyResult::Local,
-        Ok(Err(refusal)) => refusal,
-        Err(_) => ProxyResult::Timeout,
+    let (result, peer) = match read {
+        Ok(Ok(Source::Proxied(sender))) => (ProxyResult::Proxied, Some(sender)),
+        Ok(Ok(Source::Local)) => (ProxyResult::Local, Some(balancer)),
+        Ok(Err(refusal)) => (refusal, None),
+        Err(_) => (ProxyResult::Timeout, None),
     };
     ctx.metrics.proxy_protocol(result);
-    let peer = match read {
-        Ok(Ok(Source::Proxied(sender))) => sender,
-        Ok(Ok(Source::Local)) => balancer,
-        _ => {
-            refused(ctx, balancer, result.label());
-            return None;
-        }
+    let Some(peer) = peer else {
+        refused(ctx, balancer, result.label());
+        return None;
     };
     let Some(source) = Sources::enter(sources, peer.ip()) else {
         ctx.metrics.refused(Refusal::PerSource);
