@@ -1,7 +1,7 @@
 //! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -21,26 +21,56 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
-/// What the admin endpoints report.
+/// What the admin endpoints report; routes keep it current as they reload.
 pub struct AdminState {
     /// Scraped on `/metrics`.
     pub metrics: Metrics,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
     /// Each route's engine: its pool's gauges are read at scrape time.
-    pub upstreams: Vec<Arc<Upstream>>,
+    upstreams: Mutex<Vec<(String, Arc<Upstream>)>>,
     /// `admin.ready_requires_upstream`: `/readyz` needs a target up on every route.
-    pub ready_requires_upstream: bool,
+    pub ready_requires_upstream: AtomicBool,
 }
 
 impl AdminState {
+    /// Not ready yet, with no routes.
+    pub fn new(metrics: Metrics, ready_requires_upstream: bool) -> Self {
+        Self {
+            metrics,
+            ready: AtomicBool::new(false),
+            upstreams: Mutex::new(Vec::new()),
+            ready_requires_upstream: AtomicBool::new(ready_requires_upstream),
+        }
+    }
+
+    /// Sets (or with `None` removes) the engine of `route`.
+    pub fn set_upstream(&self, route: &str, upstream: Option<Arc<Upstream>>) {
+        let Ok(mut all) = self.upstreams.lock() else {
+            return;
+        };
+        all.retain(|(r, _)| r != route);
+        if let Some(u) = upstream {
+            all.push((route.to_string(), u));
+        }
+    }
+
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.upstreams
+            .lock()
+            .map(|all| all.iter().map(|(_, u)| u.clone()).collect())
+            .unwrap_or_default()
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-            && (!self.ready_requires_upstream || self.upstreams.iter().all(|u| u.any_up()))
+            && (!self.ready_requires_upstream.load(Ordering::Acquire)
+                || self.upstreams().iter().all(|u| u.any_up()))
     }
 }
 
-/// Serves admin requests until `shutdown`, then lets open requests finish (5 s at most).
+/// Serves admin requests until `shutdown`; returns the listener (a reload that keeps the
+/// address serves on with other settings) and what lets open requests finish.
 ///
 /// At most `max_connections` admin connections are open at once; more are closed at accept,
 /// so a flood of scrapes cannot take the descriptors the MLLP side needs. With `tls`, each
@@ -51,7 +81,7 @@ pub async fn serve(
     max_connections: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
-) {
+) -> (TcpListener, Draining) {
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(max_connections));
     let acceptor = tls.map(TlsAcceptor::from);
@@ -113,11 +143,21 @@ pub async fn serve(
             }
         }
     }
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("admin connections still open after 5s; closing");
+    (listener, Draining(graceful))
+}
+
+/// The admin connections still open when [`serve`] stopped.
+pub struct Draining(GracefulShutdown);
+
+impl Draining {
+    /// Lets open requests finish, 5 s at most.
+    pub async fn finish(self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.0.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::debug!("admin connections still open after 5s; closing");
+        }
     }
 }
 
@@ -132,7 +172,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
     match req.uri().path() {
         "/metrics" => {
-            for u in &state.upstreams {
+            for u in state.upstreams() {
                 u.refresh_gauges();
             }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
@@ -30,15 +30,7 @@ pub const TARGET: &str = "audit";
 /// and lengthen their latency. A stop writes everything queued, within one pause.
 const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
-/// Where a [`LineWriter`] thread writes.
-pub enum Sink {
-    /// Standard error (the log).
-    Stderr,
-    /// A file, appended to and reopened when asked.
-    File(PathBuf),
-}
-
-/// A `MakeWriter` that hands each formatted line to a writer thread.
+/// A `MakeWriter` that hands each formatted line to the writer thread.
 #[derive(Clone)]
 pub struct LineWriter {
     tx: mpsc::Sender<Line>,
@@ -50,13 +42,24 @@ pub struct WriterGuard {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Asks a file writer to reopen its file (SIGHUP, after logrotate moved it).
+/// Asks the writer to reopen the audit file (SIGHUP, after logrotate moved it).
 #[derive(Clone, Default)]
 pub struct Reopen(Arc<AtomicBool>);
 
 enum Line {
+    /// A log line.
     Text(Vec<u8>),
+    /// An audit record.
+    Audit(Vec<u8>),
+    /// Audit records go to this file from now on, or into the log.
+    AuditTo(Option<AuditFile>),
     Stop,
+}
+
+/// The audit file, open.
+struct AuditFile {
+    path: PathBuf,
+    file: std::fs::File,
 }
 
 impl Reopen {
@@ -67,55 +70,18 @@ impl Reopen {
 }
 
 impl LineWriter {
-    /// Starts the writer thread for `sink`. A file that cannot be opened is an error at start.
-    pub fn start(sink: Sink, reopen: Reopen) -> std::io::Result<(LineWriter, WriterGuard)> {
+    /// Starts the writer thread: log lines go to standard error, audit records to
+    /// `audit_file` (appended) or, without one, into the log. A file that cannot be opened is
+    /// an error at start.
+    pub fn start(
+        audit_file: Option<&Path>,
+        reopen: Reopen,
+    ) -> std::io::Result<(LineWriter, WriterGuard)> {
         let (tx, rx) = mpsc::channel::<Line>();
-        let open = |p: &PathBuf| -> std::io::Result<Box<dyn Write + Send>> {
-            Ok(Box::new(open_private(p)?))
-        };
-        let mut out: Box<dyn Write + Send> = match &sink {
-            Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(p) => open(p)?,
-        };
+        let audit = audit_file.map(AuditFile::open).transpose()?;
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || {
-                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, Vec::new());
-                while let Ok(first) = rx.recv() {
-                    let mut stop = false;
-                    let mut next = Some(first);
-                    // Write what is queued as one batch, then flush: one syscall per burst.
-                    while let Some(line) = next {
-                        match line {
-                            Line::Text(t) => {
-                                let _ = buf.write_all(&t);
-                            }
-                            Line::Stop => stop = true,
-                        }
-                        next = rx.try_recv().ok();
-                    }
-                    if let Sink::File(p) = &sink
-                        && reopen.0.swap(false, Ordering::AcqRel)
-                    {
-                        match open(p) {
-                            Ok(f) => out = f,
-                            Err(e) => eprintln!("audit file {} not reopened: {e}", p.display()),
-                        }
-                    }
-                    if let Ok(bytes) = buf.into_inner() {
-                        let _ = out.write_all(&bytes);
-                        let _ = out.flush();
-                    }
-                    buf = std::io::BufWriter::with_capacity(64 * 1024, Vec::new());
-                    if stop {
-                        return;
-                    }
-                    // Gather for a moment before the next batch: a sender only wakes this
-                    // thread (a futex call) when it is parked in recv, so at a high message
-                    // rate one wake and one write serve hundreds of lines.
-                    std::thread::sleep(BATCH_PAUSE);
-                }
-            })?;
+            .spawn(move || write_lines(&rx, audit, &reopen))?;
         Ok((
             LineWriter { tx: tx.clone() },
             WriterGuard {
@@ -124,6 +90,81 @@ impl LineWriter {
             },
         ))
     }
+
+    /// Sends audit records to `file` (appended), or into the log, from the next batch on.
+    /// The file is opened here, so that a reload naming one that cannot be is refused.
+    pub fn audit_to(&self, file: Option<&Path>) -> std::io::Result<()> {
+        let audit = file.map(AuditFile::open).transpose()?;
+        let _ = self.tx.send(Line::AuditTo(audit));
+        Ok(())
+    }
+}
+
+impl AuditFile {
+    fn open(path: &Path) -> std::io::Result<AuditFile> {
+        Ok(AuditFile {
+            path: path.to_path_buf(),
+            file: open_private(path)?,
+        })
+    }
+}
+
+/// The writer thread: each batch of queued lines written with one call per destination.
+fn write_lines(rx: &mpsc::Receiver<Line>, mut audit: Option<AuditFile>, reopen: &Reopen) {
+    let mut log = Vec::with_capacity(64 * 1024);
+    let mut records = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut stop = false;
+        let mut next = Some(first);
+        // Write what is queued as one batch, then flush: one syscall per burst.
+        while let Some(line) = next {
+            match line {
+                Line::Text(t) => log.extend_from_slice(&t),
+                // Into the log's batch when there is no file, in order with log lines.
+                Line::Audit(t) if audit.is_none() => log.extend_from_slice(&t),
+                Line::Audit(t) => records.extend_from_slice(&t),
+                Line::AuditTo(to) => {
+                    write_records(&mut audit, &mut records);
+                    audit = to;
+                }
+                Line::Stop => stop = true,
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Some(a) = &mut audit
+            && reopen.0.swap(false, Ordering::AcqRel)
+        {
+            match open_private(&a.path) {
+                Ok(f) => a.file = f,
+                Err(e) => eprintln!("audit file {} not reopened: {e}", a.path.display()),
+            }
+        }
+        write_records(&mut audit, &mut records);
+        let mut err = std::io::stderr();
+        let _ = err.write_all(&log);
+        let _ = err.flush();
+        log.clear();
+        if log.capacity() > 1 << 20 {
+            log.shrink_to(64 * 1024);
+        }
+        if stop {
+            return;
+        }
+        // Gather for a moment before the next batch: a sender only wakes this thread (a
+        // futex call) when it is parked in recv, so at a high message rate one wake and one
+        // write serve hundreds of lines.
+        std::thread::sleep(BATCH_PAUSE);
+    }
+}
+
+/// Appends the batch's records to the audit file.
+fn write_records(audit: &mut Option<AuditFile>, records: &mut Vec<u8>) {
+    if let Some(a) = audit
+        && !records.is_empty()
+    {
+        let _ = a.file.write_all(records);
+    }
+    records.clear();
 }
 
 impl Drop for WriterGuard {
@@ -142,7 +183,7 @@ impl Drop for WriterGuard {
 /// Opens `path` for appending, created `rw-r-----`: the audit trail names every sending
 /// system, certificate serial and control ID, which is no business of other local users. A
 /// file found with wider permissions is narrowed to the same.
-fn open_private(path: &PathBuf) -> std::io::Result<std::fs::File> {
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     const MODE: u32 = 0o640;
     let file = std::fs::OpenOptions::new()
@@ -336,13 +377,21 @@ pub fn message(
 }
 
 /// Where records go, set once by the binary ([`install`]); without it (a library user that did
-/// not ask for an audit trail) records are not written.
-static SINK: OnceLock<(LineWriter, bool)> = OnceLock::new();
+/// not ask for an audit trail) records are not written. The flag is the format (JSON or text),
+/// which a reload may change.
+static SINK: OnceLock<(LineWriter, AtomicBool)> = OnceLock::new();
 
-/// Sends audit records to `writer` (the log's, or `audit.file`'s), as JSON or as the text log's
-/// lines. The first call wins.
+/// Sends audit records to `writer`'s thread, as JSON or as the text log's lines. The first
+/// call wins.
 pub fn install(writer: LineWriter, json: bool) {
-    let _ = SINK.set((writer, json));
+    let _ = SINK.set((writer, AtomicBool::new(json)));
+}
+
+/// Writes records as JSON or as the text log's lines from now on (a reloaded log format).
+pub fn set_json(json: bool) {
+    if let Some((_, format)) = SINK.get() {
+        format.store(json, Ordering::Relaxed);
+    }
 }
 
 /// One audit line, written the way the log's formatter writes an info event of target `audit`
@@ -357,14 +406,15 @@ struct Record {
 impl Record {
     fn new(event: &str, who: Who<'_>) -> Option<Record> {
         let (writer, json) = SINK.get()?;
+        let json = json.load(Ordering::Relaxed);
         let mut line = Vec::with_capacity(320);
-        if *json {
+        if json {
             line.extend_from_slice(b"{\"timestamp\":\"");
         }
         push_timestamp(&mut line, std::time::SystemTime::now());
         let mut r = Record {
             line,
-            json: *json,
+            json,
             tx: &writer.tx,
         };
         if r.json {
@@ -448,7 +498,7 @@ impl Record {
             self.line.extend_from_slice(b",\"target\":\"audit\"}");
         }
         self.line.push(b'\n');
-        let _ = self.tx.send(Line::Text(self.line));
+        let _ = self.tx.send(Line::Audit(self.line));
     }
 }
 

@@ -47,6 +47,17 @@ macro_rules! labels {
 }
 
 labels! {
+    /// Why a reload closed an open session (after its in-flight exchange).
+    pub enum Offboarded {
+        /// The client's identity is no longer in `allowed_clients`.
+        NotAllowed => "not_allowed",
+        /// The client's certificate no longer verifies: revoked by a reloaded CRL, or no longer
+        /// issued by a configured client CA.
+        Revoked => "revoked",
+    }
+}
+
+labels! {
     /// The `result` of a reload or a health check.
     pub enum Verdict {
         /// It worked.

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod mllp;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod route;
 pub mod session;
 pub mod shutdown;
 pub mod timer;

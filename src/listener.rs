@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cores::Placement;
+use crate::cores::{Cores, Placement};
 use crate::label::{Label, ProxyResult, Refusal};
 use crate::metrics::RouteMetrics;
 use crate::proxy_protocol::{self, Source};
@@ -37,27 +37,28 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Accepts connections until `shutdown`; never returns early on accept errors.
+/// Accepts connections until `shutdown`; never returns early on accept errors. Each accepted
+/// connection is served under the route's context in service at that moment (`route`), and
+/// its session follows the route's reloads.
 ///
 /// Every limit is applied here, right after accept and before any TLS work, so a peer that
 /// opens connections and never finishes a handshake costs a descriptor and nothing more:
 /// `max_connections` (all sessions), `max_connections_per_source` (one IP address, sessions
-/// and handshakes together) and `max_pending_handshakes` (all sources).
+/// and handshakes together) and `max_pending_handshakes` (all sources). They are read from the
+/// configuration in service at each accept and count every connection of the route, whichever
+/// listener took it, so a reload applies them at once.
 ///
-/// With `placement`, each session runs on a session thread's runtime instead of this one.
+/// With `cores`, each session runs on a session thread's runtime instead of this one.
 pub async fn serve(
     listener: TcpListener,
-    ctx: Arc<RouteContext>,
+    mut route: watch::Receiver<Arc<RouteContext>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    placement: Option<Placement>,
+    cores: Option<Arc<Cores>>,
 ) {
-    let limits = &ctx.cfg.limits;
-    let total = Arc::new(Semaphore::new(limits.max_connections));
-    let pending = (limits.max_pending_handshakes > 0)
-        .then(|| Arc::new(Semaphore::new(limits.max_pending_handshakes)));
-    let sources = Arc::new(Sources::new(limits.max_connections_per_source));
+    let placements = cores.map(|c| [c.placement(false), c.placement(true)]);
     let mut backoff = Duration::from_millis(5);
+    let name = route.borrow().cfg.name.clone();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -67,7 +68,7 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE/ENFILE: sleeping lets sessions end and free descriptors.
-                tracing::error!(side = "proxy", route = %ctx.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tracing::error!(side = "proxy", route = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -77,6 +78,7 @@ pub async fn serve(
             }
         };
         backoff = Duration::from_millis(5);
+        let ctx = route.borrow_and_update().clone();
         ctx.metrics.connections_accepted.inc();
         let balancer = ctx.cfg.proxy_protocol.as_ref();
         if balancer.is_some_and(|b| !b.trusts(peer.ip())) {
@@ -87,9 +89,8 @@ pub async fn serve(
         }
         // Behind a balancer every connection comes from the balancer: the per-source limit
         // applies to the sender its header names, once the header is read.
-        let per_source = balancer.is_none().then_some(&sources);
-        let admitted = admit(&ctx, &total, pending.as_ref(), per_source, peer);
-        let (permit, source, handshake) = match admitted {
+        let admitted = admit(&ctx, peer, balancer.is_none());
+        let (open, source, handshake) = match admitted {
             Ok(a) => a,
             Err(reason) => {
                 refused(&ctx, peer, reason.label());
@@ -98,24 +99,26 @@ pub async fn serve(
             }
         };
         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
+        let placement = placements
+            .as_ref()
+            .map(|[one, spread]| if ctx.upstream.spread_sessions() { spread } else { one });
+        let updates = route.clone();
         let shutdown = shutdown.clone();
-        let sources = sources.clone();
         let run = async move |mut tcp: TcpStream| {
-            let _permit = permit;
+            let _open = open;
             let _active = ActiveGuard::new(&ctx.metrics);
             let (peer, _source) = match source {
                 Some(source) => (peer, source),
-                None => match behind_balancer(&ctx, &mut tcp, peer, &sources).await {
+                None => match behind_balancer(&ctx, &mut tcp, peer).await {
                     Some(sender) => sender,
                     None => return,
                 },
             };
-            session::serve(ctx.clone(), tcp, peer, id, handshake, shutdown).await;
+            session::serve(ctx, updates, tcp, peer, id, handshake, shutdown).await;
         };
-        spawn(&tracker, placement.as_ref(), tcp, peer, run);
+        spawn(&tracker, placement, tcp, peer, run);
     }
-    tracing::info!(route = %ctx.cfg.name, "listener stopped accepting");
+    tracing::info!(route = %name, "listener stopped accepting");
 }
 
 /// Runs `run` on the accepted `tcp`: on this runtime, or on the session thread `placement`
@@ -166,7 +169,6 @@ async fn behind_balancer(
     ctx: &RouteContext,
     tcp: &mut TcpStream,
     balancer: SocketAddr,
-    sources: &Arc<Sources>,
 ) -> Option<(SocketAddr, SourceGuard)> {
     let timeout = ctx.cfg.proxy_protocol.as_ref()?.header_timeout;
     let read = tokio::time::timeout(timeout, proxy_protocol::read(tcp)).await;
@@ -181,7 +183,8 @@ async fn behind_balancer(
         refused(ctx, balancer, result.label());
         return None;
     };
-    let Some(source) = Sources::enter(sources, peer.ip()) else {
+    let max = ctx.cfg.limits.max_connections_per_source;
+    let Some(source) = Gate::enter_source(&ctx.gate, peer.ip(), max) else {
         ctx.metrics.refused(Refusal::PerSource);
         refused(ctx, peer, Refusal::PerSource.label());
         return None;
@@ -189,100 +192,126 @@ async fn behind_balancer(
     Some((peer, source))
 }
 
-/// The permits a new connection needs, or the limit it hit (counted). Without `sources` the
-/// per-source place is taken later (behind a balancer, for the sender its header names).
-#[allow(clippy::type_complexity)]
+/// The places a new connection needs, or the limit it hit (counted). Without `per_source`
+/// the per-source place is taken later (behind a balancer, for the sender its header names).
 fn admit(
     ctx: &RouteContext,
-    total: &Arc<Semaphore>,
-    pending: Option<&Arc<Semaphore>>,
-    sources: Option<&Arc<Sources>>,
     peer: SocketAddr,
-) -> Result<
-    (
-        OwnedSemaphorePermit,
-        Option<SourceGuard>,
-        Option<OwnedSemaphorePermit>,
-    ),
-    Refusal,
-> {
-    let m = &ctx.metrics;
+    per_source: bool,
+) -> Result<(Held, Option<SourceGuard>, Option<Held>), Refusal> {
+    let (limits, gate) = (&ctx.cfg.limits, &ctx.gate);
     let refuse = |reason| {
-        m.refused(reason);
+        ctx.metrics.refused(reason);
         Err(reason)
     };
-    let Ok(permit) = total.clone().try_acquire_owned() else {
+    let Some(open) = Held::take(gate, Counter::Open, limits.max_connections) else {
         return refuse(Refusal::Limit);
     };
-    let source = match sources {
-        None => None,
-        Some(sources) => match Sources::enter(sources, peer.ip()) {
+    let source = match per_source {
+        false => None,
+        true => match Gate::enter_source(gate, peer.ip(), limits.max_connections_per_source) {
             Some(source) => Some(source),
             None => return refuse(Refusal::PerSource),
         },
     };
-    let handshake = match pending {
-        None => None,
-        Some(p) => match p.clone().try_acquire_owned() {
-            Ok(h) => Some(h),
-            Err(_) => return refuse(Refusal::PendingHandshakes),
-        },
+    let Some(handshake) = Held::take(gate, Counter::Pending, limits.max_pending_handshakes)
+    else {
+        return refuse(Refusal::PendingHandshakes);
     };
-    Ok((permit, source, handshake))
+    Ok((open, source, Some(handshake)))
 }
 
-/// Open connections per source address.
-struct Sources {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+/// The connections one route's limits count: open ones, those still in their handshake, and
+/// open ones per source address. Kept across reloads, so a changed limit counts the
+/// connections already open.
+#[derive(Default)]
+pub struct Gate {
+    open: AtomicUsize,
+    pending: AtomicUsize,
+    sources: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One connection's place in [`Sources`], given back on drop.
-struct SourceGuard {
-    sources: Arc<Sources>,
-    ip: Option<IpAddr>,
+/// Which count of a [`Gate`] a [`Held`] place is in.
+#[derive(Clone, Copy)]
+enum Counter {
+    Open,
+    Pending,
 }
 
-impl Sources {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            open: Mutex::new(HashMap::new()),
+/// A place in one count of a [`Gate`], given back on drop.
+pub struct Held {
+    gate: Arc<Gate>,
+    counter: Counter,
+}
+
+impl Gate {
+    fn count(&self, c: Counter) -> &AtomicUsize {
+        match c {
+            Counter::Open => &self.open,
+            Counter::Pending => &self.pending,
         }
     }
 
-    /// Takes a place for `ip`, or `None` when it already has `max` connections.
-    fn enter(this: &Arc<Self>, ip: IpAddr) -> Option<SourceGuard> {
-        if this.max == 0 {
-            return Some(SourceGuard {
-                sources: this.clone(),
-                ip: None,
-            });
-        }
+    /// Takes a place for `ip` (every source is counted, so that a limit set by a reload
+    /// counts the connections already open), or `None` when it has `max` (0: no limit).
+    fn enter_source(this: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceGuard> {
         // ::ffff:10.1.2.3 and 10.1.2.3 are one sender.
         let ip = ip.to_canonical();
-        let mut open = this.open.lock().ok()?;
+        let mut open = this.sources.lock().ok()?;
         let n = open.entry(ip).or_insert(0);
-        if *n >= this.max {
+        if max > 0 && *n >= max {
             return None;
         }
         *n += 1;
         Some(SourceGuard {
-            sources: this.clone(),
-            ip: Some(ip),
+            gate: this.clone(),
+            ip,
         })
     }
 }
 
+impl Held {
+    /// A place in `counter`, or `None` when it holds `max` (0: no limit) already.
+    fn take(gate: &Arc<Gate>, counter: Counter, max: usize) -> Option<Held> {
+        let count = gate.count(counter);
+        let mut n = count.load(Ordering::Relaxed);
+        loop {
+            if max > 0 && n >= max {
+                return None;
+            }
+            match count.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    return Some(Held {
+                        gate: gate.clone(),
+                        counter,
+                    });
+                }
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gate.count(self.counter).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One connection's place in its source's count, given back on drop.
+struct SourceGuard {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let Some(ip) = self.ip else { return };
-        if let Ok(mut open) = self.sources.open.lock()
-            && let Some(n) = open.get_mut(&ip)
+        if let Ok(mut open) = self.gate.sources.lock()
+            && let Some(n) = open.get_mut(&self.ip)
         {
             *n -= 1;
             if *n == 0 {
-                open.remove(&ip);
+                open.remove(&self.ip);
             }
         }
     }

@@ -3,18 +3,20 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mllp_proxy::audit::{self, LineWriter, Reopen, Sink, WriterGuard};
+use mllp_proxy::audit::{self, LineWriter, Reopen, WriterGuard};
 use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use mllp_proxy::cores::Cores;
 use mllp_proxy::metrics::Metrics;
+use mllp_proxy::proxy::{Options, ReloadHook};
 use mllp_proxy::shutdown::{Signal, Signals};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
 /// mTLS-terminating proxy for HL7 v2 over MLLP, in front of legacy engines.
 #[derive(Debug, Parser)]
@@ -143,7 +145,12 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match mllp_proxy::proxy::start_on(config, metrics, Some(cores.clone())).await {
+    let options = Options {
+        source: Some(path),
+        cores: Some(cores.clone()),
+        on_reload: Some(logging.on_reload(&config)),
+    };
+    let proxy = match mllp_proxy::proxy::start_with(config, metrics, options).await {
         Ok(p) => p,
         Err(e) => {
             // Logging is set up by now: one line, in the configured format (JSON pipelines
@@ -154,9 +161,9 @@ async fn run(path: PathBuf) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
     while signals.next().await == Signal::Reload {
-        tracing::info!("SIGHUP: reloading TLS material and reopening the audit file");
-        proxy.reload_tls();
+        tracing::info!("SIGHUP: reloading the configuration and TLS material, reopening the audit file");
         logging.reopen.request();
+        proxy.reload().await;
     }
     tracing::info!("stopping: no new connections; finishing in-flight exchanges");
     let drained = proxy.shutdown(drain).await;
@@ -182,10 +189,100 @@ fn status(ok: bool) -> ExitCode {
     }
 }
 
-/// The log and audit writers, flushed when this is dropped at exit.
+/// The log and audit writer, flushed when this is dropped at exit, and the handles a reload
+/// changes the level and format through.
 struct Logging {
     reopen: Reopen,
-    _guards: Vec<WriterGuard>,
+    live: Option<Arc<LiveLogging>>,
+    _guard: Option<WriterGuard>,
+}
+
+/// The subscriber's layers as a reload replaces them.
+type Base = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+type FormatLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// What a reload may change in the logging set-up.
+struct LiveLogging {
+    writer: LineWriter,
+    filter: reload::Handle<EnvFilter, Registry>,
+    format: reload::Handle<FormatLayer, Base>,
+    /// `RUST_LOG` was set: it decides the level, whatever the file says.
+    env_level: bool,
+    ansi: bool,
+    in_service: Mutex<(LogFormat, String, Option<PathBuf>)>,
+}
+
+impl Logging {
+    /// The reload hook: the audit file first (the one step that can fail), then level and
+    /// format.
+    fn on_reload(&self, config: &Config) -> ReloadHook {
+        let live = self.live.clone();
+        let start = (
+            config.logging.format,
+            config.logging.level.clone(),
+            config.audit.file.clone(),
+        );
+        if let Some(l) = &live
+            && let Ok(mut s) = l.in_service.lock()
+        {
+            *s = start;
+        }
+        Box::new(move |cfg: &Config| match &live {
+            Some(live) => live.apply(cfg),
+            None => Ok(()),
+        })
+    }
+}
+
+impl LiveLogging {
+    fn apply(&self, cfg: &Config) -> Result<(), String> {
+        let mut s = self
+            .in_service
+            .lock()
+            .map_err(|_| "logging set-up unavailable".to_string())?;
+        if cfg.audit.file != s.2 {
+            self.writer
+                .audit_to(cfg.audit.file.as_deref())
+                .map_err(|e| match &cfg.audit.file {
+                    Some(p) => format!("audit.file: {}: {e}", p.display()),
+                    None => format!("audit.file: {e}"),
+                })?;
+            s.2 = cfg.audit.file.clone();
+        }
+        if cfg.logging.level != s.1 {
+            if self.env_level {
+                tracing::info!(level = %cfg.logging.level, "logging.level changed, but RUST_LOG decides the level");
+            } else {
+                let _ = self.filter.reload(EnvFilter::new(&cfg.logging.level));
+            }
+            s.1 = cfg.logging.level.clone();
+        }
+        if cfg.logging.format != s.0 {
+            let _ = self
+                .format
+                .reload(format_layer(cfg.logging.format, &self.writer, self.ansi));
+            audit::set_json(cfg.logging.format == LogFormat::Json);
+            s.0 = cfg.logging.format;
+        }
+        Ok(())
+    }
+}
+
+fn format_layer(format: LogFormat, writer: &LineWriter, ansi: bool) -> FormatLayer {
+    match format {
+        LogFormat::Text => Box::new(
+            fmt::layer()
+                .fmt_fields(mllp_proxy::logsafe::LogfmtFields)
+                .with_ansi(ansi)
+                .with_writer(writer.clone()),
+        ),
+        LogFormat::Json => Box::new(
+            fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(writer.clone()),
+        ),
+    }
 }
 
 /// Logs go to stderr through a writer thread; `RUST_LOG` overrides `level`. Audit records are
@@ -200,9 +297,10 @@ fn init_tracing(
 ) -> Result<Logging, String> {
     let mut logging = Logging {
         reopen: Reopen::default(),
-        _guards: Vec::new(),
+        live: None,
+        _guard: None,
     };
-    let filter = match std::env::var("RUST_LOG") {
+    let (filter, env_level) = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
             Ok(f) => {
                 if let Some(word) = bare_non_level(&v) {
@@ -210,64 +308,53 @@ fn init_tracing(
                         "warning: RUST_LOG={v:?}: {word:?} is not a level (trace, debug, info, warn, error, off), so it selects a module of that name and little else will be logged"
                     );
                 }
-                f
+                (f, true)
             }
             Err(e) => {
                 eprintln!("warning: ignoring RUST_LOG={v:?} ({e}); logging at level {level}");
-                EnvFilter::new(level)
+                (EnvFilter::new(level), false)
             }
         },
-        _ => EnvFilter::new(level),
+        _ => (EnvFilter::new(level), false),
     };
-    let (log_writer, guard) = match LineWriter::start(Sink::Stderr, Reopen::default()) {
+    let (writer, guard) = match LineWriter::start(audit_file, logging.reopen.clone()) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("warning: logging not initialised: {e}");
-            return Ok(logging);
-        }
-    };
-    logging._guards.push(guard);
-    let audit_writer = match audit_file {
-        None => log_writer.clone(),
-        Some(path) => {
-            let sink = Sink::File(path.to_path_buf());
-            match LineWriter::start(sink, logging.reopen.clone()) {
-                Ok((w, guard)) => {
-                    logging._guards.push(guard);
-                    w
+            return match audit_file {
+                // Returned, not exited on: the caller reports it.
+                Some(path) => Err(format!("audit.file {}: {e}", path.display())),
+                None => {
+                    eprintln!("warning: logging not initialised: {e}");
+                    Ok(logging)
                 }
-                // Returned, not exited on: dropping `logging` flushes the log writer.
-                Err(e) => return Err(format!("audit.file {}: {e}", path.display())),
-            }
+            };
         }
     };
-    audit::install(audit_writer, matches!(format, LogFormat::Json));
+    logging._guard = Some(guard);
+    audit::install(writer.clone(), matches!(format, LogFormat::Json));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The filter of the whole subscriber, not of its one layer: a per-layer filter adds
     // bookkeeping to every span and event (registry look-ups on each span enter and exit)
-    // and buys nothing without a second layer to filter differently.
-    let subscriber = tracing_subscriber::registry().with(filter);
-    let installed = match format {
-        LogFormat::Text => subscriber
-            .with(
-                fmt::layer()
-                    .fmt_fields(mllp_proxy::logsafe::LogfmtFields)
-                    .with_ansi(ansi)
-                    .with_writer(log_writer),
-            )
-            .try_init(),
-        LogFormat::Json => subscriber
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(log_writer),
-            )
-            .try_init(),
-    };
+    // and buys nothing without a second layer to filter differently. Both sit behind reload
+    // handles; an event that is written takes two uncontended read locks, and the events a
+    // level filters out are skipped at their call site as before.
+    let (filter, filter_handle) = reload::Layer::new(filter);
+    let (layer, format_handle) = reload::Layer::new(format_layer(format, &writer, ansi));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
     if let Err(e) = installed {
         eprintln!("warning: logging not initialised: {e}");
     }
+    logging.live = Some(Arc::new(LiveLogging {
+        writer,
+        filter: filter_handle,
+        format: format_handle,
+        env_level,
+        ansi,
+        in_service: Mutex::new((format, level.to_string(), audit_file.map(Path::to_path_buf))),
+    }));
     Ok(logging)
 }
 

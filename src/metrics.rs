@@ -5,15 +5,18 @@
 //! configuration, and the closed sets of [`crate::label`] (each series created at zero from its
 //! `ALL` list); never identities, control IDs or message content.
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::hl7::{AckCode, RejectReason};
 use crate::label::{
-    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, ProxyResult, Refusal,
-    Verdict,
+    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Offboarded, ProxyResult,
+    Refusal, Verdict,
 };
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
@@ -45,6 +48,8 @@ pub struct Metrics {
     msg: MessageFamilies,
     up: UpstreamFamilies,
     build_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_last_success: Gauge,
 }
 
 /// Connections, TLS and the log's rate limiting.
@@ -59,6 +64,7 @@ struct ConnectionFamilies {
     tls_reloads: IntCounterVec,
     log_events_suppressed: IntCounterVec,
     proxy_protocol: IntCounterVec,
+    closed_on_reload: IntCounterVec,
 }
 
 /// Messages and the proxy's answers.
@@ -152,8 +158,23 @@ impl Metrics {
                 "Build information; always 1.",
                 &["version"],
             )?,
+            config_reloads: reg.counter(
+                "mllp_proxy_config_reloads_total",
+                "Reloads of the configuration file, by result (a refused file leaves the running configuration in service).",
+                &["result"],
+            )?,
+            config_last_success: {
+                let g = Gauge::new(
+                    "mllp_proxy_config_last_reload_success_timestamp_seconds",
+                    "When the configuration in service was loaded (start-up or the last accepted reload), as a Unix timestamp.",
+                )?;
+                reg.0.register(Box::new(g.clone()))?;
+                g
+            },
             registry: reg.0,
         };
+        zero::<Verdict>(&m.config_reloads, &[]);
+        m.config_last_success.set(unix_now());
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -175,6 +196,7 @@ impl Metrics {
         zero::<Refusal>(&self.conn.rejected, &r);
         zero::<FailureKind>(&self.up.exchanges_failed, &r);
         zero::<ProxyResult>(&self.conn.proxy_protocol, &r);
+        zero::<Offboarded>(&self.conn.closed_on_reload, &r);
         RouteMetrics {
             route: route.to_string(),
             connections_accepted: self.conn.accepted.with_label_values(&r),
@@ -196,6 +218,59 @@ impl Metrics {
         }
     }
 
+    /// Counts a reload of the configuration file; an accepted one is the configuration now in
+    /// service.
+    pub fn config_reloaded(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[Verdict::of(ok).label()])
+            .inc();
+        if ok {
+            self.config_last_success.set(unix_now());
+        }
+    }
+
+    /// Removes every series of a route that is no longer configured.
+    pub fn remove_route(&self, route: &str) {
+        self.remove_where(&[("route", route)]);
+    }
+
+    /// Removes every series of a target a route no longer has.
+    pub fn remove_target(&self, route: &str, target: &str) {
+        self.remove_where(&[("route", route), ("target", target)]);
+    }
+
+    fn remove_where(&self, labels: &[(&str, &str)]) {
+        let (c, m, u) = (&self.conn, &self.msg, &self.up);
+        for family in [
+            &c.accepted,
+            &c.rejected,
+            &c.handshake_failures,
+            &c.clients_denied,
+            &c.tls_reloads,
+            &c.log_events_suppressed,
+            &c.proxy_protocol,
+            &c.closed_on_reload,
+            &m.received,
+            &m.rejected,
+            &m.forwarded,
+            &m.acks,
+            &m.discarded_bytes,
+            &u.failures,
+            &u.exchanges_failed,
+            &u.duplicate_acks,
+            &u.health_checks,
+        ] {
+            remove_series(family, labels);
+        }
+        for family in [&c.active, &u.connections, &u.queue_waiting, &u.up] {
+            remove_series(family, labels);
+        }
+        remove_series(&c.certificate_expiry, labels);
+        for family in [&m.bytes, &u.queue_seconds, &u.ack_seconds] {
+            remove_series(family, labels);
+        }
+    }
+
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
@@ -209,6 +284,28 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Removes the series of `family` that carry every one of `labels`.
+fn remove_series<T: MetricVecBuilder>(family: &MetricVec<T>, labels: &[(&str, &str)]) {
+    for mf in family.collect() {
+        for metric in mf.get_metric() {
+            let series: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.iter().all(|(k, v)| series.get(k) == Some(v)) {
+                let _ = family.remove(&series);
+            }
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Creates the series of every value of `L` (the last label) under `prefix`, at zero.
@@ -305,6 +402,11 @@ impl ConnectionFamilies {
                 "mllp_proxy_proxy_protocol_total",
                 "Connections of routes behind a load balancer, by what their PROXY header gave (proxied, local) or why they were refused before TLS.",
                 &["route", "result"],
+            )?,
+            closed_on_reload: reg.counter(
+                "mllp_proxy_sessions_closed_on_reload_total",
+                "Open sessions closed after a reload because their client is no longer admitted, by reason.",
+                &["route", "reason"],
             )?,
         })
     }
@@ -499,6 +601,15 @@ impl RouteMetrics {
             .certificate_expiry
             .with_label_values(&[&self.route, role.label()])
             .set(not_after_unix as f64);
+    }
+
+    /// Counts a session closed because a reload no longer admits its client.
+    pub fn closed_on_reload(&self, reason: Offboarded) {
+        self.all
+            .conn
+            .closed_on_reload
+            .with_label_values(&[&self.route, reason.label()])
+            .inc();
     }
 
     /// Counts a TLS reload attempt.

@@ -74,6 +74,11 @@ impl MllpCodec {
         }
     }
 
+    /// Changes the largest frame accepted from the next frame on (a reload).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
     /// Whether a frame has started and not yet ended (the frame timeout applies).
     pub fn in_frame(&self) -> bool {
         !matches!(self.state, State::Idle)

@@ -1,26 +1,31 @@
 //! Assembling a running proxy from a [`Config`]: load TLS, bind every listener and the admin
-//! server, spawn the accept loops and reloaders, and drain on shutdown.
+//! server, start the routes ([`crate::route`]), reload the whole configuration on request or
+//! when its file changes, and drain on shutdown.
 //!
-//! Binding happens here, before anything is spawned, so a port that is taken fails start-up
-//! with its key named, and tests can configure port 0 and read back the bound addresses.
+//! Binding happens before anything is spawned, so a port that is taken fails start-up with its
+//! key named, and tests can configure port 0 and read back the bound addresses. A reload is
+//! the same in two steps: everything that can fail (the file's validation, every route's TLS
+//! material, new listeners, the admin server's TLS, the logging set-up) is done first, and
+//! only a configuration that passed all of it is applied; otherwise nothing changes.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cores::Cores;
-
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Draining};
 use crate::config::{AdminConfig, Config, RouteConfig};
+use crate::cores::Cores;
 use crate::listener;
 use crate::metrics::Metrics;
-use crate::session::RouteContext;
+use crate::route::{self, Command, RouteHandle, RouteSpec, Shared};
 use crate::tls::{TlsError, TlsMaterial};
 
 /// Why the proxy could not start.
@@ -49,97 +54,156 @@ pub enum StartError {
     },
 }
 
+/// Applies the parts of a reloaded configuration the library does not own (the binary's
+/// logging and audit file); an error refuses the reload whole.
+pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
+/// How a proxy is started beyond its configuration.
+#[derive(Default)]
+pub struct Options {
+    /// The file the configuration came from: re-read on [`RunningProxy::reload`] and, every
+    /// `config_reload_interval`, when its content changed. Without it a reload re-reads the
+    /// TLS files only.
+    pub source: Option<PathBuf>,
+    /// Runs each session on one of these session threads.
+    pub cores: Option<Arc<Cores>>,
+    /// Called with a reloaded configuration before it is applied.
+    pub on_reload: Option<ReloadHook>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The new configuration is in service.
+    Applied,
+    /// The file is the configuration in service (polling only: SIGHUP always applies).
+    Unchanged,
+    /// The file was refused for this reason; the running configuration stays.
+    Refused(String),
+}
+
 /// A started proxy: its bound addresses and the handles to reload and stop it.
 pub struct RunningProxy {
-    /// `(route name, bound address)` in configuration order.
-    pub routes: Vec<(String, SocketAddr)>,
-    /// The bound admin address.
-    pub admin: SocketAddr,
+    control: Arc<Control>,
     metrics: Metrics,
     admin_state: Arc<AdminState>,
     stop_accepting: CancellationToken,
-    stop_admin: CancellationToken,
     sessions: TaskTracker,
     background: TaskTracker,
-    hup: watch::Sender<u64>,
+}
+
+/// The configuration in service and what reloads it; one reload at a time.
+struct Control {
+    source: Option<PathBuf>,
+    shared: Arc<Shared>,
+    hook: Option<ReloadHook>,
+    state: tokio::sync::Mutex<State>,
+    /// The bound addresses, readable without waiting for a reload.
+    addrs: Mutex<Addrs>,
+}
+
+struct State {
+    config: Config,
+    /// The file's content in service, compared by the poll.
+    text: Option<String>,
+    routes: Vec<(String, RouteHandle)>,
+    admin: AdminServer,
+    /// The last refusal logged, so that a poll retrying the same file logs it once.
+    last_error: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Addrs {
+    routes: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+}
+
+/// The admin server's accept loop; stopping it gives its listener back.
+struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<(TcpListener, Draining)>,
+}
+
+/// A configuration with all that can fail done.
+struct Prepared {
+    config: Config,
+    text: Option<String>,
+    routes: Vec<RouteSpec>,
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
+    admin_listener: Option<TcpListener>,
 }
 
 /// Loads, binds and spawns everything described by `config`; sessions run on this runtime.
 pub async fn start(config: Config, metrics: Metrics) -> Result<RunningProxy, StartError> {
-    start_on(config, metrics, None).await
+    start_with(config, metrics, Options::default()).await
 }
 
-/// [`start`], with each session on one of `cores`' session threads when given.
-pub async fn start_on(
+/// [`start`], with the configuration's file, session threads and reload hook of `options`.
+pub async fn start_with(
     config: Config,
     metrics: Metrics,
-    cores: Option<Arc<Cores>>,
+    options: Options,
 ) -> Result<RunningProxy, StartError> {
-    let stop_accepting = CancellationToken::new();
-    let stop_admin = CancellationToken::new();
-    let sessions = TaskTracker::new();
-    let background = TaskTracker::new();
-    let (hup, hup_rx) = watch::channel(0u64);
+    let routes = bind_routes(&config.routes, config.audit.messages)?;
+    let admin_tls = admin_tls(&config.admin).map_err(StartError::AdminTls)?;
+    let admin_listener = bind_admin(&config.admin)?;
 
-    let prepared = bind_routes(config.routes)?;
-    let (admin_listener, admin_tls) = bind_admin(&config.admin).await?;
-    let admin_addr = local_addr(&admin_listener, config.admin.listen);
-
-    let threads = cores.as_ref().map_or(1, |c| c.threads());
-    let mut routes = Vec::with_capacity(prepared.len());
-    let mut upstreams = Vec::with_capacity(prepared.len());
-    for (index, (route, material, listener)) in prepared.into_iter().enumerate() {
-        let addr = local_addr(&listener, route.listen);
-        let (ctx, reloader) = RouteContext::build(
-            index,
-            route,
-            material,
-            &metrics,
-            threads,
-            config.audit.messages,
-        );
-        routes.push((ctx.cfg.name.clone(), addr));
-        upstreams.push(ctx.upstream.clone());
-        background.spawn(reloader.run(hup_rx.clone(), stop_accepting.clone()));
-        spawn_route(
-            ctx,
-            listener,
-            addr,
-            cores.as_ref(),
-            &sessions,
-            &background,
-            &stop_accepting,
-        );
-    }
-
-    background.spawn(crate::memory::release_after_bursts(stop_accepting.clone()));
-
-    let admin_state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        ready: false.into(),
-        upstreams,
-        ready_requires_upstream: config.admin.ready_requires_upstream,
-    });
-    background.spawn(admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        config.admin.max_connections,
-        admin_tls,
-        stop_admin.clone(),
+    let admin_state = Arc::new(AdminState::new(
+        metrics.clone(),
+        config.admin.ready_requires_upstream,
     ));
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        threads: options.cores.as_ref().map_or(1, |c| c.threads()),
+        cores: options.cores,
+        sessions: TaskTracker::new(),
+        background: TaskTracker::new(),
+        stop: CancellationToken::new(),
+        admin: admin_state.clone(),
+    });
+    let mut running = Vec::with_capacity(routes.len());
+    for spec in routes {
+        let name = spec.cfg.name.clone();
+        if let Some(handle) = route::start(spec, &shared) {
+            running.push((name, handle));
+        }
+    }
+    shared
+        .background
+        .spawn(crate::memory::release_after_bursts(shared.stop.clone()));
+    let admin = serve_admin(admin_listener, &config.admin, admin_tls, &admin_state);
     admin_state.ready.store(true, Ordering::Release);
-    tracing::info!(admin = %admin_addr, "admin listening (/metrics, /healthz, /readyz)");
+    tracing::info!(admin = %admin.addr, "admin listening (/metrics, /healthz, /readyz)");
 
+    let text = options
+        .source
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let control = Arc::new(Control {
+        source: options.source,
+        hook: options.on_reload,
+        addrs: Mutex::new(Addrs::default()),
+        state: tokio::sync::Mutex::new(State {
+            config,
+            text,
+            routes: running,
+            admin,
+            last_error: None,
+        }),
+        shared: shared.clone(),
+    });
+    control.publish_addrs(&*control.state.lock().await);
+    if control.source.is_some() {
+        shared.background.spawn(control.clone().poll());
+    }
     Ok(RunningProxy {
-        routes,
-        admin: admin_addr,
+        control,
         metrics,
         admin_state,
-        stop_accepting,
-        stop_admin,
-        sessions,
-        background,
-        hup,
+        stop_accepting: shared.stop.clone(),
+        sessions: shared.sessions.clone(),
+        background: shared.background.clone(),
     })
 }
 
@@ -149,20 +213,37 @@ impl RunningProxy {
         &self.metrics
     }
 
-    /// The bound address of the route named `name`.
-    pub fn route_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.routes.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    /// `(route name, bound address)` in configuration order.
+    pub fn routes(&self) -> Vec<(String, SocketAddr)> {
+        self.control.addrs().routes
     }
 
-    /// Reloads TLS material of every route now (what SIGHUP does).
-    pub fn reload_tls(&self) {
-        self.hup.send_modify(|n| *n += 1);
+    /// The bound address of the route named `name`.
+    pub fn route_addr(&self, name: &str) -> Option<SocketAddr> {
+        let addrs = self.control.addrs();
+        addrs.routes.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The bound admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.control
+            .addrs()
+            .admin
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Reloads the whole configuration now (what SIGHUP does), whether or not the file
+    /// changed, and with it every route's TLS material.
+    pub async fn reload(&self) -> Reload {
+        self.control.reload(true).await
     }
 
     /// Stops accepting, lets sessions finish their current exchange for up to `drain`, then
     /// stops the admin server. Returns whether every session ended within `drain`.
     pub async fn shutdown(self, drain: Duration) -> bool {
         self.admin_state.ready.store(false, Ordering::Release);
+        // One reload at a time: none is half applied when the routes stop.
+        let mut state = self.control.state.lock().await;
         self.stop_accepting.cancel();
         self.sessions.close();
         let open = self.sessions.len();
@@ -178,83 +259,261 @@ impl RunningProxy {
                 "drain_timeout reached with sessions still open; closing them"
             );
         }
-        self.stop_admin.cancel();
+        state.routes.clear();
+        state.admin.stop.cancel();
+        if let Ok((_, draining)) = (&mut state.admin.task).await {
+            draining.finish().await;
+        }
         self.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(6), self.background.wait()).await;
         drained
     }
 }
 
-/// Spawns a route's pool maintenance and accept loop.
-fn spawn_route(
-    ctx: Arc<RouteContext>,
-    listener: TcpListener,
-    addr: SocketAddr,
-    cores: Option<&Arc<Cores>>,
-    sessions: &TaskTracker,
-    background: &TaskTracker,
-    stop_accepting: &CancellationToken,
-) {
-    tracing::info!(
-        route = %ctx.cfg.name,
-        listen = %addr,
-        upstream = %ctx.cfg.upstream.targets.join(","),
-        validation = %format!("{:?}", ctx.validator.mode()).to_lowercase(),
-        "route listening"
-    );
-    background.spawn(ctx.upstream.clone().maintain(stop_accepting.clone()));
-    // A small pool's few connections pass between all the route's sessions: those share
-    // one thread (see `cores`).
-    let placement = cores.map(|c| c.placement(ctx.upstream.spread_sessions()));
-    background.spawn(listener::serve(
-        listener,
-        ctx,
-        sessions.clone(),
-        stop_accepting.clone(),
-        placement,
-    ));
+impl Control {
+    fn addrs(&self) -> Addrs {
+        self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn publish_addrs(&self, state: &State) {
+        if let Ok(mut addrs) = self.addrs.lock() {
+            addrs.routes = state
+                .routes
+                .iter()
+                .map(|(n, h)| (n.clone(), h.addr))
+                .collect();
+            addrs.admin = Some(state.admin.addr);
+        }
+    }
+
+    /// Re-reads the file every `config_reload_interval` (0: never) and reloads it when its
+    /// content changed, until shutdown. Content, not modification time: a Kubernetes
+    /// ConfigMap is updated by swapping a symlink.
+    async fn poll(self: Arc<Self>) {
+        loop {
+            let every = self.state.lock().await.config.config_reload_interval;
+            // Zero turns polling off; a reload may turn it on again.
+            let wait = if every.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                every
+            };
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !every.is_zero() {
+                self.reload(false).await;
+            }
+        }
+    }
+
+    /// Reloads the file; `force` (SIGHUP) also when its content is the one in service.
+    async fn reload(&self, force: bool) -> Reload {
+        let mut state = self.state.lock().await;
+        if self.shared.stop.is_cancelled() {
+            return Reload::Unchanged;
+        }
+        let Some(path) = self.source.as_deref() else {
+            // A configuration given in code: the TLS files are all that can change.
+            for (_, route) in &state.routes {
+                let _ = route.commands.send(Command::ReloadTls).await;
+            }
+            return Reload::Unchanged;
+        };
+        let prepared = match std::fs::read_to_string(path) {
+            Ok(text) if !force && state.text.as_deref() == Some(text.as_str()) => {
+                return Reload::Unchanged;
+            }
+            Ok(text) => self.prepare(&state, path, text),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        };
+        match prepared {
+            Ok(prepared) => {
+                self.apply(&mut state, prepared).await;
+                state.last_error = None;
+                self.shared.metrics.config_reloaded(true);
+                Reload::Applied
+            }
+            Err(error) => {
+                self.shared.metrics.config_reloaded(false);
+                if state.last_error.as_ref() != Some(&error) {
+                    tracing::error!(side = "proxy", error = %error, "configuration reload refused; the running configuration stays in service");
+                    state.last_error = Some(error.clone());
+                }
+                if force {
+                    // SIGHUP still reloads the TLS material of the configuration in service.
+                    for (_, route) in &state.routes {
+                        let _ = route.commands.send(Command::ReloadTls).await;
+                    }
+                }
+                Reload::Refused(error)
+            }
+        }
+    }
+
+    /// Everything of a reload that can fail, with nothing yet changed: the file's validation,
+    /// each route's TLS material, listeners on new addresses, the admin server's TLS and the
+    /// hook's own checks.
+    fn prepare(&self, state: &State, path: &Path, text: String) -> Result<Prepared, String> {
+        let config = Config::from_file_text(path, &text).map_err(|e| e.to_string())?;
+        let in_file = |e: String| format!("{}: {e}", path.display());
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (index, cfg) in config.routes.iter().enumerate() {
+            let key = format!("routes[{index}]");
+            let material =
+                TlsMaterial::load(&cfg.tls).map_err(|e| in_file(format!("{key}.{e}")))?;
+            let running = state.config.routes.iter().find(|r| r.name == cfg.name);
+            let listener = match running {
+                Some(r) if r.listen == cfg.listen => None,
+                _ => Some(bind_route(index, cfg).map_err(|e| in_file(e.to_string()))?),
+            };
+            routes.push(RouteSpec {
+                key,
+                cfg: cfg.clone(),
+                material,
+                listener,
+                audit_messages: config.audit.messages,
+            });
+        }
+        let admin_tls = admin_tls(&config.admin).map_err(|e| in_file(e.to_string()))?;
+        let admin_listener = match state.config.admin.listen == config.admin.listen {
+            true => None,
+            false => Some(bind_admin(&config.admin).map_err(|e| in_file(e.to_string()))?),
+        };
+        if let Some(hook) = &self.hook {
+            hook(&config).map_err(in_file)?;
+        }
+        Ok(Prepared {
+            config,
+            text: Some(text),
+            routes,
+            admin_tls,
+            admin_listener,
+        })
+    }
+
+    /// Puts a prepared configuration in service: routes kept are updated, new ones start,
+    /// removed ones drain; the admin server restarts on its settings.
+    async fn apply(&self, state: &mut State, prepared: Prepared) {
+        let mut old = std::mem::take(&mut state.routes);
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for spec in prepared.routes {
+            let name = spec.cfg.name.clone();
+            let Some(at) = old.iter().position(|(n, _)| *n == name) else {
+                if let Some(handle) = route::start(spec, &self.shared) {
+                    added.push(name.clone());
+                    state.routes.push((name, handle));
+                }
+                continue;
+            };
+            let (name, mut handle) = old.remove(at);
+            if state.config.routes.iter().any(|r| r.name == name && *r != spec.cfg) {
+                changed.push(name.clone());
+            }
+            let moved = spec.listener.as_ref().and_then(|l| l.local_addr().ok());
+            let (done, applied) = oneshot::channel();
+            if handle.commands.send(Command::Apply(Box::new(spec), done)).await.is_ok() {
+                let _ = applied.await;
+            }
+            handle.addr = moved.unwrap_or(handle.addr);
+            state.routes.push((name, handle));
+        }
+        let removed: Vec<String> = old.into_iter().map(|(n, _)| n).collect();
+        self.restart_admin(state, &prepared.config.admin, prepared.admin_tls, prepared.admin_listener)
+            .await;
+        tracing::info!(
+            routes = state.routes.len(),
+            added = %added.join(","),
+            changed = %changed.join(","),
+            removed = %removed.join(","),
+            "configuration reloaded"
+        );
+        state.config = prepared.config;
+        state.text = prepared.text;
+        self.publish_addrs(state);
+    }
+
+    /// Serves the admin endpoints on their reloaded settings (and certificate): the old accept
+    /// loop stops and hands over its listener unless the address changed; open scrapes finish.
+    async fn restart_admin(
+        &self,
+        state: &mut State,
+        cfg: &AdminConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        listener: Option<TcpListener>,
+    ) {
+        let admin = &self.shared.admin;
+        admin
+            .ready_requires_upstream
+            .store(cfg.ready_requires_upstream, Ordering::Release);
+        state.admin.stop.cancel();
+        let Ok((old, draining)) = (&mut state.admin.task).await else {
+            return;
+        };
+        tokio::spawn(draining.finish());
+        let listener = listener.unwrap_or(old);
+        state.admin = serve_admin(listener, cfg, tls, admin);
+    }
 }
 
-/// The admin listener bound and its TLS configuration loaded, if any.
-async fn bind_admin(
-    admin: &AdminConfig,
-) -> Result<(TcpListener, Option<Arc<rustls::ServerConfig>>), StartError> {
-    let tls = match &admin.tls {
-        Some(t) => Some(crate::tls::admin_server_config(t).map_err(StartError::AdminTls)?),
-        None => None,
-    };
-    let listener = TcpListener::bind(admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "admin.listen".into(),
-            addr: admin.listen,
-            source,
-        })?;
-    Ok((listener, tls))
+fn serve_admin(
+    listener: TcpListener,
+    cfg: &AdminConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: &Arc<AdminState>,
+) -> AdminServer {
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(admin::serve(
+        listener,
+        state.clone(),
+        cfg.max_connections,
+        tls,
+        stop.clone(),
+    ));
+    AdminServer { addr, stop, task }
+}
+
+fn admin_tls(admin: &AdminConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    admin
+        .tls
+        .as_ref()
+        .map(crate::tls::admin_server_config)
+        .transpose()
+}
+
+fn bind_admin(admin: &AdminConfig) -> Result<TcpListener, StartError> {
+    // The standard backlog: scrapes come a few at a time.
+    listener::bind(admin.listen, 1024).map_err(|source| StartError::Bind {
+        key: "admin.listen".into(),
+        addr: admin.listen,
+        source,
+    })
+}
+
+fn bind_route(index: usize, route: &RouteConfig) -> Result<TcpListener, StartError> {
+    listener::bind(route.listen, route.limits.listen_backlog).map_err(|source| StartError::Bind {
+        key: format!("routes[{index}].listen"),
+        addr: route.listen,
+        source,
+    })
 }
 
 /// Every route's TLS material loaded and listener bound, before anything is spawned: a bad
 /// certificate or a taken port fails start-up with its key named.
-fn bind_routes(
-    routes: Vec<RouteConfig>,
-) -> Result<Vec<(RouteConfig, TlsMaterial, TcpListener)>, StartError> {
+fn bind_routes(routes: &[RouteConfig], audit_messages: bool) -> Result<Vec<RouteSpec>, StartError> {
     let mut prepared = Vec::with_capacity(routes.len());
-    for (index, route) in routes.into_iter().enumerate() {
+    for (index, route) in routes.iter().enumerate() {
         let material =
             TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
-        let listener =
-            listener::bind(route.listen, route.limits.listen_backlog).map_err(|source| {
-                StartError::Bind {
-                    key: format!("routes[{index}].listen"),
-                    addr: route.listen,
-                    source,
-                }
-            })?;
-        prepared.push((route, material, listener));
+        prepared.push(RouteSpec {
+            key: format!("routes[{index}]"),
+            cfg: route.clone(),
+            material,
+            listener: Some(bind_route(index, route)?),
+            audit_messages,
+        });
     }
     Ok(prepared)
-}
-
-fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(configured)
 }

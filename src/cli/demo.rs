@@ -75,20 +75,20 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     let proxy = crate::proxy::start(config, metrics)
         .await
         .map_err(|e| fail("proxy", &e))?;
-    let (route, proxy_addr) = proxy.routes[0].clone();
+    let (route, proxy_addr) = proxy.routes()[0].clone();
 
     println!("mllp-proxy demo (example certificates: NOT FOR PRODUCTION)");
     println!("  stand-in engine (plain MLLP)  {engine_addr}");
     println!("  proxy route {route:<17} {proxy_addr}  (mutual TLS)");
     println!(
         "  admin                         http://{}/metrics",
-        proxy.admin
+        proxy.admin()
     );
     println!();
 
     let target = client_target(&certs, proxy_addr)?;
     let all_ok = send_messages(&target).await?;
-    print_metrics(proxy.admin).await;
+    print_metrics(proxy.admin()).await;
     println!();
     println!(
         "{}",
@@ -108,7 +108,7 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         );
         println!(
             "  curl -s http://{}/metrics | grep ^mllp_proxy",
-            proxy.admin
+            proxy.admin()
         );
         println!("press Ctrl-C to stop");
         let mut signals = Signals::new().map_err(|e| fail("signals", &e))?;

@@ -55,7 +55,7 @@ pub enum ConfigError {
 }
 
 /// The validated configuration of one proxy process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The admin HTTP server (metrics and probes).
     pub admin: AdminConfig,
@@ -65,12 +65,14 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How long a stop waits for in-flight exchanges.
     pub shutdown: ShutdownConfig,
+    /// How often the file is re-read to see whether its content changed; zero: SIGHUP only.
+    pub config_reload_interval: Duration,
     /// One listener per route, each forwarding to its own upstream.
     pub routes: Vec<RouteConfig>,
 }
 
 /// The audit trail: who sent which message when, and what became of it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     /// One record per message (sessions and refused handshakes are always recorded).
     pub messages: bool,
@@ -79,7 +81,7 @@ pub struct AuditConfig {
 }
 
 /// The admin HTTP server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
@@ -92,7 +94,7 @@ pub struct AdminConfig {
 }
 
 /// TLS of the admin server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminTlsConfig {
     /// PEM chain, leaf first.
     pub certificate: PathBuf,
@@ -103,7 +105,7 @@ pub struct AdminTlsConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoggingConfig {
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
@@ -122,14 +124,14 @@ pub enum LogFormat {
 }
 
 /// Shutdown behaviour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
     /// Upper bound on the drain after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
 }
 
 /// One listening port, its TLS policy and the legacy engine behind it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Bounded metric label and log field; `[a-z0-9_-]+`.
     pub name: String,
@@ -152,7 +154,7 @@ pub struct RouteConfig {
 }
 
 /// `routes[].proxy_protocol`: which sources must send a PROXY header, and how fast.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyProtocolConfig {
     /// Sources that must begin with a header; every other source is refused.
     pub trusted: Vec<Cidr>,
@@ -221,7 +223,7 @@ impl fmt::Display for Cidr {
 }
 
 /// TLS material of a route. Paths are absolute (resolved against the configuration file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// PEM chain, leaf first.
     pub certificate: PathBuf,
@@ -300,7 +302,7 @@ pub enum ClientMatcher {
 }
 
 /// The legacy engine targets of a route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// The engine's addresses, in order of preference.
     pub targets: Vec<String>,
@@ -361,7 +363,7 @@ impl FailureMode {
 }
 
 /// Validation policy of a route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidationConfig {
     /// How much of HL7 is checked.
     pub mode: ValidationMode,
@@ -388,7 +390,7 @@ pub enum ValidationMode {
 }
 
 /// Per-route bounds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// Open connections at once; excess ones are closed right after accept.
     pub max_connections: usize,
@@ -413,6 +415,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_file_text(path, &text)
+    }
+
+    /// Validates `text`, read from the file at `path`: errors name the file and the line.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -422,14 +429,14 @@ impl Config {
         } else {
             base
         };
-        Self::from_yaml(&text, &base).map_err(|e| match e {
+        Self::from_yaml(text, &base).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message,
             },
             ConfigError::Invalid { key, reason } => ConfigError::InFile {
                 path: path.to_path_buf(),
-                line: line_of(&text, &key),
+                line: line_of(text, &key),
                 key,
                 reason,
             },

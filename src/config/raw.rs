@@ -16,7 +16,13 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) shutdown: RawShutdown,
+    #[serde(default = "default_config_reload_interval")]
+    pub(super) config_reload_interval: String,
     pub(super) routes: Vec<RawRoute>,
+}
+
+fn default_config_reload_interval() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,11 +135,18 @@ impl RawConfig {
                 f => Some(file("audit.file", f, base)?),
             },
         };
+        // 0 (with or without a unit) turns polling off: SIGHUP only.
+        let key = "config_reload_interval";
+        let config_reload_interval = match self.config_reload_interval.trim() {
+            "0" => Duration::ZERO,
+            text => parse_duration(text).map_err(|reason| invalid(key, reason))?,
+        };
         Ok(Config {
             admin,
             logging,
             audit,
             shutdown,
+            config_reload_interval,
             routes,
         })
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
+use rustls_pki_types::CertificateDer;
 use tokio_rustls::server::TlsStream;
 
 use super::{RouteContext, session_event};
@@ -23,9 +23,19 @@ pub trait ReadReady {
     /// Ready when a read would find something (or fail): plaintext already decrypted, the peer's
     /// close, or bytes on the socket. A spurious ready only costs an early buffer.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// The client's verified certificate chain, leaf first, to check it again after a
+    /// reload.
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        None
+    }
 }
 
 impl ReadReady for TlsStream<TcpStream> {
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.get_ref().1.peer_certificates()
+    }
+
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let (tcp, conn) = self.get_mut();
         // Records already read from the socket but not yet decrypted count as readable; an
@@ -46,9 +56,9 @@ pub(super) async fn accept(
     ctx: &RouteContext,
     tcp: TcpStream,
     who: audit::Who<'_>,
-    handshake_permit: Option<OwnedSemaphorePermit>,
+    handshake_permit: Option<crate::listener::Held>,
 ) -> Option<TlsStream<TcpStream>> {
-    let acceptor = TlsAcceptor::from(ctx.tls.borrow().clone());
+    let acceptor = TlsAcceptor::from(ctx.tls.clone());
     let presented = Arc::new(std::sync::Mutex::new(None));
     let handshake = PRESENTED
         .scope(

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -32,19 +32,27 @@ pub use handshake::ReadReady;
 use crate::audit;
 use crate::config::RouteConfig;
 use crate::hl7;
+use crate::label::{Label, Offboarded};
+use crate::listener::Held;
 use crate::logsafe::RouteEvents;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
-use crate::tls::{AllowList, TlsMaterial, TlsReloader, TlsWatch};
+use crate::listener::Gate;
+use crate::tls::{AllowList, ClientIdentity};
 use crate::upstream::{Upstream, UpstreamError};
+use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
 
-/// Everything a session of one route needs, shared by all its sessions.
+/// Everything a session of one route needs, shared by all its sessions. A reload publishes
+/// a new one ([`crate::route`]); sessions take it up between exchanges.
 pub struct RouteContext {
     /// The route's validated configuration.
     pub cfg: RouteConfig,
-    /// The TLS configuration in service (replaced on reload).
-    pub tls: TlsWatch,
+    /// The TLS configuration new handshakes use.
+    pub tls: Arc<ServerConfig>,
+    /// Its client verifier, to check open sessions again when the material changes.
+    pub verifier: Arc<dyn ClientCertVerifier>,
     /// `allowed_clients`.
     pub allow: AllowList,
     /// The validation rules.
@@ -53,50 +61,19 @@ pub struct RouteContext {
     pub upstream: Arc<Upstream>,
     /// Metric handles bound to this route.
     pub metrics: RouteMetrics,
-    /// Log lines of peer-triggered events, rate-limited.
-    pub events: RouteEvents,
+    /// Log lines of peer-triggered events, rate-limited (kept across reloads).
+    pub events: Arc<RouteEvents>,
+    /// The connections the route's limits count (kept across reloads).
+    pub gate: Arc<Gate>,
     /// `audit.messages`: one audit record per message, and control IDs in log lines.
     pub audit_messages: bool,
 }
 
-impl RouteContext {
-    /// Makes route `index` from its configuration and its loaded TLS material, with sessions
-    /// spread over `threads` session threads. The reloader that keeps `tls` current is
-    /// returned for the caller to spawn.
-    pub fn build(
-        index: usize,
-        cfg: RouteConfig,
-        material: TlsMaterial,
-        metrics: &Metrics,
-        threads: usize,
-        audit_messages: bool,
-    ) -> (Arc<Self>, TlsReloader) {
-        let rm = metrics.route(&cfg.name);
-        let (reloader, tls) = TlsReloader::new(
-            format!("routes[{index}]"),
-            cfg.tls.clone(),
-            material,
-            rm.clone(),
-        );
-        // An engine may echo the message in its ACK; anything larger is not an ACK.
-        let max_ack = cfg.validation.max_message_bytes.saturating_add(64 * 1024);
-        let ctx = RouteContext {
-            allow: AllowList::new(cfg.allowed_clients.clone()),
-            validator: hl7::Validator::new(&cfg.validation),
-            upstream: Arc::new(Upstream::new(
-                cfg.upstream.clone(),
-                threads,
-                max_ack,
-                rm.clone(),
-            )),
-            tls,
-            events: RouteEvents::new(&rm),
-            audit_messages,
-            metrics: rm,
-            cfg,
-        };
-        (Arc::new(ctx), reloader)
-    }
+/// The largest answer accepted from the engine for a route whose messages are at most
+/// `max_message_bytes`: an engine may echo the message in its ACK; anything larger is not an
+/// ACK.
+pub fn max_ack_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(64 * 1024)
 }
 
 /// Why a session ended; `side` says who caused it.
@@ -122,13 +99,15 @@ enum SessionEnd {
     OversizeUnreadable,
     #[error("upstream failed, connection closed without ACK: {0}")]
     Upstream(UpstreamError),
+    #[error("client no longer admitted after a reload ({0})")]
+    Offboarded(Offboarded),
 }
 
 impl SessionEnd {
     fn side(&self) -> &'static str {
         match self {
             SessionEnd::Upstream(_) => "upstream",
-            SessionEnd::Shutdown => "proxy",
+            SessionEnd::Shutdown | SessionEnd::Offboarded(_) => "proxy",
             _ => "sender",
         }
     }
@@ -146,6 +125,7 @@ impl SessionEnd {
             SessionEnd::NotReading => "sender_not_reading",
             SessionEnd::OversizeUnreadable => "oversize_unreadable",
             SessionEnd::Upstream(_) => "upstream_failure",
+            SessionEnd::Offboarded(reason) => reason.label(),
         }
     }
 
@@ -174,13 +154,15 @@ macro_rules! session_event {
 }
 use session_event;
 
-/// Serves one accepted TCP connection until the sender leaves, a limit ends it or `shutdown`.
+/// Serves one accepted TCP connection until the sender leaves, a limit ends it or `shutdown`;
+/// `updates` brings the route's reloaded contexts.
 pub async fn serve(
     ctx: Arc<RouteContext>,
+    updates: watch::Receiver<Arc<RouteContext>>,
     tcp: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
-    handshake_permit: Option<OwnedSemaphorePermit>,
+    handshake_permit: Option<Held>,
     shutdown: CancellationToken,
 ) {
     let who = audit::Who {
@@ -200,7 +182,8 @@ pub async fn serve(
     let (version, suite) = handshake::negotiated(&tls);
     audit::session_started(who, &identity, version, suite);
     let started = Instant::now();
-    let mut session = Session::new(&ctx, who, &shown);
+    let mut session = Session::new(ctx.clone(), who, &shown);
+    session.follow(updates, &identity);
     // A token of its own: every check and wait on the route's token would take the one
     // mutex all sessions share, several times per message.
     let shutdown = shutdown.child_token();
@@ -217,7 +200,11 @@ pub async fn serve(
 
 /// The per-connection state after the handshake; generic over the stream for tests.
 struct Session<'a> {
-    ctx: &'a RouteContext,
+    /// The route's context in service for this session: replaced between exchanges when a
+    /// reload publishes another.
+    ctx: Arc<RouteContext>,
+    /// The route's reloads, with the client they are checked against.
+    updates: Option<Updates<'a>>,
     /// The connection, for audit records and log lines.
     who: audit::Who<'a>,
     /// The client certificate's identity, escaped, for log lines.
@@ -236,9 +223,9 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a RouteContext, who: audit::Who<'a>, client: &'a str) -> Self {
+    fn new(ctx: Arc<RouteContext>, who: audit::Who<'a>, client: &'a str) -> Self {
         Self {
-            ctx,
+            updates: None,
             who,
             client,
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
@@ -247,7 +234,65 @@ impl<'a> Session<'a> {
             idle: Deadline::default(),
             write: Deadline::default(),
             queue: Deadline::default(),
+            ctx,
         }
+    }
+
+    /// Takes up the route's reloads from now on, for the client `identity`.
+    fn follow(&mut self, rx: watch::Receiver<Arc<RouteContext>>, identity: &'a ClientIdentity) {
+        self.updates = Some(Updates {
+            rx,
+            identity,
+            verified_at: rustls_pki_types::UnixTime::now(),
+        });
+    }
+
+    /// Whether a reload has published a context this session has not taken up.
+    fn reloaded(&self) -> bool {
+        self.updates
+            .as_ref()
+            .is_some_and(|u| u.rx.has_changed().unwrap_or(false))
+    }
+
+    /// Waits for a reload; pending forever without updates or once the route is gone (its
+    /// sessions then end through `shutdown`).
+    async fn next_reload(updates: &mut Option<Updates<'a>>) {
+        let gone = match updates {
+            Some(u) => u.rx.changed().await.is_err(),
+            None => true,
+        };
+        if gone {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Takes up the context a reload published, between exchanges: the session ends when its
+    /// client is no longer admitted (out of `allowed_clients`, or its certificate no longer
+    /// verifies under reloaded TLS material); otherwise its next exchange runs under the new
+    /// settings.
+    fn take_reload<S: ReadReady>(&mut self, stream: &S) -> Result<(), SessionEnd> {
+        let Some(u) = self.updates.as_mut() else {
+            return Ok(());
+        };
+        let new = u.rx.borrow_and_update().clone();
+        let refused = if !new.allow.admits(u.identity) {
+            Some(Offboarded::NotAllowed)
+        } else if !Arc::ptr_eq(&new.tls, &self.ctx.tls)
+            && let Some(chain) = stream.peer_chain()
+            && crate::tls::no_longer_verifies(&*new.verifier, chain, u.verified_at).is_some()
+        {
+            Some(Offboarded::Revoked)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            new.metrics.closed_on_reload(reason);
+            session_event!(warn, self.who, client = %self.client, side = "proxy", reason = reason.label(), "client no longer admitted after a reload; session closed");
+            return Err(SessionEnd::Offboarded(reason));
+        }
+        self.codec.set_max_len(new.cfg.validation.max_message_bytes);
+        self.ctx = new;
+        Ok(())
     }
 
     async fn run<S>(&mut self, stream: &mut S, shutdown: &CancellationToken) -> SessionEnd
@@ -255,6 +300,11 @@ impl<'a> Session<'a> {
         S: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
         loop {
+            if self.reloaded()
+                && let Err(end) = self.take_reload(stream)
+            {
+                return end;
+            }
             let frame = match self.next_frame(stream, shutdown).await {
                 Ok(f) => f,
                 Err(end) => return end,
@@ -274,10 +324,15 @@ impl<'a> Session<'a> {
     where
         S: AsyncRead + ReadReady + Unpin,
     {
-        let limits = &self.ctx.cfg.limits;
+        // Copied: a reload taken up while idle replaces the context, and its limits apply
+        // from the next frame.
+        let (idle_timeout, frame_timeout) = {
+            let limits = &self.ctx.cfg.limits;
+            (limits.idle_timeout, limits.frame_timeout)
+        };
         // Counted from the end of the last frame: bytes outside frames do not keep a
         // connection alive, only finished frames do.
-        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let idle_deadline = Instant::now() + idle_timeout;
         let mut frame_deadline: Option<Instant> = None;
         loop {
             if !self.codec.in_frame() && shutdown.is_cancelled() {
@@ -294,18 +349,28 @@ impl<'a> Session<'a> {
             let read = read_more(&mut self.buf, idle, stream);
             let n = if self.codec.in_frame() {
                 let deadline =
-                    *frame_deadline.get_or_insert_with(|| Instant::now() + limits.frame_timeout);
+                    *frame_deadline.get_or_insert_with(|| Instant::now() + frame_timeout);
                 match tokio::time::timeout_at(deadline, read).await {
                     Ok(r) => r,
                     Err(_) => return Err(SessionEnd::FrameTimeout),
                 }
             } else {
                 frame_deadline = None;
-                tokio::select! {
+                let waited = tokio::select! {
                     biased;
-                    r = read => r,
+                    r = read => Some(r),
                     _ = self.idle.until(idle_deadline) => return Err(SessionEnd::Idle),
                     _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    _ = Self::next_reload(&mut self.updates) => None,
+                };
+                match waited {
+                    Some(r) => r,
+                    None => {
+                        // Idle between frames: the reload is taken up now, not at the
+                        // sender's next message.
+                        self.take_reload(stream)?;
+                        continue;
+                    }
                 }
             };
             match n {
@@ -362,6 +427,15 @@ impl<'a> Session<'a> {
             );
         }
     }
+}
+
+/// What a session checks a reload against.
+struct Updates<'a> {
+    rx: watch::Receiver<Arc<RouteContext>>,
+    identity: &'a ClientIdentity,
+    /// When the handshake verified the client's certificate: a reloaded verifier judges the
+    /// certificate as of then.
+    verified_at: rustls_pki_types::UnixTime,
 }
 
 /// Reads what the sender sent next into `buf`; when `idle`, first waits for bytes without a

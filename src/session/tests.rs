@@ -32,11 +32,20 @@ routes:
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    let (_tx, tls) = watch::channel(Arc::new(server));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .build()
+    .unwrap();
     let metrics = Metrics::new().unwrap().route("t");
     RouteContext {
-        tls,
-        events: RouteEvents::new(&metrics),
+        tls: Arc::new(server),
+        verifier,
+        gate: Arc::default(),
+        events: Arc::new(RouteEvents::new(&metrics)),
         audit_messages: true,
         allow: AllowList::default(),
         validator: hl7::Validator::new(&cfg.validation),
@@ -66,14 +75,15 @@ async fn a_sessions_future_holds_the_tls_stream_once() {
     let _client = TcpStream::connect(addr).await.unwrap();
     let (tcp, peer) = listener.accept().await.unwrap();
     let ctx = Arc::new(context());
-    let session = serve(ctx, tcp, peer, 1, None, CancellationToken::new());
+    let (_tx, updates) = watch::channel(ctx.clone());
+    let session = serve(ctx, updates, tcp, peer, 1, None, CancellationToken::new());
     let size = std::mem::size_of_val(&session);
     let stream = std::mem::size_of::<TlsStream<TcpStream>>();
     assert!(size < 4 * stream, "{size} bytes, the stream alone {stream}");
 }
 
 async fn run_session(
-    ctx: &RouteContext,
+    ctx: &Arc<RouteContext>,
     server: &mut DuplexStream,
     stop: &CancellationToken,
 ) -> (SessionEnd, Duration) {
@@ -83,14 +93,14 @@ async fn run_session(
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: 1,
     };
-    let end = Session::new(ctx, who, "").run(server, stop).await;
+    let end = Session::new(ctx.clone(), who, "").run(server, stop).await;
     (end, started.elapsed())
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_sender_is_closed_exactly_at_idle_timeout() {
     // Nothing is ever sent: the session ends at idle_timeout (15 min), not a moment later.
-    let ctx = context();
+    let ctx = Arc::new(context());
     let (_client, mut server) = tokio::io::duplex(1024);
     let (end, took) = run_session(&ctx, &mut server, &CancellationToken::new()).await;
     assert!(matches!(end, SessionEnd::Idle), "{end}");
@@ -101,7 +111,7 @@ async fn a_silent_sender_is_closed_exactly_at_idle_timeout() {
 async fn junk_outside_frames_does_not_keep_a_connection_alive() {
     // A byte every second between frames never completes a frame: the session still ends
     // at idle_timeout counted from the handshake, not from the last byte.
-    let ctx = context();
+    let ctx = Arc::new(context());
     let (mut client, mut server) = tokio::io::duplex(1024);
     let junk = tokio::spawn(async move {
         for _ in 0..(20 * 60) {
@@ -121,7 +131,7 @@ async fn junk_outside_frames_does_not_keep_a_connection_alive() {
 #[tokio::test(start_paused = true)]
 async fn a_frame_kept_alive_by_trickling_bytes_still_ends_at_frame_timeout() {
     // A byte every 10 s never lets a read time out, yet the frame deadline counts from its start.
-    let ctx = context();
+    let ctx = Arc::new(context());
     let (mut client, mut server) = tokio::io::duplex(1024);
     let trickle = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -144,7 +154,7 @@ async fn a_frame_kept_alive_by_trickling_bytes_still_ends_at_frame_timeout() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_an_idle_session_at_once_but_waits_for_a_started_frame() {
     // Shutdown never cuts a message in the middle: only a session between frames stops at once.
-    let ctx = context();
+    let ctx = Arc::new(context());
     let (_client, mut server) = tokio::io::duplex(1024);
     let stop = CancellationToken::new();
     stop.cancel();
@@ -170,7 +180,7 @@ async fn shutdown_closes_an_idle_session_at_once_but_waits_for_a_started_frame()
 #[tokio::test(start_paused = true)]
 async fn a_sender_closing_between_frames_is_routine_and_inside_one_is_not() {
     // EOF between frames is a goodbye; EOF inside a frame is a sender fault worth a warning.
-    let ctx = context();
+    let ctx = Arc::new(context());
     let (client, mut server) = tokio::io::duplex(1024);
     drop(client);
     let (end, _) = run_session(&ctx, &mut server, &CancellationToken::new()).await;

@@ -27,7 +27,7 @@ use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsVersi
 pub use identity::{AllowList, ClientIdentity};
 
 use crate::label::HandshakeReason;
-pub use reload::{TlsReloader, TlsWatch};
+pub use reload::{ReloadOutcome, TlsFiles};
 
 /// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,8 @@ pub struct Expiry {
 pub struct TlsMaterial {
     /// The configuration new handshakes use.
     pub server_config: Arc<ServerConfig>,
+    /// Its client verifier, to check open sessions' certificates again after a reload.
+    pub verifier: Arc<dyn ClientCertVerifier>,
     /// Lifetimes of what was loaded.
     pub expiry: Expiry,
     /// Subject of the server certificate, for `check` and logs.
@@ -318,6 +320,7 @@ impl TlsMaterial {
         let (crls, crl_next_updates) = parse_crls(cfg, &files[3..])?;
         let crl_count = crls.len();
         let verifier = client_verifier(cfg, roots, crls, &provider)?;
+        let webpki = verifier.inner.clone();
 
         let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -333,6 +336,7 @@ impl TlsMaterial {
 
         Ok(TlsMaterial {
             server_config: Arc::new(server_config),
+            verifier: webpki,
             expiry: Expiry {
                 server_not_after,
                 client_ca_not_after,
@@ -343,6 +347,21 @@ impl TlsMaterial {
             fingerprint: files,
         })
     }
+}
+
+/// Why a client whose handshake passed at `verified_at` would no longer be admitted by
+/// `verifier` (a reloaded CA bundle or CRL); `None` while it still would. Judged as of the
+/// handshake, so that a certificate expiring during a long session is not mistaken for one
+/// the reload revoked.
+pub fn no_longer_verifies(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+    verified_at: UnixTime,
+) -> Option<rustls::Error> {
+    let (leaf, intermediates) = chain.split_first()?;
+    verifier
+        .verify_client_cert(leaf, intermediates, verified_at)
+        .err()
 }
 
 /// The CRLs of `cfg` (PEM or DER) and the nextUpdate of each.

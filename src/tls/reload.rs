@@ -2,66 +2,64 @@
 //!
 //! Files are compared by content, not modification time: Kubernetes updates a mounted secret by
 //! swapping a symlink, which leaves the files' own times unchanged. Material that fails to load is
-//! refused and the previous configuration stays in service.
-
-use std::sync::Arc;
-
-use rustls::ServerConfig;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+//! refused and the previous configuration stays in service. The route's task
+//! ([`crate::route`]) polls and publishes; this only decides.
 
 use super::{TlsMaterial, read_files};
 use crate::config::TlsConfig;
 use crate::label::CertRole;
 use crate::metrics::RouteMetrics;
 
-/// The server configuration currently in service; each handshake takes the latest.
-pub type TlsWatch = watch::Receiver<Arc<ServerConfig>>;
-
-/// Watches one route's files and publishes new material.
-pub struct TlsReloader {
+/// The TLS files of one route and the content of those in service.
+pub struct TlsFiles {
     /// `routes[N]`, prefixed to errors.
     key: String,
     cfg: TlsConfig,
-    tx: watch::Sender<Arc<ServerConfig>>,
     in_service: Vec<Vec<u8>>,
     last_failed: Option<Vec<Vec<u8>>>,
     metrics: RouteMetrics,
 }
 
 /// What one reload attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// The files are what is in service.
     Unchanged,
-    /// New material is in service.
-    Reloaded,
+    /// New material, to be put in service.
+    Reloaded(TlsMaterial),
     /// The files changed but were refused; the old material stays.
     Failed,
 }
 
-impl TlsReloader {
-    /// Starts from material already loaded (and checked) at start-up.
-    /// `key` is the route's configuration key (`routes[0]`), so errors name the key as `check`
-    /// does.
-    pub fn new(
-        key: String,
-        cfg: TlsConfig,
-        material: TlsMaterial,
-        metrics: RouteMetrics,
-    ) -> (Self, TlsWatch) {
-        metrics.set_expiry(CertRole::Server, material.expiry.server_not_after);
-        metrics.set_expiry(CertRole::ClientCa, material.expiry.client_ca_not_after);
-        let (tx, rx) = watch::channel(material.server_config);
-        let reloader = Self {
+impl TlsFiles {
+    /// Starts from `material`, already loaded (and checked) from `cfg`. `key` is the route's
+    /// configuration key (`routes[0]`), so errors name the key as `check` does.
+    pub fn new(key: String, cfg: TlsConfig, material: &TlsMaterial, metrics: RouteMetrics) -> Self {
+        set_expiry(&metrics, material);
+        Self {
             key,
             cfg,
-            tx,
-            in_service: material.fingerprint,
+            in_service: material.fingerprint.clone(),
             last_failed: None,
             metrics,
-        };
-        (reloader, rx)
+        }
+    }
+
+    /// The `tls` section these files come from.
+    pub fn config(&self) -> &TlsConfig {
+        &self.cfg
+    }
+
+    /// Puts `material` (loaded from `cfg` by a configuration reload) in service when it differs
+    /// from what is; `None` when nothing changed.
+    pub fn replace(&mut self, key: String, cfg: TlsConfig, material: TlsMaterial) -> Option<TlsMaterial> {
+        self.key = key;
+        let same = cfg == self.cfg && material.fingerprint == self.in_service;
+        self.cfg = cfg;
+        if same {
+            return None;
+        }
+        self.accepted(&material);
+        Some(material)
     }
 
     /// Compares the files with the material in service and loads them if they differ.
@@ -85,16 +83,8 @@ impl TlsReloader {
         }
         match TlsMaterial::from_contents(&self.cfg, files.clone()) {
             Ok(material) => {
-                self.metrics
-                    .set_expiry(CertRole::Server, material.expiry.server_not_after);
-                self.metrics
-                    .set_expiry(CertRole::ClientCa, material.expiry.client_ca_not_after);
-                self.metrics.reloaded(true);
-                tracing::info!(route = %route, subject = %material.server_subject, "TLS material reloaded");
-                self.in_service = files;
-                self.last_failed = None;
-                self.tx.send_replace(material.server_config);
-                ReloadOutcome::Reloaded
+                self.accepted(&material);
+                ReloadOutcome::Reloaded(material)
             }
             Err(e) => {
                 tracing::error!(side = "proxy", route = %route, error = %format!("{}.{e}", self.key), "TLS reload refused; previous material stays in service");
@@ -105,30 +95,16 @@ impl TlsReloader {
         }
     }
 
-    /// Polls every `reload_interval` and reloads at once when `hup` changes, until `shutdown`.
-    pub async fn run(mut self, mut hup: watch::Receiver<u64>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.cfg.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let mut hup_alive = true;
-        loop {
-            let force = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => false,
-                changed = hup.changed(), if hup_alive => {
-                    if changed.is_err() {
-                        // The signal source is gone; keep polling.
-                        hup_alive = false;
-                        continue;
-                    }
-                    true
-                }
-            };
-            // The reads are a few kilobytes every reload_interval: not worth a blocking thread.
-            let outcome = self.reload(force);
-            if force && outcome == ReloadOutcome::Unchanged {
-                tracing::info!(route = %self.metrics.route, "SIGHUP: TLS material unchanged");
-            }
-        }
+    fn accepted(&mut self, material: &TlsMaterial) {
+        set_expiry(&self.metrics, material);
+        self.metrics.reloaded(true);
+        tracing::info!(route = %self.metrics.route, subject = %material.server_subject, "TLS material reloaded");
+        self.in_service = material.fingerprint.clone();
+        self.last_failed = None;
     }
+}
+
+fn set_expiry(metrics: &RouteMetrics, material: &TlsMaterial) {
+    metrics.set_expiry(CertRole::Server, material.expiry.server_not_after);
+    metrics.set_expiry(CertRole::ClientCa, material.expiry.client_ca_not_after);
 }

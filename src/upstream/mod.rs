@@ -116,7 +116,8 @@ pub struct Upstream {
     max_ack_bytes: usize,
     metrics: RouteMetrics,
     targets: Vec<Arc<Target>>,
-    pool: Pool,
+    /// Shared with the upstream a reload makes when it keeps targets and limit.
+    pool: Arc<Pool>,
     /// Rotation of `balance: round_robin`.
     next: AtomicUsize,
 }
@@ -136,13 +137,43 @@ impl Upstream {
             .map(|t| Arc::new(Target::new(t, metrics.target(t))))
             .collect();
         Self {
-            pool: Pool::new(cfg.max_connections, threads),
+            pool: Arc::new(Pool::new(cfg.max_connections, threads)),
             cfg,
             max_ack_bytes,
             metrics,
             targets,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The settings in service.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    /// Whether a reload to `cfg` keeps this pool (its open connections and the targets'
+    /// health): the same targets and the same limit.
+    pub fn keeps_pool(&self, cfg: &UpstreamConfig) -> bool {
+        self.cfg.targets == cfg.targets && self.cfg.max_connections == cfg.max_connections
+    }
+
+    /// This upstream with other settings (timeouts, balance, health checks), sharing its pool
+    /// and targets ([`Upstream::keeps_pool`]).
+    pub fn reconfigured(&self, cfg: UpstreamConfig, max_ack_bytes: usize) -> Self {
+        Self {
+            cfg,
+            max_ack_bytes,
+            metrics: self.metrics.clone(),
+            targets: self.targets.clone(),
+            pool: self.pool.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A reload replaced this upstream: its idle connections are closed now, and each busy
+    /// one when its exchange ends, so the engine never sees the old pool linger.
+    pub fn retire(&self) {
+        self.pool.retire();
     }
 
     /// Whether the route's sessions may be spread over the session threads; if not, they all
@@ -195,7 +226,7 @@ impl Upstream {
         if result.is_ok() {
             // A completed exchange is the best health check there is.
             c.target.mark_up();
-            shard.put_idle(c);
+            self.pool.put_idle(shard, c);
         }
         drop(lease);
         if self.cfg.max_connections == 1 && self.metrics.upstream_queue_waiting.get() > 0 {
@@ -220,7 +251,7 @@ impl Upstream {
         let (mut c, _) = self.connection(lease.shard).await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
         let target = c.target.addr.clone();
-        lease.shard.put_idle(c);
+        self.pool.put_idle(lease.shard, c);
         Ok(target)
     }
 

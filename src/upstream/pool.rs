@@ -19,7 +19,7 @@
 //! takes that permit: a share held by slow exchanges cannot keep a message waiting while the
 //! route has a free connection. Smaller pools stay whole.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
@@ -65,6 +65,8 @@ impl Drop for PooledConn {
 /// The route's connections: one share, or one per session thread.
 pub(super) struct Pool {
     shards: Vec<Shard>,
+    /// Replaced by a reload: connections given back are closed instead of kept.
+    retired: AtomicBool,
 }
 
 /// Idle connections and the exchange limit of one share of the pool.
@@ -139,7 +141,27 @@ impl Pool {
                 }
             })
             .collect();
-        Self { shards }
+        Self {
+            shards,
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the idle connections and, from now on, every connection given back.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        for shard in &self.shards {
+            if let Ok(mut idle) = shard.idle.lock() {
+                idle.clear();
+            }
+        }
+    }
+
+    /// Returns a connection after a successful exchange, unless the pool is retired.
+    pub(super) fn put_idle(&self, shard: &Shard, c: PooledConn) {
+        if !self.retired.load(Ordering::Acquire) {
+            shard.put_idle(c);
+        }
     }
 
     /// Whether the route's sessions may run on every session thread: the pool has no limit or

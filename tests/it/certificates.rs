@@ -53,7 +53,7 @@ async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
     let yaml = kubernetes_style_secret(&pki, &[engine.target()]);
     let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
     let proxy = start_proxy(cfg).await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
     assert_eq!(served_cn(&pki, addr).await, "localhost");
     let mut old_session = connect(&pki, &proxy, ClientCert::Good).await;
     old_session.exchange(&adt("OLD-1"), T).await.expect("ACK");
@@ -92,7 +92,7 @@ async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
     );
     let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
     let proxy = start_proxy(cfg).await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
 
     pki.issue_server_valid_for("rotated", "rotated-server", None);
     replace_file(
@@ -196,7 +196,7 @@ async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
     );
     let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
     let proxy = start_proxy(cfg).await;
-    let target = pki.target_named(proxy.routes[0].1, "revokable");
+    let target = pki.target_named(proxy.routes()[0].1, "revokable");
     let refused = match MllpClient::connect(&target, T).await {
         Err(_) => true,
         Ok(mut c) => c.exchange(&adt("REV-1"), T).await.is_err(),
@@ -263,7 +263,7 @@ async fn allow_lists_match_each_identity_kind() {
     for (entry, admitted) in cases {
         let extra = format!("    allowed_clients:\n      - {entry}\n");
         let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
-        let target = pki.target_named(proxy.routes[0].1, "id");
+        let target = pki.target_named(proxy.routes()[0].1, "id");
         let before = engine.received().len();
         let served = match MllpClient::connect(&target, T).await {
             Err(_) => false,
@@ -333,7 +333,7 @@ async fn openssl_s_client_is_served_only_with_a_good_certificate_and_tls_1_2_or_
     );
     let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
     let proxy = start_proxy(cfg).await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
     let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
     let good = [
         "-cert".to_string(),
@@ -448,7 +448,7 @@ async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_grou
         );
         let cfg = Config::from_yaml(&yaml, pki.dir.path()).expect(profile);
         let proxy = start_proxy(cfg).await;
-        let addr = proxy.routes[0].1;
+        let addr = proxy.routes()[0].1;
         let run = |extra: &[&str]| {
             let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
             for (i, a) in cert.iter().enumerate() {
@@ -502,7 +502,7 @@ async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
             ),
         );
         let proxy = start_proxy(Config::from_yaml(&yaml, pki.dir.path()).expect("config")).await;
-        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         let outcome = match MllpClient::connect(&target, T).await {
             Ok(mut c) => c.exchange(&adt("REV-1"), T).await.map(|a| msa(&a).0),
             Err(e) => Err(e),

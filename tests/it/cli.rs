@@ -217,7 +217,7 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
     );
     cfg.routes[0].upstream.ack_timeout = std::time::Duration::from_millis(300);
     let proxy = start_proxy(cfg).await;
-    let to = proxy.routes[0].1.to_string();
+    let to = proxy.routes()[0].1.to_string();
     // `send` over mTLS with a file holding `message`.
     let send_args = |message: &str| -> Vec<String> {
         let file = pki.path("message.hl7");
@@ -280,7 +280,7 @@ async fn send_tells_each_kind_of_failure_apart() {
     ))
     .await;
     // One connection from this address already open: the next is closed at accept.
-    let _held = tokio::net::TcpStream::connect(full.routes[0].1)
+    let _held = tokio::net::TcpStream::connect(full.routes()[0].1)
         .await
         .expect("connect");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -318,19 +318,19 @@ async fn send_tells_each_kind_of_failure_apart() {
     };
     let cases = [
         (
-            args(denied.routes[0].1.to_string(), Some("client")),
+            args(denied.routes()[0].1.to_string(), Some("client")),
             "closed the connection right after the TLS handshake: your certificate may not be in the route's allowed_clients",
         ),
         (
-            args(denied.routes[0].1.to_string(), Some("other")),
+            args(denied.routes()[0].1.to_string(), Some("other")),
             "the server did not accept your client certificate: unknown CA",
         ),
         (
-            args(denied.routes[0].1.to_string(), None),
+            args(denied.routes()[0].1.to_string(), None),
             "answered bytes that are not MLLP (a TLS alert?) and closed the connection: if this port expects TLS, pass --ca, --cert and --key",
         ),
         (
-            args(full.routes[0].1.to_string(), Some("client")),
+            args(full.routes()[0].1.to_string(), Some("client")),
             "closed the connection during the TLS handshake: is this port TLS (1.2 or 1.3)? (mllp-proxy also closes connections over its limits at once",
         ),
         (
@@ -338,7 +338,7 @@ async fn send_tells_each_kind_of_failure_apart() {
             "accepted the connection but did not answer the TLS handshake within 2s: is this port TLS?",
         ),
         (
-            args(dead.routes[0].1.to_string(), Some("client")),
+            args(dead.routes()[0].1.to_string(), Some("client")),
             "no ACK for message TWO-1: 127.0.0.1",
         ),
     ];
@@ -347,7 +347,7 @@ async fn send_tells_each_kind_of_failure_apart() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(expected), "{args:?}: {}", text(&out));
     }
-    let out = run_async(args(dead.routes[0].1.to_string(), Some("client"))).await;
+    let out = run_async(args(dead.routes()[0].1.to_string(), Some("client"))).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("closed the connection after the message was sent, without an ACK"),

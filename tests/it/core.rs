@@ -49,7 +49,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
     let World { pki, engine, proxy } = Harness::new().start().await;
     let mut tasks = Vec::new();
     for c in 0..20 {
-        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         tasks.push(tokio::spawn(async move {
             let mut client = MllpClient::connect(&target, T).await.expect("connect");
             for i in 0..50 {
@@ -64,7 +64,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
     let mut scrapes = 0;
     while !tasks.iter().all(|t| t.is_finished()) {
         let started = std::time::Instant::now();
-        let body = mllp_proxy::client::http_get(proxy.admin, "/metrics")
+        let body = mllp_proxy::client::http_get(proxy.admin(), "/metrics")
             .await
             .expect("scrape under load");
         assert!(body.contains("mllp_proxy_messages_received_total"));
@@ -105,7 +105,7 @@ async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_r
         (ClientCert::OtherCa, "unknown_ca"),
         (ClientCert::Expired, "expired"),
     ] {
-        let target = pki.target(proxy.routes[0].1, which);
+        let target = pki.target(proxy.routes()[0].1, which);
         // With TLS 1.3 the client finishes its side first and learns of the refusal on read.
         let outcome = match MllpClient::connect(&target, T).await {
             Err(_) => None,

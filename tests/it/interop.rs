@@ -82,7 +82,7 @@ async fn python_hl7_clients_through_proxy_to_hl7apy_engine() {
         let mut cfg = pki.config(&[format!("127.0.0.1:{port}")], "");
         cfg.routes[0].upstream.max_connections = max_connections;
         let proxy = start_proxy(cfg).await;
-        let addr = proxy.routes[0].1;
+        let addr = proxy.routes()[0].1;
         let runs: Vec<_> = (0..clients)
             .map(|_| {
                 let py = py.clone();
@@ -216,7 +216,7 @@ async fn node_hl7_client_is_served_by_a_lenient_route_and_told_why_by_a_strict_o
         let engine = Engine::start(Behaviour::Ack).await;
         let extra = format!("    validation:\n      mode: {mode}\n");
         let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
-        let port = proxy.routes[0].1.port().to_string();
+        let port = proxy.routes()[0].1.port().to_string();
         let (ca, cert, key) = (
             pki.path("ca.crt"),
             pki.path("client.crt"),

@@ -35,7 +35,7 @@ async fn silent_and_non_tls_peers_are_closed_and_counted() {
         .edit(|cfg| cfg.routes[0].limits.handshake_timeout = Duration::from_millis(300))
         .start()
         .await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
 
     let mut silent = TcpStream::connect(addr).await.expect("connect");
     let took = wait_closed(&mut silent).await;
@@ -86,7 +86,7 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
     a.exchange(&adt("A-1"), T).await.expect("a served");
     b.exchange(&adt("B-1"), T).await.expect("b served");
 
-    let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+    let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
     let third = match MllpClient::connect(&target, T).await {
         Err(_) => None,
         Ok(mut c) => Some(c.exchange(&adt("C-1"), T).await),

@@ -32,7 +32,7 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
     }
     client.close().await;
     if let Ok(mut c) =
-        MllpClient::connect(&pki.target(proxy.routes[0].1, ClientCert::None), T).await
+        MllpClient::connect(&pki.target(proxy.routes()[0].1, ClientCert::None), T).await
     {
         let _ = c.exchange(&adt("NOCERT"), T).await;
     }
@@ -90,7 +90,7 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
     let sample = format!("mllp_proxy_certificate_expiry_timestamp_seconds{{role=\"server\",{r}}}");
     assert_eq!(metric(&proxy, &sample).await, not_after as f64);
 
-    let body = http_get(proxy.admin, "/metrics").await.expect("scrape");
+    let body = http_get(proxy.admin(), "/metrics").await.expect("scrape");
     assert!(body.contains("process_resident_memory_bytes"));
     if let Some(promtool) = promtool() {
         let file = pki.path("metrics.txt");
@@ -117,7 +117,7 @@ async fn health_and_readiness_follow_the_lifecycle() {
         .engine(Behaviour::Delay(Duration::from_millis(1500)))
         .start()
         .await;
-    let admin = proxy.admin;
+    let admin = proxy.admin();
     assert_eq!(http_get(admin, "/healthz").await.expect("healthz"), "ok\n");
     assert_eq!(http_get(admin, "/readyz").await.expect("readyz"), "ready\n");
     let missing = http_get(admin, "/nope").await.expect_err("404");

@@ -33,7 +33,7 @@ async fn eleven_hundred_idle_connections_from_one_address_do_not_lock_out_anothe
         engine: _engine,
         proxy,
     } = Harness::new().start().await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
     let mut held = Vec::new();
     for _ in 0..1100 {
         if let Some(s) = idle_from("127.0.0.2", addr).await {
@@ -290,7 +290,7 @@ async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served()
         .await;
     let mut idle = Vec::new();
     for _ in 0..10 {
-        idle.push(TcpStream::connect(proxy.admin).await.expect("connect"));
+        idle.push(TcpStream::connect(proxy.admin()).await.expect("connect"));
     }
     let mut closed = 0;
     for s in &mut idle {
@@ -309,13 +309,13 @@ async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served()
     let ack = c.exchange(&adt("ADM-1"), T).await.expect("ACK");
     assert_eq!(msa(&ack), ("AA".into(), "ADM-1".into()));
     assert!(
-        http_get(proxy.admin, "/healthz").await.is_err(),
+        http_get(proxy.admin(), "/healthz").await.is_err(),
         "the cap holds"
     );
     drop(idle);
     assert!(
         eventually(T, || async {
-            http_get(proxy.admin, "/healthz").await.is_ok()
+            http_get(proxy.admin(), "/healthz").await.is_ok()
         })
         .await
     );
@@ -334,7 +334,7 @@ async fn metrics_can_be_scraped_over_mutual_tls() {
     let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
     assert!(cfg.admin.tls.is_some());
     let proxy = start_proxy(cfg).await;
-    let url = format!("https://localhost:{}/metrics", proxy.admin.port());
+    let url = format!("https://localhost:{}/metrics", proxy.admin().port());
     let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
     let curl = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -345,7 +345,7 @@ async fn metrics_can_be_scraped_over_mutual_tls() {
                 .expect("curl")
         })
     };
-    let resolve = format!("localhost:{}:127.0.0.1", proxy.admin.port());
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.admin().port());
     let with_cert = curl(vec![
         "--resolve".into(),
         resolve.clone(),
@@ -372,7 +372,7 @@ async fn metrics_can_be_scraped_over_mutual_tls() {
     .expect("curl task");
     assert!(!String::from_utf8_lossy(&without.stdout).contains("mllp_proxy"));
     assert!(
-        http_get(proxy.admin, "/metrics").await.is_err(),
+        http_get(proxy.admin(), "/metrics").await.is_err(),
         "no plain HTTP"
     );
 }
@@ -406,7 +406,7 @@ async fn every_connection_has_its_client_certificate_verified_afresh_no_resumpti
         engine: _engine,
         proxy,
     } = Harness::new().start().await;
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).expect("ca.crt") {
         roots.add(ca.expect("CA PEM")).expect("CA");

@@ -424,7 +424,7 @@ pub async fn start_proxy(config: Config) -> RunningProxy {
 
 /// Connects a client to the proxy's only route.
 pub async fn connect(pki: &Pki, proxy: &RunningProxy, which: ClientCert) -> MllpClient {
-    let addr = proxy.routes[0].1;
+    let addr = proxy.routes()[0].1;
     MllpClient::connect(&pki.target(addr, which), Duration::from_secs(5))
         .await
         .expect("client connects")
@@ -537,7 +537,7 @@ pub fn msa(answer: &[u8]) -> (String, String) {
 
 /// Scrapes `/metrics` over HTTP: the value of the series `name{labels}`, `None` when absent.
 pub async fn scrape(proxy: &RunningProxy, sample: &str) -> Option<f64> {
-    let body = mllp_proxy::client::http_get(proxy.admin, "/metrics")
+    let body = mllp_proxy::client::http_get(proxy.admin(), "/metrics")
         .await
         .expect("scrape");
     mllp_proxy::metrics::sample_value(&body, sample)

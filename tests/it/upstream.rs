@@ -33,10 +33,17 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
     cfg.routes[0].upstream.max_connections = 1;
     let cores =
         on_session_threads.then(|| mllp_proxy::cores::Cores::start(2).expect("session threads"));
-    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), cores)
+    let proxy = mllp_proxy::proxy::start_with(
+        cfg,
+        Metrics::new().expect("metrics"),
+        mllp_proxy::proxy::Options {
+            cores,
+            ..Default::default()
+        },
+    )
         .await
         .expect("proxy starts");
-    send_concurrently(&pki, proxy.routes[0].1, "ONE", 16, 100).await;
+    send_concurrently(&pki, proxy.routes()[0].1, "ONE", 16, 100).await;
     assert_eq!(
         engine.refused(),
         0,
@@ -106,10 +113,17 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
     let mut cfg = pki.config(&[engine.target()], "");
     cfg.routes[0].upstream.max_connections = 8;
     let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
+    let proxy = mllp_proxy::proxy::start_with(
+        cfg,
+        Metrics::new().expect("metrics"),
+        mllp_proxy::proxy::Options {
+            cores: Some(cores),
+            ..Default::default()
+        },
+    )
         .await
         .expect("proxy starts");
-    send_concurrently(&pki, proxy.routes[0].1, "SPLIT", 32, 50).await;
+    send_concurrently(&pki, proxy.routes()[0].1, "SPLIT", 32, 50).await;
     let peak = engine.peak();
     assert!(peak <= 8, "{peak} engine connections at once");
     assert!(peak > 4, "only {peak} engine connections at once");
@@ -136,13 +150,20 @@ async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connec
     cfg.routes[0].upstream.max_connections = 8;
     cfg.routes[0].upstream.ack_timeout = Duration::from_secs(10);
     let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = mllp_proxy::proxy::start_on(cfg, Metrics::new().expect("metrics"), Some(cores))
+    let proxy = mllp_proxy::proxy::start_with(
+        cfg,
+        Metrics::new().expect("metrics"),
+        mllp_proxy::proxy::Options {
+            cores: Some(cores),
+            ..Default::default()
+        },
+    )
         .await
         .expect("proxy starts");
     let mut clients = Vec::new();
     for _ in 0..9 {
         // One after another, so the route places them on alternate threads.
-        let target = pki.target(proxy.routes[0].1, ClientCert::Good);
+        let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         clients.push(MllpClient::connect(&target, T).await.expect("connect"));
     }
     let last = clients.pop().expect("nine clients");
@@ -348,16 +369,16 @@ async fn readiness_can_require_an_engine_target_up() {
     cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
     let proxy = start_proxy(cfg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = http_get(proxy.admin, "/readyz").await;
+    let ready = http_get(proxy.admin(), "/readyz").await;
     assert!(
         ready.as_ref().is_err_and(|e| e.to_string().contains("503")),
         "{ready:?}"
     );
-    assert!(http_get(proxy.admin, "/healthz").await.is_ok());
+    assert!(http_get(proxy.admin(), "/healthz").await.is_ok());
     let _engine = Engine::start_on(addr, Behaviour::Ack).await;
     assert!(
         eventually(T, || async {
-            http_get(proxy.admin, "/readyz").await.is_ok()
+            http_get(proxy.admin(), "/readyz").await.is_ok()
         })
         .await,
         "ready once the engine is up"
