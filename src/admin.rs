@@ -1,8 +1,8 @@
 //! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz`.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;

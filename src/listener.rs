@@ -99,9 +99,13 @@ pub async fn serve(
             }
         };
         let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-        let placement = placements
-            .as_ref()
-            .map(|[one, spread]| if ctx.upstream.spread_sessions() { spread } else { one });
+        let placement = placements.as_ref().map(|[one, spread]| {
+            if ctx.upstream.spread_sessions() {
+                spread
+            } else {
+                one
+            }
+        });
         let updates = route.clone();
         let shutdown = shutdown.clone();
         let run = async move |mut tcp: TcpStream| {
@@ -214,8 +218,7 @@ fn admit(
             None => return refuse(Refusal::PerSource),
         },
     };
-    let Some(handshake) = Held::take(gate, Counter::Pending, limits.max_pending_handshakes)
-    else {
+    let Some(handshake) = Held::take(gate, Counter::Pending, limits.max_pending_handshakes) else {
         return refuse(Refusal::PendingHandshakes);
     };
     Ok((open, source, Some(handshake)))

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use mllp_proxy::audit::{self, LineWriter, Reopen, WriterGuard};
@@ -161,7 +161,9 @@ async fn run(path: PathBuf) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
     while signals.next().await == Signal::Reload {
-        tracing::info!("SIGHUP: reloading the configuration and TLS material, reopening the audit file");
+        tracing::info!(
+            "SIGHUP: reloading the configuration and TLS material, reopening the audit file"
+        );
         logging.reopen.request();
         proxy.reload().await;
     }

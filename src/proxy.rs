@@ -221,7 +221,11 @@ impl RunningProxy {
     /// The bound address of the route named `name`.
     pub fn route_addr(&self, name: &str) -> Option<SocketAddr> {
         let addrs = self.control.addrs();
-        addrs.routes.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        addrs
+            .routes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The bound admin address.
@@ -408,20 +412,35 @@ impl Control {
                 continue;
             };
             let (name, mut handle) = old.remove(at);
-            if state.config.routes.iter().any(|r| r.name == name && *r != spec.cfg) {
+            if state
+                .config
+                .routes
+                .iter()
+                .any(|r| r.name == name && *r != spec.cfg)
+            {
                 changed.push(name.clone());
             }
             let moved = spec.listener.as_ref().and_then(|l| l.local_addr().ok());
             let (done, applied) = oneshot::channel();
-            if handle.commands.send(Command::Apply(Box::new(spec), done)).await.is_ok() {
+            if handle
+                .commands
+                .send(Command::Apply(Box::new(spec), done))
+                .await
+                .is_ok()
+            {
                 let _ = applied.await;
             }
             handle.addr = moved.unwrap_or(handle.addr);
             state.routes.push((name, handle));
         }
         let removed: Vec<String> = old.into_iter().map(|(n, _)| n).collect();
-        self.restart_admin(state, &prepared.config.admin, prepared.admin_tls, prepared.admin_listener)
-            .await;
+        self.restart_admin(
+            state,
+            &prepared.config.admin,
+            prepared.admin_tls,
+            prepared.admin_listener,
+        )
+        .await;
         tracing::info!(
             routes = state.routes.len(),
             added = %added.join(","),

@@ -207,7 +207,9 @@ impl Route {
         };
         self.ctx.send_replace(Arc::new(ctx));
         if let Some(listener) = spec.listener {
-            let addr = listener.local_addr().unwrap_or(self.ctx.borrow().cfg.listen);
+            let addr = listener
+                .local_addr()
+                .unwrap_or(self.ctx.borrow().cfg.listen);
             self.listening.cancel();
             self.listening = shared.stop.child_token();
             self.listen(listener, addr, shared);
@@ -252,7 +254,9 @@ impl Route {
     }
 
     fn maintain(&mut self, upstream: Arc<Upstream>, shared: &Shared) {
-        shared.admin.set_upstream(&self.name, Some(upstream.clone()));
+        shared
+            .admin
+            .set_upstream(&self.name, Some(upstream.clone()));
         shared
             .background
             .spawn(upstream.maintain(self.maintaining.clone()));

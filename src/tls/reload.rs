@@ -51,7 +51,12 @@ impl TlsFiles {
 
     /// Puts `material` (loaded from `cfg` by a configuration reload) in service when it differs
     /// from what is; `None` when nothing changed.
-    pub fn replace(&mut self, key: String, cfg: TlsConfig, material: TlsMaterial) -> Option<TlsMaterial> {
+    pub fn replace(
+        &mut self,
+        key: String,
+        cfg: TlsConfig,
+        material: TlsMaterial,
+    ) -> Option<TlsMaterial> {
         self.key = key;
         let same = cfg == self.cfg && material.fingerprint == self.in_service;
         self.cfg = cfg;

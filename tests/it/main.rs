@@ -12,6 +12,7 @@ mod limits;
 mod logging;
 mod observability;
 mod reliability;
+mod reload;
 mod security;
 mod support;
 mod upstream;

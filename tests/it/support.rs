@@ -359,6 +359,32 @@ impl Harness {
         }
     }
 
+    /// Starts the engine and the proxy in-process on the file `proxy.yaml`, which
+    /// [`RunningProxy::reload`] and the poll re-read (configuration edits do not apply: the
+    /// file is the configuration).
+    pub async fn start_live(self) -> World {
+        assert!(
+            self.edits.is_empty(),
+            "a live configuration is its file: use route_yaml"
+        );
+        let (engine, yaml) = self.engine_and_yaml("").await;
+        let path = self.pki.path("proxy.yaml");
+        std::fs::write(&path, &yaml).expect("write config");
+        let cfg = Config::load(&path).expect("test config");
+        let options = mllp_proxy::proxy::Options {
+            source: Some(path),
+            ..Default::default()
+        };
+        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
+            .await
+            .expect("proxy starts");
+        World {
+            pki: self.pki,
+            engine,
+            proxy,
+        }
+    }
+
     /// Starts the engine and the proxy binary with JSON logs at level info (configuration
     /// edits do not apply: the binary reads the YAML).
     pub async fn spawn_json(self) -> BinaryWorld {
@@ -409,6 +435,11 @@ pub struct BinaryWorld {
 }
 
 impl World {
+    /// The live configuration file's content ([`Harness::start_live`]).
+    pub fn yaml(&self) -> String {
+        std::fs::read_to_string(self.pki.path("proxy.yaml")).expect("read config")
+    }
+
     /// A connected sender with the good client certificate.
     pub async fn client(&self) -> MllpClient {
         connect(&self.pki, &self.proxy, ClientCert::Good).await
@@ -648,6 +679,13 @@ impl ProxyProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn hup(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
     }
 
     /// Every log line so far.

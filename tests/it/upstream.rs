@@ -41,8 +41,8 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
             ..Default::default()
         },
     )
-        .await
-        .expect("proxy starts");
+    .await
+    .expect("proxy starts");
     send_concurrently(&pki, proxy.routes()[0].1, "ONE", 16, 100).await;
     assert_eq!(
         engine.refused(),
@@ -121,8 +121,8 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
             ..Default::default()
         },
     )
-        .await
-        .expect("proxy starts");
+    .await
+    .expect("proxy starts");
     send_concurrently(&pki, proxy.routes()[0].1, "SPLIT", 32, 50).await;
     let peak = engine.peak();
     assert!(peak <= 8, "{peak} engine connections at once");
@@ -158,8 +158,8 @@ async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connec
             ..Default::default()
         },
     )
-        .await
-        .expect("proxy starts");
+    .await
+    .expect("proxy starts");
     let mut clients = Vec::new();
     for _ in 0..9 {
         // One after another, so the route places them on alternate threads.
