@@ -37,26 +37,55 @@ for run in ${SOAK_RUNS:-close:0 nak:0 close:2 nak:2 nak:8}; do
     RUST_LOG=warn "$bin" ack-server --listen "127.0.0.1:$engine_port" --log "$work/engine-$mode$pool.jsonl" \
         --seed "$RANDOM" --late-delay 1500ms "${faults[@]}" & pids+=($!)
     proxy_port=$(free_port); admin_port=$(free_port)
-    cat > "$work/soak-$mode$pool.yaml" <<YAML
+    # Two versions of the file, swapped and reloaded (SIGHUP) every few seconds during the
+    # run: a reload changes the allow-list (the soak's demo-sender stays in), the pool (a new one each
+    # time) and the timeouts while every sender is mid-exchange.
+    config=$work/soak-$mode$pool.yaml
+    other_pool=$(( pool == 0 ? 4 : pool + 1 ))
+    for version in a b; do
+        if [ $version = a ]; then p=$pool t=1s allow="[]"; else p=$other_pool t=1100ms allow="[{cn: demo-sender}, {cn: billing-01}]"; fi
+        cat > "$config.$version" <<YAML
 admin: { listen: "127.0.0.1:$admin_port" }
 logging: { level: error }
 shutdown: { drain_timeout: 10s }
+config_reload_interval: 0
 routes:
   - name: soak
     listen: "127.0.0.1:$proxy_port"
     tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"], connect_timeout: 1s, ack_timeout: 1s, max_connections: $pool, idle_timeout: 1s }
+    allowed_clients: $allow
+    upstream: { targets: ["127.0.0.1:$engine_port"], connect_timeout: 1s, ack_timeout: $t, max_connections: $p, idle_timeout: 1s }
     on_upstream_failure: $mode
 YAML
-    "$bin" run -c "$work/soak-$mode$pool.yaml" 2> "$work/proxy-$mode$pool.log" & proxy_pid=$!
+    done
+    cp "$config.a" "$config"
+    "$bin" run -c "$config" 2> "$work/proxy-$mode$pool.log" & proxy_pid=$!
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    echo "== soak, on_upstream_failure: $mode, upstream.max_connections: $pool"
+    echo "== soak, on_upstream_failure: $mode, upstream.max_connections: $pool (and $other_pool on every other reload)"
+    (
+        n=0
+        while kill -0 "$proxy_pid" 2>/dev/null; do
+            sleep "${SOAK_RELOAD_EVERY:-3}"
+            n=$((n + 1))
+            if [ $((n % 2)) = 1 ]; then cp "$config.b" "$config"; else cp "$config.a" "$config"; fi
+            kill -HUP "$proxy_pid" 2>/dev/null || true
+        done
+    ) & reloader=$!
     "$bin" soak --to "127.0.0.1:$proxy_port" "${tls[@]}" --senders "$senders" --messages "$n" \
         --engine-log "$work/engine-$mode$pool.jsonl" --admin "127.0.0.1:$admin_port" --proxy-pid "$proxy_pid" \
         --mode "$mode" --prefix "$mode$pool-" --timeout 20s --require-every-fault || status=1
+    kill "$reloader" 2>/dev/null || true
+    wait "$reloader" 2>/dev/null || true
+    metrics=$(curl -fs "http://127.0.0.1:$admin_port/metrics" || true)
+    applied=$(awk '/^mllp_proxy_config_reloads_total\{result="success"\}/ {print $2}' <<< "$metrics")
+    refused=$(awk '/^mllp_proxy_config_reloads_total\{result="failure"\}/ {print $2}' <<< "$metrics")
+    echo "configuration reloads during the run: ${applied:-?} applied, ${refused:-?} refused"
+    if [ "${refused:-1}" != 0 ] || [ "${applied:-0}" = 0 ]; then
+        echo "VIOLATION reloads during the soak were refused or did not happen"; status=1
+    fi
     kill -TERM "$proxy_pid"
     if wait "$proxy_pid"; then
         echo "proxy stopped on SIGTERM with status 0"

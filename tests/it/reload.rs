@@ -382,3 +382,227 @@ async fn the_admin_server_moves_and_the_poll_follows_a_configmap_symlink_swap() 
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(metric(p, ok).await, 1.0);
 }
+
+/// The JSON log lines of `proxy` that satisfy `keep`, once at least one exists (5 s at most).
+fn json_lines(
+    proxy: &ProxyProcess,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let found: Vec<serde_json::Value> = proxy
+            .log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v| keep(v))
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarded_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let BinaryWorld {
+        pki,
+        engine: _engine,
+        proxy,
+    } = Harness::new()
+        .route_yaml("    allowed_clients: [{cn: lab-sender}]\n")
+        .spawn_with("text", "")
+        .await;
+    let path = pki.path("proxy.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("read");
+    let edit = |from: &str, to: &str| {
+        let now = std::fs::read_to_string(&path).expect("read");
+        assert!(now.contains(from), "{from:?}");
+        std::fs::write(&path, now.replacen(from, to, 1)).expect("write");
+    };
+    let mut client = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
+        .await
+        .expect("connect");
+    assert_eq!(
+        msa(&client.exchange(&adt("H-1"), T).await.expect("ACK")).0,
+        "AA"
+    );
+
+    // One SIGHUP: JSON at level warn, and lab-sender offboarded.
+    edit(
+        "logging:\n  format: text\n",
+        "logging:\n  format: json\n  level: warn\n",
+    );
+    edit("[{cn: lab-sender}]", "[{cn: billing-01}]");
+    assert!(yaml != std::fs::read_to_string(&path).expect("read"));
+    proxy.hup();
+    assert!(
+        closed_within(&mut client, T).await,
+        "offboarded session still open"
+    );
+    let warned = json_lines(&proxy, |v| {
+        v["message"] == "client no longer admitted after a reload; session closed"
+    });
+    assert_eq!(warned.len(), 1, "{:?}", proxy.log_lines());
+    assert_eq!(warned[0]["reason"], "not_allowed");
+    let ended = json_lines(&proxy, |v| v["event"] == "session_end");
+    assert_eq!(ended.len(), 1, "{:?}", proxy.log_lines());
+    assert_eq!(ended[0]["reason"], "not_allowed");
+    assert_eq!(ended[0]["messages"], 1);
+    // Level warn: the reload's own info line is not written.
+    assert!(
+        !proxy
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("configuration reloaded")),
+        "an info line at level warn"
+    );
+
+    // A second: level info again, audit records into a file created rw-r-----.
+    edit("  level: warn\n", "  level: info\n");
+    edit("admin:\n", "audit:\n  file: audit.jsonl\nadmin:\n");
+    proxy.hup();
+    let reloaded = json_lines(&proxy, |v| v["message"] == "configuration reloaded");
+    assert_eq!(reloaded.len(), 1, "{:?}", proxy.log_lines());
+    let audit = pki.path("audit.jsonl");
+    let mode = std::fs::metadata(&audit)
+        .expect("audit file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    edit("[{cn: billing-01}]", "[{cn: lab-sender}]");
+    proxy.hup();
+    let mut again = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(mut c) = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T).await
+        else {
+            continue;
+        };
+        if c.exchange(&adt("H-2"), T).await.is_ok() {
+            again = Some(c);
+            break;
+        }
+    }
+    assert!(again.is_some(), "lab-sender not onboarded again");
+    let written = eventually(T, || async {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"control_id\":\"H-2\""))
+    })
+    .await;
+    assert!(written, "the message's record is not in the audit file");
+    assert!(
+        !proxy.log_lines().iter().any(|l| l.contains("\"H-2\"")),
+        "the record went into the log too"
+    );
+}
+
+/// Open descriptors and resident memory (KiB) of process `pid`.
+fn usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_every_100ms_for_30s_under_load_loses_nothing_and_leaks_nothing() {
+    let BinaryWorld { pki, engine, proxy } = Harness::new()
+        .route_yaml("    allowed_clients: [{cn: lab-sender}]\n")
+        .spawn_with("text", "")
+        .await;
+    let path = pki.path("proxy.yaml");
+    let a = std::fs::read_to_string(&path).expect("read");
+    // The other file changes what a reload can change: the allow-list, the pool (a new one
+    // each time), timeouts and the validation limit.
+    let b = a
+        .replace(
+            "[{cn: lab-sender}]",
+            "[{cn: billing-01}, {cn: lab-sender}]\n    validation: { max_message_bytes: 65536 }",
+        )
+        .replace(
+            "ack_timeout: 2s",
+            "ack_timeout: 3s\n      max_connections: 2",
+        );
+    assert_ne!(a, b);
+    let pid = proxy.child.id();
+    let senders: Vec<_> = (0..4)
+        .map(|s| {
+            let target = pki.target(proxy.addr, ClientCert::Good);
+            tokio::spawn(async move {
+                let mut c = MllpClient::connect(&target, T).await.expect("connect");
+                let (mut acked, mut i) = (0u32, 0u32);
+                let until = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < until {
+                    i += 1;
+                    let id = format!("L{s}-{i}");
+                    let ack = c
+                        .exchange(&adt(&id), T)
+                        .await
+                        .expect("every message answered");
+                    assert_eq!(msa(&ack), ("AA".into(), id));
+                    acked += 1;
+                }
+                c.close().await;
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (fds_before, rss_before) = usage(pid);
+    let mut reloads = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(27);
+    while std::time::Instant::now() < until {
+        reloads += 1;
+        std::fs::write(&path, if reloads % 2 == 0 { &a } else { &b }).expect("write");
+        proxy.hup();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut acked = 0;
+    for s in senders {
+        acked += s.await.expect("sender");
+    }
+    assert_eq!(
+        engine.received_ids().len(),
+        acked as usize,
+        "every message once"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (fds_after, rss_after) = usage(pid);
+    let lines = proxy.log_lines();
+    let applied = lines
+        .iter()
+        .filter(|l| l.contains("configuration reloaded"))
+        .count();
+    assert!(
+        applied * 10 >= reloads * 9,
+        "{applied} of {reloads} reloads applied"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("refused") || l.contains("panicked")),
+        "{:?}",
+        lines
+            .iter()
+            .filter(|l| l.contains("refused"))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    // Senders gone: descriptors back where they were with four sessions open, less theirs.
+    assert!(
+        fds_after <= fds_before,
+        "descriptors {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB -> {rss_after} KiB after {reloads} reloads"
+    );
+    eprintln!(
+        "{reloads} reloads ({applied} applied), {acked} messages, fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB"
+    );
+}

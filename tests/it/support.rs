@@ -393,6 +393,11 @@ impl Harness {
 
     /// Starts the engine and the proxy binary logging in `format` (`json` or `text`).
     pub async fn spawn(self, format: &str) -> BinaryWorld {
+        self.spawn_with(format, "info").await
+    }
+
+    /// [`Harness::spawn`] with `RUST_LOG=rust_log` (empty: the file's `logging.level`).
+    pub async fn spawn_with(self, format: &str, rust_log: &str) -> BinaryWorld {
         assert!(
             self.edits.is_empty(),
             "the binary reads YAML: use route_yaml"
@@ -401,7 +406,7 @@ impl Harness {
         let (engine, yaml) = self.engine_and_yaml(&logging).await;
         let config_path = self.pki.path("proxy.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
-        let proxy = ProxyProcess::spawn(&config_path, "info");
+        let proxy = ProxyProcess::spawn(&config_path, rust_log);
         BinaryWorld {
             pki: self.pki,
             engine,
