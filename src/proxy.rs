@@ -327,6 +327,8 @@ impl Control {
         };
         let prepared = match std::fs::read_to_string(path) {
             Ok(text) if !force && state.text.as_deref() == Some(text.as_str()) => {
+                // Back to the file in service: a refusal seen again is news again.
+                state.last_error = None;
                 return Reload::Unchanged;
             }
             Ok(text) => self.prepare(&state, path, text),

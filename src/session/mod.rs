@@ -130,7 +130,8 @@ impl SessionEnd {
     }
 
     /// Routine ends are logged at debug; the rest need an operator's eye. An upstream failure
-    /// was logged where it was handled, with its control ID.
+    /// was logged where it was handled, with its control ID, and an offboarding where the
+    /// reload was taken up.
     fn routine(&self) -> bool {
         matches!(
             self,
@@ -138,6 +139,7 @@ impl SessionEnd {
                 | SessionEnd::Idle
                 | SessionEnd::Shutdown
                 | SessionEnd::Upstream(_)
+                | SessionEnd::Offboarded(_)
         )
     }
 }
