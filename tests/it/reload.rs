@@ -606,3 +606,46 @@ async fn reloading_every_100ms_for_30s_under_load_loses_nothing_and_leaks_nothin
         "{reloads} reloads ({applied} applied), {acked} messages, fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_limit_counts_the_connections_already_open() {
+    let world = Harness::new()
+        .route_yaml("    limits: { max_connections: 1 }\n")
+        .start_live()
+        .await;
+    let p = &world.proxy;
+    let addr = p.routes()[0].1;
+    let limited = "mllp_proxy_connections_rejected_total{reason=\"limit\",route=\"test\"}";
+    let mut first = world.client().await;
+    assert_eq!(
+        msa(&first.exchange(&adt("L-1"), T).await.expect("ACK")).0,
+        "AA"
+    );
+    assert!(
+        !admitted(&world, addr, "client").await,
+        "a second connection over the limit"
+    );
+    assert_eq!(metric(p, limited).await, 1.0);
+
+    rewrite(&world, "max_connections: 1 }", "max_connections: 2 }");
+    assert_eq!(p.reload().await, Reload::Applied);
+    let mut second = world.client().await;
+    assert_eq!(
+        msa(&second.exchange(&adt("L-2"), T).await.expect("ACK")).0,
+        "AA"
+    );
+    // The session opened before the reload counts: two open, a third is refused.
+    assert!(
+        !admitted(&world, addr, "client").await,
+        "a third connection over the limit"
+    );
+    assert_eq!(metric(p, limited).await, 2.0);
+
+    // Lowered below what is open: nobody is closed, nobody new gets in.
+    rewrite(&world, "max_connections: 2 }", "max_connections: 1 }");
+    assert_eq!(p.reload().await, Reload::Applied);
+    assert!(!admitted(&world, addr, "client").await);
+    for (c, id) in [(&mut first, "L-3"), (&mut second, "L-4")] {
+        assert_eq!(msa(&c.exchange(&adt(id), T).await.expect("ACK")).0, "AA");
+    }
+}
