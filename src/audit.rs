@@ -248,17 +248,45 @@ pub struct Who<'a> {
     pub conn: u64,
 }
 
-/// A session admitted after its handshake: who, and over what TLS.
-pub fn session_started(who: Who<'_>, id: &ClientIdentity, tls_version: &str, cipher_suite: &str) {
+/// The TLS side of a connection: the peer's certificate and what was negotiated.
+#[derive(Clone, Copy)]
+pub struct TlsSession<'a> {
+    /// The peer's verified certificate.
+    pub peer: &'a ClientIdentity,
+    /// `TLSv1_3`, …
+    pub version: &'a str,
+    /// The negotiated suite.
+    pub suite: &'a str,
+}
+
+/// A session admitted after its handshake: who, and over what TLS (`None`: a plain listener,
+/// recorded with the peer address alone).
+pub fn session_started(who: Who<'_>, tls: Option<TlsSession<'_>>) {
     let Some(mut r) = Record::new("session_start", who) else {
         return;
     };
-    r.text("subject", &escape_str(&id.subject));
-    r.text("serial", &escape_str(&id.serial));
-    r.text("issuer", &escape_str(&id.issuer));
-    r.text("identity", &escape_str(&id.to_string()));
-    r.label("tls_version", tls_version);
-    r.label("cipher_suite", cipher_suite);
+    match tls {
+        Some(t) => {
+            r.certificate(t.peer);
+            r.text("identity", &escape_str(&t.peer.to_string()));
+            r.label("tls_version", t.version);
+            r.label("cipher_suite", t.suite);
+        }
+        None => r.label("transport", "plain"),
+    }
+    r.send();
+}
+
+/// A pooled connection to a partner established over TLS (`upstream.tls`): which target, the
+/// partner's certificate and what was negotiated.
+pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>) {
+    let Some(mut r) = Record::start("upstream_session", route) else {
+        return;
+    };
+    r.label("target", target);
+    r.certificate(tls.peer);
+    r.label("tls_version", tls.version);
+    r.label("cipher_suite", tls.suite);
     r.send();
 }
 
@@ -405,6 +433,26 @@ struct Record {
 
 impl Record {
     fn new(event: &str, who: Who<'_>) -> Option<Record> {
+        let mut r = Record::start(event, who.route)?;
+        // An address has no character that needs escaping or quoting.
+        r.key("peer");
+        let quote = if r.json { "\"" } else { "" };
+        r.line.extend_from_slice(quote.as_bytes());
+        push_peer(&mut r.line, who.peer);
+        r.line.extend_from_slice(quote.as_bytes());
+        r.number("conn", who.conn);
+        Some(r)
+    }
+
+    /// A certificate's subject, serial and issuer.
+    fn certificate(&mut self, id: &ClientIdentity) {
+        self.text("subject", &escape_str(&id.subject));
+        self.text("serial", &escape_str(&id.serial));
+        self.text("issuer", &escape_str(&id.issuer));
+    }
+
+    /// A record of `event` on `route`, not about one sender's connection.
+    fn start(event: &str, route: &str) -> Option<Record> {
         let (writer, json) = SINK.get()?;
         let json = json.load(Ordering::Relaxed);
         let mut line = Vec::with_capacity(320);
@@ -423,14 +471,7 @@ impl Record {
             r.line.extend_from_slice(b"  INFO audit:");
         }
         r.label("event", event);
-        r.label("route", who.route);
-        // An address has no character that needs escaping or quoting.
-        r.key("peer");
-        let quote = if r.json { "\"" } else { "" };
-        r.line.extend_from_slice(quote.as_bytes());
-        push_peer(&mut r.line, who.peer);
-        r.line.extend_from_slice(quote.as_bytes());
-        r.number("conn", who.conn);
+        r.label("route", route);
         Some(r)
     }
 

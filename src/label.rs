@@ -85,6 +85,10 @@ labels! {
         Server => "server",
         /// The earliest-expiring certificate of `client_ca`.
         ClientCa => "client_ca",
+        /// Our client certificate toward the partner (`upstream.tls.certificate`).
+        Client => "client",
+        /// The earliest-expiring certificate of `upstream.tls.ca`.
+        UpstreamCa => "upstream_ca",
     }
 }
 
@@ -124,6 +128,9 @@ labels! {
     pub enum FailureKind {
         /// No target accepted a connection.
         Connect => "connect",
+        /// The TLS handshake with the partner failed, or its certificate is not one
+        /// `allowed_servers` admits: nothing was delivered.
+        Tls => "tls",
         /// No ACK within `ack_timeout`.
         Timeout => "timeout",
         /// The engine closed the connection before a whole ACK.
@@ -139,6 +146,35 @@ impl FailureKind {
     /// Whether one target is to blame, so `upstream_failures_total` has a series for it.
     pub fn has_target(self) -> bool {
         !matches!(self, FailureKind::Queue)
+    }
+}
+
+labels! {
+    /// The `reason` of `upstream_tls_handshake_failures_total`: why a TLS connection to a
+    /// partner (`upstream.tls`) was not established.
+    pub enum PartnerRefusal {
+        /// Its certificate is not issued by `upstream.tls.ca`.
+        UnknownCa => "unknown_ca",
+        /// Its certificate is not valid for the name checked.
+        NameMismatch => "name_mismatch",
+        /// Its certificate has expired.
+        Expired => "expired",
+        /// Its certificate is revoked by `upstream.tls.crl`.
+        Revoked => "revoked",
+        /// Its certificate is unacceptable for another reason.
+        BadCertificate => "bad_certificate",
+        /// Verified, but outside `upstream.tls.allowed_servers`.
+        NotAllowed => "not_allowed",
+        /// It asked for a client certificate and none is configured.
+        ClientCertRequired => "client_cert_required",
+        /// It refused the client certificate presented.
+        ClientCertRefused => "client_cert_refused",
+        /// The handshake did not finish within `connect_timeout`.
+        Timeout => "timeout",
+        /// It closed the connection during the handshake.
+        Eof => "eof",
+        /// Anything else.
+        Protocol => "protocol",
     }
 }
 

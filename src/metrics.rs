@@ -15,8 +15,8 @@ use prometheus::{
 
 use crate::hl7::{AckCode, RejectReason};
 use crate::label::{
-    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Offboarded, ProxyResult,
-    Refusal, Verdict,
+    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Offboarded, PartnerRefusal,
+    ProxyResult, Refusal, Verdict,
 };
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
@@ -82,6 +82,7 @@ struct MessageFamilies {
 #[derive(Clone)]
 struct UpstreamFamilies {
     failures: IntCounterVec,
+    tls_failures: IntCounterVec,
     exchanges_failed: IntCounterVec,
     duplicate_acks: IntCounterVec,
     connections: IntGaugeVec,
@@ -256,6 +257,7 @@ impl Metrics {
             &m.acks,
             &m.discarded_bytes,
             &u.failures,
+            &u.tls_failures,
             &u.exchanges_failed,
             &u.duplicate_acks,
             &u.health_checks,
@@ -457,6 +459,11 @@ impl UpstreamFamilies {
                 "Upstream failures by target and kind.",
                 &["route", "target", "kind"],
             )?,
+            tls_failures: reg.counter(
+                "mllp_proxy_upstream_tls_handshake_failures_total",
+                "TLS connections to a partner (upstream.tls) not established, by target and reason; nothing was delivered on them.",
+                &["route", "target", "reason"],
+            )?,
             exchanges_failed: reg.counter(
                 "mllp_proxy_upstream_exchanges_failed_total",
                 "Exchanges that ended without an ACK from the engine (the sender got none, or an AR from the proxy), by kind of the last failure.",
@@ -583,6 +590,20 @@ impl RouteMetrics {
         };
         t.up.set(0);
         t
+    }
+
+    /// Creates the TLS refusal series of a target of a route with `upstream.tls`, at zero.
+    pub fn partner(&self, target: &str) {
+        zero::<PartnerRefusal>(&self.all.up.tls_failures, &[&self.route, target]);
+    }
+
+    /// Counts a partner's TLS refusal.
+    pub fn partner_refused(&self, target: &str, reason: PartnerRefusal) {
+        self.all
+            .up
+            .tls_failures
+            .with_label_values(&[&self.route, target, reason.label()])
+            .inc();
     }
 
     /// Counts a failure of one target.

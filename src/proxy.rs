@@ -26,7 +26,7 @@ use crate::cores::Cores;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::route::{self, Command, RouteHandle, RouteSpec, Shared};
-use crate::tls::{TlsError, TlsMaterial};
+use crate::tls::TlsError;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -366,21 +366,14 @@ impl Control {
         let in_file = |e: String| format!("{}: {e}", path.display());
         let mut routes = Vec::with_capacity(config.routes.len());
         for (index, cfg) in config.routes.iter().enumerate() {
-            let key = format!("routes[{index}]");
-            let material =
-                TlsMaterial::load(&cfg.tls).map_err(|e| in_file(format!("{key}.{e}")))?;
             let running = state.config.routes.iter().find(|r| r.name == cfg.name);
             let listener = match running {
                 Some(r) if r.listen == cfg.listen => None,
                 _ => Some(bind_route(index, cfg).map_err(|e| in_file(e.to_string()))?),
             };
-            routes.push(RouteSpec {
-                key,
-                cfg: cfg.clone(),
-                material,
-                listener,
-                audit_messages: config.audit.messages,
-            });
+            let spec = RouteSpec::load(index, cfg, listener, config.audit.messages)
+                .map_err(|e| in_file(format!("routes[{index}].{e}")))?;
+            routes.push(spec);
         }
         let admin_tls = admin_tls(&config.admin).map_err(|e| in_file(e.to_string()))?;
         let admin_listener = match state.config.admin.listen == config.admin.listen {
@@ -526,14 +519,11 @@ fn bind_route(index: usize, route: &RouteConfig) -> Result<TcpListener, StartErr
 fn bind_routes(routes: &[RouteConfig], audit_messages: bool) -> Result<Vec<RouteSpec>, StartError> {
     let mut prepared = Vec::with_capacity(routes.len());
     for (index, route) in routes.iter().enumerate() {
-        let material =
-            TlsMaterial::load(&route.tls).map_err(|source| StartError::Tls { index, source })?;
+        let spec = RouteSpec::load(index, route, None, audit_messages)
+            .map_err(|source| StartError::Tls { index, source })?;
         prepared.push(RouteSpec {
-            key: format!("routes[{index}]"),
-            cfg: route.clone(),
-            material,
             listener: Some(bind_route(index, route)?),
-            audit_messages,
+            ..spec
         });
     }
     Ok(prepared)

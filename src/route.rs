@@ -23,8 +23,10 @@ use crate::hl7;
 use crate::listener::{self, Gate};
 use crate::logsafe::RouteEvents;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::session::{RouteContext, max_ack_bytes};
-use crate::tls::{AllowList, ReloadOutcome, TlsFiles, TlsMaterial};
+use crate::session::{ListenerTls, RouteContext, max_ack_bytes};
+use crate::tls::{
+    AllowList, PartnerFiles, PartnerTls, ReloadOutcome, TlsError, TlsFiles, TlsMaterial,
+};
 use crate::upstream::Upstream;
 
 /// What the whole proxy lends each route.
@@ -48,11 +50,41 @@ pub(crate) struct RouteSpec {
     /// `routes[N]`, for errors of later TLS polls.
     pub(crate) key: String,
     pub(crate) cfg: RouteConfig,
-    pub(crate) material: TlsMaterial,
+    /// The listener's TLS material (`None` on a plain listener).
+    pub(crate) material: Option<TlsMaterial>,
+    /// The partner's (`upstream.tls`).
+    pub(crate) partner: Option<PartnerTls>,
     /// A listener on a new address, replacing the route's current one.
     pub(crate) listener: Option<TcpListener>,
     /// `audit.messages`.
     pub(crate) audit_messages: bool,
+}
+
+impl RouteSpec {
+    /// Route `index` of a configuration with its TLS material loaded; errors are named
+    /// `routes[N].…` by the caller.
+    pub(crate) fn load(
+        index: usize,
+        cfg: &RouteConfig,
+        listener: Option<TcpListener>,
+        audit_messages: bool,
+    ) -> Result<Self, TlsError> {
+        let material = cfg.tls.as_ref().map(TlsMaterial::load).transpose()?;
+        let partner = cfg
+            .upstream
+            .tls
+            .as_ref()
+            .map(PartnerTls::load)
+            .transpose()?;
+        Ok(RouteSpec {
+            key: format!("routes[{index}]"),
+            cfg: cfg.clone(),
+            material,
+            partner,
+            listener,
+            audit_messages,
+        })
+    }
 }
 
 /// What a route's task is asked to do.
@@ -75,7 +107,10 @@ pub(crate) struct RouteHandle {
 struct Route {
     name: String,
     ctx: watch::Sender<Arc<RouteContext>>,
-    tls: TlsFiles,
+    /// The listener's TLS files (none on a plain listener).
+    tls: Option<TlsFiles>,
+    /// The partner's TLS files (`upstream.tls`).
+    partner: Option<PartnerFiles>,
     metrics: RouteMetrics,
     /// The accept loop in service and, through child tokens, the sessions it accepted.
     listening: CancellationToken,
@@ -89,22 +124,33 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         key,
         cfg,
         material,
+        partner,
         listener,
         audit_messages,
     } = spec;
     let listener = listener?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let metrics = shared.metrics.route(&cfg.name);
-    let tls = TlsFiles::new(key, cfg.tls.clone(), &material, metrics.clone());
+    let tls = cfg
+        .tls
+        .clone()
+        .zip(material.as_ref())
+        .map(|(tls_cfg, m)| TlsFiles::new(key.clone(), tls_cfg, m, metrics.clone()));
+    let partner_files = cfg
+        .upstream
+        .tls
+        .clone()
+        .zip(partner.as_ref())
+        .map(|(c, m)| PartnerFiles::new(key.clone(), c, m, metrics.clone()));
     let upstream = Arc::new(Upstream::new(
         cfg.upstream.clone(),
         shared.threads,
         max_ack_bytes(cfg.validation.max_message_bytes),
         metrics.clone(),
+        partner.map(Arc::new),
     ));
     let ctx = RouteContext {
-        tls: material.server_config.clone(),
-        verifier: material.verifier.clone(),
+        tls: material.as_ref().map(ListenerTls::of),
         allow: AllowList::new(cfg.allowed_clients.clone()),
         validator: hl7::Validator::new(&cfg.validation),
         upstream: upstream.clone(),
@@ -119,6 +165,7 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         name: metrics.route.clone(),
         ctx: tx,
         tls,
+        partner: partner_files,
         metrics,
         listening: shared.stop.child_token(),
         maintaining: shared.stop.child_token(),
@@ -131,29 +178,49 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
 }
 
 impl Route {
-    /// Polls the TLS files every `reload_interval` and carries out commands, until shutdown or
-    /// until the route is removed (its handle dropped).
+    /// Polls the listener's and the partner's TLS files, each every `reload_interval`, and
+    /// carries out commands, until shutdown or until the route is removed (its handle
+    /// dropped).
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shared: Arc<Shared>) {
-        let mut every = self.tls.config().reload_interval;
-        let mut tick = poll_every(every);
+        let (mut every, mut tick) =
+            self.poll_timer(|r| r.tls.as_ref().map(|t| t.config().reload_interval));
+        let (mut every_partner, mut tick_partner) =
+            self.poll_timer(|r| r.partner.as_ref().map(|p| p.config().reload_interval));
         loop {
             tokio::select! {
                 _ = shared.stop.cancelled() => return,
                 _ = tick.tick() => self.reload_tls(false),
+                _ = tick_partner.tick() => self.reload_partner(false, &shared),
                 command = commands.recv() => match command {
                     None => return self.remove(&shared),
-                    Some(Command::ReloadTls) => self.reload_tls(true),
+                    Some(Command::ReloadTls) => {
+                        self.reload_tls(true);
+                        self.reload_partner(true, &shared);
+                    }
                     Some(Command::Apply(spec, done)) => {
                         self.apply(*spec, &shared);
                         let _ = done.send(());
                     }
                 },
             }
-            if self.tls.config().reload_interval != every {
-                every = self.tls.config().reload_interval;
-                tick = poll_every(every);
+            let now = self.poll_timer(|r| r.tls.as_ref().map(|t| t.config().reload_interval));
+            if now.0 != every {
+                (every, tick) = now;
+            }
+            let now = self.poll_timer(|r| r.partner.as_ref().map(|p| p.config().reload_interval));
+            if now.0 != every_partner {
+                (every_partner, tick_partner) = now;
             }
         }
+    }
+
+    /// The interval `of` gives and its timer (an hour, idle, without files to poll).
+    fn poll_timer(
+        &self,
+        of: impl Fn(&Self) -> Option<Duration>,
+    ) -> (Duration, tokio::time::Interval) {
+        let every = of(self).unwrap_or(Duration::from_secs(3600));
+        (every, poll_every(every))
     }
 
     /// Puts a reloaded configuration in service. The engine's pool is kept when its targets
@@ -161,15 +228,111 @@ impl Route {
     /// as their exchanges end. A new listener replaces the old one, whose sessions drain.
     fn apply(&mut self, spec: RouteSpec, shared: &Arc<Shared>) {
         let current = self.ctx.borrow().clone();
-        let cfg = spec.cfg;
+        let RouteSpec {
+            key,
+            cfg,
+            material,
+            partner,
+            listener,
+            audit_messages,
+        } = spec;
+        let partner = self.take_partner(&key, &cfg, partner, &current);
+        let upstream = self.next_upstream(&cfg, partner, &current, shared);
+        let tls = match (cfg.tls.clone(), material) {
+            (Some(tls_cfg), Some(m)) => match &mut self.tls {
+                Some(files) => match files.replace(key, tls_cfg, m) {
+                    Some(m) => Some(ListenerTls::of(&m)),
+                    None => current.tls.clone(),
+                },
+                None => {
+                    let tls = ListenerTls::of(&m);
+                    self.tls = Some(TlsFiles::new(key, tls_cfg, &m, self.metrics.clone()));
+                    Some(tls)
+                }
+            },
+            _ => {
+                self.tls = None;
+                None
+            }
+        };
+        let ctx = RouteContext {
+            tls,
+            allow: AllowList::new(cfg.allowed_clients.clone()),
+            validator: hl7::Validator::new(&cfg.validation),
+            upstream,
+            events: current.events.clone(),
+            gate: current.gate.clone(),
+            metrics: self.metrics.clone(),
+            audit_messages,
+            cfg,
+        };
+        self.ctx.send_replace(Arc::new(ctx));
+        if let Some(listener) = listener {
+            let addr = listener
+                .local_addr()
+                .unwrap_or(self.ctx.borrow().cfg.listen);
+            self.listening.cancel();
+            self.listening = shared.stop.child_token();
+            self.listen(listener, addr, shared);
+        }
+    }
+
+    /// The partner material a reload brings: `None` without `upstream.tls`, the current
+    /// material when the files and settings are unchanged.
+    fn take_partner(
+        &mut self,
+        key: &str,
+        cfg: &RouteConfig,
+        loaded: Option<PartnerTls>,
+        current: &RouteContext,
+    ) -> Option<Arc<PartnerTls>> {
+        let (Some(section), Some(loaded)) = (cfg.upstream.tls.clone(), loaded) else {
+            self.partner = None;
+            return None;
+        };
+        match &mut self.partner {
+            Some(files) => {
+                if files.replace(key.to_string(), section, &loaded) {
+                    Some(Arc::new(loaded))
+                } else {
+                    current.upstream.partner().or(Some(Arc::new(loaded)))
+                }
+            }
+            None => {
+                self.partner = Some(PartnerFiles::new(
+                    key.to_string(),
+                    section,
+                    &loaded,
+                    self.metrics.clone(),
+                ));
+                Some(Arc::new(loaded))
+            }
+        }
+    }
+
+    /// The engine for `cfg`: the current one when nothing of it changed, the current pool
+    /// with other settings or material, or a new pool (the old one retired).
+    fn next_upstream(
+        &mut self,
+        cfg: &RouteConfig,
+        partner: Option<Arc<PartnerTls>>,
+        current: &RouteContext,
+        shared: &Arc<Shared>,
+    ) -> Arc<Upstream> {
         let max_ack = max_ack_bytes(cfg.validation.max_message_bytes);
         let old = &current.upstream;
+        let same_partner = match (&partner, old.partner()) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, &b),
+            (None, None) => true,
+            _ => false,
+        };
         let upstream = if cfg.upstream == current.cfg.upstream
+            && same_partner
             && cfg.validation.max_message_bytes == current.cfg.validation.max_message_bytes
         {
             old.clone()
         } else if old.keeps_pool(&cfg.upstream) {
-            Arc::new(old.reconfigured(cfg.upstream.clone(), max_ack))
+            Arc::new(old.reconfigured(cfg.upstream.clone(), max_ack, partner))
         } else {
             old.retire();
             for gone in old.config().targets.iter() {
@@ -182,6 +345,7 @@ impl Route {
                 shared.threads,
                 max_ack,
                 self.metrics.clone(),
+                partner,
             ))
         };
         if !Arc::ptr_eq(&upstream, old) {
@@ -189,57 +353,53 @@ impl Route {
             self.maintaining = shared.stop.child_token();
             self.maintain(upstream.clone(), shared);
         }
-        let (tls, verifier) = match self.tls.replace(spec.key, cfg.tls.clone(), spec.material) {
-            Some(m) => (m.server_config, m.verifier),
-            None => (current.tls.clone(), current.verifier.clone()),
-        };
-        let ctx = RouteContext {
-            tls,
-            verifier,
-            allow: AllowList::new(cfg.allowed_clients.clone()),
-            validator: hl7::Validator::new(&cfg.validation),
-            upstream,
-            events: current.events.clone(),
-            gate: current.gate.clone(),
-            metrics: self.metrics.clone(),
-            audit_messages: spec.audit_messages,
-            cfg,
-        };
-        self.ctx.send_replace(Arc::new(ctx));
-        if let Some(listener) = spec.listener {
-            let addr = listener
-                .local_addr()
-                .unwrap_or(self.ctx.borrow().cfg.listen);
-            self.listening.cancel();
-            self.listening = shared.stop.child_token();
-            self.listen(listener, addr, shared);
-        }
+        upstream
     }
 
-    /// A TLS poll (or a SIGHUP whose configuration could not be reloaded).
+    /// A TLS poll of the listener's files (or a SIGHUP whose configuration could not be
+    /// reloaded).
     fn reload_tls(&mut self, force: bool) {
-        match self.tls.reload(force) {
+        let Some(files) = self.tls.as_mut() else {
+            return;
+        };
+        match files.reload(force) {
             ReloadOutcome::Reloaded(material) => {
                 let current = self.ctx.borrow().clone();
-                let ctx = RouteContext {
-                    tls: material.server_config,
-                    verifier: material.verifier,
-                    allow: current.allow.clone(),
-                    validator: current.validator.clone(),
-                    upstream: current.upstream.clone(),
-                    metrics: current.metrics.clone(),
-                    events: current.events.clone(),
-                    gate: current.gate.clone(),
-                    audit_messages: current.audit_messages,
-                    cfg: current.cfg.clone(),
-                };
-                self.ctx.send_replace(Arc::new(ctx));
+                self.publish(RouteContext {
+                    tls: Some(ListenerTls::of(&material)),
+                    ..clone_context(&current)
+                });
             }
             ReloadOutcome::Unchanged if force => {
                 tracing::info!(route = %self.name, "SIGHUP: TLS material unchanged");
             }
             ReloadOutcome::Unchanged | ReloadOutcome::Failed => {}
         }
+    }
+
+    /// A poll of the partner's TLS files: new material goes to new connections, the pool and
+    /// its open connections stay.
+    fn reload_partner(&mut self, force: bool, shared: &Arc<Shared>) {
+        let Some(material) = self.partner.as_mut().and_then(|p| p.reload(force)) else {
+            return;
+        };
+        let current = self.ctx.borrow().clone();
+        let upstream = Arc::new(current.upstream.reconfigured(
+            current.cfg.upstream.clone(),
+            max_ack_bytes(current.cfg.validation.max_message_bytes),
+            Some(Arc::new(material)),
+        ));
+        self.maintaining.cancel();
+        self.maintaining = shared.stop.child_token();
+        self.maintain(upstream.clone(), shared);
+        self.publish(RouteContext {
+            upstream,
+            ..clone_context(&current)
+        });
+    }
+
+    fn publish(&self, ctx: RouteContext) {
+        self.ctx.send_replace(Arc::new(ctx));
     }
 
     /// The route left the configuration: it stops accepting, its sessions drain as at
@@ -264,6 +424,9 @@ impl Route {
 
     fn listen(&mut self, listener: TcpListener, addr: SocketAddr, shared: &Shared) {
         let ctx = self.ctx.borrow().clone();
+        if ctx.tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(route = %self.name, listen = %addr, "plain listener (plaintext: true) on an address that is not loopback: anyone who can reach it can send through this route");
+        }
         tracing::info!(
             route = %self.name,
             listen = %addr,
@@ -286,4 +449,19 @@ fn poll_every(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
+}
+
+/// A copy of `ctx`, for a context that differs in one part.
+fn clone_context(ctx: &RouteContext) -> RouteContext {
+    RouteContext {
+        tls: ctx.tls.clone(),
+        allow: ctx.allow.clone(),
+        validator: ctx.validator.clone(),
+        upstream: ctx.upstream.clone(),
+        metrics: ctx.metrics.clone(),
+        events: ctx.events.clone(),
+        gate: ctx.gate.clone(),
+        audit_messages: ctx.audit_messages,
+        cfg: ctx.cfg.clone(),
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, RouteConfig};
-use crate::tls::TlsMaterial;
+use crate::tls::{PartnerTls, TlsMaterial};
 
 /// Certificates expiring sooner than this are warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
@@ -97,7 +97,18 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
         u.health_check_interval
             .map_or("off".to_string(), |d| format!("every {d:?}"))
     );
-    let material = match TlsMaterial::load(&r.tls) {
+    let ok = check_partner(i, r, now);
+    let Some(tls) = &r.tls else {
+        println!("  listener: plain MLLP (plaintext: true), no TLS and no client identity");
+        if !r.listen.ip().is_loopback() {
+            eprintln!(
+                "warning: routes[{i}].listen: a plain listener on {}, not a loopback address: anyone who can reach it can send through this route; keep it on 127.0.0.1 or the pod's own network",
+                r.listen
+            );
+        }
+        return ok;
+    };
+    let material = match TlsMaterial::load(tls) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: routes[{i}].{e}");
@@ -106,8 +117,8 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
     };
     println!(
         "  tls: min {}, reload every {:?}; server certificate {} expires {}",
-        r.tls.min_version,
-        r.tls.reload_interval,
+        tls.min_version,
+        tls.reload_interval,
         material.server_subject,
         describe(material.expiry.server_not_after, now)
     );
@@ -123,7 +134,49 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
         let list: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
         println!("  allowed_clients: {}", list.join(", "));
     }
-    check_dates(i, &material, now)
+    check_dates(i, &material, now) && ok
+}
+
+/// Loads `upstream.tls` when set and prints what the partner is verified against.
+fn check_partner(i: usize, r: &RouteConfig, now: i64) -> bool {
+    let Some(t) = &r.upstream.tls else {
+        return true;
+    };
+    let partner = match PartnerTls::load(t) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: routes[{i}].{e}");
+            return false;
+        }
+    };
+    let name = t.server_name.as_deref().unwrap_or("each target's host");
+    let client = match partner.client_not_after {
+        Some(at) => format!("client certificate expires {}", describe(at, now)),
+        None => "no client certificate".into(),
+    };
+    println!(
+        "  upstream.tls: partner verified against {} as {name}; CA expires {}; {client}",
+        t.ca.display(),
+        describe(partner.ca_not_after, now)
+    );
+    if !t.allowed_servers.is_empty() {
+        let list: Vec<String> = t.allowed_servers.iter().map(ToString::to_string).collect();
+        println!("  allowed_servers: {}", list.join(", "));
+    }
+    let mut ok = true;
+    for (key, at) in [
+        ("upstream.tls.certificate", partner.client_not_after),
+        ("upstream.tls.ca", Some(partner.ca_not_after)),
+    ] {
+        if let Some(at) = at.filter(|a| *a <= now) {
+            eprintln!(
+                "error: routes[{i}].{key}: certificate expired on {}",
+                date(at)
+            );
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// Expired certificates are errors, those expiring within 30 days and stale CRLs warnings.

@@ -135,10 +135,11 @@ pub struct ShutdownConfig {
 pub struct RouteConfig {
     /// Bounded metric label and log field; `[a-z0-9_-]+`.
     pub name: String,
-    /// Where senders connect (TLS).
+    /// Where senders connect.
     pub listen: SocketAddr,
-    /// Server certificate, client CA and revocation lists.
-    pub tls: TlsConfig,
+    /// Server certificate, client CA and revocation lists; `None` on a plain listener
+    /// (`plaintext: true`, an egress route fed by a local engine).
+    pub tls: Option<TlsConfig>,
     /// Identities admitted after verification; empty admits every verified certificate.
     pub allowed_clients: Vec<ClientMatcher>,
     /// The legacy engine.
@@ -320,6 +321,35 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Interval of the TCP probe of targets the pool holds no connection to; `None` = off.
     pub health_check_interval: Option<Duration>,
+    /// Messages a pooled connection carries before it is closed; 0 = no limit.
+    pub messages_per_connection: u64,
+    /// (Mutual) TLS to the targets: a partner across a network (egress).
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `upstream.tls`: how the partner is verified and what we present to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of the CAs that issue the partner's server certificate.
+    pub ca: PathBuf,
+    /// Our client certificate (PEM chain) and key, when the partner asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// SNI and the name verified; `None`: each target's host.
+    pub server_name: Option<String>,
+    /// Partner identities accepted after verification; empty accepts every verified one.
+    pub allowed_servers: Vec<ClientMatcher>,
+    /// CRLs of the partner's CA, PEM or DER.
+    pub crl: Vec<PathBuf>,
+    /// Lowest TLS version offered.
+    pub min_version: TlsVersion,
+    /// How often the files are compared with the material in service.
+    pub reload_interval: Duration,
+    /// rustls names of the cipher suites offered; empty: the provider's defaults.
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups offered; empty: the defaults.
+    pub groups: Vec<String>,
+    /// How CRLs are applied to the partner's certificate.
+    pub revocation: RevocationConfig,
 }
 
 /// How a new upstream connection picks its target.

@@ -76,7 +76,9 @@ pub(super) struct RawShutdown {
 pub(super) struct RawRoute {
     pub(super) name: String,
     pub(super) listen: String,
-    pub(super) tls: RawTls,
+    #[serde(default)]
+    pub(super) plaintext: bool,
+    pub(super) tls: Option<RawTls>,
     #[serde(default)]
     pub(super) allowed_clients: Vec<RawClientMatcher>,
     pub(super) upstream: RawUpstream,
@@ -148,6 +150,37 @@ pub(super) struct RawUpstream {
     pub(super) idle_timeout: String,
     #[serde(default = "RawUpstream::default_health_check_interval")]
     pub(super) health_check_interval: DurationOrOff,
+    #[serde(default)]
+    pub(super) messages_per_connection: u32,
+    pub(super) tls: Option<RawUpstreamTls>,
+}
+
+/// `upstream.tls`: the partner's trust anchors and name, our client certificate, and the same
+/// protocol and revocation settings as a listener's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    pub(super) ca: String,
+    #[serde(default)]
+    pub(super) certificate: String,
+    #[serde(default)]
+    pub(super) private_key: String,
+    #[serde(default)]
+    pub(super) server_name: String,
+    #[serde(default)]
+    pub(super) allowed_servers: Vec<RawClientMatcher>,
+    #[serde(default)]
+    pub(super) crl: Vec<String>,
+    #[serde(default = "RawTls::default_min_version")]
+    pub(super) min_version: String,
+    #[serde(default = "RawTls::default_reload_interval")]
+    pub(super) reload_interval: String,
+    #[serde(default)]
+    pub(super) cipher_suites: Vec<String>,
+    #[serde(default)]
+    pub(super) groups: Vec<String>,
+    #[serde(default)]
+    pub(super) revocation: RevocationConfig,
 }
 
 /// A duration that may be written `0` (off) as well as `10s`.

@@ -28,8 +28,9 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(c.admin.listen, "127.0.0.1:9575".parse().unwrap());
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
     let r = &c.routes[0];
-    assert_eq!(r.tls.certificate, PathBuf::from("/etc/mllp/tls/server.crt"));
-    assert_eq!(r.tls.min_version, TlsVersion::Tls12);
+    let tls = r.tls.as_ref().expect("tls");
+    assert_eq!(tls.certificate, PathBuf::from("/etc/mllp/tls/server.crt"));
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
     assert_eq!(r.on_upstream_failure, FailureMode::Close);
     assert_eq!(r.validation.mode, ValidationMode::Strict);
     assert_eq!(r.validation.max_message_bytes, 1_048_576);

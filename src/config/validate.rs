@@ -182,16 +182,35 @@ impl RawRoute {
                 format!("`{}` must match [a-z0-9_-]+", self.name),
             ));
         }
-        let mut allowed_clients = Vec::with_capacity(self.allowed_clients.len());
-        for (j, m) in self.allowed_clients.into_iter().enumerate() {
-            allowed_clients.push(m.validate(&format!("{k}.allowed_clients[{j}]"))?);
+        let allowed_clients = matchers(&format!("{k}.allowed_clients"), self.allowed_clients)?;
+        let tls = match (self.plaintext, self.tls) {
+            (false, Some(tls)) => Some(tls.validate(&format!("{k}.tls"), base)?),
+            (true, None) => None,
+            (false, None) => {
+                return Err(invalid(
+                    format!("{k}.tls"),
+                    "required: the listener's certificate and client CA (or `plaintext: true` for a plain MLLP listener fed by a local engine, an egress route)",
+                ));
+            }
+            (true, Some(_)) => {
+                return Err(invalid(
+                    format!("{k}.plaintext"),
+                    "`plaintext: true` and a `tls` section exclude each other",
+                ));
+            }
+        };
+        if tls.is_none() && !allowed_clients.is_empty() {
+            return Err(invalid(
+                format!("{k}.allowed_clients"),
+                "a plain listener has no client certificates to match",
+            ));
         }
         Ok(RouteConfig {
             name: self.name,
             listen: addr(&format!("{k}.listen"), &self.listen)?,
-            tls: self.tls.validate(&format!("{k}.tls"), base)?,
+            tls,
             allowed_clients,
-            upstream: self.upstream.validate(&format!("{k}.upstream"))?,
+            upstream: self.upstream.validate(&format!("{k}.upstream"), base)?,
             on_upstream_failure: self.on_upstream_failure,
             validation: self.validation.validate(&format!("{k}.validation"))?,
             limits: self.limits.validate(&format!("{k}.limits"))?,
@@ -228,16 +247,7 @@ impl RawProxyProtocol {
 
 impl RawTls {
     fn validate(self, k: &str, base: &Path) -> Result<TlsConfig, ConfigError> {
-        let min_version = match self.min_version.as_str() {
-            "1.2" => TlsVersion::Tls12,
-            "1.3" => TlsVersion::Tls13,
-            other => {
-                return Err(invalid(
-                    format!("{k}.min_version"),
-                    format!("`{other}` is not supported (1.2 or 1.3)"),
-                ));
-            }
-        };
+        let min_version = min_version(k, &self.min_version)?;
         let mut crl = Vec::with_capacity(self.crl.len());
         for (j, c) in self.crl.iter().enumerate() {
             crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
@@ -256,8 +266,73 @@ impl RawTls {
     }
 }
 
+/// A list of identity matchers (`allowed_clients`, `upstream.tls.allowed_servers`).
+fn matchers(k: &str, raw: Vec<RawClientMatcher>) -> Result<Vec<ClientMatcher>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(j, m)| m.validate(&format!("{k}[{j}]")))
+        .collect()
+}
+
+fn min_version(k: &str, text: &str) -> Result<TlsVersion, ConfigError> {
+    match text {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        other => Err(invalid(
+            format!("{k}.min_version"),
+            format!("`{other}` is not supported (1.2 or 1.3)"),
+        )),
+    }
+}
+
+impl RawUpstreamTls {
+    fn validate(self, k: &str, base: &Path) -> Result<UpstreamTlsConfig, ConfigError> {
+        let client = match (self.certificate.trim(), self.private_key.trim()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                return Err(invalid(
+                    format!("{k}.certificate"),
+                    "certificate and private_key go together (or neither, when the partner asks for no client certificate)",
+                ));
+            }
+            (cert, key) => Some((
+                file(&format!("{k}.certificate"), cert, base)?,
+                file(&format!("{k}.private_key"), key, base)?,
+            )),
+        };
+        let mut crl = Vec::with_capacity(self.crl.len());
+        for (j, c) in self.crl.iter().enumerate() {
+            crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
+        }
+        let server_name = match self.server_name.trim() {
+            "" => None,
+            name => {
+                rustls_pki_types::ServerName::try_from(name).map_err(|_| {
+                    invalid(
+                        format!("{k}.server_name"),
+                        format!("`{name}` is not a DNS name or IP address"),
+                    )
+                })?;
+                Some(name.to_string())
+            }
+        };
+        Ok(UpstreamTlsConfig {
+            ca: file(&format!("{k}.ca"), &self.ca, base)?,
+            client,
+            server_name,
+            allowed_servers: matchers(&format!("{k}.allowed_servers"), self.allowed_servers)?,
+            crl,
+            min_version: min_version(k, &self.min_version)?,
+            reload_interval: duration(&format!("{k}.reload_interval"), &self.reload_interval)?,
+            cipher_suites: self.cipher_suites,
+            groups: self.groups,
+            revocation: self.revocation,
+        })
+    }
+}
+
 impl RawUpstream {
-    fn validate(self, k: &str) -> Result<UpstreamConfig, ConfigError> {
+    fn validate(self, k: &str, base: &Path) -> Result<UpstreamConfig, ConfigError> {
         if self.targets.is_empty() {
             return Err(invalid(
                 format!("{k}.targets"),
@@ -298,6 +373,11 @@ impl RawUpstream {
             max_connections: self.max_connections as usize,
             queue_timeout: duration(&format!("{k}.queue_timeout"), &self.queue_timeout)?,
             idle_timeout: duration(&format!("{k}.idle_timeout"), &self.idle_timeout)?,
+            messages_per_connection: u64::from(self.messages_per_connection),
+            tls: self
+                .tls
+                .map(|t| t.validate(&format!("{k}.tls"), base))
+                .transpose()?,
             health_check_interval,
         })
     }

@@ -31,6 +31,12 @@ pub trait ReadReady {
     }
 }
 
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
 impl ReadReady for TlsStream<TcpStream> {
     fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
         self.get_ref().1.peer_certificates()
@@ -54,11 +60,12 @@ impl ReadReady for TlsStream<TcpStream> {
 /// through several locals of one `async` body, each move kept a slot of its own.
 pub(super) async fn accept(
     ctx: &RouteContext,
+    server: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     who: audit::Who<'_>,
     handshake_permit: Option<crate::listener::Held>,
 ) -> Option<TlsStream<TcpStream>> {
-    let acceptor = TlsAcceptor::from(ctx.tls.clone());
+    let acceptor = TlsAcceptor::from(server);
     let presented = Arc::new(std::sync::Mutex::new(None));
     let handshake = PRESENTED
         .scope(

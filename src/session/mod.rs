@@ -49,10 +49,8 @@ use rustls::server::danger::ClientCertVerifier;
 pub struct RouteContext {
     /// The route's validated configuration.
     pub cfg: RouteConfig,
-    /// The TLS configuration new handshakes use.
-    pub tls: Arc<ServerConfig>,
-    /// Its client verifier, to check open sessions again when the material changes.
-    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The listener's TLS in service; `None` on a plain listener.
+    pub tls: Option<ListenerTls>,
     /// `allowed_clients`.
     pub allow: AllowList,
     /// The validation rules.
@@ -67,6 +65,25 @@ pub struct RouteContext {
     pub gate: Arc<Gate>,
     /// `audit.messages`: one audit record per message, and control IDs in log lines.
     pub audit_messages: bool,
+}
+
+/// A listener's TLS configuration in service.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// What new handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// Its client verifier, to check open sessions again when the material changes.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ListenerTls {
+    /// The configuration and verifier of loaded material.
+    pub fn of(material: &crate::tls::TlsMaterial) -> Self {
+        Self {
+            config: material.server_config.clone(),
+            verifier: material.verifier.clone(),
+        }
+    }
 }
 
 /// The largest answer accepted from the engine for a route whose messages are at most
@@ -175,29 +192,66 @@ pub async fn serve(
     if let Err(e) = tcp.set_nodelay(true) {
         session_event!(debug, who, error = %e, "TCP_NODELAY not set");
     }
-    let Some(mut tls) = handshake::accept(&ctx, tcp, who, handshake_permit).await else {
+    let Some(listener_tls) = ctx.tls.as_ref() else {
+        // A plain listener (an egress route fed by a local engine): no handshake, no
+        // identity; the audit trail has the peer address.
+        drop(handshake_permit);
+        audit::session_started(who, None);
+        // Boxed: the TLS path's future, held by every idle session, keeps its size.
+        return Box::pin(converse_plain(&ctx, updates, tcp, who, shutdown)).await;
+    };
+    let server = listener_tls.config.clone();
+    let Some(mut tls) = handshake::accept(&ctx, server, tcp, who, handshake_permit).await else {
         return;
     };
     let Some((identity, shown)) = handshake::admit(&ctx, &mut tls, who).await else {
         return;
     };
     let (version, suite) = handshake::negotiated(&tls);
-    audit::session_started(who, &identity, version, suite);
+    let negotiated = audit::TlsSession {
+        peer: &identity,
+        version,
+        suite,
+    };
+    audit::session_started(who, Some(negotiated));
     let started = Instant::now();
     let mut session = Session::new(ctx.clone(), who, &shown);
-    session.follow(updates, &identity);
+    session.follow(updates, Some(&identity));
     // A token of its own: every check and wait on the route's token would take the one
     // mutex all sessions share, several times per message.
     let shutdown = shutdown.child_token();
     let end = session.run(&mut tls, &shutdown).await;
+    ended(&ctx, &session, started, &end);
+    // close_notify, bounded: a sender that stopped reading must not hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// A plain listener's session: no handshake, no identity.
+async fn converse_plain(
+    ctx: &Arc<RouteContext>,
+    updates: watch::Receiver<Arc<RouteContext>>,
+    mut tcp: TcpStream,
+    who: audit::Who<'_>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut session = Session::new(ctx.clone(), who, "(plain)");
+    session.follow(updates, None);
+    let shutdown = shutdown.child_token();
+    let end = session.run(&mut tcp, &shutdown).await;
+    ended(ctx, &session, started, &end);
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.shutdown()).await;
+}
+
+/// A session's end, audited and logged.
+fn ended(ctx: &RouteContext, session: &Session<'_>, started: Instant, end: &SessionEnd) {
+    let (who, shown) = (session.who, session.client);
     audit::session_ended(who, session.messages, started.elapsed(), end.label());
     if end.routine() {
         session_event!(debug, who, client = %shown, side = end.side(), reason = %end, "session ended");
     } else if let Some(suppressed) = ctx.events.session.admit() {
         session_event!(warn, who, client = %shown, side = end.side(), reason = %end, suppressed, "session ended");
     }
-    // close_notify, bounded: a sender that stopped reading must not hold the task.
-    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
 /// The per-connection state after the handshake; generic over the stream for tests.
@@ -241,7 +295,11 @@ impl<'a> Session<'a> {
     }
 
     /// Takes up the route's reloads from now on, for the client `identity`.
-    fn follow(&mut self, rx: watch::Receiver<Arc<RouteContext>>, identity: &'a ClientIdentity) {
+    fn follow(
+        &mut self,
+        rx: watch::Receiver<Arc<RouteContext>>,
+        identity: Option<&'a ClientIdentity>,
+    ) {
         self.updates = Some(Updates {
             rx,
             identity,
@@ -277,11 +335,15 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let new = u.rx.borrow_and_update().clone();
-        let refused = if !new.allow.admits(u.identity) {
+        let changed_tls = match (&new.tls, &self.ctx.tls) {
+            (Some(new), Some(old)) if !Arc::ptr_eq(&new.config, &old.config) => Some(new),
+            _ => None,
+        };
+        let refused = if u.identity.is_some_and(|id| !new.allow.admits(id)) {
             Some(Offboarded::NotAllowed)
-        } else if !Arc::ptr_eq(&new.tls, &self.ctx.tls)
+        } else if let Some(tls) = changed_tls
             && let Some(chain) = stream.peer_chain()
-            && crate::tls::no_longer_verifies(&*new.verifier, chain, u.verified_at).is_some()
+            && crate::tls::no_longer_verifies(&*tls.verifier, chain, u.verified_at).is_some()
         {
             Some(Offboarded::Revoked)
         } else {
@@ -434,7 +496,8 @@ impl<'a> Session<'a> {
 /// What a session checks a reload against.
 struct Updates<'a> {
     rx: watch::Receiver<Arc<RouteContext>>,
-    identity: &'a ClientIdentity,
+    /// `None` on a plain listener.
+    identity: Option<&'a ClientIdentity>,
     /// When the handshake verified the client's certificate: a reloaded verifier judges the
     /// certificate as of then.
     verified_at: rustls_pki_types::UnixTime,

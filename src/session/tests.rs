@@ -42,8 +42,10 @@ routes:
     .unwrap();
     let metrics = Metrics::new().unwrap().route("t");
     RouteContext {
-        tls: Arc::new(server),
-        verifier,
+        tls: Some(ListenerTls {
+            config: Arc::new(server),
+            verifier,
+        }),
         gate: Arc::default(),
         events: Arc::new(RouteEvents::new(&metrics)),
         audit_messages: true,
@@ -54,6 +56,7 @@ routes:
             1,
             1 << 20,
             metrics.clone(),
+            None,
         )),
         metrics,
         cfg,

@@ -6,6 +6,7 @@
 //! handshake.
 
 mod identity;
+mod partner;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsVersi
 pub use identity::{AllowList, ClientIdentity};
 
 use crate::label::HandshakeReason;
+pub use partner::{PartnerFiles, PartnerTls};
 pub use reload::{ReloadOutcome, TlsFiles};
 
 /// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
@@ -62,22 +64,31 @@ impl TlsError {
 /// The crypto provider of a route: aws-lc-rs, narrowed to `tls.cipher_suites` and
 /// `tls.groups` when they are set (a TLS policy such as NIST SP 800-52r2 or BSI TR-02102-2).
 pub fn route_provider(cfg: &TlsConfig) -> Result<Arc<CryptoProvider>, TlsError> {
+    narrowed_provider(&cfg.cipher_suites, &cfg.groups, "tls")
+}
+
+/// aws-lc-rs narrowed to `suites` and `groups` (when set), errors named under `section`.
+fn narrowed_provider(
+    suites: &[String],
+    groups: &[String],
+    section: &str,
+) -> Result<Arc<CryptoProvider>, TlsError> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
-    if !cfg.cipher_suites.is_empty() {
+    if !suites.is_empty() {
         p.cipher_suites = narrow(
             &p.cipher_suites,
-            &cfg.cipher_suites,
+            suites,
             |s| s.suite().as_str(),
-            "tls.cipher_suites",
+            &format!("{section}.cipher_suites"),
             "cipher suite",
         )?;
     }
-    if !cfg.groups.is_empty() {
+    if !groups.is_empty() {
         p.kx_groups = narrow(
             &p.kx_groups,
-            &cfg.groups,
+            groups,
             |g| g.name().as_str(),
-            "tls.groups",
+            &format!("{section}.groups"),
             "key exchange group",
         )?;
     }
@@ -114,7 +125,7 @@ fn narrow<T: Copy>(
 }
 
 /// Reads one file, naming the key that points at it on error.
-fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::new(key, path, e))
 }
 
@@ -317,7 +328,7 @@ impl TlsMaterial {
             })?;
         }
 
-        let (crls, crl_next_updates) = parse_crls(cfg, &files[3..])?;
+        let (crls, crl_next_updates) = parse_crls(&cfg.crl, &files[3..], "tls.crl")?;
         let crl_count = crls.len();
         let verifier = client_verifier(cfg, roots, crls, &provider)?;
         let webpki = verifier.inner.clone();
@@ -367,8 +378,9 @@ pub fn no_longer_verifies(
 /// The CRLs of `cfg` (PEM or DER) and the nextUpdate of each.
 #[allow(clippy::type_complexity)]
 fn parse_crls(
-    cfg: &TlsConfig,
+    paths: &[PathBuf],
     files: &[Vec<u8>],
+    key: &str,
 ) -> Result<
     (
         Vec<CertificateRevocationListDer<'static>>,
@@ -377,16 +389,16 @@ fn parse_crls(
     TlsError,
 > {
     let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
-    let mut crls = Vec::with_capacity(cfg.crl.len());
-    let mut crl_next_updates = Vec::with_capacity(cfg.crl.len());
-    for (path, bytes) in cfg.crl.iter().zip(files) {
+    let mut crls = Vec::with_capacity(paths.len());
+    let mut crl_next_updates = Vec::with_capacity(paths.len());
+    for (path, bytes) in paths.iter().zip(files) {
         let der = if bytes.starts_with(b"-----BEGIN") {
             CertificateRevocationListDer::from_pem_slice(bytes)
-                .map_err(|e| err("tls.crl", path, format!("no PEM X509 CRL ({e})")))?
+                .map_err(|e| err(key, path, format!("no PEM X509 CRL ({e})")))?
         } else {
             CertificateRevocationListDer::from(bytes.clone())
         };
-        let next = crl_next_update(der.as_ref()).map_err(|r| err("tls.crl", path, r))?;
+        let next = crl_next_update(der.as_ref()).map_err(|r| err(key, path, r))?;
         crl_next_updates.push((path.clone(), next));
         crls.push(der);
     }

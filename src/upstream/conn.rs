@@ -2,20 +2,27 @@
 //! correlates the answer with the message (MSA-2 = MSH-10), so a caller only ever sees the ACK
 //! of the message it sent, or a failure.
 
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Decoder;
 
 use super::UpstreamError;
+use crate::audit::TlsSession;
 use crate::hl7::{AckCode, parse_ack};
+use crate::label::PartnerRefusal;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
+use crate::tls::{ClientIdentity, PartnerTls};
 
 /// The engine's acknowledgment of the message just sent.
 pub struct Ack {
@@ -27,9 +34,187 @@ pub struct Ack {
     pub target: Arc<str>,
 }
 
+/// The bytes to one target: plain TCP to an engine, or TLS to a partner (`upstream.tls`).
+pub enum Wire {
+    /// Plain MLLP.
+    Plain(TcpStream),
+    /// MLLP over TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Wire {
+    /// Reads what has arrived without waiting; `WouldBlock` when nothing has.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(tcp) => tcp.try_read_buf(buf),
+            Wire::Tls(tls) => {
+                // One poll with a waker that does nothing: Pending means nothing is readable.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut chunk = [0u8; 1024];
+                let mut rb = ReadBuf::new(&mut chunk);
+                match Pin::new(tls.as_mut()).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(rb.filled());
+                        Ok(rb.filled().len())
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Wire::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Wire::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Wire::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Wire::Plain(s) => s.is_write_vectored(),
+            Wire::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_flush(cx),
+            Wire::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Wire::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A partner's refusal of a TLS connection, with the detail for the log.
+#[derive(Debug)]
+pub struct Refused {
+    /// The bounded reason (metric label).
+    pub reason: PartnerRefusal,
+    /// What rustls said.
+    pub detail: String,
+}
+
+/// The TLS handshake with a partner over `tcp` to `target`, within `timeout`, and the check
+/// of its verified certificate against `allowed_servers`.
+pub async fn establish_tls(
+    tcp: TcpStream,
+    target: &str,
+    partner: &PartnerTls,
+    timeout: Duration,
+) -> Result<Box<TlsStream<TcpStream>>, Refused> {
+    let Some(name) = partner.name_for(target) else {
+        return Err(Refused {
+            reason: PartnerRefusal::NameMismatch,
+            detail: format!(
+                "`{target}` has no host usable as a TLS name; set upstream.tls.server_name"
+            ),
+        });
+    };
+    let connector = tokio_rustls::TlsConnector::from(partner.config.clone());
+    let presented = partner.client_not_after.is_some();
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return Err(Refused {
+                reason: PartnerRefusal::of(&e, presented),
+                detail: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(Refused {
+                reason: PartnerRefusal::Timeout,
+                detail: format!("not completed within {timeout:?}"),
+            });
+        }
+    };
+    if !partner.admits(tls.get_ref().1.peer_certificates()) {
+        return Err(Refused {
+            reason: PartnerRefusal::NotAllowed,
+            detail: "verified, but not in allowed_servers".into(),
+        });
+    }
+    Ok(Box::new(tls))
+}
+
+/// What a TLS connection to a partner negotiated, for the audit record.
+pub fn negotiated(tls: &TlsStream<TcpStream>) -> (ClientIdentity, &'static str, &'static str) {
+    let conn = tls.get_ref().1;
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(ClientIdentity::from_der)
+        .unwrap_or_default();
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let suite = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("?");
+    (peer, version, suite)
+}
+
+/// Writes the audit record of a partner connection just established.
+pub fn audit_established(route: &str, target: &str, tls: &TlsStream<TcpStream>) {
+    let (peer, version, suite) = negotiated(tls);
+    crate::audit::upstream_session(
+        route,
+        target,
+        TlsSession {
+            peer: &peer,
+            version,
+            suite,
+        },
+    );
+}
+
 /// One open connection to the engine, carrying one exchange at a time.
 pub struct UpstreamConn {
-    stream: TcpStream,
+    stream: Wire,
+    /// Exchanges completed; the connection is closed after `messages_per_connection`.
+    pub(super) exchanges: u64,
+    /// Whether we presented a client certificate (TLS): an alert on the first answer is then
+    /// about that certificate.
+    presented: bool,
     target: Arc<str>,
     buf: BytesMut,
     codec: MllpCodec,
@@ -54,13 +239,16 @@ enum Answer {
 impl UpstreamConn {
     /// Wraps a connected stream to `target`; answers over `max_ack_bytes` are protocol failures.
     pub(super) fn new(
-        stream: TcpStream,
+        stream: Wire,
         target: Arc<str>,
         max_ack_bytes: usize,
         duplicates: IntCounter,
+        presented: bool,
     ) -> Self {
         Self {
             stream,
+            exchanges: 0,
+            presented,
             target,
             buf: BytesMut::with_capacity(4096),
             codec: MllpCodec::new(max_ack_bytes),
@@ -122,6 +310,7 @@ impl UpstreamConn {
         self.ack_timer = timer;
         match answer {
             Some(Ok(ack)) => {
+                self.exchanges += 1;
                 self.last_control_id.clear();
                 self.last_control_id.extend_from_slice(control_id);
                 Ok(ack)
@@ -139,7 +328,10 @@ impl UpstreamConn {
         self.out.clear();
         MllpCodec::write_frame(msg, &mut self.out);
         match tokio::time::timeout(timeout, self.stream.write_all(&self.out)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.exchanges += 1;
+                Ok(())
+            }
             Ok(Err(e)) => Err(self.closed(false, e.to_string())),
             Err(_) => Err(UpstreamError::Timeout {
                 target: self.target.to_string(),
@@ -174,9 +366,29 @@ impl UpstreamConn {
                     return Err(self.closed(answered, detail));
                 }
                 Ok(_) => answered = true,
-                Err(e) => return Err(self.closed(answered, e.to_string())),
+                Err(e) => return Err(self.read_failed(answered, &e)),
             }
         }
+    }
+
+    /// A failed read. On a TLS connection's first exchange, an alert from the partner is its
+    /// verdict on the handshake (TLS 1.3 servers check our certificate after we consider the
+    /// handshake done): it refused the connection, and nothing was delivered.
+    fn read_failed(&self, answered: bool, e: &std::io::Error) -> UpstreamError {
+        if matches!(self.stream, Wire::Tls(_)) && self.exchanges == 0 && !answered {
+            let reason = PartnerRefusal::of(e, self.presented);
+            if matches!(
+                reason,
+                PartnerRefusal::ClientCertRequired | PartnerRefusal::ClientCertRefused
+            ) {
+                return UpstreamError::Tls {
+                    target: self.target.to_string(),
+                    reason,
+                    detail: e.to_string(),
+                };
+            }
+        }
+        self.closed(answered, e.to_string())
     }
 
     /// Correlates a frame from the engine with the message in flight (`control_id`; empty when

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::conn::{Wire, establish_tls};
+use crate::label::PartnerRefusal;
+use crate::tls::PartnerTls;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
@@ -114,9 +118,10 @@ impl Target {
         self.metrics.up.set(0);
     }
 
-    /// Connects under `timeout`, holding the gate, and updates the health state. `Ok(None)`:
-    /// while this waited for the gate, another attempt found the target down, so it is
-    /// skipped rather than tried again at once.
+    /// Connects under `timeout` (and, with `partner`, completes the TLS handshake under it
+    /// too), holding the gate, and updates the health state. `Ok(None)`: while this waited
+    /// for the gate, another attempt found the target down, so it is skipped rather than
+    /// tried again at once.
     ///
     /// With `wait` false (every target is down), a connect already in flight is not waited
     /// for: this one is skipped at once, so a dead engine costs one `connect_timeout` at a
@@ -125,7 +130,8 @@ impl Target {
         &self,
         timeout: Duration,
         wait: bool,
-    ) -> Result<Option<TcpStream>, String> {
+        partner: Option<&PartnerTls>,
+    ) -> Result<Option<Wire>, ConnectFailure> {
         let _gate = if wait {
             let gate = self.gate.lock().await;
             if !self.eligible() {
@@ -138,49 +144,118 @@ impl Target {
                 Err(_) => return Ok(None),
             }
         };
-        self.connect_gated(timeout).await.map(Some)
+        self.connect_gated(timeout, partner).await.map(Some)
     }
 
-    async fn connect_gated(&self, timeout: Duration) -> Result<TcpStream, String> {
-        let reason = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
-            Ok(Ok(stream)) => {
-                self.mark_up();
-                return Ok(stream);
+    async fn connect_gated(
+        &self,
+        timeout: Duration,
+        partner: Option<&PartnerTls>,
+    ) -> Result<Wire, ConnectFailure> {
+        let failure = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
+            Ok(Ok(tcp)) => {
+                // Small request/response exchanges: Nagle would add up to 40 ms per ACK.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(engine = %self.addr, error = %e, "TCP_NODELAY not set");
+                }
+                match partner {
+                    None => {
+                        self.mark_up();
+                        return Ok(Wire::Plain(tcp));
+                    }
+                    // Boxed: the handshake's state is a kilobyte, and this future is part of
+                    // every session's, idle ones included.
+                    Some(p) => match Box::pin(establish_tls(tcp, &self.addr, p, timeout)).await {
+                        Ok(tls) => {
+                            self.mark_up();
+                            return Ok(Wire::Tls(tls));
+                        }
+                        Err(refused) => ConnectFailure {
+                            reason: format!("TLS: {} ({})", refused.reason.words(), refused.detail),
+                            refused: Some(refused.reason),
+                        },
+                    },
+                }
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("connect timed out after {timeout:?}"),
+            Ok(Err(e)) => ConnectFailure::tcp(e.to_string()),
+            Err(_) => ConnectFailure::tcp(format!("connect timed out after {timeout:?}")),
         };
-        self.mark_down(&reason);
-        Err(reason)
+        self.mark_down(&failure.reason);
+        Err(failure)
     }
 
-    /// One active check: a TCP connect, closed at once, unless the pool holds a connection to
-    /// this target or a connect to it is in flight (the engine may take only one).
-    pub async fn probe(&self, timeout: Duration) {
+    /// One active check: a TCP connect (and TLS handshake, with `partner`), closed at once,
+    /// unless the pool holds a connection to this target or a connect to it is in flight
+    /// (the engine may take only one). Returns a partner's refusal, for its counter.
+    pub async fn probe(
+        &self,
+        timeout: Duration,
+        partner: Option<&PartnerTls>,
+    ) -> Option<PartnerRefusal> {
         let Ok(_gate) = self.gate.try_lock() else {
-            return;
+            return None;
         };
         if self.pooled.load(Ordering::Acquire) > 0 {
-            return;
+            return None;
         }
-        match self.connect_gated(timeout).await {
+        match self.connect_gated(timeout, partner).await {
             Ok(mut stream) => {
-                self.metrics.checks_passed.inc();
                 // Close, and keep the gate until the engine has closed its side: a
                 // single-connection engine must be done with the probe before a pooled
-                // connect follows.
+                // connect follows. A partner that refuses our certificate says so here,
+                // with an alert, after the handshake.
                 let _ = stream.shutdown().await;
                 let mut sink = [0u8; 256];
                 let wait = timeout.min(Duration::from_secs(1));
-                let _ = tokio::time::timeout(wait, async {
-                    while let Ok(1..) = stream.read(&mut sink).await {}
+                let presented = partner.is_some_and(|p| p.client_not_after.is_some());
+                let closed = tokio::time::timeout(wait, async {
+                    loop {
+                        match stream.read(&mut sink).await {
+                            Ok(1..) => {}
+                            Ok(0) => return None,
+                            Err(e) => return Some(PartnerRefusal::of(&e, presented)),
+                        }
+                    }
                 })
                 .await;
+                let refused = closed.ok().flatten().filter(|r| {
+                    matches!(
+                        r,
+                        PartnerRefusal::ClientCertRequired | PartnerRefusal::ClientCertRefused
+                    )
+                });
+                match refused {
+                    None => self.metrics.checks_passed.inc(),
+                    Some(r) => {
+                        self.metrics.checks_failed.inc();
+                        self.mark_down(&format!("TLS: {}", r.words()));
+                    }
+                }
+                refused
             }
-            Err(reason) => {
+            Err(failure) => {
                 self.metrics.checks_failed.inc();
-                tracing::debug!(side = "upstream", engine = %self.addr, reason = %reason, "health check failed");
+                tracing::debug!(side = "upstream", engine = %self.addr, reason = %failure.reason, "health check failed");
+                failure.refused
             }
+        }
+    }
+}
+
+/// Why a connect to a target failed.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    /// In words, for the log.
+    pub reason: String,
+    /// The partner's TLS refusal, when the TCP connect succeeded and TLS did not.
+    pub refused: Option<PartnerRefusal>,
+}
+
+impl ConnectFailure {
+    fn tcp(reason: String) -> Self {
+        Self {
+            reason,
+            refused: None,
         }
     }
 }

@@ -13,12 +13,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Ack, UpstreamConn};
+pub use conn::{Ack, Refused, UpstreamConn, Wire};
 
 use crate::config::{Balance, UpstreamConfig};
-use crate::label::FailureKind;
+use crate::label::{FailureKind, PartnerRefusal};
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
+use crate::tls::PartnerTls;
 use health::Target;
 use pool::{Lease, Pool, PooledConn, Shard};
 
@@ -85,6 +86,16 @@ pub enum UpstreamError {
     /// the message was never forwarded.
     #[error("{0}")]
     Queue(QueueCause),
+    /// The partner's TLS (`upstream.tls`) refused the connection: nothing was delivered.
+    #[error("{target}: TLS: {} ({detail})", reason.words())]
+    Tls {
+        /// The target that refused.
+        target: String,
+        /// Why.
+        reason: PartnerRefusal,
+        /// What rustls said.
+        detail: String,
+    },
 }
 
 impl UpstreamError {
@@ -96,6 +107,7 @@ impl UpstreamError {
             UpstreamError::Closed { .. } => FailureKind::Closed,
             UpstreamError::Protocol { .. } => FailureKind::Protocol,
             UpstreamError::Queue(_) => FailureKind::Queue,
+            UpstreamError::Tls { .. } => FailureKind::Tls,
         }
     }
 
@@ -105,7 +117,8 @@ impl UpstreamError {
             UpstreamError::Connect(_) | UpstreamError::Queue(_) => None,
             UpstreamError::Timeout { target, .. }
             | UpstreamError::Closed { target, .. }
-            | UpstreamError::Protocol { target, .. } => Some(target),
+            | UpstreamError::Protocol { target, .. }
+            | UpstreamError::Tls { target, .. } => Some(target),
         }
     }
 }
@@ -113,6 +126,8 @@ impl UpstreamError {
 /// One route's engine: its targets, their health and the shared connection pool.
 pub struct Upstream {
     cfg: UpstreamConfig,
+    /// `upstream.tls` material in service: new connections use it, open ones keep theirs.
+    partner: Option<Arc<PartnerTls>>,
     max_ack_bytes: usize,
     metrics: RouteMetrics,
     targets: Vec<Arc<Target>>,
@@ -130,13 +145,20 @@ impl Upstream {
         threads: usize,
         max_ack_bytes: usize,
         metrics: RouteMetrics,
+        partner: Option<Arc<PartnerTls>>,
     ) -> Self {
         let targets = cfg
             .targets
             .iter()
-            .map(|t| Arc::new(Target::new(t, metrics.target(t))))
+            .map(|t| {
+                if partner.is_some() {
+                    metrics.partner(t);
+                }
+                Arc::new(Target::new(t, metrics.target(t)))
+            })
             .collect();
         Self {
+            partner,
             pool: Arc::new(Pool::new(cfg.max_connections, threads)),
             cfg,
             max_ack_bytes,
@@ -151,6 +173,11 @@ impl Upstream {
         &self.cfg
     }
 
+    /// The partner's TLS material in service (`upstream.tls`).
+    pub fn partner(&self) -> Option<Arc<PartnerTls>> {
+        self.partner.clone()
+    }
+
     /// Whether a reload to `cfg` keeps this pool (its open connections and the targets'
     /// health): the same targets and the same limit.
     pub fn keeps_pool(&self, cfg: &UpstreamConfig) -> bool {
@@ -159,8 +186,19 @@ impl Upstream {
 
     /// This upstream with other settings (timeouts, balance, health checks), sharing its pool
     /// and targets ([`Upstream::keeps_pool`]).
-    pub fn reconfigured(&self, cfg: UpstreamConfig, max_ack_bytes: usize) -> Self {
+    pub fn reconfigured(
+        &self,
+        cfg: UpstreamConfig,
+        max_ack_bytes: usize,
+        partner: Option<Arc<PartnerTls>>,
+    ) -> Self {
+        if partner.is_some() {
+            for t in &cfg.targets {
+                self.metrics.partner(t);
+            }
+        }
         Self {
+            partner,
             cfg,
             max_ack_bytes,
             metrics: self.metrics.clone(),
@@ -223,10 +261,17 @@ impl Upstream {
             c = self.connection(shard).await?.0;
             result = c.conn.exchange(msg, control_id, timeout).await;
         }
-        if result.is_ok() {
-            // A completed exchange is the best health check there is.
-            c.target.mark_up();
-            self.pool.put_idle(shard, c);
+        match &result {
+            Ok(_) => {
+                // A completed exchange is the best health check there is.
+                c.target.mark_up();
+                self.give_back(shard, c);
+            }
+            Err(UpstreamError::Tls { reason, .. }) => {
+                self.metrics.partner_refused(&c.target.addr, *reason);
+                c.target.mark_down(reason.words());
+            }
+            Err(_) => {}
         }
         drop(lease);
         if self.cfg.max_connections == 1 && self.metrics.upstream_queue_waiting.get() > 0 {
@@ -251,8 +296,17 @@ impl Upstream {
         let (mut c, _) = self.connection(lease.shard).await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
         let target = c.target.addr.clone();
-        self.pool.put_idle(lease.shard, c);
+        self.give_back(lease.shard, c);
         Ok(target)
+    }
+
+    /// Keeps a connection after an exchange, unless it has carried `messages_per_connection`
+    /// (engines that mishandle a second message on a connection get a fresh one each time).
+    fn give_back(&self, shard: &Shard, c: PooledConn) {
+        let limit = self.cfg.messages_per_connection;
+        if limit == 0 || c.conn.exchanges < limit {
+            self.pool.put_idle(shard, c);
+        }
     }
 
     /// Waits first-in first-out for the right to one exchange, within `queue_timeout`.
@@ -294,6 +348,7 @@ impl Upstream {
         let (first, all_down) = self.first_candidate();
         let n = self.targets.len();
         let mut reasons = Vec::new();
+        let mut refused = None;
         for k in 0..n {
             let target = &self.targets[(first + k) % n];
             if !all_down && !target.eligible() {
@@ -313,31 +368,53 @@ impl Upstream {
                 }
             }
             shard.make_room();
-            match target.connect(self.cfg.connect_timeout, !all_down).await {
-                Ok(Some(stream)) => {
-                    // Small request/response exchanges: Nagle would add up to 40 ms per ACK.
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(engine = %target.addr, error = %e, "TCP_NODELAY not set");
+            let partner = self.partner.as_deref();
+            match target
+                .connect(self.cfg.connect_timeout, !all_down, partner)
+                .await
+            {
+                Ok(Some(wire)) => {
+                    if let Wire::Tls(tls) = &wire {
+                        conn::audit_established(&self.metrics.route, &target.addr, tls);
                     }
                     let conn = UpstreamConn::new(
-                        stream,
+                        wire,
                         target.addr.clone(),
                         self.max_ack_bytes,
                         self.metrics.upstream_duplicate_acks.clone(),
+                        partner.is_some_and(|p| p.client_not_after.is_some()),
                     );
                     return Ok((PooledConn::new(conn, target.clone()), false));
                 }
                 Ok(None) => {
                     reasons.push(format!("{}: down, another connect in flight", target.addr))
                 }
-                Err(reason) => {
+                Err(failure) => {
                     // Counted per target here; logged once by whoever handles the exchange's
                     // failure, and not at all when the next target takes over.
-                    self.metrics
-                        .upstream_failed(&target.addr, FailureKind::Connect);
-                    reasons.push(format!("{}: {reason}", target.addr));
+                    let kind = match failure.refused {
+                        Some(reason) => {
+                            self.metrics.partner_refused(&target.addr, reason);
+                            refused = Some((target.addr.to_string(), reason));
+                            FailureKind::Tls
+                        }
+                        None => {
+                            refused = None;
+                            FailureKind::Connect
+                        }
+                    };
+                    self.metrics.upstream_failed(&target.addr, kind);
+                    reasons.push(format!("{}: {}", target.addr, failure.reason));
                 }
             }
+        }
+        // The last target tried refused at TLS: the failure is of kind `tls`.
+        if let Some((target, reason)) = refused {
+            return Err(UpstreamError::Tls {
+                target,
+                reason,
+                detail: reasons.join("; "),
+            });
         }
         Err(UpstreamError::Connect(reasons.join("; ")))
     }
@@ -380,8 +457,13 @@ impl Upstream {
                 _ = async { probe.as_mut()?.tick().await; Some(()) }, if probe.is_some() => {
                     for target in &self.targets {
                         let (target, timeout) = (target.clone(), self.cfg.connect_timeout);
+                        let (partner, metrics) = (self.partner.clone(), self.metrics.clone());
                         // Each probe on its own: a black-holed target must not delay the others.
-                        tokio::spawn(async move { target.probe(timeout).await });
+                        tokio::spawn(async move {
+                            if let Some(reason) = target.probe(timeout, partner.as_deref()).await {
+                                metrics.partner_refused(&target.addr, reason);
+                            }
+                        });
                     }
                 }
             }
