@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,16 @@ pub struct AckServerArgs {
     /// How long a `late` ACK waits before it is written (set it above the proxy's ack_timeout).
     #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
     pub late_delay: Duration,
+    /// Serve MLLP over TLS with this certificate (PEM chain): rehearse a partner that an
+    /// egress route (`upstream.tls`) connects to.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Require a client certificate issued by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "cert")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One way a legacy engine misbehaves when answering a message.
@@ -196,7 +206,7 @@ impl Behaviour {
     }
 
     /// What follows a written answer `framed`.
-    async fn after(self, tcp: &mut TcpStream, framed: &[u8]) {
+    async fn after<S: Wire>(self, tcp: &mut S, framed: &[u8]) {
         let pause = Duration::from_millis(20);
         match self {
             Behaviour::AckThenLineFeed => {
@@ -253,6 +263,8 @@ pub struct Engine {
     single: bool,
     /// Connections open now, refused because one was (single), and the most open at once.
     open: Mutex<(usize, usize, usize)>,
+    /// Serves TLS (a partner) instead of plain MLLP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A bad `ack-server` set-up, named for the person at the terminal.
@@ -305,6 +317,15 @@ impl Engine {
             received: None,
             single: false,
             open: Mutex::default(),
+            tls: None,
+        }
+    }
+
+    /// This engine behind TLS with `config` (a partner that egress routes connect to).
+    pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Engine {
+        Engine {
+            tls: Some(tokio_rustls::TlsAcceptor::from(config)),
+            ..self
         }
     }
 
@@ -449,7 +470,29 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// `ack-server` as a command: binds, serves until SIGTERM/SIGINT, and says what went wrong.
 pub async fn run(args: AckServerArgs) -> Result<(), EngineError> {
-    let engine = Arc::new(Engine::new(&args)?);
+    let mut engine = Engine::new(&args)?;
+    let mut transport = "plain MLLP";
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let tls = crate::config::AdminTlsConfig {
+            certificate: cert.clone(),
+            private_key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        };
+        let config = crate::tls::admin_server_config(&tls).map_err(|e| {
+            EngineError(
+                e.to_string()
+                    .replace("admin.tls.", "--")
+                    .replace("client_ca", "client-ca"),
+            )
+        })?;
+        engine = engine.with_tls(config);
+        transport = if args.client_ca.is_some() {
+            "mutual TLS"
+        } else {
+            "TLS"
+        };
+    }
+    let engine = Arc::new(engine);
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| EngineError(format!("--listen {}: {e}", args.listen)))?;
@@ -459,7 +502,7 @@ pub async fn run(args: AckServerArgs) -> Result<(), EngineError> {
         .iter()
         .map(|(f, p)| format!("{}={p}", f.name()))
         .collect();
-    tracing::info!(listen = %addr, faults = %faults.join(","), "ack-server listening (plain MLLP, AA to every message)");
+    tracing::info!(listen = %addr, faults = %faults.join(","), transport, "ack-server listening (AA to every message)");
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(listener, engine, stop.clone()));
     match crate::shutdown::Signals::new() {
@@ -482,7 +525,7 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: Cancell
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((mut tcp, _)) => {
+            Ok((tcp, _)) => {
                 if !engine.enter() {
                     continue;
                 }
@@ -492,14 +535,13 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: Cancell
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = connection(&mut tcp, &engine, conn) => if let Err(e) = r {
+                        r = accepted_connection(tcp, &engine, conn) => if let Err(e) = r {
                             tracing::debug!(error = %e, "ack-server connection ended");
                         },
                     }
                     // Counted closed before the peer can see the close, as a real engine that
                     // takes the next connection only after closing this one.
                     engine.leave();
-                    drop(tcp);
                 });
             }
             Err(e) => {
@@ -516,8 +558,42 @@ enum Next {
     Close,
 }
 
-async fn connection(tcp: &mut TcpStream, engine: &Engine, conn: u64) -> std::io::Result<()> {
+/// A byte stream an engine serves: plain TCP, or TLS over it.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP connection underneath (for an abortive close).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Wire for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// One accepted connection: its TLS handshake first when the engine serves TLS.
+async fn accepted_connection(tcp: TcpStream, engine: &Engine, conn: u64) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
+    match &engine.tls {
+        None => {
+            let mut tcp = tcp;
+            connection(&mut tcp, engine, conn).await
+        }
+        Some(acceptor) => {
+            let mut tls = acceptor.accept(tcp).await?;
+            let r = connection(&mut tls, engine, conn).await;
+            let _ = tls.shutdown().await;
+            r
+        }
+    }
+}
+
+async fn connection<S: Wire>(tcp: &mut S, engine: &Engine, conn: u64) -> std::io::Result<()> {
     let mut codec = MllpCodec::new(64 * 1024 * 1024);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut nth = 0;
@@ -546,7 +622,7 @@ async fn connection(tcp: &mut TcpStream, engine: &Engine, conn: u64) -> std::io:
 
 /// Answers the `nth` message of a connection as the drawn fault or the behaviour says, and
 /// records what was written.
-async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &Bytes, nth: u64) -> Next {
+async fn answer<S: Wire>(tcp: &mut S, engine: &Engine, conn: u64, msg: &Bytes, nth: u64) -> Next {
     if let Some(received) = &engine.received
         && let Ok(mut r) = received.lock()
     {
@@ -607,8 +683,8 @@ async fn answer(tcp: &mut TcpStream, engine: &Engine, conn: u64, msg: &Bytes, nt
 
 /// Writes `ack` as `fault` says: whether it was written whole (`None`: not at all), and
 /// what the connection does next.
-async fn write_answer(
-    tcp: &mut TcpStream,
+async fn write_answer<S: Wire>(
+    tcp: &mut S,
     engine: &Engine,
     fault: Option<Fault>,
     ack: &[u8],
@@ -618,7 +694,7 @@ async fn write_answer(
         Some(Fault::NoAnswer) => (None, Next::Read),
         Some(Fault::Close) => (None, Next::Close),
         Some(Fault::Reset) => {
-            let _ = tcp.set_zero_linger();
+            let _ = tcp.tcp().set_zero_linger();
             (None, Next::Close)
         }
         Some(Fault::Partial) => {
@@ -686,6 +762,9 @@ mod tests {
             faults: vec![(Fault::Close, 0.1), (Fault::Ae, 0.3)],
             seed: Some(7),
             late_delay: Duration::ZERO,
+            cert: None,
+            key: None,
+            client_ca: None,
         };
         let e = Engine::new(&args).unwrap();
         let n = 100_000;

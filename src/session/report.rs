@@ -174,8 +174,10 @@ impl Session<'_> {
     ) {
         let m = &self.ctx.metrics;
         let kind = error.kind();
-        // Connect failures were counted per target as each was tried.
-        if let Some(target) = error.target() {
+        // Connect and TLS failures were counted per target as each was tried.
+        if let Some(target) = error.target()
+            && kind != FailureKind::Tls
+        {
             m.upstream_failed(target, kind);
         }
         m.exchange_failed(kind);

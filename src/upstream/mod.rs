@@ -269,6 +269,7 @@ impl Upstream {
             }
             Err(UpstreamError::Tls { reason, .. }) => {
                 self.metrics.partner_refused(&c.target.addr, *reason);
+                self.metrics.upstream_failed(&c.target.addr, FailureKind::Tls);
                 c.target.mark_down(reason.words());
             }
             Err(_) => {}
@@ -303,10 +304,15 @@ impl Upstream {
     /// Keeps a connection after an exchange, unless it has carried `messages_per_connection`
     /// (engines that mishandle a second message on a connection get a fresh one each time).
     fn give_back(&self, shard: &Shard, c: PooledConn) {
-        let limit = self.cfg.messages_per_connection;
-        if limit == 0 || c.conn.exchanges < limit {
+        if !self.spent(&c) {
             self.pool.put_idle(shard, c);
         }
+    }
+
+    /// Whether `c` has carried its `messages_per_connection`.
+    fn spent(&self, c: &PooledConn) -> bool {
+        let limit = self.cfg.messages_per_connection;
+        limit > 0 && c.conn.exchanges >= limit
     }
 
     /// Waits first-in first-out for the right to one exchange, within `queue_timeout`.
@@ -355,6 +361,10 @@ impl Upstream {
                 continue;
             }
             while let Some(mut c) = shard.take_idle(target) {
+                if self.spent(&c) {
+                    // Pooled before a reload lowered messages_per_connection.
+                    continue;
+                }
                 match c.conn.check_idle() {
                     Ok(()) => return Ok((c, true)),
                     Err(e) if e.kind() == FailureKind::Protocol => {

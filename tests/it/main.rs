@@ -7,6 +7,7 @@ mod cli;
 mod core;
 mod corpus;
 mod deploy;
+mod egress;
 mod interop;
 mod limits;
 mod logging;

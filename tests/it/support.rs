@@ -112,6 +112,21 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
     }
 
+    /// Writes `NAME.crt` and `NAME.key`: a server certificate for localhost and 127.0.0.1 from
+    /// the test CA, shaped by `edit`.
+    pub fn issue_server_with(&self, name: &str, edit: impl FnOnce(&mut CertificateParams)) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        edit(&mut p);
+        let cert = p.signed_by(&key, &self.ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+
     /// Writes `NAME.crt` and `NAME.key`: a client certificate from the test CA, shaped by `edit`.
     pub fn issue_client_with(&self, name: &str, edit: impl FnOnce(&mut CertificateParams)) {
         let key = KeyPair::generate().expect("key");
@@ -492,10 +507,20 @@ impl Engine {
         Self::start_with("127.0.0.1:0".parse().expect("addr"), b, true).await
     }
 
+    /// The engine behind TLS with `config`: a partner that egress routes connect to.
+    pub async fn start_tls(b: Behaviour, config: Arc<rustls::ServerConfig>) -> Engine {
+        let engine = ack_server::Engine::scripted(b, false).with_tls(config);
+        Self::serve(engine, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
     async fn start_with(addr: SocketAddr, b: Behaviour, single: bool) -> Engine {
+        Self::serve(ack_server::Engine::scripted(b, single), addr).await
+    }
+
+    async fn serve(engine: ack_server::Engine, addr: SocketAddr) -> Engine {
         let listener = TcpListener::bind(addr).await.expect("engine binds");
         let addr = listener.local_addr().expect("addr");
-        let engine = Arc::new(ack_server::Engine::scripted(b, single));
+        let engine = Arc::new(engine);
         let stop = CancellationToken::new();
         tokio::spawn(ack_server::serve(listener, engine.clone(), stop.clone()));
         Engine { addr, engine, stop }

@@ -1,0 +1,235 @@
+//! Egress routes: plain MLLP from a local engine in, mutual TLS to a partner out. Two proxies
+//! (egress here, ingress at the partner) make a tunnel; every refusal of the partner's TLS is
+//! an upstream failure of kind `tls` with nothing delivered.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mllp_proxy::client::{ClientTarget, MllpClient};
+use mllp_proxy::config::{AdminTlsConfig, Config};
+use mllp_proxy::metrics::Metrics;
+use mllp_proxy::proxy::RunningProxy;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(5);
+
+/// An egress route's YAML: plain on loopback, to `targets` over TLS with `tls` (the keys of
+/// `upstream.tls`, one per line, indented eight spaces) and `extra` route keys.
+pub fn egress_yaml(targets: &[String], tls: &str, extra: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"
+admin:
+  listen: "127.0.0.1:0"
+routes:
+  - name: egress
+    listen: "127.0.0.1:0"
+    plaintext: true
+    upstream:
+      targets: [{}]
+      connect_timeout: 2s
+      ack_timeout: 3s
+      health_check_interval: 0
+      tls:
+{tls}
+{extra}"#,
+        targets.join(", ")
+    )
+}
+
+/// Our client certificate and the partner's CA from the test PKI.
+pub const MUTUAL: &str =
+    "        ca: ca.crt\n        certificate: client.crt\n        private_key: client.key";
+
+pub async fn start_egress(pki: &Pki, yaml: &str) -> RunningProxy {
+    let cfg = Config::from_yaml(yaml, pki.dir.path()).expect("egress config");
+    mllp_proxy::proxy::start(cfg, Metrics::new().expect("metrics"))
+        .await
+        .expect("egress starts")
+}
+
+/// A plain MLLP sender's target (the local engine's side of an egress route).
+pub fn plain(addr: SocketAddr) -> ClientTarget {
+    ClientTarget {
+        addr: addr.to_string(),
+        tls: None,
+    }
+}
+
+/// A stand-in partner: the test engine behind TLS with `cert` (`NAME.crt`/`.key` of the PKI),
+/// requiring a client certificate from the test CA when `mutual`.
+async fn partner(pki: &Pki, cert: &str, mutual: bool) -> Engine {
+    let tls = AdminTlsConfig {
+        certificate: pki.path(&format!("{cert}.crt")),
+        private_key: pki.path(&format!("{cert}.key")),
+        client_ca: mutual.then(|| pki.path("ca.crt")),
+    };
+    let config = mllp_proxy::tls::admin_server_config(&tls).expect("partner TLS");
+    Engine::start_tls(Behaviour::Ack, config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_sender_reaches_the_engine_through_egress_and_ingress_on_one_tls_connection() {
+    let World {
+        pki,
+        engine,
+        proxy: ingress,
+    } = Harness::new().start().await;
+    let to = ingress.routes()[0].1.to_string();
+    let egress = start_egress(&pki, &egress_yaml(&[to.clone()], MUTUAL, "")).await;
+    let mut senders = Vec::new();
+    for s in 0..2 {
+        let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
+            .await
+            .expect("plain connect");
+        for i in 0..10 {
+            let id = format!("E{s}-{i}");
+            let ack = c
+                .exchange(&adt(&id), T)
+                .await
+                .expect("ACK through the tunnel");
+            assert_eq!(msa(&ack), ("AA".into(), id));
+        }
+        senders.push(c);
+    }
+    // Each message once at the engine, in order.
+    let ids: Vec<String> = engine.received_ids();
+    let want: Vec<String> = (0..2)
+        .flat_map(|s| (0..10).map(move |i| format!("E{s}-{i}")))
+        .collect();
+    assert_eq!(ids, want);
+    // The egress pool reuses its TLS connection: the ingress accepted one.
+    let accepted = "mllp_proxy_connections_accepted_total{route=\"test\"}";
+    assert_eq!(metric(&ingress, accepted).await, 1.0);
+    let aa = "mllp_proxy_acks_total{code=\"AA\",route=\"egress\"}";
+    assert_eq!(metric(&egress, aa).await, 20.0);
+    let ok = format!(
+        "mllp_proxy_upstream_tls_handshake_failures_total{{reason=\"unknown_ca\",route=\"egress\",target=\"{to}\"}}"
+    );
+    assert_eq!(metric(&egress, &ok).await, 0.0);
+    // Expiry gauges of our client certificate and of the partner's CA.
+    for role in ["client", "upstream_ca"] {
+        let g = format!(
+            "mllp_proxy_certificate_expiry_timestamp_seconds{{role=\"{role}\",route=\"egress\"}}"
+        );
+        assert!(metric(&egress, &g).await > 1.7e9, "{role}");
+    }
+}
+
+/// Sends one message through `egress` (whose `on_upstream_failure` is `nak`) and expects the
+/// proxy's AR: nothing reached the partner, and `reason` was counted once.
+async fn refused(egress: &RunningProxy, partner: &Engine, reason: &str) {
+    let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
+        .await
+        .expect("plain connect");
+    let answer = c
+        .exchange(&adt("REFUSED"), T)
+        .await
+        .expect("the proxy's NAK");
+    assert_eq!(msa(&answer).0, "AR", "{reason}");
+    assert!(
+        partner.received_ids().is_empty(),
+        "{reason}: the partner got the message"
+    );
+    let sample = format!(
+        "mllp_proxy_upstream_tls_handshake_failures_total{{reason=\"{reason}\",route=\"egress\",target=\"{}\"}}",
+        partner.target()
+    );
+    assert_eq!(metric(egress, &sample).await, 1.0, "{reason}");
+    let kind = format!(
+        "mllp_proxy_upstream_failures_total{{kind=\"tls\",route=\"egress\",target=\"{}\"}}",
+        partner.target()
+    );
+    assert_eq!(metric(egress, &kind).await, 1.0, "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_of_the_partners_tls_is_counted_by_reason_with_nothing_delivered() {
+    let pki = Pki::new();
+    pki.issue_server_valid_for("expired-server", "localhost", Some(-1));
+    pki.issue_server_with("revoked-server", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(9191u64));
+    });
+    let (crl, _) = pki.crl(&[9191], 1);
+    std::fs::write(pki.path("partner.crl"), crl).expect("write CRL");
+    let nak = "    on_upstream_failure: nak\n";
+    let cases: [(&str, bool, String, &str); 6] = [
+        (
+            "server",
+            true,
+            format!("{MUTUAL}\n        server_name: wrong.example"),
+            "name_mismatch",
+        ),
+        (
+            "server",
+            true,
+            MUTUAL.replace("ca: ca.crt", "ca: other-ca.crt"),
+            "unknown_ca",
+        ),
+        ("expired-server", true, MUTUAL.to_string(), "expired"),
+        (
+            "server",
+            true,
+            format!("{MUTUAL}\n        allowed_servers: [{{cn: partner.example}}]"),
+            "not_allowed",
+        ),
+        (
+            "server",
+            true,
+            "        ca: ca.crt".to_string(),
+            "client_cert_required",
+        ),
+        (
+            "revoked-server",
+            true,
+            format!("{MUTUAL}\n        crl: [partner.crl]"),
+            "revoked",
+        ),
+    ];
+    for (cert, mutual, tls, reason) in cases {
+        let partner = partner(&pki, cert, mutual).await;
+        let egress = start_egress(&pki, &egress_yaml(&[partner.target()], &tls, nak)).await;
+        refused(&egress, &partner, reason).await;
+        egress.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[test]
+fn a_route_without_tls_must_say_plaintext() {
+    let pki = Pki::new();
+    let yaml =
+        egress_yaml(&["127.0.0.1:9".into()], MUTUAL, "").replace("    plaintext: true\n", "");
+    let e = Config::from_yaml(&yaml, pki.dir.path()).expect_err("a route without tls");
+    assert!(e.to_string().contains("routes[0].tls: required"), "{e}");
+    assert!(e.to_string().contains("plaintext: true"), "{e}");
+    let both = pki.config_yaml(&["127.0.0.1:9".into()], "    plaintext: true\n");
+    let e = Config::from_yaml(&both, pki.dir.path()).expect_err("plaintext and tls");
+    assert!(e.to_string().contains("routes[0].plaintext"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_per_connection_one_opens_a_connection_per_message() {
+    let World { pki, engine, proxy } = Harness::new().route_yaml("").start_live().await;
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    assert_eq!(msa(&c.exchange(&adt("K-0"), T).await.expect("ACK")).0, "AA");
+    assert_eq!(msa(&c.exchange(&adt("K-1"), T).await.expect("ACK")).0, "AA");
+    assert_eq!(engine.connections(), 1, "pooled by default");
+    let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
+    let yaml = yaml.replace(
+        "      ack_timeout: 2s\n",
+        "      ack_timeout: 2s\n      messages_per_connection: 1\n",
+    );
+    std::fs::write(pki.path("proxy.yaml"), yaml).expect("write");
+    assert_eq!(proxy.reload().await, mllp_proxy::proxy::Reload::Applied);
+    for i in 2..6 {
+        let id = format!("K-{i}");
+        assert_eq!(msa(&c.exchange(&adt(&id), T).await.expect("ACK")).0, "AA");
+    }
+    assert!(
+        eventually(T, || async { engine.connections() == 5 }).await,
+        "one fresh connection per message: {}",
+        engine.connections()
+    );
+    assert_eq!(engine.received_ids().len(), 6);
+}
