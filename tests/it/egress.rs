@@ -77,7 +77,7 @@ async fn a_plain_sender_reaches_the_engine_through_egress_and_ingress_on_one_tls
         proxy: ingress,
     } = Harness::new().start().await;
     let to = ingress.routes()[0].1.to_string();
-    let egress = start_egress(&pki, &egress_yaml(&[to.clone()], MUTUAL, "")).await;
+    let egress = start_egress(&pki, &egress_yaml(std::slice::from_ref(&to), MUTUAL, "")).await;
     let mut senders = Vec::new();
     for s in 0..2 {
         let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
