@@ -244,7 +244,7 @@ impl Upstream {
     ) -> Result<Ack, UpstreamError> {
         let lease = self.lease(shutdown, queue_timer).await?;
         let shard = lease.shard;
-        let (mut c, reused) = self.connection(shard).await?;
+        let (mut c, reused) = self.connection(shard, true).await?;
         let timeout = self.cfg.ack_timeout;
         let mut result = c.conn.exchange(msg, control_id, timeout).await;
         if reused
@@ -258,7 +258,9 @@ impl Upstream {
         {
             tracing::debug!(side = "upstream", engine = %c.target.addr, "reused upstream connection was closed; retrying on another");
             drop(c);
-            c = self.connection(shard).await?.0;
+            // On a new connection: when the engine closed one pooled connection, it may well
+            // have closed the others too (a restart), and only one retry is allowed.
+            c = self.connection(shard, false).await?.0;
             result = c.conn.exchange(msg, control_id, timeout).await;
         }
         match &result {
@@ -269,7 +271,8 @@ impl Upstream {
             }
             Err(UpstreamError::Tls { reason, .. }) => {
                 self.metrics.partner_refused(&c.target.addr, *reason);
-                self.metrics.upstream_failed(&c.target.addr, FailureKind::Tls);
+                self.metrics
+                    .upstream_failed(&c.target.addr, FailureKind::Tls);
                 c.target.mark_down(reason.words());
             }
             Err(_) => {}
@@ -294,7 +297,7 @@ impl Upstream {
         queue_timer: &mut Deadline,
     ) -> Result<Arc<str>, UpstreamError> {
         let lease = self.lease(shutdown, queue_timer).await?;
-        let (mut c, _) = self.connection(lease.shard).await?;
+        let (mut c, _) = self.connection(lease.shard, true).await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
         let target = c.target.addr.clone();
         self.give_back(lease.shard, c);
@@ -348,9 +351,13 @@ impl Upstream {
         waited
     }
 
-    /// An idle connection to the preferred target that still works, or a new one; the targets
-    /// are tried in the order `balance` gives.
-    async fn connection(&self, shard: &Shard) -> Result<(PooledConn, bool), UpstreamError> {
+    /// An idle connection to the preferred target that still works (with `reuse`), or a new one;
+    /// the targets are tried in the order `balance` gives.
+    async fn connection(
+        &self,
+        shard: &Shard,
+        reuse: bool,
+    ) -> Result<(PooledConn, bool), UpstreamError> {
         let (first, all_down) = self.first_candidate();
         let n = self.targets.len();
         let mut reasons = Vec::new();
@@ -360,7 +367,7 @@ impl Upstream {
             if !all_down && !target.eligible() {
                 continue;
             }
-            while let Some(mut c) = shard.take_idle(target) {
+            while reuse && let Some(mut c) = shard.take_idle(target) {
                 if self.spent(&c) {
                     // Pooled before a reload lowered messages_per_connection.
                     continue;

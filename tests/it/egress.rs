@@ -233,3 +233,145 @@ async fn messages_per_connection_one_opens_a_connection_per_message() {
     );
     assert_eq!(engine.received_ids().len(), 6);
 }
+
+/// `n` plain senders exchanging through `addr` until `until`, as real MLLP senders do: a
+/// message whose connection closed without an ACK is sent again on a new connection. Each
+/// returns (messages acknowledged AA, resends); anything but AA for the message is a panic.
+fn senders(
+    addr: SocketAddr,
+    n: usize,
+    until: tokio::time::Instant,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    (0..n)
+        .map(|s| {
+            tokio::spawn(async move {
+                let mut c = MllpClient::connect(&plain(addr), T).await.expect("connect");
+                let (mut i, mut resends) = (0, 0);
+                while tokio::time::Instant::now() < until {
+                    let id = format!("S{s}-{i}");
+                    match c.exchange(&adt(&id), T).await {
+                        Ok(ack) => assert_eq!(msa(&ack), ("AA".into(), id)),
+                        Err(_) if resends < 3 => {
+                            resends += 1;
+                            c = MllpClient::connect(&plain(addr), T)
+                                .await
+                                .expect("reconnect");
+                            continue;
+                        }
+                        Err(e) => panic!("{id}: {e}"),
+                    }
+                    i += 1;
+                }
+                (i, resends)
+            })
+        })
+        .collect()
+}
+
+/// Waits for `running` senders: (messages acknowledged, resends).
+async fn finished(running: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (usize, usize) {
+    let mut total = (0, 0);
+    for s in running {
+        let (acked, resends) = s.await.expect("sender");
+        total = (total.0 + acked, total.1 + resends);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_certificate_rotates_under_load_and_loses_nothing() {
+    let h = Harness::new().route_yaml("    allowed_clients: [{cn: lab-sender}, {cn: egress-2}]\n");
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            h.pki.path(&format!("client.{ext}")),
+            h.pki.path(&format!("ours.{ext}")),
+        )
+        .expect("copy");
+    }
+    let World {
+        pki,
+        engine,
+        proxy: ingress,
+    } = h.start_live().await;
+    let tls = "        ca: ca.crt\n        certificate: ours.crt\n        private_key: ours.key\n        reload_interval: 200ms";
+    let egress = start_egress(
+        &pki,
+        &egress_yaml(&[ingress.routes()[0].1.to_string()], tls, ""),
+    )
+    .await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let running = senders(egress.routes()[0].1, 2, until);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    pki.issue_client("rotated", "egress-2", &[], &[], false, false);
+    replace_file(
+        &pki.path("ours.key"),
+        &std::fs::read(pki.path("rotated.key")).expect("key"),
+    );
+    replace_file(
+        &pki.path("ours.crt"),
+        &std::fs::read(pki.path("rotated.crt")).expect("crt"),
+    );
+    let reloaded = "mllp_proxy_tls_reloads_total{result=\"success\",route=\"egress\"}";
+    assert!(
+        metric_reaches(&egress, reloaded, 1.0).await,
+        "our new certificate not loaded"
+    );
+    // The partner offboards the old identity: its sessions close after their exchange, and the
+    // egress reconnects presenting the new certificate.
+    let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
+    let yaml = yaml.replace("[{cn: lab-sender}, {cn: egress-2}]", "[{cn: egress-2}]");
+    std::fs::write(pki.path("proxy.yaml"), yaml).expect("write");
+    assert_eq!(ingress.reload().await, mllp_proxy::proxy::Reload::Applied);
+
+    let (acked, resends) = finished(running).await;
+    assert!(acked > 20, "{acked}");
+    let received = engine.received_ids().len();
+    assert!(
+        (acked..=acked + resends).contains(&received),
+        "{received} for {acked} (+{resends} resends)"
+    );
+    let closed =
+        "mllp_proxy_sessions_closed_on_reload_total{reason=\"not_allowed\",route=\"test\"}";
+    assert!(metric(&ingress, closed).await >= 1.0);
+    assert_eq!(
+        metric(&ingress, "mllp_proxy_clients_denied_total{route=\"test\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_stopping_mid_run_fails_over_to_the_next_and_loses_nothing() {
+    let World {
+        pki,
+        engine: engine_a,
+        proxy: partner_a,
+    } = Harness::new().start().await;
+    let engine_b = Engine::start(Behaviour::Ack).await;
+    let partner_b = start_proxy(pki.config(&[engine_b.target()], "")).await;
+    let targets = [
+        partner_a.routes()[0].1.to_string(),
+        partner_b.routes()[0].1.to_string(),
+    ];
+    let egress = start_egress(&pki, &egress_yaml(&targets, MUTUAL, "")).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let running = senders(egress.routes()[0].1, 4, until);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = engine_a.received_ids().len();
+    assert!(
+        before > 0 && engine_b.received_ids().is_empty(),
+        "failover: a first"
+    );
+    assert!(
+        partner_a.shutdown(Duration::from_secs(2)).await,
+        "a drained"
+    );
+    let (acked, resends) = finished(running).await;
+    let (at_a, at_b) = (engine_a.received_ids().len(), engine_b.received_ids().len());
+    assert!(at_b > 0, "b took over");
+    let received = at_a + at_b;
+    assert!(
+        (acked..=acked + resends).contains(&received),
+        "{received} for {acked} (+{resends} resends)"
+    );
+}
