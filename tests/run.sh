@@ -10,15 +10,18 @@ if ! "$venv/bin/python" -c 'import hl7, hl7apy' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
-if ! [ -f tests/interop/node_modules/node-hl7-client/package.json ]; then
-    echo "== installing node-hl7-client into tests/interop/node_modules"
+if ! [ -f tests/interop/node_modules/node-hl7-client/package.json ] \
+    || ! [ -f tests/interop/node_modules/node-hl7-server/package.json ]; then
+    echo "== installing node-hl7-client and node-hl7-server into tests/interop/node_modules"
     (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# openssl (s_client interop), promtool (Debian package prometheus: metrics format) and
-# haproxy (a real load balancer sending PROXY protocol headers).
+# openssl (s_client interop), promtool (Debian package prometheus: metrics format),
+# haproxy (a real load balancer sending PROXY protocol headers) and stunnel4 (a partner's
+# TLS terminator in front of an egress route's target).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v stunnel4 >/dev/null || missing+=(stunnel4)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -8,15 +8,30 @@
                              messages and checks each ACK (AA, MSA-2 = MSH-10).
   peers.py parse-nak FILE    parses a NAK (raw bytes) with python-hl7 and hl7apy and prints
                              MSA-1, MSA-2 and the ERR code read by each.
+  peers.py engine LOG        the same hl7apy engine, appending each ACK it writes (one JSON
+                             line: control ID and ACK) to LOG.
+  peers.py hl7-engine LOG    python-hl7's asyncio MLLP server as the engine: AA to each message
+                             (its create_ack), each ACK written appended to LOG as above;
+                             keeps the connection open.
+  peers.py plain-client HOST PORT COUNT PREFIX
+                             python-hl7 asyncio MLLP client over plain TCP (a local engine
+                             feeding an egress route); prints each raw ACK as a JSON line.
 """
 
 import asyncio
+import json
 import ssl
 import sys
 import threading
 
 
-def engine():
+def record(log, control_id, ack):
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"control_id": control_id, "ack": ack}) + "\n")
+
+
+def engine(log=None):
     from hl7apy.core import Message
     from hl7apy.mllp import AbstractHandler, MLLPServer
     from hl7apy.parser import parse_message
@@ -34,7 +49,10 @@ def engine():
             ack.msh.msh_11 = msh.msh_11.value
             ack.msa.msa_1 = "AA"
             ack.msa.msa_2 = msh.msh_10.value
-            return ack.to_mllp()
+            framed = ack.to_mllp()
+            # What goes on the wire between the frame's start and end bytes.
+            record(log, msh.msh_10.value, framed[1:-2])
+            return framed
 
     handlers = {"ADT^A01^ADT_A01": (AckHandler,), "ADT^A01": (AckHandler,),
                 "ORU^R01^ORU_R01": (AckHandler,), "ORU^R01": (AckHandler,)}
@@ -74,6 +92,48 @@ async def client(host, port, ca, cert, key, count):
     return 0
 
 
+def hl7_engine(log):
+    import hl7
+    from hl7.mllp import start_hl7_server
+
+    async def process(reader, writer):
+        while not writer.is_closing():
+            try:
+                msg = await reader.readmessage()
+            except asyncio.IncompleteReadError:
+                break
+            ack = msg.create_ack("AA")
+            record(log, str(msg.segment("MSH")[10]), str(ack))
+            writer.writemessage(ack)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        async with await start_hl7_server(process, host="127.0.0.1", port=0) as server:
+            print(server.sockets[0].getsockname()[1], flush=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+
+
+async def plain_client(host, port, count, prefix):
+    import hl7
+    from hl7.mllp import open_hl7_connection
+
+    reader, writer = await open_hl7_connection(host, int(port))
+    for i in range(count):
+        control_id = "%s-%04d" % (prefix, i)
+        writer.writemessage(hl7.parse(message(i).replace("PY-%04d" % i, control_id)))
+        await writer.drain()
+        # readblock gives the raw bytes between the frame's start and end: what the engine wrote.
+        block = await asyncio.wait_for(reader.readblock(), 15)
+        print(json.dumps({"control_id": control_id, "ack": block.decode("latin-1")}), flush=True)
+    writer.close()
+    await writer.wait_closed()
+    return 0
+
+
 def parse_nak(path):
     import hl7
     from hl7apy.parser import parse_message
@@ -94,7 +154,11 @@ def parse_nak(path):
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "engine":
-        engine()
+        engine(sys.argv[2] if len(sys.argv) > 2 else None)
+    elif role == "hl7-engine":
+        hl7_engine(sys.argv[2])
+    elif role == "plain-client":
+        sys.exit(asyncio.run(plain_client(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))
     elif role == "client":
         sys.exit(asyncio.run(client(*sys.argv[2:7], int(sys.argv[7]))))
     elif role == "parse-nak":

@@ -16,4 +16,5 @@ mod reliability;
 mod reload;
 mod security;
 mod support;
+mod tunnel;
 mod upstream;
