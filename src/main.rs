@@ -45,6 +45,10 @@ enum Command {
         /// Exit after the round trip (status 0 only if every message got AA).
         #[arg(long)]
         once: bool,
+        /// The whole interface both ways round: a plain sender, an egress route, mutual TLS,
+        /// the ingress route, the engine.
+        #[arg(long)]
+        tunnel: bool,
     },
     /// Sends messages and prints each ACK's MSA-1 and MSA-2.
     Send(cli::send::SendArgs),
@@ -78,9 +82,14 @@ async fn dispatch(command: Command) -> ExitCode {
             let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             status(cli::check::run(&config))
         }
-        Command::Demo { once } => {
-            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
-            report(cli::demo::run(once).await)
+        Command::Demo { once, tunnel } => {
+            // The audit trail goes to a file the demo summarises, not between its lines.
+            let folder = cli::demo::folder();
+            let audit = folder.join("audit.log");
+            let _logging = std::fs::create_dir_all(&folder)
+                .ok()
+                .and_then(|()| init_tracing(LogFormat::Text, "warn", Some(&audit)).ok());
+            report(cli::demo::run(once, tunnel, &audit).await)
         }
         Command::Send(a) => {
             let _logging = init_tracing(LogFormat::Text, "warn", None).ok();

@@ -31,16 +31,26 @@ const MESSAGES: &[&str] = &[
     "MSH|^~\\&|ADT_SYS|GENHOSP|LAB_ENGINE|GENHOSP|20261126170000||ADT^A03^ADT_A03|DEMO-0005|P|2.5.1\rEVN|A03|20261126170000\rPID|1||MRN-100231^^^GENHOSP^MR||TESTPATIENT^ALICE^Q||19800214|F\rPV1|1|I|WARD3^302^B\r",
 ];
 
-/// Runs the demo; `Ok(true)` when every message got AA.
-pub async fn run(once: bool) -> Result<bool, ClientError> {
-    let dir = std::env::temp_dir().join(format!("mllp-proxy-demo-{}", std::process::id()));
-    let result = run_in(&dir, once).await;
+/// Where the demo keeps its files (certificates, the audit trail) while it runs.
+pub fn folder() -> PathBuf {
+    std::env::temp_dir().join(format!("mllp-proxy-demo-{}", std::process::id()))
+}
+
+/// Runs the demo; `Ok(true)` when every message got AA. With `tunnel`, the sender speaks plain
+/// MLLP to an egress route, which forwards over mutual TLS to the ingress route. Audit records
+/// go to `audit` (in [`folder`]), summarised at the end.
+pub async fn run(once: bool, tunnel: bool, audit: &Path) -> Result<bool, ClientError> {
+    let dir = folder();
+    let result = run_in(&dir, once, tunnel, audit).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| ClientError(format!("{what}: {e}"));
+fn fail(what: &str, e: &dyn std::fmt::Display) -> ClientError {
+    ClientError(format!("{what}: {e}"))
+}
+
+async fn run_in(dir: &Path, once: bool, tunnel: bool, audit: &Path) -> Result<bool, ClientError> {
     let certs = dir.join("certs-example");
     let examples = dir.join("examples");
     std::fs::create_dir_all(&certs).map_err(|e| fail("temporary folder", &e))?;
@@ -48,9 +58,6 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
     for (name, text) in EXAMPLE_FILES {
         std::fs::write(certs.join(name), text).map_err(|e| fail("temporary folder", &e))?;
     }
-    let mut config = Config::from_yaml(EXAMPLE_CONFIG, &examples)
-        .map_err(|e| fail("example configuration", &e))?;
-
     let engine = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| fail("stand-in engine", &e))?;
@@ -63,7 +70,8 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         std::sync::Arc::new(super::ack_server::Engine::plain()),
         stop_engine.clone(),
     ));
-
+    let mut config = Config::from_yaml(EXAMPLE_CONFIG, &examples)
+        .map_err(|e| fail("example configuration", &e))?;
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     config.admin.listen = loopback(0);
     for route in &mut config.routes {
@@ -71,24 +79,38 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
         route.upstream.targets = vec![engine_addr.to_string()];
     }
     let drain = config.shutdown.drain_timeout;
-    let metrics = Metrics::new().map_err(|e| fail("metrics", &e))?;
-    let proxy = crate::proxy::start(config, metrics)
-        .await
-        .map_err(|e| fail("proxy", &e))?;
-    let (route, proxy_addr) = proxy.routes()[0].clone();
+    let ingress = start(config).await?;
+    let (route, ingress_addr) = ingress.routes()[0].clone();
 
     println!("mllp-proxy demo (example certificates: NOT FOR PRODUCTION)");
-    println!("  stand-in engine (plain MLLP)  {engine_addr}");
-    println!("  proxy route {route:<17} {proxy_addr}  (mutual TLS)");
+    println!("  stand-in engine (plain MLLP)   {engine_addr}");
+    println!("  ingress route {route:<16} {ingress_addr}  (mutual TLS)");
+    let egress = match tunnel {
+        false => None,
+        true => Some(start_egress(&examples, ingress_addr).await?),
+    };
+    let (target, admins) = match &egress {
+        None => (client_target(&certs, ingress_addr)?, vec![ingress.admin()]),
+        Some(e) => {
+            let addr = e.routes()[0].1;
+            println!(
+                "  egress route {:<17} {addr}  (plain MLLP in, mutual TLS to the ingress route)",
+                "to-lab"
+            );
+            (plain_target(addr), vec![e.admin(), ingress.admin()])
+        }
+    };
     println!(
-        "  admin                         http://{}/metrics",
-        proxy.admin()
+        "  admin                          http://{}/metrics",
+        admins[0]
     );
     println!();
 
-    let target = client_target(&certs, proxy_addr)?;
     let all_ok = send_messages(&target).await?;
-    print_metrics(proxy.admin()).await;
+    for admin in &admins {
+        print_metrics(*admin).await;
+    }
+    summarise_audit(audit, once).await;
     println!();
     println!(
         "{}",
@@ -98,31 +120,109 @@ async fn run_in(dir: &Path, once: bool) -> Result<bool, ClientError> {
             "SOME MESSAGES WERE NOT ACKNOWLEDGED"
         }
     );
-
     if !once {
-        let certs_hint = certs.display();
-        println!();
-        println!("the proxy stays up; try it from another terminal (while this one runs):");
-        println!(
-            "  printf 'MSH|^~\\\\&|ADT_SYS|GENHOSP|LAB|GENHOSP|20261126||ADT^A01|MY-1|P|2.5.1\\nPID|1||X\\n' | \\\n    cargo run --release -- send --to {proxy_addr} --server-name localhost \\\n    --ca {certs_hint}/ca.crt --cert {certs_hint}/client.crt --key {certs_hint}/client.key"
-        );
-        println!(
-            "  curl -s http://{}/metrics | grep ^mllp_proxy",
-            proxy.admin()
-        );
-        println!("press Ctrl-C to stop");
-        let mut signals = Signals::new().map_err(|e| fail("signals", &e))?;
-        while signals.next().await != Signal::Terminate {}
+        stay_up(&certs, ingress_addr, egress.as_ref(), admins[0]).await?;
     }
-    proxy.shutdown(drain).await;
+    if let Some(e) = egress {
+        e.shutdown(drain).await;
+    }
+    ingress.shutdown(drain).await;
     stop_engine.cancel();
     Ok(all_ok)
+}
+
+async fn start(config: Config) -> Result<crate::proxy::RunningProxy, ClientError> {
+    let metrics = Metrics::new().map_err(|e| fail("metrics", &e))?;
+    crate::proxy::start(config, metrics)
+        .await
+        .map_err(|e| fail("proxy", &e))
+}
+
+/// The egress half: a plain listener whose engine is the partner's ingress route at `to`,
+/// reached over mutual TLS with the example client certificate.
+async fn start_egress(
+    examples: &Path,
+    to: std::net::SocketAddr,
+) -> Result<crate::proxy::RunningProxy, ClientError> {
+    let yaml = format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0" }}
+routes:
+  - name: to-lab
+    listen: "127.0.0.1:0"
+    plaintext: true
+    upstream:
+      targets: ["{to}"]
+      tls:
+        ca: ../certs-example/ca.crt
+        certificate: ../certs-example/client.crt
+        private_key: ../certs-example/client.key
+        server_name: localhost
+"#
+    );
+    let config =
+        Config::from_yaml(&yaml, examples).map_err(|e| fail("egress configuration", &e))?;
+    start(config).await
+}
+
+/// Keeps the proxies up for the person at the terminal, until Ctrl-C.
+async fn stay_up(
+    certs: &Path,
+    ingress: std::net::SocketAddr,
+    egress: Option<&crate::proxy::RunningProxy>,
+    admin: std::net::SocketAddr,
+) -> Result<(), ClientError> {
+    let c = certs.display();
+    println!();
+    println!("the proxy stays up; try it from another terminal (while this one runs):");
+    let message = "printf 'MSH|^~\\&|ADT_SYS|GENHOSP|LAB|GENHOSP|20261126||ADT^A01|MY-1|P|2.5.1\nPID|1||X\n' | \\\n";
+    match egress {
+        None => println!(
+            "  {message}    cargo run --release -- send --to {ingress} --server-name localhost \\\n    --ca {c}/ca.crt --cert {c}/client.crt --key {c}/client.key"
+        ),
+        Some(e) => println!(
+            "  {message}    cargo run --release -- send --to {}     # plain MLLP, as a local engine",
+            e.routes()[0].1
+        ),
+    }
+    println!("  curl -s http://{admin}/metrics | grep ^mllp_proxy");
+    println!("press Ctrl-C to stop");
+    let mut signals = Signals::new().map_err(|e| fail("signals", &e))?;
+    while signals.next().await != Signal::Terminate {}
+    Ok(())
+}
+
+/// Counts the audit records written so far by event, instead of printing them whole.
+async fn summarise_audit(audit: &Path, once: bool) {
+    // The writer thread writes in batches, at most 50 ms apart.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let text = std::fs::read_to_string(audit).unwrap_or_default();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in text.lines() {
+        let Some(event) = line
+            .split_once("event=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(e, _)| e.to_string())
+        else {
+            continue;
+        };
+        match counts.iter_mut().find(|(e, _)| *e == event) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((event, 1)),
+        }
+    }
+    let list: Vec<String> = counts.iter().map(|(e, n)| format!("{n} {e}")).collect();
+    println!();
+    println!("audit trail: {}", list.join(", "));
+    println!("  (who sent which control ID, with the certificate and the ACK: docs/operations.md)");
+    if !once {
+        println!("  written to {} while the demo runs", audit.display());
+    }
 }
 
 /// Sends the sample messages over one connection and prints each ACK; `true` when every one
 /// was answered AA with its own control ID.
 async fn send_messages(target: &ClientTarget) -> Result<bool, ClientError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| ClientError(format!("{what}: {e}"));
     let mut client = MllpClient::connect(target, Duration::from_secs(10)).await?;
     let mut all_ok = true;
     for msg in MESSAGES {
@@ -161,19 +261,32 @@ async fn print_metrics(admin: std::net::SocketAddr) {
     println!("metrics (from http://{admin}/metrics):");
     match crate::client::http_get(admin, "/metrics").await {
         Ok(body) => {
-            for line in body.lines().filter(|l| {
-                !l.starts_with('#')
-                    && (l.starts_with("mllp_proxy_messages_")
-                        || l.starts_with("mllp_proxy_acks_total")
-                        || l.starts_with("mllp_proxy_connections_accepted")
-                        || l.starts_with("mllp_proxy_upstream_up")
-                        || l.starts_with("mllp_proxy_upstream_ack_seconds_count")
-                        || l.starts_with("mllp_proxy_certificate_expiry"))
-            }) {
-                println!("  {line}");
+            // The series a first-time user should look at, those that are not zero.
+            let shown = crate::metrics::samples(&body).filter(|s| {
+                s.value != 0.0
+                    && [
+                        "mllp_proxy_messages_",
+                        "mllp_proxy_acks_total",
+                        "mllp_proxy_connections_accepted",
+                        "mllp_proxy_upstream_up",
+                        "mllp_proxy_upstream_ack_seconds_count",
+                        "mllp_proxy_upstream_tls_handshake_failures_total",
+                    ]
+                    .iter()
+                    .any(|p| s.name.starts_with(p))
+            });
+            for s in shown {
+                println!("  {}{} {}", s.name, s.labels, s.value);
             }
         }
         Err(e) => println!("  (scrape failed: {e})"),
+    }
+}
+
+fn plain_target(addr: std::net::SocketAddr) -> ClientTarget {
+    ClientTarget {
+        addr: addr.to_string(),
+        tls: None,
     }
 }
 
