@@ -367,22 +367,8 @@ impl Upstream {
             if !all_down && !target.eligible() {
                 continue;
             }
-            while reuse && let Some(mut c) = shard.take_idle(target) {
-                if self.spent(&c) {
-                    // Pooled before a reload lowered messages_per_connection.
-                    continue;
-                }
-                match c.conn.check_idle() {
-                    Ok(()) => return Ok((c, true)),
-                    Err(e) if e.kind() == FailureKind::Protocol => {
-                        self.metrics
-                            .upstream_failed(&target.addr, FailureKind::Protocol);
-                        tracing::warn!(side = "upstream", engine = %target.addr, error = %e, "upstream connection discarded");
-                    }
-                    Err(e) => {
-                        tracing::debug!(side = "upstream", engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
-                    }
-                }
+            if reuse && let Some(c) = self.idle_connection(shard, target) {
+                return Ok((c, true));
             }
             shard.make_room();
             let partner = self.partner.as_deref();
@@ -434,6 +420,29 @@ impl Upstream {
             });
         }
         Err(UpstreamError::Connect(reasons.join("; ")))
+    }
+
+    /// The most recently used idle connection to `target` that can carry another exchange;
+    /// the others found on the way are closed.
+    fn idle_connection(&self, shard: &Shard, target: &Target) -> Option<PooledConn> {
+        while let Some(mut c) = shard.take_idle(target) {
+            if self.spent(&c) {
+                // Pooled before a reload lowered messages_per_connection.
+                continue;
+            }
+            match c.conn.check_idle() {
+                Ok(()) => return Some(c),
+                Err(e) if e.kind() == FailureKind::Protocol => {
+                    self.metrics
+                        .upstream_failed(&target.addr, FailureKind::Protocol);
+                    tracing::warn!(side = "upstream", engine = %target.addr, error = %e, "upstream connection discarded");
+                }
+                Err(e) => {
+                    tracing::debug!(side = "upstream", engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
+                }
+            }
+        }
+        None
     }
 
     /// Where the walk over the targets starts, and whether all are down. A target may be used
