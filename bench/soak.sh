@@ -29,7 +29,7 @@ faults=(
 )
 
 status=0
-for run in ${SOAK_RUNS:-close:0 nak:0 close:2 nak:2 nak:8}; do
+for run in ${SOAK_RUNS-close:0 nak:0 close:2 nak:2 nak:8}; do
     mode=${run%:*} pool=${run#*:}
     n=$messages; [ "$pool" = 0 ] || n=$((messages * 3 / 8))
     engine_port=$(free_port)
@@ -96,4 +96,63 @@ YAML
         echo "VIOLATION the proxy panicked:"; grep -m3 'panicked' "$work/proxy-$mode$pool.log"; status=1
     fi
 done
+# The egress direction: the soak's senders speak plain MLLP to an egress route, which forwards
+# over mutual TLS to an ingress route in front of the faulty engine (both close on a failure:
+# an AR written by the ingress proxy would reach the senders as the partner's ACK, which the
+# checker cannot tell from the engine's).
+if [ "${SOAK_EGRESS:-1}" = 1 ]; then
+    n=$((messages * 3 / 8))
+    engine_port=$(free_port)
+    : > "$work/engine-egress.jsonl"
+    RUST_LOG=warn "$bin" ack-server --listen "127.0.0.1:$engine_port" --log "$work/engine-egress.jsonl" \
+        --seed "$RANDOM" --late-delay 1500ms "${faults[@]}" & pids+=($!)
+    ingress_port=$(free_port); ingress_admin=$(free_port); egress_port=$(free_port); admin_port=$(free_port)
+    cat > "$work/ingress.yaml" <<YAML
+admin: { listen: "127.0.0.1:$ingress_admin" }
+logging: { level: error }
+routes:
+  - name: ingress
+    listen: "127.0.0.1:$ingress_port"
+    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
+    upstream: { targets: ["127.0.0.1:$engine_port"], connect_timeout: 1s, ack_timeout: 1s, idle_timeout: 1s }
+YAML
+    cat > "$work/egress.yaml" <<YAML
+admin: { listen: "127.0.0.1:$admin_port" }
+logging: { level: ${SOAK_EGRESS_LOG:-error} }
+shutdown: { drain_timeout: 10s }
+routes:
+  - name: egress
+    listen: "127.0.0.1:$egress_port"
+    plaintext: true
+    upstream:
+      targets: ["127.0.0.1:$ingress_port"]
+      connect_timeout: 1s
+      ack_timeout: 3s
+      idle_timeout: 1s
+      tls: { ca: $certs/ca.crt, certificate: $certs/client.crt, private_key: $certs/client.key, server_name: localhost }
+YAML
+    "$bin" run -c "$work/ingress.yaml" 2> "$work/proxy-ingress.log" & pids+=($!)
+    "$bin" run -c "$work/egress.yaml" 2> "$work/proxy-egress.log" & proxy_pid=$!
+    for port in "$ingress_admin" "$admin_port"; do
+        for _ in $(seq 100); do
+            curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    # The tunnel up (the egress's health probe completed its handshake) before the senders start.
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$admin_port/metrics" | grep -q '^mllp_proxy_upstream_up{.*} 1' && break
+        sleep 0.1
+    done
+    echo "== soak, egress: plain senders -> egress -> mutual TLS -> ingress -> faulty engine"
+    "$bin" soak --to "127.0.0.1:$egress_port" --senders "$senders" --messages "$n" \
+        --engine-log "$work/engine-egress.jsonl" --admin "127.0.0.1:$admin_port" --proxy-pid "$proxy_pid" \
+        --mode close --prefix "egress-" --timeout 20s --require-every-fault || status=1
+    kill -TERM "$proxy_pid"
+    wait "$proxy_pid" || { echo "VIOLATION egress proxy exited with status $? on SIGTERM"; status=1; }
+    [ -z "${SOAK_KEEP_LOG:-}" ] || cp "$work/proxy-egress.log" "$SOAK_KEEP_LOG"
+    if grep -q 'panicked' "$work/proxy-egress.log" "$work/proxy-ingress.log"; then
+        echo "VIOLATION a proxy panicked"; status=1
+    fi
+fi
 exit $status
