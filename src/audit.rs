@@ -283,7 +283,7 @@ pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>) {
     let Some(mut r) = Record::start("upstream_session", route) else {
         return;
     };
-    r.label("target", target);
+    r.label("engine", target);
     r.certificate(tls.peer);
     r.label("tls_version", tls.version);
     r.label("cipher_suite", tls.suite);
