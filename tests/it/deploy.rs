@@ -82,9 +82,15 @@ fn dockerfile_copies_what_exists_and_runs_the_binary_cargo_builds() {
 #[test]
 fn kubernetes_configurations_are_valid_proxy_configurations() {
     // The mllp-proxy.yaml embedded in each ConfigMap passes the same validation as `run`.
-    for folder in ["sidecar", "scaled"] {
+    for folder in ["sidecar", "scaled", "egress"] {
         let manifest = read(&format!("deploy/kubernetes/{folder}/configmap.yaml"));
-        let doc: serde_yaml::Value = serde_yaml::from_str(&manifest).expect("YAML");
+        // The proxy's ConfigMap comes first (the egress folder adds the partner's CA).
+        let doc = serde_yaml::Value::deserialize(
+            serde_yaml::Deserializer::from_str(&manifest)
+                .next()
+                .expect("a document"),
+        )
+        .expect("YAML");
         let text = doc["data"]["mllp-proxy.yaml"]
             .as_str()
             .expect("data.mllp-proxy.yaml");
@@ -248,7 +254,11 @@ fn shipped_jobs() -> Vec<(String, String)> {
             .unwrap_or_else(|| name.clone());
         jobs.push((format!("prometheus.yml job {name}"), job));
     }
-    for folder in ["deploy/kubernetes/scaled", "deploy/kubernetes/sidecar"] {
+    for folder in [
+        "deploy/kubernetes/scaled",
+        "deploy/kubernetes/sidecar",
+        "deploy/kubernetes/egress",
+    ] {
         let docs: Vec<Value> = std::fs::read_dir(repo().join(folder))
             .expect("folder")
             .flat_map(|e| {

@@ -444,3 +444,14 @@ async fn the_partners_tls_session_and_the_plain_senders_are_audited() {
     assert_eq!(message["control_id"], "AUD-1");
     assert_eq!(message["engine"], to.as_str());
 }
+
+#[test]
+fn the_shipped_egress_example_is_a_valid_configuration() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/egress.yaml");
+    let cfg = Config::load(&path).expect("examples/egress.yaml");
+    let route = &cfg.routes[0];
+    assert!(route.tls.is_none() && route.listen.ip().is_loopback());
+    let tls = route.upstream.tls.as_ref().expect("upstream.tls");
+    assert_eq!(tls.server_name.as_deref(), Some("mllp.lab-partner.example"));
+    assert!(tls.client.is_some());
+}
