@@ -279,7 +279,7 @@ pub fn session_started(who: Who<'_>, tls: Option<TlsSession<'_>>) {
 
 /// A pooled connection to a partner established over TLS (`upstream.tls`): which target, the
 /// partner's certificate and what was negotiated.
-pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>) {
+pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>, resumed: bool) {
     let Some(mut r) = Record::start("upstream_session", route) else {
         return;
     };
@@ -287,6 +287,7 @@ pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>) {
     r.certificate(tls.peer);
     r.label("tls_version", tls.version);
     r.label("cipher_suite", tls.suite);
+    r.label("handshake", if resumed { "resumed" } else { "full" });
     r.send();
 }
 

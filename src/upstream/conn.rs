@@ -175,7 +175,7 @@ pub async fn establish_tls(
 }
 
 /// What a TLS connection to a partner negotiated, for the audit record.
-pub fn negotiated(tls: &TlsStream<TcpStream>) -> (ClientIdentity, &'static str, &'static str) {
+fn negotiated(tls: &TlsStream<TcpStream>) -> (ClientIdentity, &'static str, &'static str) {
     let conn = tls.get_ref().1;
     let peer = conn
         .peer_certificates()
@@ -193,9 +193,11 @@ pub fn negotiated(tls: &TlsStream<TcpStream>) -> (ClientIdentity, &'static str, 
     (peer, version, suite)
 }
 
-/// Writes the audit record of a partner connection just established.
+/// Writes the audit record of a partner connection just established: who, over what, and
+/// whether the handshake resumed an earlier session (a ticket the partner issued).
 pub fn audit_established(route: &str, target: &str, tls: &TlsStream<TcpStream>) {
     let (peer, version, suite) = negotiated(tls);
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     crate::audit::upstream_session(
         route,
         target,
@@ -204,6 +206,7 @@ pub fn audit_established(route: &str, target: &str, tls: &TlsStream<TcpStream>) 
             version,
             suite,
         },
+        resumed,
     );
 }
 

@@ -455,3 +455,54 @@ fn the_shipped_egress_example_is_a_valid_configuration() {
     assert_eq!(tls.server_name.as_deref(), Some("mllp.lab-partner.example"));
     assert!(tls.client.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_completes_a_handshake_so_an_expired_partner_is_down_before_traffic() {
+    let pki = Pki::new();
+    pki.issue_server_valid_for("expired-server", "localhost", Some(-1));
+    let good = partner(&pki, "server", true).await;
+    let expired = partner(&pki, "expired-server", true).await;
+    let yaml = egress_yaml(&[good.target(), expired.target()], MUTUAL, "")
+        .replace("health_check_interval: 0", "health_check_interval: 1s");
+    let egress = start_egress(&pki, &yaml).await;
+    let up = |t: &str| format!("mllp_proxy_upstream_up{{route=\"egress\",target=\"{t}\"}}");
+    assert!(metric_reaches(&egress, &up(&good.target()), 1.0).await);
+    let refused = format!(
+        "mllp_proxy_upstream_tls_handshake_failures_total{{reason=\"expired\",route=\"egress\",target=\"{}\"}}",
+        expired.target()
+    );
+    assert!(
+        metric_reaches(&egress, &refused, 1.0).await,
+        "the probe did not refuse it"
+    );
+    assert_eq!(metric(&egress, &up(&expired.target())).await, 0.0);
+    assert!(good.received_ids().is_empty() && expired.received_ids().is_empty());
+}
+
+#[test]
+fn check_warns_about_a_plain_listener_that_is_not_on_loopback() {
+    let pki = Pki::new();
+    let yaml = egress_yaml(&["127.0.0.1:9".into()], MUTUAL, "").replace(
+        "    listen: \"127.0.0.1:0\"\n    plaintext",
+        "    listen: \"0.0.0.0:0\"\n    plaintext",
+    );
+    let path = pki.path("egress.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("plain MLLP (plaintext: true)"), "{stdout}");
+    assert!(
+        stdout.contains("upstream.tls: partner verified against"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: routes[0].listen: a plain listener on 0.0.0.0:0"),
+        "{stderr}"
+    );
+}

@@ -293,3 +293,73 @@ async fn node_hl7_server_gets_each_message_once_with_one_message_per_connection(
     want.sort();
     assert_eq!(received, want, "each message received once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_reconnect_to_a_partner_that_issues_tickets_resumes_its_session() {
+    let Some(stunnel) = stunnel() else { return };
+    let pki = Pki::new();
+    let engine = Engine::start(Behaviour::Ack).await;
+    let front = unused_addr().await;
+    let conf = pki.path("stunnel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = {}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+            engine.target(),
+            pki.path("server.crt").display(),
+            pki.path("server.key").display(),
+            pki.path("ca.crt").display()
+        ),
+    )
+    .expect("conf");
+    let _stunnel = Reaper(
+        Command::new(stunnel)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stunnel"),
+    );
+    assert!(
+        eventually(T, || async {
+            tokio::net::TcpStream::connect(front).await.is_ok()
+        })
+        .await
+    );
+    // Pooled connections closed after 200 ms idle; the partner's identity narrowed, so the
+    // check must hold on a resumed session too.
+    let tls = format!(
+        "{MUTUAL}\n        server_name: localhost\n        allowed_servers: [{{dns: localhost}}]"
+    );
+    let yaml = egress_yaml(&[front.to_string()], &tls, "").replace(
+        "      ack_timeout: 3s\n",
+        "      ack_timeout: 3s\n      idle_timeout: 200ms\n",
+    );
+    let path = pki.path("egress.yaml");
+    std::fs::write(&path, format!("logging:\n  format: json\n{yaml}")).expect("write");
+    let egress = ProxyProcess::spawn(&path, "info");
+    for id in ["R-1", "R-2"] {
+        let mut c = MllpClient::connect(&plain(egress.addr), T)
+            .await
+            .expect("connect");
+        assert_eq!(
+            msa(&c.exchange(&adt(id), T).await.expect("ACK")),
+            ("AA".into(), id.into())
+        );
+        c.close().await;
+        // Long enough for the pooled connection to be closed as idle.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let sessions: Vec<serde_json::Value> = egress
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "upstream_session")
+        .collect();
+    let kinds: Vec<&str> = sessions
+        .iter()
+        .filter_map(|v| v["handshake"].as_str())
+        .collect();
+    assert_eq!(kinds, ["full", "resumed"], "{sessions:?}");
+    assert_eq!(engine.received_ids(), ["R-1", "R-2"]);
+}
