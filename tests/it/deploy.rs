@@ -110,6 +110,7 @@ fn metric_names() -> BTreeSet<String> {
     let m = Metrics::new().expect("metrics");
     let r = m.route("x");
     let _target = r.target("t:1");
+    r.partner("t:1");
     r.set_expiry(mllp_proxy::label::CertRole::Server, 0);
     m.encode()
         .lines()
