@@ -16,6 +16,7 @@
 #   4. memory per idle connection: RSS before and while HELD_CONNECTIONS connections (one
 #      message each, then idle) are open; the 64-connection load again while they are held;
 #      RSS a few seconds after they closed, against RSS at start.
+#   5. the egress direction against stunnel in client mode (bench/egress.sh).
 # The default of 9,000 held connections fits HAProxy in this machine's hard limit of 20,000
 # open files (HAProxy holds a client and a server descriptor per connection).
 held=${1:-9000}
@@ -201,3 +202,8 @@ for s in servers:
     print(f"| {s} | {k:.1f} | {ratio(k, hk)} | {busy:.0f} | {busy / alone:.2f} | {start / 1024:.1f} | "
           f"{after / 1024:.1f} | {after / start:.2f} |")
 PY
+
+# The egress direction (plain in, mutual TLS out) against stunnel in client mode.
+echo
+echo "== egress: bash bench/egress.sh $size"
+bash "$(dirname "$0")/egress.sh" "$size"
