@@ -6,6 +6,8 @@
 # one function, where an A/B's noise is larger than the change. Kernel work is not counted.
 #
 #   bash bench/instructions.sh [BINARY] [TOP]     (default target/profiling/mllp-proxy, 25)
+#   DIRECTION=egress bash bench/instructions.sh   the egress direction: plain senders in,
+#                                                 mutual TLS out to a partner (ack-server)
 #
 # Needs valgrind (apt-get install valgrind).
 source "$(dirname "$0")/lib.sh"
@@ -13,17 +15,38 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 subject=${1:-target/profiling/mllp-proxy}
 [ -n "${1:-}" ] || cargo build --profile profiling --quiet
 start_engine
+senders=("${tls[@]}")
+if [ "${DIRECTION:-ingress}" = egress ]; then
+    partner_port=$(free_port)
+    RUST_LOG=error "$bin" ack-server --listen "127.0.0.1:$partner_port" \
+        --cert "$certs/server.crt" --key "$certs/server.key" --client-ca "$certs/ca.crt" & pids+=($!)
+    sleep 0.3
+    senders=()
+fi
 
 for n in 200 600; do
     pport=$(free_port); admin=$(free_port)
-    write_proxy_yaml "$work/p$n.yaml" "$pport" "$admin"
+    if [ "${DIRECTION:-ingress}" = egress ]; then
+        cat > "$work/p$n.yaml" <<YAML
+admin: { listen: "127.0.0.1:$admin" }
+routes:
+  - name: p
+    listen: "127.0.0.1:$pport"
+    plaintext: true
+    upstream:
+      targets: ["127.0.0.1:$partner_port"]
+      tls: { ca: $certs/ca.crt, certificate: $certs/client.crt, private_key: $certs/client.key, server_name: localhost }
+YAML
+    else
+        write_proxy_yaml "$work/p$n.yaml" "$pport" "$admin"
+    fi
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$subject" run -c "$work/p$n.yaml" 2>"$work/v$n.log" &
     vpid=$!; pids+=($vpid)
     for _ in $(seq 150); do
         curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
         sleep 0.2
     done
-    bench_result --to "127.0.0.1:$pport" "${tls[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
+    bench_result --to "127.0.0.1:$pport" "${senders[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
     kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true
 done
 python3 - "$work/cg.200" "$work/cg.600" "${2:-25}" <<'PY'
