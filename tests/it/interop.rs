@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::support::*;
 
 /// The Python with `hl7` and `hl7apy`, or `None` (after saying why) when it is not set up.
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("MLLP_PROXY_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -42,7 +42,7 @@ fn peers_script() -> PathBuf {
 }
 
 /// Kills the child when the test ends, however it ends.
-struct Reaper(Child);
+pub struct Reaper(pub Child);
 
 impl Drop for Reaper {
     fn drop(&mut self) {

@@ -20,27 +20,6 @@ fn enhanced(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The JSON log lines of `proxy` that satisfy `keep`, parsed, once at least `n` exist.
-fn json_lines(
-    proxy: &ProxyProcess,
-    n: usize,
-    keep: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<serde_json::Value> = proxy
-            .log_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v| keep(v))
-            .collect();
-        if found.len() >= n || std::time::Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enhanced_mode_nak_for_an_engine_failure_is_logged_and_audited_as_the_cr_sent() {
     // The engine is down and the route answers failures with a NAK: an enhanced-mode message

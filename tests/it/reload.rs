@@ -383,26 +383,6 @@ async fn the_admin_server_moves_and_the_poll_follows_a_configmap_symlink_swap() 
     assert_eq!(metric(p, ok).await, 1.0);
 }
 
-/// The JSON log lines of `proxy` that satisfy `keep`, once at least one exists (5 s at most).
-fn json_lines(
-    proxy: &ProxyProcess,
-    keep: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let found: Vec<serde_json::Value> = proxy
-            .log_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v| keep(v))
-            .collect();
-        if !found.is_empty() || std::time::Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarded_session() {
     use std::os::unix::fs::PermissionsExt;
@@ -441,12 +421,12 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
         closed_within(&mut client, T).await,
         "offboarded session still open"
     );
-    let warned = json_lines(&proxy, |v| {
+    let warned = json_lines(&proxy, 1, |v| {
         v["message"] == "client no longer admitted after a reload; session closed"
     });
     assert_eq!(warned.len(), 1, "{:?}", proxy.log_lines());
     assert_eq!(warned[0]["reason"], "not_allowed");
-    let ended = json_lines(&proxy, |v| v["event"] == "session_end");
+    let ended = json_lines(&proxy, 1, |v| v["event"] == "session_end");
     assert_eq!(ended.len(), 1, "{:?}", proxy.log_lines());
     assert_eq!(ended[0]["reason"], "not_allowed");
     assert_eq!(ended[0]["messages"], 1);
@@ -463,7 +443,7 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
     edit("  level: warn\n", "  level: info\n");
     edit("admin:\n", "audit:\n  file: audit.jsonl\nadmin:\n");
     proxy.hup();
-    let reloaded = json_lines(&proxy, |v| v["message"] == "configuration reloaded");
+    let reloaded = json_lines(&proxy, 1, |v| v["message"] == "configuration reloaded");
     assert_eq!(reloaded.len(), 1, "{:?}", proxy.log_lines());
     let audit = pki.path("audit.jsonl");
     let mode = std::fs::metadata(&audit)

@@ -880,3 +880,24 @@ pub fn sample_value(metrics: &str, sample: &str) -> f64 {
     mllp_proxy::metrics::sample_value(metrics, sample)
         .unwrap_or_else(|| panic!("no series {sample} in the scrape"))
 }
+
+/// The JSON log lines of `proxy` that satisfy `keep`, parsed, once at least `n` exist.
+pub fn json_lines(
+    proxy: &ProxyProcess,
+    n: usize,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<serde_json::Value> = proxy
+            .log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v| keep(v))
+            .collect();
+        if found.len() >= n || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -3,38 +3,18 @@
 //! terminator; node-hl7-server as an engine that must get one message per connection.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mllp_proxy::client::MllpClient;
 
 use crate::egress::{MUTUAL, egress_yaml, plain, start_egress};
+use crate::interop::{Reaper, python};
 use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
-
-/// The interop Python (tests/run.sh), or `None` after saying why (a failure in CI).
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("MLLP_PROXY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python")
-        });
-    let ok = Command::new(&py)
-        .args(["-c", "import hl7, hl7apy"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    skip(&format!(
-        "python with hl7 and hl7apy not found at {}",
-        py.display()
-    ))
-}
 
 fn skip<T>(why: &str) -> Option<T> {
     if std::env::var("MLLP_PROXY_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
@@ -48,16 +28,6 @@ fn interop(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/interop")
         .join(file)
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Starts `peers.py ROLE LOG` and reads the port it prints.
@@ -160,6 +130,32 @@ fn stunnel() -> Option<PathBuf> {
         .or_else(|| required_tool("stunnel", "-version", "stunnel4"))
 }
 
+/// stunnel in server mode on a free loopback port, requiring a client certificate from the
+/// test CA, in front of `to`; returns it (stopped when dropped) and its address.
+async fn start_stunnel(stunnel: &Path, pki: &Pki, to: &str) -> (Reaper, std::net::SocketAddr) {
+    let front = unused_addr().await;
+    let conf = pki.path("stunnel.conf");
+    let text = format!(
+        "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+        pki.path("server.crt").display(),
+        pki.path("server.key").display(),
+        pki.path("ca.crt").display()
+    );
+    std::fs::write(&conf, text).expect("stunnel.conf");
+    let child = Command::new(stunnel)
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stunnel");
+    let up = eventually(T, || async {
+        tokio::net::TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+    assert!(up, "stunnel did not listen");
+    (Reaper(child), front)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_to_stunnel_requiring_a_client_certificate_in_front_of_python_hl7() {
     let Some(py) = python() else { return };
@@ -167,32 +163,7 @@ async fn egress_to_stunnel_requiring_a_client_certificate_in_front_of_python_hl7
     let pki = Pki::new();
     let log = pki.path("engine.jsonl");
     let (_engine, port) = python_engine(&py, "hl7-engine", &log);
-    let front = unused_addr().await;
-    let conf = pki.path("stunnel.conf");
-    let mut f = std::fs::File::create(&conf).expect("conf");
-    write!(
-        f,
-        "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = 127.0.0.1:{port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-        pki.path("server.crt").display(),
-        pki.path("server.key").display(),
-        pki.path("ca.crt").display()
-    )
-    .expect("write conf");
-    let _stunnel = Reaper(
-        Command::new(stunnel)
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stunnel"),
-    );
-    assert!(
-        eventually(T, || async {
-            tokio::net::TcpStream::connect(front).await.is_ok()
-        })
-        .await,
-        "stunnel did not listen"
-    );
+    let (_stunnel, front) = start_stunnel(&stunnel, &pki, &format!("127.0.0.1:{port}")).await;
     let egress = start_egress(&pki, &egress_yaml(&[front.to_string()], MUTUAL, "")).await;
     let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
         .await
@@ -299,33 +270,7 @@ async fn a_pooled_reconnect_to_a_partner_that_issues_tickets_resumes_its_session
     let Some(stunnel) = stunnel() else { return };
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
-    let front = unused_addr().await;
-    let conf = pki.path("stunnel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = {}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-            engine.target(),
-            pki.path("server.crt").display(),
-            pki.path("server.key").display(),
-            pki.path("ca.crt").display()
-        ),
-    )
-    .expect("conf");
-    let _stunnel = Reaper(
-        Command::new(stunnel)
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stunnel"),
-    );
-    assert!(
-        eventually(T, || async {
-            tokio::net::TcpStream::connect(front).await.is_ok()
-        })
-        .await
-    );
+    let (_stunnel, front) = start_stunnel(&stunnel, &pki, &engine.target()).await;
     // Pooled connections closed after 200 ms idle; the partner's identity narrowed, so the
     // check must hold on a resumed session too.
     let tls = format!(

@@ -33,16 +33,7 @@ async fn sixteen_senders_one_connection(on_session_threads: bool) {
     cfg.routes[0].upstream.max_connections = 1;
     let cores =
         on_session_threads.then(|| mllp_proxy::cores::Cores::start(2).expect("session threads"));
-    let proxy = mllp_proxy::proxy::start_with(
-        cfg,
-        Metrics::new().expect("metrics"),
-        mllp_proxy::proxy::Options {
-            cores,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_on_threads(cfg, cores).await;
     send_concurrently(&pki, proxy.routes()[0].1, "ONE", 16, 100).await;
     assert_eq!(
         engine.refused(),
@@ -113,16 +104,7 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
     let mut cfg = pki.config(&[engine.target()], "");
     cfg.routes[0].upstream.max_connections = 8;
     let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = mllp_proxy::proxy::start_with(
-        cfg,
-        Metrics::new().expect("metrics"),
-        mllp_proxy::proxy::Options {
-            cores: Some(cores),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_on_threads(cfg, Some(cores)).await;
     send_concurrently(&pki, proxy.routes()[0].1, "SPLIT", 32, 50).await;
     let peak = engine.peak();
     assert!(peak <= 8, "{peak} engine connections at once");
@@ -150,16 +132,7 @@ async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connec
     cfg.routes[0].upstream.max_connections = 8;
     cfg.routes[0].upstream.ack_timeout = Duration::from_secs(10);
     let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = mllp_proxy::proxy::start_with(
-        cfg,
-        Metrics::new().expect("metrics"),
-        mllp_proxy::proxy::Options {
-            cores: Some(cores),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_on_threads(cfg, Some(cores)).await;
     let mut clients = Vec::new();
     for _ in 0..9 {
         // One after another, so the route places them on alternate threads.
@@ -383,4 +356,18 @@ async fn readiness_can_require_an_engine_target_up() {
         .await,
         "ready once the engine is up"
     );
+}
+
+/// Starts a proxy in-process with its sessions on `cores`' session threads, when given.
+async fn start_on_threads(
+    cfg: mllp_proxy::config::Config,
+    cores: Option<std::sync::Arc<mllp_proxy::cores::Cores>>,
+) -> mllp_proxy::proxy::RunningProxy {
+    let options = mllp_proxy::proxy::Options {
+        cores,
+        ..Default::default()
+    };
+    mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
+        .await
+        .expect("proxy starts")
 }
