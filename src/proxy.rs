@@ -428,7 +428,16 @@ impl Control {
             handle.addr = moved.unwrap_or(handle.addr);
             state.routes.push((name, handle));
         }
-        let removed: Vec<String> = old.into_iter().map(|(n, _)| n).collect();
+        let mut removed = Vec::with_capacity(old.len());
+        for (name, handle) in old {
+            // Answered once the route's listener is closed: its address is free when the
+            // reload returns.
+            let (done, stopped) = oneshot::channel();
+            if handle.commands.send(Command::Remove(done)).await.is_ok() {
+                let _ = stopped.await;
+            }
+            removed.push(name);
+        }
         self.restart_admin(
             state,
             &prepared.config.admin,

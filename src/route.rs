@@ -94,6 +94,9 @@ pub(crate) enum Command {
     /// Compare the TLS files with the material in service, retrying content refused before
     /// (SIGHUP with a configuration file that could not be reloaded).
     ReloadTls,
+    /// The route left the configuration: stop accepting (answers once its listener is
+    /// closed), drain its sessions, and end the route's task.
+    Remove(oneshot::Sender<()>),
 }
 
 /// A running route as the proxy sees it: where it listens and how to reach its task. Dropping
@@ -114,6 +117,9 @@ struct Route {
     metrics: RouteMetrics,
     /// The accept loop in service and, through child tokens, the sessions it accepted.
     listening: CancellationToken,
+    /// The accept loop's task: awaited when it stops, so that its address is free when a
+    /// reload that moved or removed the route returns.
+    accepting: Option<tokio::task::JoinHandle<()>>,
     /// The engine's maintenance (idle reaping, health checks).
     maintaining: CancellationToken,
 }
@@ -168,6 +174,7 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         partner: partner_files,
         metrics,
         listening: shared.stop.child_token(),
+        accepting: None,
         maintaining: shared.stop.child_token(),
     };
     route.maintain(upstream, shared);
@@ -192,13 +199,18 @@ impl Route {
                 _ = tick.tick() => self.reload_tls(false),
                 _ = tick_partner.tick() => self.reload_partner(false, &shared),
                 command = commands.recv() => match command {
-                    None => return self.remove(&shared),
+                    None => return self.remove(&shared).await,
+                    Some(Command::Remove(done)) => {
+                        self.remove(&shared).await;
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(Command::ReloadTls) => {
                         self.reload_tls(true);
                         self.reload_partner(true, &shared);
                     }
                     Some(Command::Apply(spec, done)) => {
-                        self.apply(*spec, &shared);
+                        self.apply(*spec, &shared).await;
                         let _ = done.send(());
                     }
                 },
@@ -226,7 +238,7 @@ impl Route {
     /// Puts a reloaded configuration in service. The engine's pool is kept when its targets
     /// and limit are; otherwise a new one replaces it and the old one closes its connections
     /// as their exchanges end. A new listener replaces the old one, whose sessions drain.
-    fn apply(&mut self, spec: RouteSpec, shared: &Arc<Shared>) {
+    async fn apply(&mut self, spec: RouteSpec, shared: &Arc<Shared>) {
         let current = self.ctx.borrow().clone();
         let RouteSpec {
             key,
@@ -271,9 +283,17 @@ impl Route {
             let addr = listener
                 .local_addr()
                 .unwrap_or(self.ctx.borrow().cfg.listen);
-            self.listening.cancel();
+            self.stop_accepting().await;
             self.listening = shared.stop.child_token();
             self.listen(listener, addr, shared);
+        }
+    }
+
+    /// Stops the accept loop (its sessions drain) and waits until its listener is closed.
+    async fn stop_accepting(&mut self) {
+        self.listening.cancel();
+        if let Some(task) = self.accepting.take() {
+            let _ = task.await;
         }
     }
 
@@ -404,9 +424,9 @@ impl Route {
 
     /// The route left the configuration: it stops accepting, its sessions drain as at
     /// shutdown, its engine's idle connections close and its series leave `/metrics`.
-    fn remove(self, shared: &Shared) {
+    async fn remove(mut self, shared: &Shared) {
         tracing::info!(route = %self.name, "route removed from the configuration; draining its sessions");
-        self.listening.cancel();
+        self.stop_accepting().await;
         self.maintaining.cancel();
         self.ctx.borrow().upstream.retire();
         shared.admin.set_upstream(&self.name, None);
@@ -434,13 +454,13 @@ impl Route {
             validation = %format!("{:?}", ctx.validator.mode()).to_lowercase(),
             "route listening"
         );
-        shared.background.spawn(listener::serve(
+        self.accepting = Some(shared.background.spawn(listener::serve(
             listener,
             self.ctx.subscribe(),
             shared.sessions.clone(),
             self.listening.clone(),
             shared.cores.clone(),
-        ));
+        )));
     }
 }
 
