@@ -256,10 +256,31 @@ impl VisitFmt for LogfmtVisitor<'_> {
 
 /// Whether a logfmt value must be quoted to stay one value.
 pub fn needs_quotes(text: &str) -> bool {
-    let special = |b: u8| matches!(b, b' ' | b'=' | b'"' | b',' | b'\\' | 0..0x20 | 0x7f);
-    text.is_empty()
-        || text.bytes().any(special)
-        || (!text.is_ascii() && text.chars().any(char::is_control))
+    // One pass with a table (every audit record asks for several values): the ASCII bytes
+    // that need quotes, and whether any byte is not ASCII (then Unicode controls count too).
+    const SPECIAL: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            t[b] = true;
+            b += 1;
+        }
+        t[b' ' as usize] = true;
+        t[b'=' as usize] = true;
+        t[b'"' as usize] = true;
+        t[b',' as usize] = true;
+        t[b'\\' as usize] = true;
+        t[0x7f] = true;
+        t
+    };
+    let mut high = 0u8;
+    for &b in text.as_bytes() {
+        if SPECIAL[usize::from(b)] {
+            return true;
+        }
+        high |= b;
+    }
+    text.is_empty() || (high >= 0x80 && text.chars().any(char::is_control))
 }
 
 /// Text inside logfmt quotes: `"` and `\` escaped, line breaks and other controls as `\n`, `\xNN`.
@@ -287,6 +308,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn values_are_quoted_exactly_when_logfmt_needs_it() {
+        for bare in [
+            "ADT^A01",
+            "MSG-1",
+            "spiffe://hospital.example/lis",
+            "Zoë",
+            "5a:e0:1a",
+        ] {
+            assert!(!needs_quotes(bare), "{bare:?}");
+        }
+        let quoted = [
+            "", "a b", "a=b", "a\"b", "a,b", "a\\b", "a\tb", "a\rb", "\u{7f}", "é\u{85}",
+        ];
+        for q in quoted {
+            assert!(needs_quotes(q), "{q:?}");
+        }
+    }
 
     #[test]
     fn escape_writes_controls_as_hex_and_bounds_the_length() {
