@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use clap::{Parser, Subcommand};
 use mllp_proxy::audit::{self, LineWriter, Reopen, WriterGuard};
 use mllp_proxy::cli;
-use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, LoggingConfig};
 use mllp_proxy::cores::Cores;
 use mllp_proxy::metrics::Metrics;
-use mllp_proxy::proxy::{Options, ReloadHook};
+use mllp_proxy::proxy::{Options, ReloadHook, Source};
 use mllp_proxy::shutdown::{Signal, Signals};
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -111,7 +111,7 @@ async fn dispatch(command: Command) -> ExitCode {
 }
 
 async fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let (config, text) = match Config::load_with_text(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -155,9 +155,9 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     let options = Options {
-        source: Some(path),
+        source: Some(Source { path, text }),
         cores: Some(cores.clone()),
-        on_reload: Some(logging.on_reload(&config)),
+        on_reload: Some(logging.on_reload()),
     };
     let proxy = match mllp_proxy::proxy::start_with(config, metrics, options).await {
         Ok(p) => p,
@@ -220,24 +220,20 @@ struct LiveLogging {
     /// `RUST_LOG` was set: it decides the level, whatever the file says.
     env_level: bool,
     ansi: bool,
-    in_service: Mutex<(LogFormat, String, Option<PathBuf>)>,
+    in_service: Mutex<InService>,
+}
+
+/// The logging settings in service, compared with a reloaded configuration's.
+struct InService {
+    logging: LoggingConfig,
+    audit_file: Option<PathBuf>,
 }
 
 impl Logging {
     /// The reload hook: the audit file first (the one step that can fail), then level and
     /// format.
-    fn on_reload(&self, config: &Config) -> ReloadHook {
+    fn on_reload(&self) -> ReloadHook {
         let live = self.live.clone();
-        let start = (
-            config.logging.format,
-            config.logging.level.clone(),
-            config.audit.file.clone(),
-        );
-        if let Some(l) = &live
-            && let Ok(mut s) = l.in_service.lock()
-        {
-            *s = start;
-        }
         Box::new(move |cfg: &Config| match &live {
             Some(live) => live.apply(cfg),
             None => Ok(()),
@@ -251,29 +247,29 @@ impl LiveLogging {
             .in_service
             .lock()
             .map_err(|_| "logging set-up unavailable".to_string())?;
-        if cfg.audit.file != s.2 {
+        if cfg.audit.file != s.audit_file {
             self.writer
                 .audit_to(cfg.audit.file.as_deref())
                 .map_err(|e| match &cfg.audit.file {
                     Some(p) => format!("audit.file: {}: {e}", p.display()),
                     None => format!("audit.file: {e}"),
                 })?;
-            s.2 = cfg.audit.file.clone();
+            s.audit_file = cfg.audit.file.clone();
         }
-        if cfg.logging.level != s.1 {
+        if cfg.logging.level != s.logging.level {
             if self.env_level {
                 tracing::info!(level = %cfg.logging.level, "logging.level changed, but RUST_LOG decides the level");
             } else {
                 let _ = self.filter.reload(EnvFilter::new(&cfg.logging.level));
             }
-            s.1 = cfg.logging.level.clone();
+            s.logging.level = cfg.logging.level.clone();
         }
-        if cfg.logging.format != s.0 {
+        if cfg.logging.format != s.logging.format {
             let _ = self
                 .format
                 .reload(format_layer(cfg.logging.format, &self.writer, self.ansi));
             audit::set_json(cfg.logging.format == LogFormat::Json);
-            s.0 = cfg.logging.format;
+            s.logging.format = cfg.logging.format;
         }
         Ok(())
     }
@@ -364,7 +360,13 @@ fn init_tracing(
         format: format_handle,
         env_level,
         ansi,
-        in_service: Mutex::new((format, level.to_string(), audit_file.map(Path::to_path_buf))),
+        in_service: Mutex::new(InService {
+            logging: LoggingConfig {
+                format,
+                level: level.to_string(),
+            },
+            audit_file: audit_file.map(Path::to_path_buf),
+        }),
     }));
     Ok(logging)
 }

@@ -58,13 +58,20 @@ pub enum StartError {
 /// logging and audit file); an error refuses the reload whole.
 pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
+/// The file a configuration came from, and its content as read then.
+pub struct Source {
+    /// Re-read on [`RunningProxy::reload`] and every `config_reload_interval`.
+    pub path: PathBuf,
+    /// What the poll compares the file with ([`Config::load_with_text`]).
+    pub text: String,
+}
+
 /// How a proxy is started beyond its configuration.
 #[derive(Default)]
 pub struct Options {
-    /// The file the configuration came from: re-read on [`RunningProxy::reload`] and, every
-    /// `config_reload_interval`, when its content changed. Without it a reload re-reads the
-    /// TLS files only.
-    pub source: Option<PathBuf>,
+    /// The file the configuration came from. Without it a reload re-reads the TLS files
+    /// only.
+    pub source: Option<Source>,
     /// Runs each session on one of these session threads.
     pub cores: Option<Arc<Cores>>,
     /// Called with a reloaded configuration before it is applied.
@@ -94,7 +101,7 @@ pub struct RunningProxy {
 
 /// The configuration in service and what reloads it; one reload at a time.
 struct Control {
-    source: Option<PathBuf>,
+    path: Option<PathBuf>,
     shared: Arc<Shared>,
     hook: Option<ReloadHook>,
     state: tokio::sync::Mutex<State>,
@@ -128,7 +135,7 @@ struct AdminServer {
 /// A configuration with all that can fail done.
 struct Prepared {
     config: Config,
-    text: Option<String>,
+    text: String,
     routes: Vec<RouteSpec>,
     admin_tls: Option<Arc<rustls::ServerConfig>>,
     admin_listener: Option<TcpListener>,
@@ -176,12 +183,9 @@ pub async fn start_with(
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!(admin = %admin.addr, "admin listening (/metrics, /healthz, /readyz)");
 
-    let text = options
-        .source
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok());
+    let (path, text) = options.source.map(|s| (s.path, s.text)).unzip();
     let control = Arc::new(Control {
-        source: options.source,
+        path,
         hook: options.on_reload,
         addrs: Mutex::new(Addrs::default()),
         state: tokio::sync::Mutex::new(State {
@@ -194,7 +198,7 @@ pub async fn start_with(
         shared: shared.clone(),
     });
     control.publish_addrs(&*control.state.lock().await);
-    if control.source.is_some() {
+    if control.path.is_some() {
         shared.background.spawn(control.clone().poll());
     }
     Ok(RunningProxy {
@@ -318,7 +322,7 @@ impl Control {
         if self.shared.stop.is_cancelled() {
             return Reload::Unchanged;
         }
-        let Some(path) = self.source.as_deref() else {
+        let Some(path) = self.path.as_deref() else {
             // A configuration given in code: the TLS files are all that can change.
             for (_, route) in &state.routes {
                 let _ = route.commands.send(Command::ReloadTls).await;
@@ -385,7 +389,7 @@ impl Control {
         }
         Ok(Prepared {
             config,
-            text: Some(text),
+            text,
             routes,
             admin_tls,
             admin_listener,
@@ -453,7 +457,7 @@ impl Control {
             "configuration reloaded"
         );
         state.config = prepared.config;
-        state.text = prepared.text;
+        state.text = Some(prepared.text);
         self.publish_addrs(state);
     }
 

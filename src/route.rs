@@ -189,10 +189,8 @@ impl Route {
     /// carries out commands, until shutdown or until the route is removed (its handle
     /// dropped).
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shared: Arc<Shared>) {
-        let (mut every, mut tick) =
-            self.poll_timer(|r| r.tls.as_ref().map(|t| t.config().reload_interval));
-        let (mut every_partner, mut tick_partner) =
-            self.poll_timer(|r| r.partner.as_ref().map(|p| p.config().reload_interval));
+        let (mut every, mut every_partner) = (self.tls_every(), self.partner_every());
+        let (mut tick, mut tick_partner) = (poll_every(every), poll_every(every_partner));
         loop {
             tokio::select! {
                 _ = shared.stop.cancelled() => return,
@@ -215,24 +213,26 @@ impl Route {
                     }
                 },
             }
-            let now = self.poll_timer(|r| r.tls.as_ref().map(|t| t.config().reload_interval));
-            if now.0 != every {
-                (every, tick) = now;
+            // A new timer only when a reload changed an interval.
+            if self.tls_every() != every {
+                every = self.tls_every();
+                tick = poll_every(every);
             }
-            let now = self.poll_timer(|r| r.partner.as_ref().map(|p| p.config().reload_interval));
-            if now.0 != every_partner {
-                (every_partner, tick_partner) = now;
+            if self.partner_every() != every_partner {
+                every_partner = self.partner_every();
+                tick_partner = poll_every(every_partner);
             }
         }
     }
 
-    /// The interval `of` gives and its timer (an hour, idle, without files to poll).
-    fn poll_timer(
-        &self,
-        of: impl Fn(&Self) -> Option<Duration>,
-    ) -> (Duration, tokio::time::Interval) {
-        let every = of(self).unwrap_or(Duration::from_secs(3600));
-        (every, poll_every(every))
+    /// The listener's `tls.reload_interval`, if it has TLS.
+    fn tls_every(&self) -> Option<Duration> {
+        self.tls.as_ref().map(|t| t.config().reload_interval)
+    }
+
+    /// The partner's `upstream.tls.reload_interval`, if the route has one.
+    fn partner_every(&self) -> Option<Duration> {
+        self.partner.as_ref().map(|p| p.config().reload_interval)
     }
 
     /// Puts a reloaded configuration in service. The engine's pool is kept when its targets
@@ -387,7 +387,7 @@ impl Route {
                 let current = self.ctx.borrow().clone();
                 self.publish(RouteContext {
                     tls: Some(ListenerTls::of(&material)),
-                    ..clone_context(&current)
+                    ..RouteContext::clone(&current)
                 });
             }
             ReloadOutcome::Unchanged if force => {
@@ -414,7 +414,7 @@ impl Route {
         self.maintain(upstream.clone(), shared);
         self.publish(RouteContext {
             upstream,
-            ..clone_context(&current)
+            ..RouteContext::clone(&current)
         });
     }
 
@@ -465,23 +465,10 @@ impl Route {
 }
 
 /// The TLS poll's timer; its first tick is one interval away (start-up loaded the files).
-fn poll_every(every: Duration) -> tokio::time::Interval {
+/// Without files to poll, it ticks hourly and the poll finds nothing to do.
+fn poll_every(every: Option<Duration>) -> tokio::time::Interval {
+    let every = every.unwrap_or(Duration::from_secs(3600));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
-}
-
-/// A copy of `ctx`, for a context that differs in one part.
-fn clone_context(ctx: &RouteContext) -> RouteContext {
-    RouteContext {
-        tls: ctx.tls.clone(),
-        allow: ctx.allow.clone(),
-        validator: ctx.validator.clone(),
-        upstream: ctx.upstream.clone(),
-        metrics: ctx.metrics.clone(),
-        events: ctx.events.clone(),
-        gate: ctx.gate.clone(),
-        audit_messages: ctx.audit_messages,
-        cfg: ctx.cfg.clone(),
-    }
 }

@@ -441,11 +441,17 @@ pub struct LimitsConfig {
 impl Config {
     /// Reads and validates the file at `path`; relative paths inside resolve against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with the file's content as it was read (what a reload compares).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_file_text(path, &text)
+        let config = Self::from_file_text(path, &text)?;
+        Ok((config, text))
     }
 
     /// Validates `text`, read from the file at `path`: errors name the file and the line.

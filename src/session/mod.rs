@@ -46,6 +46,7 @@ use rustls::server::danger::ClientCertVerifier;
 
 /// Everything a session of one route needs, shared by all its sessions. A reload publishes
 /// a new one ([`crate::route`]); sessions take it up between exchanges.
+#[derive(Clone)]
 pub struct RouteContext {
     /// The route's validated configuration.
     pub cfg: RouteConfig,

@@ -385,9 +385,9 @@ impl Harness {
         let (engine, yaml) = self.engine_and_yaml("").await;
         let path = self.pki.path("proxy.yaml");
         std::fs::write(&path, &yaml).expect("write config");
-        let cfg = Config::load(&path).expect("test config");
+        let (cfg, text) = Config::load_with_text(&path).expect("test config");
         let options = mllp_proxy::proxy::Options {
-            source: Some(path),
+            source: Some(mllp_proxy::proxy::Source { path, text }),
             ..Default::default()
         };
         let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
