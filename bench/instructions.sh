@@ -6,6 +6,7 @@
 # one function, where an A/B's noise is larger than the change. Kernel work is not counted.
 #
 #   bash bench/instructions.sh [BINARY] [TOP]     (default target/profiling/mllp-proxy, 25)
+#   KEEP_PROFILE=DIR bash bench/instructions.sh   keep the callgrind files in DIR
 #   DIRECTION=egress bash bench/instructions.sh   the egress direction: plain senders in,
 #                                                 mutual TLS out to a partner (ack-server)
 #
@@ -49,6 +50,8 @@ YAML
     bench_result --to "127.0.0.1:$pport" "${senders[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
     kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true
 done
+# KEEP_PROFILE=DIR keeps both callgrind files there, for callgrind_annotate by source line.
+[ -z "${KEEP_PROFILE:-}" ] || cp "$work/cg.200" "$work/cg.600" "$KEEP_PROFILE/"
 python3 - "$work/cg.200" "$work/cg.600" "${2:-25}" <<'PY'
 import collections, re, subprocess, sys
 def functions(path):

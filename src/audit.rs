@@ -12,14 +12,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::hl7::{AckCode, RejectReason};
 use crate::label::{FailureKind, Label};
-use crate::logsafe::{escape, escape_str};
+use crate::logsafe::{Plain, escape, escape_str};
 use crate::tls::ClientIdentity;
 
 /// The tracing target of audit records.
@@ -33,12 +33,12 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 /// A `MakeWriter` that hands each formatted line to the writer thread.
 #[derive(Clone)]
 pub struct LineWriter {
-    tx: mpsc::Sender<Line>,
+    queue: Arc<Queue>,
 }
 
 /// Stops the writer thread after writing everything queued (call before the process exits).
 pub struct WriterGuard {
-    tx: mpsc::Sender<Line>,
+    queue: Arc<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -46,15 +46,35 @@ pub struct WriterGuard {
 #[derive(Clone, Default)]
 pub struct Reopen(Arc<AtomicBool>);
 
-enum Line {
-    /// A log line.
-    Text(Vec<u8>),
-    /// An audit record.
-    Audit(Vec<u8>),
-    /// Audit records go to this file from now on, or into the log.
-    AuditTo(Option<AuditFile>),
-    Stop,
+/// Lines on their way to the writer thread: appended under a lock by whoever formatted them,
+/// taken as one batch. A line costs a copy, not an allocation and a channel message (which
+/// was a tenth of a message record's cost).
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    ready: Condvar,
 }
+
+#[derive(Default)]
+struct Pending {
+    /// Log lines, and audit records while there is no audit file, in order.
+    log: Vec<u8>,
+    /// Audit records bound for the audit file.
+    records: Vec<u8>,
+    /// Audit file changes: the records before `.0` go to the file in service before it.
+    switches: Vec<(usize, Option<AuditFile>)>,
+    /// Whether audit records go to a file.
+    to_file: bool,
+    /// Lines dropped because the writer fell [`MAX_PENDING`] behind.
+    dropped: u64,
+    /// The writer waits for a line (then the next one wakes it).
+    parked: bool,
+    stop: bool,
+}
+
+/// The most either batch holds before lines are dropped: a stderr or disk that stopped taking
+/// writes must not grow the proxy's memory without bound.
+const MAX_PENDING: usize = 64 << 20;
 
 /// The audit file, open.
 struct AuditFile {
@@ -69,6 +89,38 @@ impl Reopen {
     }
 }
 
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding it cannot leave the buffers half-written: keep logging.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues one line (or several, each ending in `\n`).
+    fn push(&self, line: &[u8], audit: bool) {
+        let mut p = self.lock();
+        let p = &mut *p;
+        let to = if audit && p.to_file {
+            &mut p.records
+        } else {
+            &mut p.log
+        };
+        if to.len() + line.len() > MAX_PENDING {
+            p.dropped += 1;
+        } else {
+            to.extend_from_slice(line);
+        }
+        self.wake(p);
+    }
+
+    /// Wakes the writer if it waits: once per batch, not once per line.
+    fn wake(&self, p: &mut Pending) {
+        if p.parked {
+            p.parked = false;
+            self.ready.notify_one();
+        }
+    }
+}
+
 impl LineWriter {
     /// Starts the writer thread: log lines go to standard error, audit records to
     /// `audit_file` (appended) or, without one, into the log. A file that cannot be opened is
@@ -77,25 +129,35 @@ impl LineWriter {
         audit_file: Option<&Path>,
         reopen: Reopen,
     ) -> std::io::Result<(LineWriter, WriterGuard)> {
-        let (tx, rx) = mpsc::channel::<Line>();
         let audit = audit_file.map(AuditFile::open).transpose()?;
-        let thread = std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || write_lines(&rx, audit, &reopen))?;
+        let queue = Arc::new(Queue::default());
+        queue.lock().to_file = audit.is_some();
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("log-writer".into())
+                .spawn(move || write_lines(&queue, audit, &reopen))?
+        };
         Ok((
-            LineWriter { tx: tx.clone() },
+            LineWriter {
+                queue: queue.clone(),
+            },
             WriterGuard {
-                tx,
+                queue,
                 thread: Some(thread),
             },
         ))
     }
 
-    /// Sends audit records to `file` (appended), or into the log, from the next batch on.
+    /// Sends audit records to `file` (appended), or into the log, from the next record on.
     /// The file is opened here, so that a reload naming one that cannot be is refused.
     pub fn audit_to(&self, file: Option<&Path>) -> std::io::Result<()> {
         let audit = file.map(AuditFile::open).transpose()?;
-        let _ = self.tx.send(Line::AuditTo(audit));
+        let mut p = self.queue.lock();
+        p.to_file = audit.is_some();
+        let at = p.records.len();
+        p.switches.push((at, audit));
+        self.queue.wake(&mut p);
         Ok(())
     }
 }
@@ -109,28 +171,38 @@ impl AuditFile {
     }
 }
 
-/// The writer thread: each batch of queued lines written with one call per destination.
-fn write_lines(rx: &mpsc::Receiver<Line>, mut audit: Option<AuditFile>, reopen: &Reopen) {
-    let mut log = Vec::with_capacity(64 * 1024);
-    let mut records = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut stop = false;
-        let mut next = Some(first);
-        // Write what is queued as one batch, then flush: one syscall per burst.
-        while let Some(line) = next {
-            match line {
-                Line::Text(t) => log.extend_from_slice(&t),
-                // Into the log's batch when there is no file, in order with log lines.
-                Line::Audit(t) if audit.is_none() => log.extend_from_slice(&t),
-                Line::Audit(t) => records.extend_from_slice(&t),
-                Line::AuditTo(to) => {
-                    write_records(&mut audit, &mut records);
-                    audit = to;
-                }
-                Line::Stop => stop = true,
-            }
-            next = rx.try_recv().ok();
+/// What the writer thread takes from the queue at once.
+#[derive(Default)]
+struct Batch {
+    log: Vec<u8>,
+    records: Vec<u8>,
+    switches: Vec<(usize, Option<AuditFile>)>,
+    dropped: u64,
+    stop: bool,
+}
+
+impl Batch {
+    /// Waits for lines, then takes them all, leaving this batch's emptied buffers in their
+    /// place (no allocation in steady state).
+    fn take(&mut self, queue: &Queue) {
+        let mut p = queue.lock();
+        while p.log.is_empty() && p.records.is_empty() && p.switches.is_empty() && !p.stop {
+            p.parked = true;
+            p = queue.ready.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
+        std::mem::swap(&mut p.log, &mut self.log);
+        std::mem::swap(&mut p.records, &mut self.records);
+        std::mem::swap(&mut p.switches, &mut self.switches);
+        self.dropped = std::mem::take(&mut p.dropped);
+        self.stop = p.stop;
+    }
+}
+
+/// The writer thread: each batch of queued lines written with one call per destination.
+fn write_lines(queue: &Queue, mut audit: Option<AuditFile>, reopen: &Reopen) {
+    let mut batch = Batch::default();
+    loop {
+        batch.take(queue);
         if let Some(a) = &mut audit
             && reopen.0.swap(false, Ordering::AcqRel)
         {
@@ -139,37 +211,54 @@ fn write_lines(rx: &mpsc::Receiver<Line>, mut audit: Option<AuditFile>, reopen: 
                 Err(e) => eprintln!("audit file {} not reopened: {e}", a.path.display()),
             }
         }
-        write_records(&mut audit, &mut records);
-        let mut err = std::io::stderr();
-        let _ = err.write_all(&log);
-        let _ = err.flush();
-        log.clear();
-        if log.capacity() > 1 << 20 {
-            log.shrink_to(64 * 1024);
+        let mut from = 0;
+        for (at, to) in batch.switches.drain(..) {
+            write_records(&mut audit, &batch.records[from..at]);
+            (from, audit) = (at, to);
         }
-        if stop {
+        write_records(&mut audit, &batch.records[from..]);
+        let mut err = std::io::stderr();
+        let _ = err.write_all(&batch.log);
+        if batch.dropped > 0 {
+            let _ = writeln!(
+                err,
+                "{} log lines or audit records dropped: their destination did not keep up",
+                batch.dropped
+            );
+        }
+        let _ = err.flush();
+        for buf in [&mut batch.log, &mut batch.records] {
+            buf.clear();
+            if buf.capacity() > 1 << 20 {
+                buf.shrink_to(64 * 1024);
+            }
+        }
+        if batch.stop {
             return;
         }
-        // Gather for a moment before the next batch: a sender only wakes this thread (a
-        // futex call) when it is parked in recv, so at a high message rate one wake and one
-        // write serve hundreds of lines.
+        // Gather for a moment before the next batch: a line only wakes this thread (a futex
+        // call) when it waits, so at a high message rate one wake and one write serve
+        // hundreds of lines.
         std::thread::sleep(BATCH_PAUSE);
     }
 }
 
 /// Appends the batch's records to the audit file.
-fn write_records(audit: &mut Option<AuditFile>, records: &mut Vec<u8>) {
+fn write_records(audit: &mut Option<AuditFile>, records: &[u8]) {
     if let Some(a) = audit
         && !records.is_empty()
     {
         let _ = a.file.write_all(records);
     }
-    records.clear();
 }
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(Line::Stop);
+        {
+            let mut p = self.queue.lock();
+            p.stop = true;
+            self.queue.wake(&mut p);
+        }
         if let Some(t) = self.thread.take() {
             // Bounded: a blocked disk must not hold the exit forever.
             let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -200,13 +289,13 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// One formatted line, sent when tracing drops the writer.
-pub struct LineBuf {
+/// One formatted log line, queued when tracing drops the writer.
+pub struct LineBuf<'a> {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Line>,
+    queue: &'a Queue,
 }
 
-impl Write for LineBuf {
+impl Write for LineBuf<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(b);
         Ok(b.len())
@@ -217,21 +306,21 @@ impl Write for LineBuf {
     }
 }
 
-impl Drop for LineBuf {
+impl Drop for LineBuf<'_> {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            let _ = self.tx.send(Line::Text(std::mem::take(&mut self.buf)));
+            self.queue.push(&self.buf, false);
         }
     }
 }
 
 impl<'a> MakeWriter<'a> for LineWriter {
-    type Writer = LineBuf;
+    type Writer = LineBuf<'a>;
 
-    fn make_writer(&'a self) -> LineBuf {
+    fn make_writer(&'a self) -> LineBuf<'a> {
         LineBuf {
             buf: Vec::with_capacity(256),
-            tx: self.tx.clone(),
+            queue: &self.queue,
         }
     }
 }
@@ -352,17 +441,23 @@ pub enum Outcome<'a> {
     },
 }
 
-/// One record per message.
+/// One record per message. `prefix` is the session's [`Prefix`], when it has one.
 pub fn message(
     who: Who<'_>,
+    prefix: Option<&Prefix>,
     control_id: &[u8],
     message_type: &[u8],
     bytes: usize,
     outcome: Outcome<'_>,
 ) {
-    let Some(mut r) = Record::new("message", who) else {
+    let Some(mut r) = Record::begin() else {
         return;
     };
+    match prefix {
+        Some(p) if p.json == r.json => r.line.extend_from_slice(&p.fields),
+        // No prefix, or one of the other format (the log format was reloaded).
+        _ => r.who("message", who),
+    }
     r.escaped("control_id", control_id);
     r.escaped("message_type", message_type);
     r.number("bytes", bytes as u64);
@@ -405,6 +500,30 @@ pub fn message(
     r.send();
 }
 
+/// The fields a session's message records share (event, route, peer, connection), written
+/// once per session instead of once per message: they were a third of a record's cost.
+pub struct Prefix {
+    json: bool,
+    fields: Box<[u8]>,
+}
+
+impl Prefix {
+    /// The shared fields of `who`'s message records; `None` when no records are written.
+    pub fn new(who: Who<'_>) -> Option<Prefix> {
+        let (_, json) = SINK.get()?;
+        let mut r = Record {
+            line: Vec::with_capacity(96),
+            json: json.load(Ordering::Relaxed),
+            queue: None,
+        };
+        r.who("message", who);
+        Some(Prefix {
+            json: r.json,
+            fields: r.line.into_boxed_slice(),
+        })
+    }
+}
+
 /// Where records go, set once by the binary ([`install`]); without it (a library user that did
 /// not ask for an audit trail) records are not written. The flag is the format (JSON or text),
 /// which a reload may change.
@@ -423,26 +542,69 @@ pub fn set_json(json: bool) {
     }
 }
 
+thread_local! {
+    /// The buffer records are written into, kept per thread: a record allocates nothing.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// One audit line, written the way the log's formatter writes an info event of target `audit`
 /// (same timestamp, level, field syntax), without going through it: a record per message is
 /// on every exchange's path, and the general formatter is several times the cost.
 struct Record {
     line: Vec<u8>,
     json: bool,
-    tx: &'static mpsc::Sender<Line>,
+    /// Where [`Record::send`] queues the line (`None`: building a [`Prefix`]).
+    queue: Option<&'static Queue>,
 }
 
 impl Record {
     fn new(event: &str, who: Who<'_>) -> Option<Record> {
-        let mut r = Record::start(event, who.route)?;
-        // An address has no character that needs escaping or quoting.
-        r.key("peer");
-        let quote = if r.json { "\"" } else { "" };
-        r.line.extend_from_slice(quote.as_bytes());
-        push_peer(&mut r.line, who.peer);
-        r.line.extend_from_slice(quote.as_bytes());
-        r.number("conn", who.conn);
+        let mut r = Record::begin()?;
+        r.who(event, who);
         Some(r)
+    }
+
+    /// A record of `event` on `route`, not about one sender's connection.
+    fn start(event: &str, route: &str) -> Option<Record> {
+        let mut r = Record::begin()?;
+        r.label("event", event);
+        r.label("route", route);
+        Some(r)
+    }
+
+    /// The timestamp and level, in this thread's buffer.
+    fn begin() -> Option<Record> {
+        let (writer, json) = SINK.get()?;
+        let json = json.load(Ordering::Relaxed);
+        let mut line = SCRATCH.take();
+        line.clear();
+        if json {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+        }
+        push_timestamp(&mut line, std::time::SystemTime::now());
+        if json {
+            line.extend_from_slice(b"\",\"level\":\"INFO\"");
+        } else {
+            line.extend_from_slice(b"  INFO audit:");
+        }
+        Some(Record {
+            line,
+            json,
+            queue: Some(&writer.queue),
+        })
+    }
+
+    /// The event, then which connection: route, peer address, connection id.
+    fn who(&mut self, event: &str, who: Who<'_>) {
+        self.label("event", event);
+        self.label("route", who.route);
+        // An address has no character that needs escaping or quoting.
+        self.key("peer");
+        let quote = if self.json { "\"" } else { "" };
+        self.line.extend_from_slice(quote.as_bytes());
+        push_peer(&mut self.line, who.peer);
+        self.line.extend_from_slice(quote.as_bytes());
+        self.number("conn", who.conn);
     }
 
     /// A certificate's subject, serial and issuer.
@@ -452,35 +614,11 @@ impl Record {
         self.text("issuer", &escape_str(&id.issuer));
     }
 
-    /// A record of `event` on `route`, not about one sender's connection.
-    fn start(event: &str, route: &str) -> Option<Record> {
-        let (writer, json) = SINK.get()?;
-        let json = json.load(Ordering::Relaxed);
-        let mut line = Vec::with_capacity(320);
-        if json {
-            line.extend_from_slice(b"{\"timestamp\":\"");
-        }
-        push_timestamp(&mut line, std::time::SystemTime::now());
-        let mut r = Record {
-            line,
-            json,
-            tx: &writer.tx,
-        };
-        if r.json {
-            r.line.extend_from_slice(b"\",\"level\":\"INFO\"");
-        } else {
-            r.line.extend_from_slice(b"  INFO audit:");
-        }
-        r.label("event", event);
-        r.label("route", route);
-        Some(r)
-    }
-
     /// A name from a bounded set: quoted in text, as tracing writes a `&str`.
     fn label(&mut self, key: &str, value: &str) {
         self.key(key);
         self.line.push(b'"');
-        self.quoted(value);
+        self.quoted(value.as_bytes());
         self.line.push(b'"');
     }
 
@@ -495,11 +633,21 @@ impl Record {
         }
     }
 
-    /// A peer's value, escaped ([`escape`]); without a copy when there is nothing to escape.
+    /// A peer's value, escaped ([`escape`]); copied as it is when there is nothing to escape
+    /// (the usual control ID or message type), read once to know that.
     fn escaped(&mut self, key: &str, value: &[u8]) {
-        match crate::logsafe::plain(value) {
-            Some(text) => self.text(key, text),
-            None => self.text(key, &escape(value)),
+        match crate::logsafe::classify(value) {
+            Plain::Bare if !self.json => {
+                self.key(key);
+                self.line.extend_from_slice(value);
+            }
+            Plain::Bare | Plain::Quoted => {
+                self.key(key);
+                self.line.push(b'"');
+                self.quoted(value);
+                self.line.push(b'"');
+            }
+            Plain::No => self.text(key, &escape(value)),
         }
     }
 
@@ -521,13 +669,13 @@ impl Record {
     }
 
     /// Inside quotes: `"` and `\` escaped (values are escaped for control characters already).
-    fn quoted(&mut self, value: &str) {
-        if memchr::memchr2(b'"', b'\\', value.as_bytes()).is_none() {
-            self.line.extend_from_slice(value.as_bytes());
+    fn quoted(&mut self, value: &[u8]) {
+        if memchr::memchr2(b'"', b'\\', value).is_none() {
+            self.line.extend_from_slice(value);
             return;
         }
         // Byte by byte is safe for UTF-8: no byte of a multi-byte character is `"` or `\`.
-        for &b in value.as_bytes() {
+        for &b in value {
             if matches!(b, b'"' | b'\\') {
                 self.line.push(b'\\');
             }
@@ -540,7 +688,10 @@ impl Record {
             self.line.extend_from_slice(b",\"target\":\"audit\"}");
         }
         self.line.push(b'\n');
-        let _ = self.tx.send(Line::Audit(self.line));
+        if let Some(queue) = self.queue {
+            queue.push(&self.line, true);
+        }
+        SCRATCH.set(self.line);
     }
 }
 
@@ -695,6 +846,32 @@ mod tests {
             push_peer(&mut out, peer);
             assert_eq!(String::from_utf8(out).unwrap(), peer.to_string());
         }
+    }
+
+    #[test]
+    fn records_follow_the_audit_file_they_were_queued_for_and_the_queue_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let (writer, guard) = LineWriter::start(Some(&first), Reopen::default()).unwrap();
+        writer.queue.push(b"one\n", true);
+        writer.audit_to(Some(&second)).unwrap();
+        writer.queue.push(b"two\n", true);
+        writer.audit_to(None).unwrap();
+        // Into the log now: neither file has it.
+        writer.queue.push(b"three\n", true);
+        drop(guard);
+        assert_eq!(std::fs::read(&first).unwrap(), b"one\n");
+        assert_eq!(std::fs::read(&second).unwrap(), b"two\n");
+
+        let queue = Queue::default();
+        queue.lock().to_file = true;
+        let line = vec![b'x'; 1 << 20];
+        for _ in 0..(MAX_PENDING >> 20) + 3 {
+            queue.push(&line, true);
+        }
+        let p = queue.lock();
+        assert!(p.records.len() <= MAX_PENDING);
+        assert_eq!(p.dropped, 3);
     }
 
     #[test]

@@ -33,11 +33,45 @@ pub fn escape_str(text: &str) -> String {
     escape_bounded(text.as_bytes(), MAX_LOGGED_CERT)
 }
 
-/// `bytes` as text when [`escape`] would leave them as they are (printable ASCII, no
-/// backslash, within [`MAX_LOGGED`]): the usual control ID or message type, which an audit
-/// record then copies without building a `String` (two per message).
-pub fn plain(bytes: &[u8]) -> Option<&str> {
-    plain_within(bytes, MAX_LOGGED)
+/// Whether a peer's value can be copied into a record as it is, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    /// [`escape`] leaves it as it is and logfmt takes it bare.
+    Bare,
+    /// [`escape`] leaves it as it is; logfmt needs it quoted (empty, or a space, `=`, `"`, `,`).
+    Quoted,
+    /// It must go through [`escape`].
+    No,
+}
+
+/// Reads `bytes` once to tell whether [`escape`] would leave them as they are (printable ASCII,
+/// no backslash, within [`MAX_LOGGED`]) and whether logfmt would quote them: the usual control
+/// ID or message type is then copied without building a `String` (two per message).
+pub fn classify(bytes: &[u8]) -> Plain {
+    const QUOTE: u8 = 1;
+    const ESCAPE: u8 = 2;
+    const CLASS: [u8; 256] = {
+        let mut t = [ESCAPE; 256];
+        let mut b = b' ';
+        while b <= b'~' {
+            t[b as usize] = match b {
+                b' ' | b'=' | b'"' | b',' => QUOTE,
+                b'\\' => ESCAPE,
+                _ => 0,
+            };
+            b += 1;
+        }
+        t
+    };
+    // No early exit: values are short, and a branch per byte costs more than the table.
+    let class = bytes.iter().fold(0, |acc, &b| acc | CLASS[usize::from(b)]);
+    if class & ESCAPE != 0 || bytes.len() > MAX_LOGGED {
+        Plain::No
+    } else if class & QUOTE != 0 || bytes.is_empty() {
+        Plain::Quoted
+    } else {
+        Plain::Bare
+    }
 }
 
 fn plain_within(bytes: &[u8], max: usize) -> Option<&str> {
@@ -333,14 +367,20 @@ mod tests {
         assert_eq!(escape(b"MSG-1"), "MSG-1");
         assert_eq!(escape(b" ORU^R01~\"|&#}"), " ORU^R01~\"|&#}");
         assert_eq!(escape(&[b'x'; MAX_LOGGED]), "x".repeat(MAX_LOGGED));
-        assert_eq!(plain(b"ORU^R01"), Some("ORU^R01"));
+        assert_eq!(classify(b"ORU^R01"), Plain::Bare);
+        assert_eq!(classify(&[b'~'; MAX_LOGGED]), Plain::Bare);
+        for quoted in [&b""[..], b"a b", b"a=b", b"a\"b", b"a,b"] {
+            assert_eq!(classify(quoted), Plain::Quoted, "{quoted:?}");
+        }
         for needs_escaping in [
             &b"a\\b"[..],
             b"a\x7f",
+            b"a\x1fb",
+            b"a\tb",
             b"caf\xc3\xa9",
             &[b'x'; MAX_LOGGED + 1],
         ] {
-            assert_eq!(plain(needs_escaping), None);
+            assert_eq!(classify(needs_escaping), Plain::No, "{needs_escaping:?}");
         }
         assert_eq!(escape(b"INJ\x1b[31mRED\n"), "INJ\\x1B[31mRED\\x0A");
         assert_eq!(escape(b"a\\b\x00\x7f"), "a\\x5Cb\\x00\\x7F");
@@ -351,6 +391,25 @@ mod tests {
         assert!(long.ends_with('…'));
         // A C1 control (U+009B, CSI) is escaped too.
         assert_eq!(escape_str("a\u{9b}b"), "a\\xC2\\x9Bb");
+    }
+
+    proptest::proptest! {
+        /// A value `classify` lets through is what `escape` would write, quoted exactly when
+        /// logfmt needs it.
+        #[test]
+        fn classify_agrees_with_escape_and_quoting(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)
+        ) {
+            let class = classify(&bytes);
+            if class != Plain::No {
+                let escaped = escape(&bytes);
+                proptest::prop_assert_eq!(escaped.as_bytes(), &bytes[..]);
+                proptest::prop_assert_eq!(needs_quotes(&escaped), class == Plain::Quoted);
+            }
+            if bytes.len() <= MAX_LOGGED && bytes.iter().all(|b| (b' '..=b'~').contains(b) && *b != b'\\') {
+                proptest::prop_assert_ne!(class, Plain::No);
+            }
+        }
     }
 
     /// The fields of one event as the text log writes them.

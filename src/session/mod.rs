@@ -266,6 +266,8 @@ struct Session<'a> {
     who: audit::Who<'a>,
     /// The client certificate's identity, escaped, for log lines.
     client: &'a str,
+    /// The fields every message record of this session shares, written once.
+    prefix: Option<audit::Prefix>,
     codec: MllpCodec,
     /// Bytes read and not yet framed; no allocation while the session is idle.
     buf: BytesMut,
@@ -285,6 +287,7 @@ impl<'a> Session<'a> {
             updates: None,
             who,
             client,
+            prefix: audit::Prefix::new(who),
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,

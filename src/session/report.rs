@@ -135,7 +135,7 @@ impl Session<'_> {
             },
         };
         let (id, kind) = (control_id(header), message_type(header));
-        audit::message(self.who, id, kind, bytes, record);
+        audit::message(self.who, self.prefix.as_ref(), id, kind, bytes, record);
     }
 
     /// The log line of a refusal, rate-limited: a sender can repeat a refused message at will.
