@@ -37,7 +37,9 @@ pub(super) const MIN_SHARE: usize = 4;
 /// `/metrics` is scraped ([`Pool::refresh_gauges`]), not kept up to date per exchange: four
 /// updates of counters shared by every core, on every exchange, for a figure read every 15 s.
 pub(super) struct PooledConn {
-    pub(super) conn: UpstreamConn,
+    /// Boxed: a connection moves in and out of the pool on every exchange, and moving its
+    /// few hundred bytes (streams, buffers, codec) cost more than the pool's lookup.
+    pub(super) conn: Box<UpstreamConn>,
     pub(super) target: Arc<Target>,
     idle_since: Instant,
     /// The session thread whose runtime drives its socket ([`crate::cores`]).
@@ -48,7 +50,7 @@ impl PooledConn {
     pub(super) fn new(conn: UpstreamConn, target: Arc<Target>) -> Self {
         target.pooled.fetch_add(1, Ordering::AcqRel);
         Self {
-            conn,
+            conn: Box::new(conn),
             target,
             idle_since: Instant::now(),
             home: crate::cores::current(),
