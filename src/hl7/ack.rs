@@ -249,14 +249,7 @@ fn push_escaped(out: &mut Vec<u8>, text: &[u8], s: &Separators) {
 }
 
 /// The delimiters of a message without a readable MSH: the HL7 defaults.
-const DEFAULT_SEPARATORS: Separators = Separators {
-    field: b'|',
-    component: b'^',
-    repetition: b'~',
-    escape: b'\\',
-    subcomponent: b'&',
-    truncation: None,
-};
+const DEFAULT_SEPARATORS: Separators = Separators::STANDARD;
 
 /// Writes MSH (parties swapped, fresh control ID) and MSA of an acknowledgment of `header`.
 fn write_ack_header(

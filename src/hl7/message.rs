@@ -17,6 +17,18 @@ pub struct Separators {
     pub truncation: Option<u8>,
 }
 
+impl Separators {
+    /// The HL7 defaults, `|^~\\&`: what nearly every message declares.
+    pub const STANDARD: Separators = Separators {
+        field: b'|',
+        component: b'^',
+        repetition: b'~',
+        escape: b'\\',
+        subcomponent: b'&',
+        truncation: None,
+    };
+}
+
 /// Why the MSH header could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
@@ -281,15 +293,7 @@ fn zero_bytes(x: u64) -> u64 {
 fn msh_delimiters(msg: &[u8]) -> Result<(Separators, &[u8]), HeaderError> {
     // The delimiters nearly every message declares, known valid: no checks to run.
     if msg.len() > 8 && msg[..9] == *b"MSH|^~\\&|" {
-        let separators = Separators {
-            field: b'|',
-            component: b'^',
-            repetition: b'~',
-            escape: b'\\',
-            subcomponent: b'&',
-            truncation: None,
-        };
-        return Ok((separators, &msg[4..8]));
+        return Ok((Separators::STANDARD, &msg[4..8]));
     }
     if !msg.starts_with(b"MSH") {
         return Err(HeaderError::NoMsh);
