@@ -141,14 +141,22 @@ impl NakReason {
 
 /// Reads MSA-1 and MSA-2 from an acknowledgment; `None` when it is not one.
 pub fn parse_ack(msg: &[u8]) -> Option<AckInfo<'_>> {
-    let msa = Message::parse(msg).ok()?.segment(b"MSA")?;
-    let code = msa.field(1).as_bytes();
+    let sep = Message::parse(msg).ok()?.separators().field;
+    // The first segment with ID MSA, looked for where segments start (after a CR or LF),
+    // without splitting the segments before it: every engine answer is read this way.
+    let msa = memchr::memchr2_iter(b'\r', b'\n', msg).find_map(|at| {
+        let rest = &msg[at + 1..];
+        let seg = &rest[..memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len())];
+        (seg.starts_with(b"MSA") && seg.get(3).is_none_or(|&b| b == sep)).then_some(seg)
+    })?;
+    let mut fields = msa.split(|&b| b == sep).skip(1);
+    let code = fields.next().unwrap_or_default();
     if code.is_empty() {
         return None;
     }
     Some(AckInfo {
         code: AckCode::parse(code),
-        control_id: msa.field(2).as_bytes(),
+        control_id: fields.next().unwrap_or_default(),
     })
 }
 
@@ -384,6 +392,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// The MSA found where segments start is the one the segment reader finds.
+        #[test]
+        fn parse_ack_reads_the_msa_the_segment_reader_finds(
+            head in proptest::sample::select(vec![&b"MSH|^~\\&|"[..], b"MSH#^~\\&#", b"MSH|^~"]),
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                &b"\rMSA|AA|X1"[..], b"\nMSA#AE#Z", b"\rMSA|", b"\rMSA", b"\rMSAX|AR|Q", b"\rMS",
+                b"A|CA|", b"\rPID|1", b"|", b"#", b"^", b"\r", b"\n", b"\r\n", b"X",
+            ]), 0..12)
+        ) {
+            let msg = [&[head][..], &pieces[..]].concat().concat();
+            let reference = Message::parse(&msg).ok().and_then(|m| m.segment(b"MSA")).and_then(|msa| {
+                let code = msa.field(1).as_bytes();
+                (!code.is_empty()).then(|| (AckCode::parse(code), msa.field(2).as_bytes()))
+            });
+            proptest::prop_assert_eq!(parse_ack(&msg).map(|a| (a.code, a.control_id)), reference);
+        }
+    }
 
     const ADT: &[u8] =
         b"MSH|^~\\&|ADM|WARD|LAB|HOSP|20260101120000||ADT^A01^ADT_A01|MSG42|P|2.5.1\rPID|1\r";
