@@ -16,6 +16,7 @@ mod report;
 mod tests;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use handshake::ReadReady;
 
@@ -367,13 +368,16 @@ impl<'a> Session<'a> {
     where
         S: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
+        // One wait for the shutdown, registered once for the session: made anew at every
+        // wait between messages, it took the token's lock twice per message.
+        let mut stopping = std::pin::pin!(shutdown.cancelled());
         loop {
             if self.reloaded()
                 && let Err(end) = self.take_reload(stream)
             {
                 return end;
             }
-            let frame = match self.next_frame(stream, shutdown).await {
+            let frame = match self.next_frame(stream, shutdown, stopping.as_mut()).await {
                 Ok(f) => f,
                 Err(end) => return end,
             };
@@ -388,6 +392,7 @@ impl<'a> Session<'a> {
         &mut self,
         stream: &mut S,
         shutdown: &CancellationToken,
+        mut stopping: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<Frame, SessionEnd>
     where
         S: AsyncRead + ReadReady + Unpin,
@@ -428,7 +433,7 @@ impl<'a> Session<'a> {
                     biased;
                     r = read => Some(r),
                     _ = self.idle.until(idle_deadline) => return Err(SessionEnd::Idle),
-                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    _ = stopping.as_mut() => return Err(SessionEnd::Shutdown),
                     _ = Self::next_reload(&mut self.updates) => None,
                 };
                 match waited {
