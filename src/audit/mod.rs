@@ -551,6 +551,37 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_written_as_the_logs_formatter_writes_them_in_both_formats() {
+        let who = Who {
+            route: "lab",
+            peer: "10.1.2.3:4000".parse().unwrap(),
+            conn: 7,
+        };
+        let line = |json: bool| {
+            let mut r = Record {
+                line: Vec::new(),
+                json,
+                queue: None,
+            };
+            r.who("message", who);
+            r.escaped("control_id", b"C1");
+            r.escaped("message_type", b"ORU R01");
+            r.escaped("odd", b"a\"\x1b");
+            r.number("bytes", 1024);
+            r.label("ack", "AA");
+            String::from_utf8(r.line).unwrap()
+        };
+        assert_eq!(
+            line(false),
+            r#" event="message" route="lab" peer=10.1.2.3:4000 conn=7 control_id=C1 message_type="ORU R01" odd="a\"\\x1B" bytes=1024 ack="AA""#
+        );
+        assert_eq!(
+            line(true),
+            r#","event":"message","route":"lab","peer":"10.1.2.3:4000","conn":7,"control_id":"C1","message_type":"ORU R01","odd":"a\"\\x1B","bytes":1024,"ack":"AA""#
+        );
+    }
+
+    #[test]
     fn numbers_are_decimal() {
         for (v, w, s) in [
             (0, 1, "0"),
