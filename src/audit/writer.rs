@@ -58,7 +58,7 @@ struct Pending {
 
 /// The most either batch holds before lines are dropped: a stderr or disk that stopped taking
 /// writes must not grow the proxy's memory without bound.
-const MAX_PENDING: usize = 64 << 20;
+const MAX_PENDING: usize = 32 << 20;
 
 /// The audit file, open.
 struct AuditFile {
