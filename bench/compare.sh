@@ -32,7 +32,6 @@ nofile=$(ulimit -n)
 start_engine
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; cat "$work"/*.err "$work"/*.log >&2; exit 1; }
 
 declare -A port pid start_rss
 mllp_admin=$(free_port); port[mllp-proxy]=$(free_port)
@@ -51,21 +50,7 @@ YAML
 "$bin" run -c "$work/mllp-proxy.yaml" 2>"$work/mllp-proxy.log" & pids+=($!); pid[mllp-proxy]=$!
 
 port[stunnel]=$(free_port)
-cat > "$work/stunnel.conf" <<CONF
-foreground = yes
-pid =
-output = $work/stunnel.log
-[mllp]
-accept = 127.0.0.1:${port[stunnel]}
-connect = 127.0.0.1:$engine_port
-cert = $certs/server.crt
-key = $certs/server.key
-CAfile = $certs/ca.crt
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.2
-CONF
-stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!); pid[stunnel]=$!
+start_stunnel "${port[stunnel]}" "$engine_port" server; pid[stunnel]=$stunnel_pid
 
 port[haproxy]=$(free_port)
 start_haproxy "${port[haproxy]}" $(( held + 100 )); pid[haproxy]=$haproxy_pid

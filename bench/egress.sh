@@ -39,26 +39,9 @@ YAML
 "$bin" run -c "$work/egress.yaml" 2>"$work/egress.log" & pids+=($!); pid[mllp-proxy]=$!
 
 port[stunnel]=$(free_port)
-cat > "$work/stunnel.conf" <<CONF
-foreground = yes
-pid =
-output = $work/stunnel.log
-[egress]
-client = yes
-accept = 127.0.0.1:${port[stunnel]}
-connect = 127.0.0.1:$partner_port
-cert = $certs/client.crt
-key = $certs/client.key
-CAfile = $certs/ca.crt
-verifyChain = yes
-checkHost = localhost
-sslVersionMin = TLSv1.2
-CONF
-stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!); pid[stunnel]=$!
+start_stunnel "${port[stunnel]}" "$partner_port" client; pid[stunnel]=$stunnel_pid
 
-for s in mllp-proxy stunnel; do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${port[$s]}") 2>/dev/null && break; sleep 0.1; done
-done
+for s in mllp-proxy stunnel; do wait_port "${port[$s]}"; done
 sleep 0.5
 
 # load SERVER ARGS…: one bench run through SERVER's egress; its RESULT line plus the egress

@@ -15,6 +15,12 @@ cargo build --release --quiet
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# wait_port PORT: until something listens on PORT; exits with the servers' logs after 10 s.
+wait_port() {
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
+    echo "port $1 did not open" >&2; cat "$work"/*.err "$work"/*.log >&2 2>/dev/null; exit 1
+}
+
 # start_engine: sets $engine_port.
 start_engine() {
     engine_port=$(free_port)
@@ -42,6 +48,38 @@ backend engine
 CONF
     haproxy -q -f "$work/haproxy.cfg" 2>"$work/haproxy.err" & pids+=($!)
     haproxy_pid=$!
+}
+
+# start_stunnel PORT CONNECT_PORT ROLE: stunnel4 on PORT with the example certificates,
+# verifying its peer's chain; ROLE server: mutual TLS in, plain to CONNECT_PORT (as the proxy's
+# ingress), ROLE client: plain in, TLS to CONNECT_PORT (as an egress route). Logs to
+# $work/stunnel.log; sets $stunnel_pid.
+start_stunnel() {
+    local side
+    if [ "$3" = client ]; then
+        side="client = yes
+cert = $certs/client.crt
+key = $certs/client.key
+checkHost = localhost"
+    else
+        side="cert = $certs/server.crt
+key = $certs/server.key
+requireCert = yes"
+    fi
+    cat > "$work/stunnel.conf" <<CONF
+foreground = yes
+pid =
+output = $work/stunnel.log
+[mllp]
+accept = 127.0.0.1:$1
+connect = 127.0.0.1:$2
+CAfile = $certs/ca.crt
+verifyChain = yes
+sslVersionMin = TLSv1.2
+$side
+CONF
+    stunnel4 "$work/stunnel.conf" >/dev/null 2>&1 & pids+=($!)
+    stunnel_pid=$!
 }
 
 # write_proxy_yaml FILE PORT ADMIN_PORT: one route on PORT in front of $engine_port, as it

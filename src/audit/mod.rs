@@ -1,9 +1,10 @@
 //! The audit trail, and the non-blocking writer that carries it (and the log) off the data path.
 //!
 //! Records look like info events of target `audit` in the log's format (text or JSON), written
-//! by [`Record`] rather than the general formatter (it was a seventh of the CPU per message). With `audit.file` they go to that file instead, appended, and the file
-//! is reopened on SIGHUP for logrotate. Either way a line is handed to a writer thread through
-//! a channel: a session never waits for a disk or a pipe. Records carry who (peer address,
+//! by [`Record`] rather than the general formatter (it was a seventh of the CPU per message).
+//! With `audit.file` they go to that file instead, appended, and the file is reopened on SIGHUP
+//! for logrotate. Either way a line is appended to the writer thread's bounded queue
+//! (`audit/writer.rs`): a session never waits for a disk or a pipe. Records carry who (peer address,
 //! certificate subject, serial, issuer), what (control ID, message type, size), the outcome
 //! (ACK code, or the NAK's reason and ERR code), which engine and how long — never segment
 //! content; every peer-controlled value is escaped and bounded ([`crate::logsafe`]).

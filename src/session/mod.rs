@@ -288,7 +288,12 @@ impl<'a> Session<'a> {
             updates: None,
             who,
             client,
-            prefix: audit::Prefix::new(who),
+            // Not made for a route without message records (a reload that turns them on
+            // finds none and writes the fields per record).
+            prefix: ctx
+                .audit_messages
+                .then(|| audit::Prefix::new(who))
+                .flatten(),
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,
