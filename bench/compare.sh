@@ -95,23 +95,7 @@ for round in 1 2 3; do
 done
 
 for s in "${servers[@]}"; do
-    strace -c -f -q -o "$work/strace.$s" -p "${pid[$s]}" & tracer=$!
-    sleep 1
-    load "$s" --connections 64 --messages 300 --warmup 0 >/dev/null
-    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
-    # Total calls and the busiest four, per message.
-    python3 - "$s" "$work/strace.$s" $((64 * 300)) >> "$results" <<'PY'
-import sys
-s, path, msgs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-calls = {}
-for line in open(path):
-    f = line.split()
-    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
-        calls[f[-1]] = int(f[3])
-top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
-detail = ",".join(f"{k}:{v / msgs:.2f}" for k, v in top)
-print(f"syscalls {s} per_msg={sum(calls.values()) / msgs:.2f} top={detail}")
-PY
+    syscalls_per_message "$s" "${pid[$s]}" --to "127.0.0.1:${port[$s]}" "${tls[@]}" --size "$size" >> "$results"
 done
 
 for s in "${servers[@]}"; do

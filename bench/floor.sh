@@ -5,9 +5,11 @@
 # the medians of the per-round ratios to HAProxy. What it answers: how much of the proxy's
 # cost is its stack, and how far the machine lets any server on that stack get ahead.
 #
+# With strace installed it also counts system calls per message of each (after the rounds).
+#
 #   bash bench/floor.sh            (TOP_YAML / ROUTE_YAML: see write_proxy_yaml in lib.sh)
 #
-# Needs haproxy (apt-get install haproxy).
+# Needs haproxy (apt-get install haproxy); strace optional.
 rounds=${ROUNDS:-5}
 source "$(dirname "$0")/lib.sh"
 command -v haproxy >/dev/null || { echo "needs haproxy (apt-get install haproxy)" >&2; exit 1; }
@@ -37,6 +39,13 @@ for round in $(seq "$rounds"); do
         echo "$round $side $(field "$out" msgs_per_sec) $(field "$out" p99_us) $c0 $c1"
     done
 done > "$work/rounds"
+# System calls per message, when strace is there: a server making the same calls costs the
+# kernel the same, so the CPU between the proxy and the pipe is user-space work.
+if command -v strace >/dev/null; then
+    for side in "${sides[@]}"; do
+        syscalls_per_message "$side" "${pid[$side]}" --to "127.0.0.1:${port[$side]}" "${tls[@]}"
+    done > "$work/syscalls"
+fi
 python3 - "$work/rounds" <<'PY'
 import collections, statistics, sys
 by = collections.defaultdict(dict)
@@ -52,3 +61,9 @@ for side in ("mllp-proxy", "haproxy", "pipe"):
     print(f"| {side} | {med(0):.0f} | {med(1):.0f} | {med(2):.1f} | {', '.join(f'{x:.2f}' for x in rate)} | {statistics.median(rate):.2f} "
           f"| {', '.join(f'{x:.2f}' for x in cpu)} | {statistics.median(cpu):.2f} |")
 PY
+if [ -s "$work/syscalls" ]; then
+    echo
+    echo "| server | system calls per message | busiest, per message |"
+    echo "|---|---|---|"
+    sed -n 's/^syscalls \([^ ]*\) per_msg=\([0-9.]*\) top=\(.*\)$/| \1 | \2 | \3 |/p' "$work/syscalls"
+fi

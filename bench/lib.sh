@@ -124,6 +124,30 @@ YAML
 # bench_result ARGS…: runs the load generator, prints its RESULT line.
 bench_result() { "$bin" bench "$@" 2>/dev/null | grep '^RESULT'; }
 
+# syscalls_per_message LABEL PID BENCH_ARGS…: `strace -c -f` on PID while 64 connections send
+# 300 messages each (bench_result BENCH_ARGS --connections 64 --messages 300); prints
+# "syscalls LABEL per_msg=N top=call:n,…" (the busiest four, per message). strace slows every
+# call: the counts are the result, not the rate.
+syscalls_per_message() {
+    local label=$1 pid=$2 tracer; shift 2
+    strace -c -f -q -o "$work/strace.$label" -p "$pid" & tracer=$!
+    sleep 1
+    bench_result "$@" --connections 64 --messages 300 --warmup 0 >/dev/null
+    kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+    python3 - "$label" "$work/strace.$label" $((64 * 300)) <<'PY'
+import sys
+label, path, msgs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = {}
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        calls[f[-1]] = int(f[3])
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+detail = ",".join(f"{k}:{v / msgs:.2f}" for k, v in top)
+print(f"syscalls {label} per_msg={sum(calls.values()) / msgs:.2f} top={detail}")
+PY
+}
+
 # field LINE NAME: a number from a RESULT line.
 field() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" <<<"$1"; }
 
