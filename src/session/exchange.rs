@@ -185,8 +185,11 @@ impl Session<'_> {
     where
         S: AsyncWrite + Unpin,
     {
-        // Allocated per answer rather than kept: an idle session holds no buffer.
-        let mut out = BytesMut::with_capacity(msg.len() + 3);
+        // The thread's buffer, not the session's: an idle session holds none, and an answer
+        // costs no allocation. A session whose write waits keeps it; the next one on the
+        // thread then starts an empty one.
+        let mut out = REPLY.take();
+        out.clear();
         MllpCodec::write_frame(msg, &mut out);
         let write = async {
             stream.write_all(&out).await?;
@@ -195,10 +198,22 @@ impl Session<'_> {
         let (timer, limit) = (&mut self.write, self.ctx.cfg.limits.frame_timeout);
         // Biased: an answer the socket takes at once never arms the timer, nor reads the
         // clock for its deadline (the block's body runs when it is first polled).
-        tokio::select! {
+        let written = tokio::select! {
             biased;
             r = write => r.map_err(|e| SessionEnd::WriteFailed(handshake::io_detail(&e))),
             _ = async { timer.until(Instant::now() + limit).await } => Err(SessionEnd::NotReading),
+        };
+        if out.capacity() <= REPLY_KEPT {
+            REPLY.set(out);
         }
+        written
     }
+}
+
+/// Answers up to this size (an ACK or NAK is a few hundred bytes) leave their buffer to the
+/// thread's next answer; a larger one is freed, so a thread holds at most this much.
+const REPLY_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static REPLY: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
