@@ -43,7 +43,27 @@ macro_rules! labels {
                 f.write_str($crate::label::Label::label(*self))
             }
         }
+
+        // Checked when compiling: audit records write these words without scanning them.
+        const _: () = {
+            $( assert!($crate::label::plain_word($word), concat!("label word needs quoting: ", $word)); )+
+        };
     };
+}
+
+/// Whether `word` is letters, digits, `_`, `-` and `.` only: nothing a log or JSON string
+/// would quote or escape.
+pub const fn plain_word(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            return false;
+        }
+        i += 1;
+    }
+    !bytes.is_empty()
 }
 
 labels! {
