@@ -15,7 +15,8 @@
 # Needs valgrind (apt-get install valgrind).
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-if [ "${SUBJECT:-proxy}" = pipe ]; then
+pipe=false; [ "${SUBJECT:-proxy}" = pipe ] && pipe=true
+if $pipe; then
     subject=${1:-bench/pipe/target/release/mllp-proxy-pipe}
     [ -n "${1:-}" ] || cargo build --release --quiet --manifest-path bench/pipe/Cargo.toml
 else
@@ -48,7 +49,7 @@ YAML
     else
         write_proxy_yaml "$work/p$n.yaml" "$pport" "$admin"
     fi
-    if [ "${SUBJECT:-proxy}" = pipe ]; then
+    if $pipe; then
         valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$subject" \
             "127.0.0.1:$pport" "127.0.0.1:$engine_port" "$certs" 2>"$work/v$n.log" &
         vpid=$!; pids+=($vpid)
@@ -64,7 +65,7 @@ YAML
     bench_result --to "127.0.0.1:$pport" "${senders[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
     # The pipe has no SIGINT handler, and a background job's SIGINT is ignored: TERM, which
     # valgrind still turns into a clean exit that writes the profile.
-    if [ "${SUBJECT:-proxy}" = pipe ]; then kill -TERM "$vpid"; else kill -INT "$vpid"; fi
+    if $pipe; then kill -TERM "$vpid"; else kill -INT "$vpid"; fi
     wait "$vpid" 2>/dev/null || true
 done
 # KEEP_PROFILE=DIR keeps both callgrind files there, for callgrind_annotate by source line.

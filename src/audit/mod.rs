@@ -101,9 +101,7 @@ pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Option<&ClientId
     };
     r.label("reason", reason);
     if let Some(c) = presented {
-        r.text("subject", &escape_str(&c.subject));
-        r.text("serial", &escape_str(&c.serial));
-        r.text("issuer", &escape_str(&c.issuer));
+        r.certificate(c);
     }
     r.send();
 }
