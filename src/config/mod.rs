@@ -178,7 +178,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// Parses `ADDRESS/PREFIX` or a single address.
+    /// Parses `ADDRESS/PREFIX` or a single address. An IPv4-mapped IPv6 range
+    /// (`::ffff:10.0.0.0/104`, the form a `[::]` listener logs IPv4 peers in) is stored as the
+    /// IPv4 range it names (`10.0.0.0/8`): peers are compared in their canonical form, and a
+    /// mapped range kept as IPv6 would never match one, or, with a prefix over 32, would be
+    /// compared at the wrong width.
     pub fn parse(text: &str) -> Result<Cidr, String> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -187,7 +191,7 @@ impl Cidr {
         let network: IpAddr = addr.trim().parse().map_err(|_| {
             format!("`{text}` is not an address range (write 10.0.0.0/8 or 2001:db8::/32)")
         })?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let max: u8 = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => p
@@ -197,23 +201,42 @@ impl Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
         };
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            // A mapped prefix below 96 reaches past the ::ffff:0:0/96 block into native IPv6
+            // addresses: no IPv4 range means that.
+            let Some(prefix) = prefix.checked_sub(96) else {
+                return Err(format!(
+                    "`{text}`: an IPv4-mapped range (::ffff:a.b.c.d) needs a prefix of 96 to 128; \
+                     write the IPv4 range instead (e.g. 10.0.0.0/8)"
+                ));
+            };
+            return Ok(Cidr {
+                network: IpAddr::V4(v4),
+                prefix,
+            });
+        }
         Ok(Cidr { network, prefix })
     }
 
     /// Whether `ip` is in the range (an IPv4 peer seen on an IPv6 socket counts as IPv4).
+    /// No arithmetic here can overflow, whatever the range: the prefix is at most the
+    /// family's width by construction, and the shifts are checked all the same.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |ip: IpAddr| -> (u128, u32) {
-            match ip.to_canonical() {
-                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
-                IpAddr::V6(v6) => (u128::from(v6), 128),
+        let (net, addr, width) = match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(a)), 32u32)
             }
+            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+            _ => return false,
         };
-        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
-        if width != addr_width {
+        let Some(shift) = width.checked_sub(u32::from(self.prefix)) else {
             return false;
-        }
-        let shift = width - u32::from(self.prefix);
-        shift >= width || (net >> shift) == (addr >> shift)
+        };
+        // A shift by the whole width (prefix 0) leaves nothing to compare: every address of
+        // the family is in the range.
+        net.checked_shr(shift).unwrap_or(0) == addr.checked_shr(shift).unwrap_or(0)
     }
 }
 

@@ -229,3 +229,114 @@ fn proxy_protocol_takes_address_ranges_and_names_a_bad_one() {
     let none = Config::from_yaml(MINIMAL, Path::new("/")).unwrap();
     assert!(none.routes[0].proxy_protocol.is_none());
 }
+
+/// A range as its family (IPv4 or not) and bytes, for [`reference_contains`].
+fn family_bytes(ip: std::net::IpAddr) -> (bool, Vec<u8>) {
+    match ip {
+        std::net::IpAddr::V4(v4) => (true, v4.octets().to_vec()),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (true, v4.octets().to_vec()),
+            None => (false, v6.octets().to_vec()),
+        },
+    }
+}
+
+/// `Cidr::contains` written the slow way, bit by bit, with no shifts to get wrong: the
+/// range's family and the peer's (an IPv4-mapped address counts as IPv4, a mapped range's
+/// prefix as its IPv4 part) must agree, then the first `prefix` bits.
+fn reference_contains(network: std::net::IpAddr, prefix: u32, ip: std::net::IpAddr) -> bool {
+    let (net_v4, net) = family_bytes(network);
+    let prefix = if net_v4 && network.is_ipv6() {
+        prefix - 96
+    } else {
+        prefix
+    };
+    let (ip_v4, addr) = family_bytes(ip);
+    let bit = |bytes: &[u8], i: u32| bytes[(i / 8) as usize] >> (7 - i % 8) & 1;
+    net_v4 == ip_v4 && (0..prefix).all(|i| bit(&net, i) == bit(&addr, i))
+}
+
+/// A peer address near `net` (its first `keep` bits copied), written as IPv4, IPv4-mapped
+/// or IPv6 by `form`.
+fn peer_near(net: [u8; 16], keep: u32, noise: [u8; 16], form: u8) -> std::net::IpAddr {
+    let mut b = noise;
+    for i in 0..keep.min(128) {
+        let (byte, mask) = ((i / 8) as usize, 0x80u8 >> (i % 8));
+        b[byte] = (b[byte] & !mask) | (net[byte] & mask);
+    }
+    let v4 = std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    match form % 3 {
+        0 => v4.into(),
+        1 => v4.to_ipv6_mapped().into(),
+        _ => std::net::Ipv6Addr::from(b).into(),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn cidr_contains_agrees_with_a_bit_by_bit_reference(
+        kind in 0u8..3,
+        net in proptest::prelude::any::<[u8; 16]>(),
+        prefix in 0u32..=128,
+        keep in 0u32..=128,
+        noise in proptest::prelude::any::<[u8; 16]>(),
+        form in 0u8..3,
+    ) {
+        let v4 = std::net::Ipv4Addr::new(net[0], net[1], net[2], net[3]);
+        // IPv4 ranges, IPv6 ranges, and IPv4-mapped ranges (`::ffff:a.b.c.d/96..128`).
+        let (network, prefix): (std::net::IpAddr, u32) = match kind {
+            0 => (v4.into(), prefix % 33),
+            1 => (std::net::Ipv6Addr::from(net).into(), prefix),
+            _ => (v4.to_ipv6_mapped().into(), 96 + prefix % 33),
+        };
+        let cidr = Cidr::parse(&format!("{network}/{prefix}")).map_err(|e| {
+            proptest::test_runner::TestCaseError::fail(e)
+        })?;
+        // Peers drawn near the range (an IPv4 range's and a mapped range's network are
+        // `net[..4]`, as an IPv4 peer's address is), so that hits are common.
+        let keep = if form % 3 == 2 { keep } else { keep % 33 };
+        let ip = peer_near(net, keep, noise, form);
+        proptest::prop_assert_eq!(
+            cidr.contains(ip),
+            reference_contains(network, prefix, ip),
+            "{} contains {}?", cidr, ip
+        );
+    }
+}
+
+#[test]
+fn an_ipv4_mapped_range_is_the_ipv4_range_it_names() {
+    // The form a `[::]` listener logs IPv4 peers in, copied into `trusted`, trusts that one
+    // IPv4 address and no other (it used to trust every IPv4 source).
+    let one = Cidr::parse("::ffff:192.0.2.7").unwrap();
+    assert_eq!(one, Cidr::parse("192.0.2.7/32").unwrap());
+    assert!(one.contains("192.0.2.7".parse().unwrap()));
+    assert!(one.contains("::ffff:192.0.2.7".parse().unwrap()));
+    assert!(!one.contains("127.0.0.1".parse().unwrap()));
+    assert!(!one.contains("198.51.100.9".parse().unwrap()));
+    let net = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+    assert_eq!(net, Cidr::parse("10.0.0.0/8").unwrap());
+    assert_eq!(
+        Cidr::parse("::ffff:0:0/96").unwrap().to_string(),
+        "0.0.0.0/0"
+    );
+    let e = Cidr::parse("::ffff:0:0/90").unwrap_err();
+    assert!(e.contains("96 to 128"), "{e}");
+}
+
+#[test]
+fn check_refuses_a_mapped_range_wider_than_ipv4_naming_key_and_line() {
+    let yaml = format!(
+        "{MINIMAL}    proxy_protocol: {{ trusted: [\"10.0.0.0/8\", \"::ffff:0:0/90\"] }}\n"
+    );
+    let e = Config::from_file_text(Path::new("/etc/mllp/mllp-proxy.yaml"), &yaml)
+        .expect_err("a mapped /90 must be refused")
+        .to_string();
+    assert!(
+        e.contains("routes[0].proxy_protocol.trusted[1]") && e.contains("96 to 128"),
+        "{e}"
+    );
+    assert!(e.contains("(line 11)"), "{e}");
+}

@@ -271,3 +271,50 @@ fn behind_a_real_haproxy_each_sender_keeps_its_own_address_and_its_own_limit() {
         );
     }
 }
+
+#[test]
+fn an_ipv4_mapped_trusted_range_trusts_that_one_address_and_no_other() {
+    // `trusted` written as a `[::]` listener logs an IPv4 peer: ["::ffff:192.0.2.7"] refuses a
+    // header from 127.0.0.1 before TLS (it once trusted every IPv4 source); with
+    // ["::ffff:127.0.0.1"] the same connection is served and audited with the header's address.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for (trusted, served) in [("::ffff:192.0.2.7", false), ("::ffff:127.0.0.1", true)] {
+        let yaml = format!("    proxy_protocol: {{ trusted: [\"{trusted}\"] }}\n");
+        let BinaryWorld { pki, engine, proxy } =
+            rt.block_on(Harness::new().route_yaml(&yaml).spawn_json());
+        let target = pki.target(proxy.addr, ClientCert::Good);
+        let answer = rt.block_on(async {
+            let tcp = tcp_from("127.0.0.1", proxy.addr).await;
+            let header = b"PROXY TCP4 198.51.100.9 127.0.0.1 4000 2575\r\n";
+            exchange_after(tcp, header, &target, "MAPPED-1").await
+        });
+        if served {
+            assert_eq!(answer, Some(("AA".into(), "MAPPED-1".into())), "{trusted}");
+            assert!(scraped(&proxy, &rt, &result("proxied"), 1.0), "{trusted}");
+            let audited = eventually_sync(|| audited_peers(&proxy, "message").len() == 1);
+            assert!(audited, "{:#?}", proxy.log_lines());
+            assert_eq!(audited_peers(&proxy, "message"), ["198.51.100.9:4000"]);
+            assert_eq!(engine.received_ids(), ["MAPPED-1"]);
+        } else {
+            assert_eq!(answer, None, "{trusted}: an untrusted source was served");
+            assert!(scraped(&proxy, &rt, &result("untrusted"), 1.0), "{trusted}");
+            assert!(scraped(&proxy, &rt, &result("proxied"), 0.0), "{trusted}");
+            assert!(engine.received_ids().is_empty(), "{trusted}");
+            let handshakes =
+                "mllp_proxy_tls_handshake_failures_total{reason=\"eof\",route=\"test\"}";
+            assert!(scraped(&proxy, &rt, handshakes, 0.0), "TLS work was done");
+        }
+    }
+}
+
+/// Polls `check` every 50 ms for 10 s.
+fn eventually_sync(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
