@@ -74,6 +74,8 @@ labels! {
         /// The client's certificate no longer verifies: revoked by a reloaded CRL, or no longer
         /// issued by a configured client CA.
         Revoked => "revoked",
+        /// The route's transport changed (plain ↔ TLS): the session's own no longer exists.
+        Transport => "transport",
     }
 }
 

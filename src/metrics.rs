@@ -50,6 +50,9 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: Gauge,
+    /// Synced from the writer's own counts at each scrape ([`Metrics::encode`]): the writer
+    /// thread holds no metric handles.
+    audit_dropped: IntCounterVec,
 }
 
 /// Connections, TLS and the log's rate limiting.
@@ -172,9 +175,17 @@ impl Metrics {
                 reg.0.register(Box::new(g.clone()))?;
                 g
             },
+            audit_dropped: reg.counter(
+                "mllp_proxy_audit_records_dropped_total",
+                "Audit records dropped because their destination (sink: log, file) fell 32 MiB behind.",
+                &["sink"],
+            )?,
             registry: reg.0,
         };
         zero::<Verdict>(&m.config_reloads, &[]);
+        for sink in crate::audit::SINKS {
+            m.audit_dropped.with_label_values(&[sink]);
+        }
         m.config_last_success.set(unix_now());
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -275,6 +286,13 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
+        for (sink, dropped) in crate::audit::SINKS
+            .iter()
+            .zip(crate::audit::records_dropped())
+        {
+            let c = self.audit_dropped.with_label_values(&[sink]);
+            c.inc_by(dropped.saturating_sub(c.get()));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on a metric family that breaks the format, which the
         // fixed definitions above cannot produce; an empty scrape is the bounded answer.

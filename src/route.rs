@@ -278,7 +278,13 @@ impl Route {
             audit_messages,
             cfg,
         };
+        let became_plain = ctx.tls.is_none() && current.tls.is_some();
         self.ctx.send_replace(Arc::new(ctx));
+        if became_plain && listener.is_none() {
+            // Same address, now plain: warned as at start (a new listener warns in `listen`).
+            let listen = self.ctx.borrow().cfg.listen;
+            warn_if_plain_exposed(&self.name, listen);
+        }
         if let Some(listener) = listener {
             let addr = listener
                 .local_addr()
@@ -444,8 +450,8 @@ impl Route {
 
     fn listen(&mut self, listener: TcpListener, addr: SocketAddr, shared: &Shared) {
         let ctx = self.ctx.borrow().clone();
-        if ctx.tls.is_none() && !addr.ip().is_loopback() {
-            tracing::warn!(route = %self.name, listen = %addr, "plain listener (plaintext: true) on an address that is not loopback: anyone who can reach it can send through this route");
+        if ctx.tls.is_none() {
+            warn_if_plain_exposed(&self.name, addr);
         }
         tracing::info!(
             route = %self.name,
@@ -461,6 +467,14 @@ impl Route {
             self.listening.clone(),
             shared.cores.clone(),
         )));
+    }
+}
+
+/// A plain listener (`plaintext: true`) reachable from beyond this host deserves a warning,
+/// at start and when a reload makes a route plain.
+fn warn_if_plain_exposed(route: &str, addr: SocketAddr) {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(route = %route, listen = %addr, "plain listener (plaintext: true) on an address that is not loopback: anyone who can reach it can send through this route");
     }
 }
 

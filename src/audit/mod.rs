@@ -83,6 +83,18 @@ pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>, resumed:
     r.send();
 }
 
+/// A route's pooled connections to its partner retired (`reason`): `idle` closed at once,
+/// `busy` closing as their exchanges end.
+pub fn upstream_retired(route: &str, reason: &str, idle: usize, busy: usize) {
+    let Some(mut r) = Record::start("upstream_retired", route) else {
+        return;
+    };
+    r.label("reason", reason);
+    r.number("idle_closed", idle as u64);
+    r.number("busy_closing", busy as u64);
+    r.send();
+}
+
 /// A session's end: how many messages, how long, why.
 pub fn session_ended(who: Who<'_>, messages: u64, duration: Duration, reason: &str) {
     let Some(mut r) = Record::new("session_end", who) else {
@@ -94,14 +106,39 @@ pub fn session_ended(who: Who<'_>, messages: u64, duration: Duration, reason: &s
     r.send();
 }
 
-/// A handshake the proxy refused, with the certificate presented, if any.
-pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Option<&ClientIdentity>) {
+/// The certificate of a refused handshake, and whether it verified.
+#[derive(Clone, Copy)]
+pub enum Presented<'a> {
+    /// None was presented (or it could not be parsed).
+    Nothing,
+    /// Presented but not verified (unknown CA, revoked, expired, …): its names are the
+    /// peer's claim, written as `presented_*` so that nobody can plant a real sender's
+    /// identity in the fields of a verified one.
+    Unverified(&'a ClientIdentity),
+    /// Verified, but refused for another reason (not in `allowed_clients`).
+    Verified(&'a ClientIdentity),
+}
+
+/// A handshake the proxy refused, with the certificate presented, if any. Written for every
+/// refusal, whatever the log's rate limit lets through: the audit trail is the record of who
+/// tried, and a flood of junk must not hide one stolen certificate's attempt.
+pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Presented<'_>) {
     let Some(mut r) = Record::new("handshake_refused", who) else {
         return;
     };
     r.label("reason", reason);
-    if let Some(c) = presented {
-        r.certificate(c);
+    match presented {
+        Presented::Verified(c) => {
+            r.label("verified", "true");
+            r.certificate(c);
+        }
+        Presented::Unverified(c) => {
+            r.label("verified", "false");
+            r.text("presented_subject", &escape_str(&c.subject));
+            r.text("presented_serial", &escape_str(&c.serial));
+            r.text("presented_issuer", &escape_str(&c.issuer));
+        }
+        Presented::Nothing => r.label("verified", "false"),
     }
     r.send();
 }
@@ -229,6 +266,16 @@ impl Prefix {
 /// not ask for an audit trail) records are not written. The flag is the format (JSON or text),
 /// which a reload may change.
 static SINK: OnceLock<(LineWriter, AtomicBool)> = OnceLock::new();
+
+/// The `sink` labels of [`records_dropped`], in its order.
+pub const SINKS: [&str; 2] = ["log", "file"];
+
+/// Audit records dropped so far because their destination fell behind: into the log, into
+/// the audit file. Zero before [`install`].
+pub fn records_dropped() -> [u64; 2] {
+    SINK.get()
+        .map_or([0; 2], |(w, _)| w.queue.records_dropped())
+}
 
 /// Sends audit records to `writer`'s thread, as JSON or as the text log's lines. The first
 /// call wins.

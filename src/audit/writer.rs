@@ -51,6 +51,8 @@ struct Pending {
     to_file: bool,
     /// Lines dropped because the writer fell [`MAX_PENDING`] behind.
     dropped: u64,
+    /// Audit records among them, since start: into the log, into the audit file.
+    records_dropped: [u64; 2],
     /// The writer waits for a line (then the next one wakes it).
     parked: bool,
     stop: bool,
@@ -79,6 +81,11 @@ impl Queue {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Audit records dropped since start: into the log, into the audit file.
+    pub(super) fn records_dropped(&self) -> [u64; 2] {
+        self.lock().records_dropped
+    }
+
     /// Queues one line (or several, each ending in `\n`).
     pub(super) fn push(&self, line: &[u8], audit: bool) {
         let mut p = self.lock();
@@ -90,6 +97,9 @@ impl Queue {
         };
         if to.len() + line.len() > MAX_PENDING {
             p.dropped += 1;
+            if audit {
+                p.records_dropped[usize::from(p.to_file)] += 1;
+            }
         } else {
             to.extend_from_slice(line);
         }

@@ -65,12 +65,28 @@ pub(super) async fn accept(
     who: audit::Who<'_>,
     handshake_permit: Option<crate::listener::Held>,
 ) -> Option<TlsStream<TcpStream>> {
+    let deadline = tokio::time::Instant::now() + ctx.cfg.limits.handshake_timeout;
+    // A TCP connect that closes before a byte: load-balancer health checks and port probes
+    // do this every few seconds. Counted, neither audited nor worth a line; anything that
+    // sent a byte and was refused is audited.
+    if let Ok(Ok(0) | Err(_)) = tokio::time::timeout_at(deadline, tcp.peek(&mut [0u8; 1])).await {
+        drop(handshake_permit);
+        ctx.metrics.handshake_failed(HandshakeReason::Eof);
+        session_event!(
+            debug,
+            who,
+            side = "sender",
+            reason = HandshakeReason::Eof.label(),
+            "connection closed before its first TLS byte"
+        );
+        return None;
+    }
     let acceptor = TlsAcceptor::from(server);
     let presented = Arc::new(std::sync::Mutex::new(None));
     let handshake = PRESENTED
         .scope(
             presented.clone(),
-            tokio::time::timeout(ctx.cfg.limits.handshake_timeout, acceptor.accept(tcp)),
+            tokio::time::timeout_at(deadline, acceptor.accept(tcp)),
         )
         .await;
     // No longer a pending handshake, whatever the outcome.
@@ -84,9 +100,16 @@ pub(super) async fn accept(
         ),
     };
     ctx.metrics.handshake_failed(reason);
+    let presented = presented.lock().ok().and_then(|p| p.clone());
+    audit::handshake_refused(
+        who,
+        reason.label(),
+        presented
+            .as_ref()
+            .map_or(audit::Presented::Nothing, audit::Presented::Unverified),
+    );
     if reason == HandshakeReason::Eof {
-        // A TCP connect that closes before a byte: load-balancer health checks and port probes
-        // do this every few seconds. Counted, not worth a line.
+        // Closed mid-handshake: as common as the probes above, and audited already.
         session_event!(
             debug,
             who,
@@ -95,9 +118,7 @@ pub(super) async fn accept(
             "TLS handshake failed"
         );
     } else if let Some(suppressed) = ctx.events.handshake.admit() {
-        let presented = presented.lock().ok().and_then(|p| p.clone());
         session_event!(warn, who, side = "sender", reason = reason.label(), error = %error, suppressed, "TLS handshake failed");
-        audit::handshake_refused(who, reason.label(), presented.as_ref());
     }
     None
 }
@@ -121,9 +142,9 @@ pub(super) async fn admit(
         return Some((identity, shown));
     }
     ctx.metrics.clients_denied.inc();
+    audit::handshake_refused(who, "not_allowed", audit::Presented::Verified(&identity));
     if let Some(suppressed) = ctx.events.denied.admit() {
         session_event!(warn, who, client = %shown, side = "sender", suppressed, "client certificate verified but not in allowed_clients; connection refused");
-        audit::handshake_refused(who, "not_allowed", Some(&identity));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
     None

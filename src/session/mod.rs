@@ -349,7 +349,11 @@ impl<'a> Session<'a> {
             (Some(new), Some(old)) if !Arc::ptr_eq(&new.config, &old.config) => Some(new),
             _ => None,
         };
-        let refused = if u.identity.is_some_and(|id| !new.allow.admits(id)) {
+        // A plain session under a route now TLS (or the reverse) was admitted by a listener
+        // the configuration no longer has: it carries nothing more.
+        let refused = if new.tls.is_some() != self.ctx.tls.is_some() {
+            Some(Offboarded::Transport)
+        } else if u.identity.is_some_and(|id| !new.allow.admits(id)) {
             Some(Offboarded::NotAllowed)
         } else if let Some(tls) = changed_tls
             && let Some(chain) = stream.peer_chain()

@@ -135,6 +135,8 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// Rotation of `balance: round_robin`.
     next: AtomicUsize,
+    /// The pool generation of `partner`: connections this upstream opens carry it.
+    generation: u64,
 }
 
 impl Upstream {
@@ -165,6 +167,7 @@ impl Upstream {
             metrics,
             targets,
             next: AtomicUsize::new(0),
+            generation: 0,
         }
     }
 
@@ -185,7 +188,10 @@ impl Upstream {
     }
 
     /// This upstream with other settings (timeouts, balance, health checks), sharing its pool
-    /// and targets ([`Upstream::keeps_pool`]).
+    /// and targets ([`Upstream::keeps_pool`]). When `partner` is other material than this
+    /// upstream's (new files, CRLs, `ca`, `allowed_servers`, …), the pool's connections are
+    /// retired ([`Pool::renew`]): none verified under the old material carries another
+    /// message, as a revoked sender's session ends after its exchange.
     pub fn reconfigured(
         &self,
         cfg: UpstreamConfig,
@@ -197,6 +203,29 @@ impl Upstream {
                 self.metrics.partner(t);
             }
         }
+        let same_partner = match (&partner, &self.partner) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let generation = if same_partner {
+            self.generation
+        } else {
+            let (generation, idle_closed) = self.pool.renew();
+            let busy = self
+                .targets
+                .iter()
+                .map(|t| t.pooled.load(Ordering::Acquire))
+                .sum::<usize>();
+            tracing::info!(route = %self.metrics.route, idle_closed, busy_closing = busy, "upstream TLS material or settings changed: pooled connections retired; the next exchange handshakes under the new material");
+            crate::audit::upstream_retired(
+                &self.metrics.route,
+                "partner_tls_changed",
+                idle_closed,
+                busy,
+            );
+            generation
+        };
         Self {
             partner,
             cfg,
@@ -205,6 +234,7 @@ impl Upstream {
             targets: self.targets.clone(),
             pool: self.pool.clone(),
             next: AtomicUsize::new(0),
+            generation,
         }
     }
 
@@ -387,7 +417,8 @@ impl Upstream {
                         self.metrics.upstream_duplicate_acks.clone(),
                         partner.is_some_and(|p| p.client_not_after.is_some()),
                     );
-                    return Ok((PooledConn::new(conn, target.clone()), false));
+                    let c = PooledConn::new(conn, target.clone(), self.generation);
+                    return Ok((c, false));
                 }
                 Ok(None) => {
                     reasons.push(format!("{}: down, another connect in flight", target.addr))
@@ -426,8 +457,9 @@ impl Upstream {
     /// the others found on the way are closed.
     fn idle_connection(&self, shard: &Shard, target: &Target) -> Option<PooledConn> {
         while let Some(mut c) = shard.take_idle(target) {
-            if self.spent(&c) {
-                // Pooled before a reload lowered messages_per_connection.
+            if self.spent(&c) || c.generation != self.generation {
+                // Pooled before a reload lowered messages_per_connection, or verified under
+                // partner material this upstream does not use.
                 continue;
             }
             match c.conn.check_idle() {

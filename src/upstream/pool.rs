@@ -19,7 +19,7 @@
 //! takes that permit: a share held by slow exchanges cannot keep a message waiting while the
 //! route has a free connection. Smaller pools stay whole.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
@@ -44,16 +44,21 @@ pub(super) struct PooledConn {
     idle_since: Instant,
     /// The session thread whose runtime drives its socket ([`crate::cores`]).
     home: usize,
+    /// The pool's generation it was opened (and its partner verified) under: one from before
+    /// the last [`Pool::renew`] is closed instead of pooled again.
+    pub(super) generation: u64,
 }
 
 impl PooledConn {
-    pub(super) fn new(conn: UpstreamConn, target: Arc<Target>) -> Self {
+    /// `generation`: the pool's, when the upstream whose material opened it was made.
+    pub(super) fn new(conn: UpstreamConn, target: Arc<Target>, generation: u64) -> Self {
         target.pooled.fetch_add(1, Ordering::AcqRel);
         Self {
             conn: Box::new(conn),
             target,
             idle_since: Instant::now(),
             home: crate::cores::current(),
+            generation,
         }
     }
 }
@@ -69,6 +74,9 @@ pub(super) struct Pool {
     shards: Vec<Shard>,
     /// Replaced by a reload: connections given back are closed instead of kept.
     retired: AtomicBool,
+    /// Bumped when the partner's TLS material changes ([`Pool::renew`]): connections of an
+    /// earlier generation were verified under material no longer in service.
+    generation: AtomicU64,
 }
 
 /// Idle connections and the exchange limit of one share of the pool.
@@ -146,7 +154,25 @@ impl Pool {
         Self {
             shards,
             retired: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The partner's TLS material changed: idle connections are closed now, busy ones when
+    /// their exchange ends, and the next exchange handshakes under the new material. Returns
+    /// the new generation and how many idle connections were closed.
+    pub(super) fn renew(&self) -> (u64, usize) {
+        // Bumped before the idle lists are emptied: a connection given back in between is
+        // checked against the new generation under the same lock ([`Shard::put_idle`]).
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut closed = 0;
+        for shard in &self.shards {
+            if let Ok(mut idle) = shard.idle.lock() {
+                closed += idle.len();
+                idle.clear();
+            }
+        }
+        (generation, closed)
     }
 
     /// Closes the idle connections and, from now on, every connection given back.
@@ -159,10 +185,11 @@ impl Pool {
         }
     }
 
-    /// Returns a connection after a successful exchange, unless the pool is retired.
+    /// Returns a connection after a successful exchange, unless the pool is retired or the
+    /// connection is of an earlier generation (then it is closed).
     pub(super) fn put_idle(&self, shard: &Shard, c: PooledConn) {
         if !self.retired.load(Ordering::Acquire) {
-            shard.put_idle(c);
+            shard.put_idle(c, &self.generation);
         }
     }
 
@@ -303,10 +330,13 @@ impl Shard {
         }
     }
 
-    /// Returns a connection after a successful exchange.
-    pub(super) fn put_idle(&self, mut c: PooledConn) {
+    /// Returns a connection after a successful exchange, unless `generation` moved past
+    /// its own (read under the idle list's lock, so [`Pool::renew`] cannot miss it).
+    pub(super) fn put_idle(&self, mut c: PooledConn, generation: &AtomicU64) {
         c.idle_since = Instant::now();
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle.lock()
+            && c.generation == generation.load(Ordering::Acquire)
+        {
             idle.push(c);
         }
     }

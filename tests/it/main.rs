@@ -12,6 +12,7 @@ mod interop;
 mod limits;
 mod logging;
 mod observability;
+mod offboarding;
 mod reliability;
 mod reload;
 mod security;

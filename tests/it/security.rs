@@ -236,18 +236,22 @@ fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
     let refused = find("handshake_refused");
     assert_eq!(refused.len(), 1, "{records:?}");
     assert_eq!(refused[0]["reason"], "unknown_ca");
+    // Another CA's certificate did not verify: its names are the peer's claim, never in the
+    // fields of a verified identity.
+    assert_eq!(refused[0]["verified"], "false");
     assert!(
-        refused[0]["issuer"]
+        refused[0]["presented_issuer"]
             .as_str()
             .is_some_and(|v| v.contains("CN=other CA")),
         "{}",
         refused[0]
     );
     assert!(
-        refused[0]["subject"]
+        refused[0]["presented_subject"]
             .as_str()
             .is_some_and(|v| v.contains("CN=lab-sender"))
     );
+    assert!(refused[0].get("subject").is_none() && refused[0].get("issuer").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

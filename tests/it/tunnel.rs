@@ -125,20 +125,31 @@ async fn python_hl7_through_egress_and_ingress_gets_the_engines_own_acks() {
 }
 
 /// stunnel 4/5, or `None` after saying why.
-fn stunnel() -> Option<PathBuf> {
+pub fn stunnel() -> Option<PathBuf> {
     required_tool("stunnel4", "-version", "stunnel4")
         .or_else(|| required_tool("stunnel", "-version", "stunnel4"))
 }
 
-/// stunnel in server mode on a free loopback port, requiring a client certificate from the
-/// test CA, in front of `to`; returns it (stopped when dropped) and its address.
+/// stunnel in server mode on a free loopback port, presenting the test PKI's `server`
+/// certificate and requiring a client certificate from the test CA, in front of `to`; returns
+/// it (stopped when dropped) and its address.
 async fn start_stunnel(stunnel: &Path, pki: &Pki, to: &str) -> (Reaper, std::net::SocketAddr) {
+    start_stunnel_as(stunnel, pki, "server", to).await
+}
+
+/// [`start_stunnel`] presenting `NAME.crt` of the test PKI.
+pub async fn start_stunnel_as(
+    stunnel: &Path,
+    pki: &Pki,
+    cert: &str,
+    to: &str,
+) -> (Reaper, std::net::SocketAddr) {
     let front = unused_addr().await;
     let conf = pki.path("stunnel.conf");
     let text = format!(
         "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-        pki.path("server.crt").display(),
-        pki.path("server.key").display(),
+        pki.path(&format!("{cert}.crt")).display(),
+        pki.path(&format!("{cert}.key")).display(),
         pki.path("ca.crt").display()
     );
     std::fs::write(&conf, text).expect("stunnel.conf");
