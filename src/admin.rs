@@ -1,4 +1,7 @@
-//! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz`.
+//! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz`; and, with
+//! `admin.health_listen`, a second plain listener serving only `/healthz` and `/readyz` (what
+//! kubelet probes and balancer health checks can reach when the admin port asks for a client
+//! certificate).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +72,15 @@ impl AdminState {
     }
 }
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/metrics`, `/healthz`, `/readyz` (`admin.listen`).
+    All,
+    /// `/healthz` and `/readyz` only (`admin.health_listen`): no metrics without TLS.
+    Health,
+}
+
 /// Serves admin requests until `shutdown`; returns the listener (a reload that keeps the
 /// address serves on with other settings) and what lets open requests finish.
 ///
@@ -78,6 +90,7 @@ impl AdminState {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    endpoints: Endpoints,
     max_connections: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
@@ -106,7 +119,7 @@ pub async fn serve(
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            async move { Ok::<_, Infallible>(handle(&state, endpoints, &req)) }
         });
         let builder = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -161,7 +174,11 @@ impl Draining {
     }
 }
 
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(
+    state: &AdminState,
+    endpoints: Endpoints,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -171,7 +188,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
-        "/metrics" => {
+        "/metrics" if endpoints == Endpoints::All => {
             for u in state.upstreams() {
                 u.refresh_gauges();
             }

@@ -12,8 +12,9 @@ use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, LoggingConfig};
 use mllp_proxy::cores::Cores;
 use mllp_proxy::metrics::Metrics;
-use mllp_proxy::proxy::{Options, ReloadHook, Source};
+use mllp_proxy::proxy::{Options, ReloadHook, Source, StartError};
 use mllp_proxy::shutdown::{Signal, Signals};
+use sd_notify::NotifyState;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
@@ -110,12 +111,19 @@ async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
+/// `run` exit status: the configuration (or its TLS material, or the audit file) cannot be
+/// used: restarting will not help (sysexits.h EX_CONFIG; `RestartPreventExitStatus=78`).
+const EXIT_CONFIG: u8 = 78;
+/// `run` exit status: the drain after SIGTERM timed out and open sessions were cut (their
+/// messages in flight were not acknowledged, so senders resend them; sysexits.h EX_TEMPFAIL).
+const EXIT_DRAIN_TIMEOUT: u8 = 75;
+
 async fn run(path: PathBuf) -> ExitCode {
     let (config, text) = match Config::load_with_text(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let logging = match init_tracing(
@@ -126,7 +134,7 @@ async fn run(path: PathBuf) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let mut signals = match Signals::new() {
@@ -136,7 +144,6 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let drain = config.shutdown.drain_timeout;
     let metrics = match Metrics::new() {
         Ok(m) => m,
         Err(e) => {
@@ -165,21 +172,44 @@ async fn run(path: PathBuf) -> ExitCode {
             // Logging is set up by now: one line, in the configured format (JSON pipelines
             // must not receive a stray plain-text line).
             tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
+            return match e {
+                // A port taken may be free on the next try (an old process still stopping).
+                StartError::Bind { .. } => ExitCode::FAILURE,
+                StartError::Tls { .. } | StartError::AdminTls(_) => ExitCode::from(EXIT_CONFIG),
+            };
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
+    systemd(&[NotifyState::Ready]);
     while signals.next().await == Signal::Reload {
         tracing::info!(
             "SIGHUP: reloading the configuration and TLS material, reopening the audit file"
         );
+        // systemd 253+ needs the monotonic time with RELOADING=1 to tell reloads apart.
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => systemd(&[NotifyState::Reloading, now]),
+            Err(_) => systemd(&[NotifyState::Reloading]),
+        }
         logging.reopen.request();
         proxy.reload().await;
+        systemd(&[NotifyState::Ready]);
     }
-    tracing::info!("stopping: no new connections; finishing in-flight exchanges");
-    let drained = proxy.shutdown(drain).await;
+    systemd(&[NotifyState::Stopping]);
+    tracing::info!("SIGTERM/SIGINT: shutting down");
+    let drained = proxy.stop().await;
     tracing::info!(drained, "stopped");
-    ExitCode::SUCCESS
+    if drained {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRAIN_TIMEOUT)
+    }
+}
+
+/// Tells systemd (`Type=notify`, `NOTIFY_SOCKET` set) how the service is; nothing without it.
+fn systemd(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "systemd notification not sent (NOTIFY_SOCKET)");
+    }
 }
 
 fn report<E: std::fmt::Display>(r: Result<bool, E>) -> ExitCode {

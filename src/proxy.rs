@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState, Draining};
+use crate::admin::{self, AdminState, Draining, Endpoints};
 use crate::config::{AdminConfig, Config, RouteConfig};
 use crate::cores::Cores;
 use crate::listener;
@@ -115,6 +115,8 @@ struct State {
     text: Option<String>,
     routes: Vec<(String, RouteHandle)>,
     admin: AdminServer,
+    /// The plain health listener (`admin.health_listen`).
+    health: Option<AdminServer>,
     /// The last refusal logged, so that a poll retrying the same file logs it once.
     last_error: Option<String>,
 }
@@ -123,6 +125,7 @@ struct State {
 struct Addrs {
     routes: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
+    health: Option<SocketAddr>,
 }
 
 /// The admin server's accept loop; stopping it gives its listener back.
@@ -132,6 +135,17 @@ struct AdminServer {
     task: JoinHandle<(TcpListener, Draining)>,
 }
 
+impl AdminServer {
+    /// Stops accepting, closes the listener and lets open requests finish (5 s at most).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Ok((listener, draining)) = (&mut self.task).await {
+            drop(listener);
+            draining.finish().await;
+        }
+    }
+}
+
 /// A configuration with all that can fail done.
 struct Prepared {
     config: Config,
@@ -139,6 +153,8 @@ struct Prepared {
     routes: Vec<RouteSpec>,
     admin_tls: Option<Arc<rustls::ServerConfig>>,
     admin_listener: Option<TcpListener>,
+    /// `admin.health_listen` on a new address (`None`: unchanged, or none configured).
+    health_listener: Option<TcpListener>,
 }
 
 /// Loads, binds and spawns everything described by `config`; sessions run on this runtime.
@@ -155,6 +171,7 @@ pub async fn start_with(
     let routes = bind_routes(&config.routes, config.audit.messages)?;
     let admin_tls = admin_tls(&config.admin).map_err(StartError::AdminTls)?;
     let admin_listener = bind_admin(&config.admin)?;
+    let health_listener = config.admin.health_listen.map(bind_health).transpose()?;
 
     let admin_state = Arc::new(AdminState::new(
         metrics.clone(),
@@ -180,8 +197,12 @@ pub async fn start_with(
         .background
         .spawn(crate::memory::release_after_bursts(shared.stop.clone()));
     let admin = serve_admin(admin_listener, &config.admin, admin_tls, &admin_state);
+    let health = health_listener.map(|l| serve_health(l, &admin_state));
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!(admin = %admin.addr, "admin listening (/metrics, /healthz, /readyz)");
+    if let Some(h) = &health {
+        tracing::info!(health = %h.addr, "health listening (/healthz, /readyz; plain HTTP)");
+    }
 
     let (path, text) = options.source.map(|s| (s.path, s.text)).unzip();
     let control = Arc::new(Control {
@@ -193,6 +214,7 @@ pub async fn start_with(
             text,
             routes: running,
             admin,
+            health,
             last_error: None,
         }),
         shared: shared.clone(),
@@ -240,10 +262,30 @@ impl RunningProxy {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// The bound address of `admin.health_listen`, if configured.
+    pub fn health(&self) -> Option<SocketAddr> {
+        self.control.addrs().health
+    }
+
     /// Reloads the whole configuration now (what SIGHUP does), whether or not the file
     /// changed, and with it every route's TLS material.
     pub async fn reload(&self) -> Reload {
         self.control.reload(true).await
+    }
+
+    /// What SIGTERM does, with `shutdown` as configured now (a reload may have changed it):
+    /// `/readyz` answers 503 at once while the listeners keep accepting and serving for
+    /// `shutdown.delay` (lame duck: balancers and Kubernetes endpoints stop sending before
+    /// anything is refused), then [`RunningProxy::shutdown`] with `shutdown.drain_timeout`.
+    /// Returns whether every session ended within the drain.
+    pub async fn stop(self) -> bool {
+        self.admin_state.ready.store(false, Ordering::Release);
+        let settings = self.control.state.lock().await.config.shutdown.clone();
+        if !settings.delay.is_zero() {
+            tracing::info!(delay = ?settings.delay, "shutting down: /readyz answers 503; still accepting until shutdown.delay has passed");
+            tokio::time::sleep(settings.delay).await;
+        }
+        self.shutdown(settings.drain_timeout).await
     }
 
     /// Stops accepting, lets sessions finish their current exchange for up to `drain`, then
@@ -255,9 +297,7 @@ impl RunningProxy {
         self.stop_accepting.cancel();
         self.sessions.close();
         let open = self.sessions.len();
-        if open > 0 {
-            tracing::info!(sessions = open, drain_timeout = ?drain, "draining sessions");
-        }
+        tracing::info!(sessions = open, drain_timeout = ?drain, "shutting down: listeners stop accepting; draining sessions");
         let drained = tokio::time::timeout(drain, self.sessions.wait())
             .await
             .is_ok();
@@ -268,6 +308,9 @@ impl RunningProxy {
             );
         }
         state.routes.clear();
+        if let Some(health) = state.health.take() {
+            health.stop().await;
+        }
         state.admin.stop.cancel();
         if let Ok((_, draining)) = (&mut state.admin.task).await {
             draining.finish().await;
@@ -291,6 +334,7 @@ impl Control {
                 .map(|(n, h)| (n.clone(), h.addr))
                 .collect();
             addrs.admin = Some(state.admin.addr);
+            addrs.health = state.health.as_ref().map(|h| h.addr);
         }
     }
 
@@ -384,6 +428,12 @@ impl Control {
             true => None,
             false => Some(bind_admin(&config.admin).map_err(|e| in_file(e.to_string()))?),
         };
+        let health_listener = match config.admin.health_listen {
+            Some(addr) if state.config.admin.health_listen != Some(addr) => {
+                Some(bind_health(addr).map_err(|e| in_file(e.to_string()))?)
+            }
+            _ => None,
+        };
         if let Some(hook) = &self.hook {
             hook(&config).map_err(in_file)?;
         }
@@ -393,6 +443,7 @@ impl Control {
             routes,
             admin_tls,
             admin_listener,
+            health_listener,
         })
     }
 
@@ -449,6 +500,14 @@ impl Control {
             prepared.admin_listener,
         )
         .await;
+        if state.config.admin.health_listen != prepared.config.admin.health_listen {
+            if let Some(old) = state.health.take() {
+                old.stop().await;
+            }
+            state.health = prepared
+                .health_listener
+                .map(|l| serve_health(l, &self.shared.admin));
+        }
         tracing::info!(
             routes = state.routes.len(),
             added = %added.join(","),
@@ -495,11 +554,38 @@ fn serve_admin(
     let task = tokio::spawn(admin::serve(
         listener,
         state.clone(),
+        Endpoints::All,
         cfg.max_connections,
         tls,
         stop.clone(),
     ));
     AdminServer { addr, stop, task }
+}
+
+/// The plain health listener (`admin.health_listen`): `/healthz` and `/readyz` only.
+fn serve_health(listener: TcpListener, state: &Arc<AdminState>) -> AdminServer {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let stop = CancellationToken::new();
+    // Probes come one at a time per prober; a handful of connections is plenty.
+    let task = tokio::spawn(admin::serve(
+        listener,
+        state.clone(),
+        Endpoints::Health,
+        16,
+        None,
+        stop.clone(),
+    ));
+    AdminServer { addr, stop, task }
+}
+
+fn bind_health(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    listener::bind(addr, 128).map_err(|source| StartError::Bind {
+        key: "admin.health_listen".into(),
+        addr,
+        source,
+    })
 }
 
 fn admin_tls(admin: &AdminConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {

@@ -193,6 +193,8 @@ impl Route {
         let (mut tick, mut tick_partner) = (poll_every(every), poll_every(every_partner));
         loop {
             tokio::select! {
+                // First: at shutdown nothing else is done, and the route is not "removed".
+                biased;
                 _ = shared.stop.cancelled() => return,
                 _ = tick.tick() => self.reload_tls(false),
                 _ = tick_partner.tick() => self.reload_partner(false, &shared),
@@ -431,7 +433,11 @@ impl Route {
     /// The route left the configuration: it stops accepting, its sessions drain as at
     /// shutdown, its engine's idle connections close and its series leave `/metrics`.
     async fn remove(mut self, shared: &Shared) {
-        tracing::info!(route = %self.name, "route removed from the configuration; draining its sessions");
+        if shared.stop.is_cancelled() {
+            tracing::info!(route = %self.name, "shutting down: route stops accepting; draining its sessions");
+        } else {
+            tracing::info!(route = %self.name, "route removed from the configuration; draining its sessions");
+        }
         self.stop_accepting().await;
         self.maintaining.cancel();
         self.ctx.borrow().upstream.retire();

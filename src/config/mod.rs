@@ -85,6 +85,9 @@ pub struct AuditConfig {
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// A second, plain HTTP listener serving only `/healthz` and `/readyz`: for kubelet
+    /// probes and balancer health checks when `tls` asks scrapers for a client certificate.
+    pub health_listen: Option<SocketAddr>,
     /// `/readyz` is 503 while a route has no target up.
     pub ready_requires_upstream: bool,
     /// Admin connections open at once; more are closed at accept.
@@ -126,8 +129,35 @@ pub enum LogFormat {
 /// Shutdown behaviour.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
-    /// Upper bound on the drain after SIGTERM/SIGINT.
+    /// Lame duck: after SIGTERM/SIGINT, `/readyz` is 503 while the listeners keep accepting
+    /// for this long, so balancers and endpoints stop sending before anything is refused.
+    pub delay: Duration,
+    /// Upper bound on the drain after the listeners close.
     pub drain_timeout: Duration,
+}
+
+/// TCP keepalive of a socket: a probe after `time` without traffic, then every `interval`;
+/// `retries` unanswered probes drop the connection. Keeps balancers and firewalls from
+/// dropping an idle flow silently, and frees the slot of a peer whose host vanished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub time: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub retries: u32,
+}
+
+impl Keepalive {
+    /// Sets these options on `socket` (anything with a file descriptor: std or tokio).
+    pub fn apply(&self, socket: impl std::os::fd::AsFd) -> std::io::Result<()> {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(self.time)
+            .with_interval(self.interval)
+            .with_retries(self.retries);
+        socket2::SockRef::from(&socket).set_tcp_keepalive(&ka)
+    }
 }
 
 /// One listening port, its TLS policy and the legacy engine behind it.
@@ -346,6 +376,8 @@ pub struct UpstreamConfig {
     pub health_check_interval: Option<Duration>,
     /// Messages a pooled connection carries before it is closed; 0 = no limit.
     pub messages_per_connection: u64,
+    /// TCP keepalive of engine connections; `None`: off.
+    pub tcp_keepalive: Option<Keepalive>,
     /// (Mutual) TLS to the targets: a partner across a network (egress).
     pub tls: Option<UpstreamTlsConfig>,
 }
@@ -459,6 +491,8 @@ pub struct LimitsConfig {
     pub max_connections_per_source: usize,
     /// Connections still in the TLS handshake, all sources; 0 = no limit.
     pub max_pending_handshakes: usize,
+    /// TCP keepalive of sender connections; `None`: off.
+    pub tcp_keepalive: Option<Keepalive>,
 }
 
 impl Config {

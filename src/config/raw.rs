@@ -45,6 +45,7 @@ impl Default for RawAudit {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {
     pub(super) listen: String,
+    pub(super) health_listen: String,
     pub(super) ready_requires_upstream: bool,
     pub(super) max_connections: u32,
     pub(super) tls: RawAdminTls,
@@ -68,7 +69,17 @@ pub(super) struct RawLogging {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawShutdown {
+    pub(super) delay: String,
     pub(super) drain_timeout: String,
+}
+
+/// `tcp_keepalive` of sender sessions (`limits`) or engine connections (`upstream`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawKeepalive {
+    pub(super) time: String,
+    pub(super) interval: String,
+    pub(super) retries: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +163,8 @@ pub(super) struct RawUpstream {
     pub(super) health_check_interval: DurationOrOff,
     #[serde(default)]
     pub(super) messages_per_connection: u32,
+    #[serde(default)]
+    pub(super) tcp_keepalive: RawKeepalive,
     pub(super) tls: Option<RawUpstreamTls>,
 }
 
@@ -211,6 +224,7 @@ pub(super) struct RawLimits {
     pub(super) listen_backlog: u32,
     pub(super) max_connections_per_source: u32,
     pub(super) max_pending_handshakes: u32,
+    pub(super) tcp_keepalive: RawKeepalive,
 }
 
 // The defaults, one place per section (docs/configuration.md lists the same values).
@@ -219,6 +233,7 @@ impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9575".into(),
+            health_listen: String::new(),
             ready_requires_upstream: false,
             max_connections: 64,
             tls: RawAdminTls::default(),
@@ -238,7 +253,21 @@ impl Default for RawLogging {
 impl Default for RawShutdown {
     fn default() -> Self {
         Self {
+            delay: "0s".into(),
             drain_timeout: "30s".into(),
+        }
+    }
+}
+
+impl Default for RawKeepalive {
+    /// The first probe after 60 s idle, the peer dropped 30 s later: well inside the idle
+    /// timeouts of the balancers in front of senders (F5 300 s, AWS NLB 350 s) and of
+    /// firewalls between the proxy and an engine, and cheap (a probe a minute per idle socket).
+    fn default() -> Self {
+        Self {
+            time: "60s".into(),
+            interval: "10s".into(),
+            retries: 3,
         }
     }
 }
@@ -294,6 +323,7 @@ impl Default for RawLimits {
             listen_backlog: 1024,
             max_connections_per_source: 64,
             max_pending_handshakes: 256,
+            tcp_keepalive: RawKeepalive::default(),
         }
     }
 }

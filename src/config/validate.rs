@@ -92,6 +92,10 @@ impl RawConfig {
     pub(super) fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let admin = AdminConfig {
             listen: addr("admin.listen", &self.admin.listen)?,
+            health_listen: match self.admin.health_listen.trim() {
+                "" => None,
+                text => Some(addr("admin.health_listen", text)?),
+            },
             ready_requires_upstream: self.admin.ready_requires_upstream,
             max_connections: match self.admin.max_connections {
                 0 => return Err(invalid("admin.max_connections", "must be at least 1")),
@@ -99,11 +103,22 @@ impl RawConfig {
             },
             tls: self.admin.tls.validate(base)?,
         };
+        if admin
+            .health_listen
+            .is_some_and(|h| h == admin.listen && h.port() != 0)
+        {
+            return Err(invalid(
+                "admin.health_listen",
+                "must differ from admin.listen (it serves /healthz and /readyz on a port of its own)",
+            ));
+        }
         let logging = LoggingConfig {
             format: self.logging.format,
             level: log_level(&self.logging.level)?,
         };
         let shutdown = ShutdownConfig {
+            delay: parse_duration(&self.shutdown.delay)
+                .map_err(|reason| invalid("shutdown.delay", reason))?,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
         };
         if self.routes.is_empty() {
@@ -374,6 +389,7 @@ impl RawUpstream {
             queue_timeout: duration(&format!("{k}.queue_timeout"), &self.queue_timeout)?,
             idle_timeout: duration(&format!("{k}.idle_timeout"), &self.idle_timeout)?,
             messages_per_connection: u64::from(self.messages_per_connection),
+            tcp_keepalive: self.tcp_keepalive.validate(&format!("{k}.tcp_keepalive"))?,
             tls: self
                 .tls
                 .map(|t| t.validate(&format!("{k}.tls"), base))
@@ -434,6 +450,7 @@ impl RawLimits {
             listen_backlog: self.listen_backlog,
             max_connections_per_source: self.max_connections_per_source as usize,
             max_pending_handshakes: self.max_pending_handshakes as usize,
+            tcp_keepalive: self.tcp_keepalive.validate(&format!("{k}.tcp_keepalive"))?,
         };
         if !(1..=65_535).contains(&limits.listen_backlog) {
             return Err(invalid(
@@ -442,6 +459,36 @@ impl RawLimits {
             ));
         }
         Ok(limits)
+    }
+}
+
+impl RawKeepalive {
+    /// `time: 0s` turns keepalive off. Linux counts in whole seconds, up to 32767 for the
+    /// times and 127 probes.
+    fn validate(self, k: &str) -> Result<Option<Keepalive>, ConfigError> {
+        let seconds = |key: &str, text: &str, min: u64| -> Result<Duration, ConfigError> {
+            let key = format!("{k}.{key}");
+            let d = parse_duration(text).map_err(|reason| invalid(&key, reason))?;
+            if d.subsec_nanos() != 0 || !(min..=32_767).contains(&d.as_secs()) {
+                return Err(invalid(
+                    key,
+                    format!("must be whole seconds, {min}s to 32767s"),
+                ));
+            }
+            Ok(d)
+        };
+        let time = seconds("time", &self.time, 0)?;
+        if time.is_zero() {
+            return Ok(None);
+        }
+        if !(1..=127).contains(&self.retries) {
+            return Err(invalid(format!("{k}.retries"), "must be between 1 and 127"));
+        }
+        Ok(Some(Keepalive {
+            time,
+            interval: seconds("interval", &self.interval, 1)?,
+            retries: self.retries,
+        }))
     }
 }
 

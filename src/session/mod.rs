@@ -194,6 +194,11 @@ pub async fn serve(
     if let Err(e) = tcp.set_nodelay(true) {
         session_event!(debug, who, error = %e, "TCP_NODELAY not set");
     }
+    // Before the handshake: a sender's host that vanishes mid-handshake or while idle frees its
+    // slot after the probes, not after idle_timeout, and balancers see traffic on idle flows.
+    if let Some(Err(e)) = ctx.cfg.limits.tcp_keepalive.map(|k| k.apply(&tcp)) {
+        session_event!(debug, who, error = %e, "TCP keepalive not set");
+    }
     let Some(listener_tls) = ctx.tls.as_ref() else {
         // A plain listener (an egress route fed by a local engine): no handshake, no
         // identity; the audit trail has the peer address.

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::{Wire, establish_tls};
+use crate::config::Keepalive;
 use crate::label::PartnerRefusal;
 use crate::tls::PartnerTls;
 use tokio::sync::Mutex as AsyncMutex;
@@ -131,6 +132,7 @@ impl Target {
         timeout: Duration,
         wait: bool,
         partner: Option<&PartnerTls>,
+        keepalive: Option<Keepalive>,
     ) -> Result<Option<Wire>, ConnectFailure> {
         let _gate = if wait {
             let gate = self.gate.lock().await;
@@ -144,19 +146,27 @@ impl Target {
                 Err(_) => return Ok(None),
             }
         };
-        self.connect_gated(timeout, partner).await.map(Some)
+        self.connect_gated(timeout, partner, keepalive)
+            .await
+            .map(Some)
     }
 
+    /// `keepalive`: for a pooled connection, which may sit idle behind a firewall; a probe's
+    /// connection closes at once and needs none.
     async fn connect_gated(
         &self,
         timeout: Duration,
         partner: Option<&PartnerTls>,
+        keepalive: Option<Keepalive>,
     ) -> Result<Wire, ConnectFailure> {
         let failure = match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
             Ok(Ok(tcp)) => {
                 // Small request/response exchanges: Nagle would add up to 40 ms per ACK.
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(engine = %self.addr, error = %e, "TCP_NODELAY not set");
+                }
+                if let Some(Err(e)) = keepalive.map(|k| k.apply(&tcp)) {
+                    tracing::debug!(engine = %self.addr, error = %e, "TCP keepalive not set");
                 }
                 match partner {
                     None => {
@@ -198,7 +208,7 @@ impl Target {
         if self.pooled.load(Ordering::Acquire) > 0 {
             return None;
         }
-        match self.connect_gated(timeout, partner).await {
+        match self.connect_gated(timeout, partner, None).await {
             Ok(mut stream) => {
                 // Close, and keep the gate until the engine has closed its side: a
                 // single-connection engine must be done with the probe before a pooled

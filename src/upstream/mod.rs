@@ -403,7 +403,12 @@ impl Upstream {
             shard.make_room();
             let partner = self.partner.as_deref();
             match target
-                .connect(self.cfg.connect_timeout, !all_down, partner)
+                .connect(
+                    self.cfg.connect_timeout,
+                    !all_down,
+                    partner,
+                    self.cfg.tcp_keepalive,
+                )
                 .await
             {
                 Ok(Some(wire)) => {

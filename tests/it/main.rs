@@ -9,6 +9,7 @@ mod corpus;
 mod deploy;
 mod egress;
 mod interop;
+mod lifecycle;
 mod limits;
 mod logging;
 mod observability;

@@ -297,6 +297,9 @@ pub struct Harness {
     edits: Vec<ConfigEdit>,
     /// The engine is started but not listed: its only target is an address nobody listens on.
     engine_down: bool,
+    /// `shutdown.delay` and `shutdown.drain_timeout`, when not the defaults of
+    /// [`Pki::config_yaml`] (no delay, 10 s).
+    shutdown: Option<(String, String)>,
 }
 
 /// A change to the validated configuration, made before the proxy starts.
@@ -320,7 +323,14 @@ impl Harness {
             top: String::new(),
             edits: Vec::new(),
             engine_down: false,
+            shutdown: None,
         }
+    }
+
+    /// `shutdown.delay` (lame duck) and `shutdown.drain_timeout`, as written in YAML.
+    pub fn shutdown(mut self, delay: &str, drain_timeout: &str) -> Self {
+        self.shutdown = Some((delay.to_string(), drain_timeout.to_string()));
+        self
     }
 
     /// The engine's behaviour.
@@ -439,10 +449,16 @@ impl Harness {
         } else {
             engine.target()
         });
-        let yaml = self
+        let mut yaml = self
             .pki
             .config_yaml(&targets, &self.extra)
             .replace("admin:\n", &format!("{}{top}admin:\n", self.top));
+        if let Some((delay, drain)) = &self.shutdown {
+            yaml = yaml.replace(
+                "shutdown:\n  drain_timeout: 10s\n",
+                &format!("shutdown:\n  delay: {delay}\n  drain_timeout: {drain}\n"),
+            );
+        }
         (engine, yaml)
     }
 }
@@ -646,11 +662,17 @@ impl ProxyProcess {
     /// Runs `mllp-proxy run -c CONFIG` (logging in JSON or text) with `RUST_LOG=rust_log`,
     /// which must let info lines through: the addresses are read from them.
     pub fn spawn(config: &Path, rust_log: &str) -> ProxyProcess {
+        Self::spawn_env(config, rust_log, &[])
+    }
+
+    /// [`ProxyProcess::spawn`] with more environment variables (`NOTIFY_SOCKET`, …).
+    pub fn spawn_env(config: &Path, rust_log: &str, env: &[(&str, &Path)]) -> ProxyProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(binary())
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -695,9 +717,19 @@ impl ProxyProcess {
 
     /// Sends SIGTERM and waits (15 s at most) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`) without waiting for anything.
+    pub fn signal(&self, which: &str) {
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([which, &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits (15 s at most) for the exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
