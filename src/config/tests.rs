@@ -340,3 +340,64 @@ fn check_refuses_a_mapped_range_wider_than_ipv4_naming_key_and_line() {
     );
     assert!(e.contains("(line 11)"), "{e}");
 }
+
+#[test]
+fn keepalive_delay_and_health_listen_have_defaults_and_named_errors() {
+    let c = Config::from_yaml(MINIMAL, Path::new("/etc/mllp")).unwrap();
+    let ka = Some(Keepalive {
+        time: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        retries: 3,
+    });
+    assert_eq!(c.routes[0].limits.tcp_keepalive, ka);
+    assert_eq!(c.routes[0].upstream.tcp_keepalive, ka);
+    assert_eq!(c.shutdown.delay, Duration::ZERO);
+    assert_eq!(c.admin.health_listen, None);
+    let off = format!("{MINIMAL}    limits: {{ tcp_keepalive: {{ time: 0s }} }}\n");
+    let c = Config::from_yaml(&off, Path::new("/etc/mllp")).unwrap();
+    assert_eq!(c.routes[0].limits.tcp_keepalive, None);
+    for (yaml, key) in [
+        (
+            "    limits: { tcp_keepalive: { time: 500ms } }\n",
+            "routes[0].limits.tcp_keepalive.time",
+        ),
+        (
+            "    limits: { tcp_keepalive: { interval: 0s } }\n",
+            "routes[0].limits.tcp_keepalive.interval",
+        ),
+        (
+            "    limits: { tcp_keepalive: { retries: 0 } }\n",
+            "routes[0].limits.tcp_keepalive.retries",
+        ),
+        (
+            "    limits: { tcp_keepalive: { time: 40000s } }\n",
+            "routes[0].limits.tcp_keepalive.time",
+        ),
+    ] {
+        let e = err(&format!("{MINIMAL}{yaml}"));
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    let e = err(&format!("shutdown: {{ delay: soon }}\n{MINIMAL}"));
+    assert!(e.contains("shutdown.delay"), "{e}");
+    let e = err(&format!(
+        "admin: {{ listen: \"127.0.0.1:9575\", health_listen: \"127.0.0.1:9575\" }}\n{MINIMAL}"
+    ));
+    assert!(e.contains("admin.health_listen"), "{e}");
+}
+
+#[test]
+fn keepalive_is_set_on_a_real_socket_as_configured() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let ka = Keepalive {
+        time: Duration::from_secs(7),
+        interval: Duration::from_secs(3),
+        retries: 4,
+    };
+    ka.apply(&stream).unwrap();
+    let s = socket2::SockRef::from(&stream);
+    assert!(s.keepalive().unwrap());
+    assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+    assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+    assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+}
