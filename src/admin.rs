@@ -192,6 +192,7 @@ fn handle(
             for u in state.upstreams() {
                 u.refresh_gauges();
             }
+            state.metrics.audit_dropped(crate::audit::records_dropped());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

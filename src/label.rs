@@ -67,6 +67,16 @@ pub const fn plain_word(word: &str) -> bool {
 }
 
 labels! {
+    /// Where audit records go (`audit_records_dropped_total{sink}`).
+    pub enum AuditSink {
+        /// Into the log (standard error), with no `audit.file`.
+        Log => "log",
+        /// Appended to `audit.file`.
+        File => "file",
+    }
+}
+
+labels! {
     /// Why a reload closed an open session (after its in-flight exchange).
     pub enum Offboarded {
         /// The client's identity is no longer in `allowed_clients`.

@@ -22,10 +22,12 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod cores;
 pub mod hl7;
 pub mod label;
@@ -36,7 +38,9 @@ pub mod metrics;
 pub mod mllp;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod route;
+pub mod scrape;
 pub mod session;
 pub mod shutdown;
 pub mod timer;

@@ -137,7 +137,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut signals = match Signals::new() {
+    let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");
@@ -174,13 +174,23 @@ async fn run(path: PathBuf) -> ExitCode {
             tracing::error!(error = %e, "cannot start");
             return match e {
                 // A port taken may be free on the next try (an old process still stopping).
-                StartError::Bind { .. } => ExitCode::FAILURE,
+                StartError::Bind(_) => ExitCode::FAILURE,
                 StartError::Tls { .. } | StartError::AdminTls(_) => ExitCode::from(EXIT_CONFIG),
             };
         }
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
     systemd(&[NotifyState::Ready]);
+    serve(proxy, signals, &logging).await
+}
+
+/// Reloads on SIGHUP until SIGTERM/SIGINT, then stops: the exit status says whether the drain
+/// finished.
+async fn serve(
+    proxy: mllp_proxy::proxy::RunningProxy,
+    mut signals: Signals,
+    logging: &Logging,
+) -> ExitCode {
     while signals.next().await == Signal::Reload {
         tracing::info!(
             "SIGHUP: reloading the configuration and TLS material, reopening the audit file"

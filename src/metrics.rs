@@ -13,10 +13,12 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub use crate::scrape::{Sample, sample_value, samples};
+
 use crate::hl7::{AckCode, RejectReason};
 use crate::label::{
-    CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Offboarded, PartnerRefusal,
-    ProxyResult, Refusal, Verdict,
+    AuditSink, CertRole, ConnState, FailureKind, HandshakeReason, Label, LogEvent, Offboarded,
+    PartnerRefusal, ProxyResult, Refusal, Verdict,
 };
 
 /// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
@@ -50,8 +52,8 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: Gauge,
-    /// Synced from the writer's own counts at each scrape ([`Metrics::encode`]): the writer
-    /// thread holds no metric handles.
+    /// Synced from the writer's own counts at each scrape ([`Metrics::audit_dropped`]): the
+    /// writer thread holds no metric handles.
     audit_dropped: IntCounterVec,
 }
 
@@ -183,9 +185,7 @@ impl Metrics {
             registry: reg.0,
         };
         zero::<Verdict>(&m.config_reloads, &[]);
-        for sink in crate::audit::SINKS {
-            m.audit_dropped.with_label_values(&[sink]);
-        }
+        zero::<AuditSink>(&m.audit_dropped, &[]);
         m.config_last_success.set(unix_now());
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -284,15 +284,17 @@ impl Metrics {
         }
     }
 
-    /// The registry in the Prometheus text format.
-    pub fn encode(&self) -> String {
-        for (sink, dropped) in crate::audit::SINKS
-            .iter()
-            .zip(crate::audit::records_dropped())
-        {
-            let c = self.audit_dropped.with_label_values(&[sink]);
+    /// Brings `audit_records_dropped_total` up to the writer's own counts (in the order of
+    /// [`AuditSink::ALL`]), before a scrape.
+    pub fn audit_dropped(&self, dropped: [u64; 2]) {
+        for (sink, dropped) in AuditSink::ALL.iter().zip(dropped) {
+            let c = self.audit_dropped.with_label_values(&[sink.label()]);
             c.inc_by(dropped.saturating_sub(c.get()));
         }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on a metric family that breaks the format, which the
         // fixed definitions above cannot produce; an empty scrape is the bounded answer.
@@ -659,57 +661,6 @@ impl RouteMetrics {
             .with_label_values(&[&self.route, Verdict::of(ok).label()])
             .inc();
     }
-}
-
-/// One sample of a scrape in the Prometheus text format: `name{labels} value`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample<'a> {
-    /// The metric name.
-    pub name: &'a str,
-    /// The labels as written, braces included (`{code="AA",route="lab"}`), or empty.
-    pub labels: &'a str,
-    /// The value.
-    pub value: f64,
-}
-
-impl Sample<'_> {
-    /// Whether the sample has label `key` with `value`.
-    pub fn has(&self, key: &str, value: &str) -> bool {
-        let inner = self.labels.trim_start_matches('{').trim_end_matches('}');
-        inner.split(',').any(|pair| {
-            pair.strip_prefix(key).and_then(|r| r.strip_prefix('='))
-                == Some(&format!("\"{value}\""))
-        })
-    }
-}
-
-/// The samples of a scrape in the text format, comments skipped: the one reader of scrapes
-/// (soak's checks and the tests).
-pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let value = value.parse().ok()?;
-            let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
-            Some(Sample {
-                name,
-                labels,
-                value,
-            })
-        })
-}
-
-/// The value of the series written exactly as `series` (`name{labels}`, labels in the
-/// encoder's order), or `None` when the scrape has no such series.
-pub fn sample_value(text: &str, series: &str) -> Option<f64> {
-    samples(text)
-        .find(|s| {
-            s.name.len() + s.labels.len() == series.len()
-                && series.starts_with(s.name)
-                && series.ends_with(s.labels)
-        })
-        .map(|s| s.value)
 }
 
 #[cfg(test)]

@@ -17,16 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
+use crate::admission::Gate;
 use crate::config::RouteConfig;
+use crate::context::{ListenerTls, RouteContext, max_ack_bytes};
 use crate::cores::Cores;
-use crate::hl7;
-use crate::listener::{self, Gate};
+use crate::listener;
 use crate::logsafe::RouteEvents;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::session::{ListenerTls, RouteContext, max_ack_bytes};
-use crate::tls::{
-    AllowList, PartnerFiles, PartnerTls, ReloadOutcome, TlsError, TlsFiles, TlsMaterial,
-};
+use crate::tls::{PartnerFiles, PartnerTls, ReloadOutcome, TlsError, TlsFiles, TlsMaterial};
 use crate::upstream::Upstream;
 
 /// What the whole proxy lends each route.
@@ -155,17 +153,15 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         metrics.clone(),
         partner.map(Arc::new),
     ));
-    let ctx = RouteContext {
-        tls: material.as_ref().map(ListenerTls::of),
-        allow: AllowList::new(cfg.allowed_clients.clone()),
-        validator: hl7::Validator::new(&cfg.validation),
-        upstream: upstream.clone(),
-        events: Arc::new(RouteEvents::new(&metrics)),
-        gate: Arc::new(Gate::default()),
-        metrics: metrics.clone(),
-        audit_messages,
+    let ctx = RouteContext::new(
         cfg,
-    };
+        material.as_ref().map(ListenerTls::of),
+        upstream.clone(),
+        metrics.clone(),
+        Arc::new(RouteEvents::new(&metrics)),
+        Arc::new(Gate::default()),
+        audit_messages,
+    );
     let (tx, _) = watch::channel(Arc::new(ctx));
     let mut route = Route {
         name: metrics.route.clone(),
@@ -269,17 +265,15 @@ impl Route {
                 None
             }
         };
-        let ctx = RouteContext {
-            tls,
-            allow: AllowList::new(cfg.allowed_clients.clone()),
-            validator: hl7::Validator::new(&cfg.validation),
-            upstream,
-            events: current.events.clone(),
-            gate: current.gate.clone(),
-            metrics: self.metrics.clone(),
-            audit_messages,
+        let ctx = RouteContext::new(
             cfg,
-        };
+            tls,
+            upstream,
+            self.metrics.clone(),
+            current.events.clone(),
+            current.gate.clone(),
+            audit_messages,
+        );
         let became_plain = ctx.tls.is_none() && current.tls.is_some();
         self.ctx.send_replace(Arc::new(ctx));
         if became_plain && listener.is_none() {

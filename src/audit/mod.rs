@@ -21,6 +21,8 @@ use writer::Queue;
 pub use writer::{LineBuf, LineWriter, Reopen, WriterGuard};
 
 use crate::hl7::{AckCode, RejectReason};
+#[cfg(doc)]
+use crate::label::AuditSink;
 use crate::label::{FailureKind, Label};
 use crate::logsafe::{Plain, escape, escape_str};
 use crate::tls::ClientIdentity;
@@ -267,11 +269,8 @@ impl Prefix {
 /// which a reload may change.
 static SINK: OnceLock<(LineWriter, AtomicBool)> = OnceLock::new();
 
-/// The `sink` labels of [`records_dropped`], in its order.
-pub const SINKS: [&str; 2] = ["log", "file"];
-
-/// Audit records dropped so far because their destination fell behind: into the log, into
-/// the audit file. Zero before [`install`].
+/// Audit records dropped so far because their destination fell behind, per sink in the order
+/// of `label::AuditSink::ALL` (the log, the audit file). Zero before [`install`].
 pub fn records_dropped() -> [u64; 2] {
     SINK.get()
         .map_or([0; 2], |(w, _)| w.queue.records_dropped())

@@ -63,7 +63,7 @@ pub(super) async fn accept(
     server: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     who: audit::Who<'_>,
-    handshake_permit: Option<crate::listener::Held>,
+    handshake_permit: Option<crate::admission::Held>,
 ) -> Option<TlsStream<TcpStream>> {
     let deadline = tokio::time::Instant::now() + ctx.cfg.limits.handshake_timeout;
     // A TCP connect that closes before a byte: load-balancer health checks and port probes

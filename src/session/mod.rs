@@ -4,7 +4,7 @@
 //! The session only stops between exchanges: once a message is written to the engine, its ACK
 //! (or the failure) is dealt with before anything else, shutdown included.
 //!
-//! - this file: a route's shared [`RouteContext`], [`serve`], and the frame loop;
+//! - this file: [`serve`] and the frame loop, reading the route's shared [`RouteContext`];
 //! - [`handshake`]: the TLS handshake, the allow-list, and waiting for bytes without a buffer;
 //! - [`exchange`]: one message, from validation to the answer written;
 //! - [`report`]: the one place that counts, logs and audits how an exchange ended.
@@ -26,74 +26,18 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture, WaitForCancellationFuture};
 
 pub use handshake::ReadReady;
 
+use crate::admission::Held;
 use crate::audit;
-use crate::config::RouteConfig;
-use crate::hl7;
+pub use crate::context::RouteContext;
 use crate::label::{Label, Offboarded};
-use crate::listener::Gate;
-use crate::listener::Held;
-use crate::logsafe::RouteEvents;
-use crate::metrics::RouteMetrics;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
-use crate::tls::{AllowList, ClientIdentity};
-use crate::upstream::{Upstream, UpstreamError};
-use rustls::ServerConfig;
-use rustls::server::danger::ClientCertVerifier;
-
-/// Everything a session of one route needs, shared by all its sessions. A reload publishes
-/// a new one ([`crate::route`]); sessions take it up between exchanges.
-#[derive(Clone)]
-pub struct RouteContext {
-    /// The route's validated configuration.
-    pub cfg: RouteConfig,
-    /// The listener's TLS in service; `None` on a plain listener.
-    pub tls: Option<ListenerTls>,
-    /// `allowed_clients`.
-    pub allow: AllowList,
-    /// The validation rules.
-    pub validator: hl7::Validator,
-    /// The engine: its pooled connections and targets.
-    pub upstream: Arc<Upstream>,
-    /// Metric handles bound to this route.
-    pub metrics: RouteMetrics,
-    /// Log lines of peer-triggered events, rate-limited (kept across reloads).
-    pub events: Arc<RouteEvents>,
-    /// The connections the route's limits count (kept across reloads).
-    pub gate: Arc<Gate>,
-    /// `audit.messages`: one audit record per message, and control IDs in log lines.
-    pub audit_messages: bool,
-}
-
-/// A listener's TLS configuration in service.
-#[derive(Clone)]
-pub struct ListenerTls {
-    /// What new handshakes use.
-    pub config: Arc<ServerConfig>,
-    /// Its client verifier, to check open sessions again when the material changes.
-    pub verifier: Arc<dyn ClientCertVerifier>,
-}
-
-impl ListenerTls {
-    /// The configuration and verifier of loaded material.
-    pub fn of(material: &crate::tls::TlsMaterial) -> Self {
-        Self {
-            config: material.server_config.clone(),
-            verifier: material.verifier.clone(),
-        }
-    }
-}
-
-/// The largest answer accepted from the engine for a route whose messages are at most
-/// `max_message_bytes`: an engine may echo the message in its ACK; anything larger is not an
-/// ACK.
-pub fn max_ack_bytes(max_message_bytes: usize) -> usize {
-    max_message_bytes.saturating_add(64 * 1024)
-}
+use crate::tls::ClientIdentity;
+use crate::upstream::UpstreamError;
 
 /// Why a session ended; `side` says who caused it.
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +260,7 @@ impl<'a> Session<'a> {
         identity: Option<&'a ClientIdentity>,
     ) {
         self.updates = Some(Updates {
+            wait: ReusableBoxFuture::new(next_reload(rx.clone())),
             rx,
             identity,
             verified_at: rustls_pki_types::UnixTime::now(),
@@ -329,15 +274,14 @@ impl<'a> Session<'a> {
             .is_some_and(|u| u.rx.has_changed().unwrap_or(false))
     }
 
-    /// Waits for a reload; pending forever without updates or once the route is gone (its
-    /// sessions then end through `shutdown`).
-    async fn next_reload(updates: &mut Option<Updates<'a>>) {
-        let gone = match updates {
-            Some(u) => u.rx.changed().await.is_err(),
-            None => true,
-        };
-        if gone {
-            std::future::pending::<()>().await;
+    /// The wait for the next reload; pending forever without updates.
+    async fn reloaded_while_idle(updates: &mut Option<Updates<'a>>) {
+        match updates {
+            Some(u) => {
+                let rx = (&mut u.wait).await;
+                u.wait.set(next_reload(rx));
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 
@@ -448,7 +392,7 @@ impl<'a> Session<'a> {
                     r = read => Some(r),
                     _ = self.idle.until(idle_deadline) => return Err(SessionEnd::Idle),
                     _ = stopping.as_mut() => return Err(SessionEnd::Shutdown),
-                    _ = Self::next_reload(&mut self.updates) => None,
+                    _ = Self::reloaded_while_idle(&mut self.updates) => None,
                 };
                 match waited {
                     Some(r) => r,
@@ -516,9 +460,24 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Waits for the next reload on a receiver of its own and hands the receiver back for the
+/// wait after; pending forever once the route is gone (its sessions then end through
+/// `shutdown`). Kept in [`Updates::wait`], made anew only after a reload: created at every
+/// wait between messages, it registered with the route's notifier once per message.
+async fn next_reload(
+    mut rx: watch::Receiver<Arc<RouteContext>>,
+) -> watch::Receiver<Arc<RouteContext>> {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    rx
+}
+
 /// What a session checks a reload against.
 struct Updates<'a> {
     rx: watch::Receiver<Arc<RouteContext>>,
+    /// The wait for the next reload while idle, on a receiver of its own.
+    wait: ReusableBoxFuture<'static, watch::Receiver<Arc<RouteContext>>>,
     /// `None` on a plain listener.
     identity: Option<&'a ClientIdentity>,
     /// When the handshake verified the client's certificate: a reloaded verifier judges the

@@ -9,7 +9,10 @@ use tokio_rustls::server::TlsStream;
 
 use super::*;
 use crate::config::Config;
+use crate::context::ListenerTls;
+use crate::logsafe::RouteEvents;
 use crate::metrics::Metrics;
+use crate::upstream::Upstream;
 
 fn context() -> RouteContext {
     let yaml = r#"
@@ -41,26 +44,19 @@ routes:
     .build()
     .unwrap();
     let metrics = Metrics::new().unwrap().route("t");
-    RouteContext {
-        tls: Some(ListenerTls {
+    let upstream = Upstream::new(cfg.upstream.clone(), 1, 1 << 20, metrics.clone(), None);
+    RouteContext::new(
+        cfg,
+        Some(ListenerTls {
             config: Arc::new(server),
             verifier,
         }),
-        gate: Arc::default(),
-        events: Arc::new(RouteEvents::new(&metrics)),
-        audit_messages: true,
-        allow: AllowList::default(),
-        validator: hl7::Validator::new(&cfg.validation),
-        upstream: Arc::new(Upstream::new(
-            cfg.upstream.clone(),
-            1,
-            1 << 20,
-            metrics.clone(),
-            None,
-        )),
-        metrics,
-        cfg,
-    }
+        Arc::new(upstream),
+        metrics.clone(),
+        Arc::new(RouteEvents::new(&metrics)),
+        Arc::default(),
+        true,
+    )
 }
 
 impl ReadReady for DuplexStream {

@@ -221,7 +221,7 @@ async fn messages_per_connection_one_opens_a_connection_per_message() {
         "      ack_timeout: 2s\n      messages_per_connection: 1\n",
     );
     std::fs::write(pki.path("proxy.yaml"), yaml).expect("write");
-    assert_eq!(proxy.reload().await, mllp_proxy::proxy::Reload::Applied);
+    assert_applied(proxy.reload().await);
     for i in 2..6 {
         let id = format!("K-{i}");
         assert_eq!(msa(&c.exchange(&adt(&id), T).await.expect("ACK")).0, "AA");
@@ -322,7 +322,7 @@ async fn our_client_certificate_rotates_under_load_and_loses_nothing() {
     let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
     let yaml = yaml.replace("[{cn: lab-sender}, {cn: egress-2}]", "[{cn: egress-2}]");
     std::fs::write(pki.path("proxy.yaml"), yaml).expect("write");
-    assert_eq!(ingress.reload().await, mllp_proxy::proxy::Reload::Applied);
+    assert_applied(ingress.reload().await);
 
     let (acked, resends) = finished(running).await;
     assert!(acked > 20, "{acked}");

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use mllp_proxy::client::{MllpClient, http_get};
-use mllp_proxy::proxy::Reload;
+use mllp_proxy::config::ConfigError;
+use mllp_proxy::proxy::{Reload, ReloadError};
 
 use crate::support::*;
 
@@ -54,7 +55,7 @@ async fn a_sender_added_is_admitted_and_one_removed_is_closed_after_a_reload() {
         "[{cn: billing-01}]",
         "[{cn: billing-01}, {cn: lab-sender}]",
     );
-    assert_eq!(world.proxy.reload().await, Reload::Applied);
+    assert_applied(world.proxy.reload().await);
     let mut open = MllpClient::connect(&world.pki.target(addr, ClientCert::Good), T)
         .await
         .expect("connect");
@@ -63,7 +64,7 @@ async fn a_sender_added_is_admitted_and_one_removed_is_closed_after_a_reload() {
 
     // Offboarded: the idle session is closed at once, a new one is refused.
     rewrite(&world, ", {cn: lab-sender}]", "]");
-    assert_eq!(world.proxy.reload().await, Reload::Applied);
+    assert_applied(world.proxy.reload().await);
     assert!(
         closed_within(&mut open, T).await,
         "offboarded session still open"
@@ -95,7 +96,7 @@ async fn a_reload_never_cuts_an_exchange_in_flight() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Offboarded while the engine holds the message: its ACK still comes back.
     rewrite(&world, "[{cn: lab-sender}]", "[{cn: billing-01}]");
-    assert_eq!(world.proxy.reload().await, Reload::Applied);
+    assert_applied(world.proxy.reload().await);
     let ack = client.recv().await.expect("the engine's ACK is relayed");
     assert_eq!(msa(&ack), ("AA".into(), "IN-FLIGHT".into()));
     assert!(
@@ -142,8 +143,8 @@ async fn a_crl_reloaded_alone_closes_the_revoked_senders_session_only() {
 /// Starts `h` live with `tls` in place of the route's `client_ca: ca.crt` line.
 async fn live_with_tls(h: Harness, tls: &str) -> World {
     let world = h.start_live().await;
-    let yaml = rewrite(&world, "client_ca: ca.crt", tls);
-    assert_eq!(world.proxy.reload().await, Reload::Applied, "{yaml}");
+    let _ = rewrite(&world, "client_ca: ca.crt", tls);
+    assert_applied(world.proxy.reload().await);
     world
 }
 
@@ -157,13 +158,16 @@ async fn a_refused_file_leaves_the_running_configuration_in_service() {
     assert!(started > 1.7e9, "{started}");
 
     rewrite(&world, "ack_timeout: 2s", "ack_timeout: 2");
-    let Reload::Refused(why) = p.reload().await else {
-        panic!("a bad duration was accepted");
+    let Reload::Refused(ReloadError::Config(ConfigError::InFile {
+        path, line, key, ..
+    })) = p.reload().await
+    else {
+        panic!("a bad duration was not refused as an invalid value");
     };
-    assert!(why.contains("routes[0].upstream.ack_timeout"), "{why}");
+    assert_eq!(key, "routes[0].upstream.ack_timeout");
     assert!(
-        why.contains("proxy.yaml") && why.contains("(line "),
-        "{why}"
+        path.ends_with("proxy.yaml") && line.is_some(),
+        "{path:?} {line:?}"
     );
     rewrite(&world, "ack_timeout: 2", "ack_timeout: 2s");
 
@@ -172,13 +176,12 @@ async fn a_refused_file_leaves_the_running_configuration_in_service() {
         "certificate: server.crt",
         "certificate: missing.crt",
     );
-    let Reload::Refused(why) = p.reload().await else {
-        panic!("a missing certificate was accepted");
+    let Reload::Refused(ReloadError::Tls { index, source, .. }) = p.reload().await else {
+        panic!("a missing certificate was not refused as the route's TLS");
     };
-    assert!(
-        why.contains("routes[0].tls.certificate") && why.contains("missing.crt"),
-        "{why}"
-    );
+    assert_eq!(index, 0);
+    assert_eq!(source.key, "tls.certificate");
+    assert!(source.to_string().contains("missing.crt"), "{source}");
     rewrite(
         &world,
         "certificate: missing.crt",
@@ -194,10 +197,13 @@ async fn a_refused_file_leaves_the_running_configuration_in_service() {
         "listen: \"127.0.0.1:0\"\n    tls",
         &format!("listen: \"{busy}\"\n    tls"),
     );
-    let Reload::Refused(why) = p.reload().await else {
-        panic!("a taken address was accepted");
+    let Reload::Refused(ReloadError::Bind { source, .. }) = p.reload().await else {
+        panic!("a taken address was not refused as a bind");
     };
-    assert!(why.contains("routes[0].listen"), "{why}");
+    assert_eq!(
+        (source.key.as_str(), source.addr),
+        ("routes[0].listen", busy)
+    );
 
     let fail = "mllp_proxy_config_reloads_total{result=\"failure\"}";
     assert_eq!(metric(p, fail).await, 3.0);
@@ -233,7 +239,7 @@ async fn routes_are_added_moved_and_removed_without_a_restart() {
     let second = route.replace("name: test", "name: second");
     let yaml = format!("{}{second}", yaml0);
     std::fs::write(world.pki.path("proxy.yaml"), &yaml).expect("write");
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     let added = p.route_addr("second").expect("second route bound");
     assert_ne!(added, first);
     let target = world.pki.target(added, ClientCert::Good);
@@ -251,7 +257,7 @@ async fn routes_are_added_moved_and_removed_without_a_restart() {
     let at = "listen: \"127.0.0.1:0\"\n    tls";
     let yaml = yaml.replacen(at, &format!("listen: \"{moved}\"\n    tls"), 1);
     std::fs::write(world.pki.path("proxy.yaml"), &yaml).expect("write");
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     assert_eq!(p.route_addr("test"), Some(moved));
     assert!(
         closed_within(&mut on_old, T).await,
@@ -268,7 +274,7 @@ async fn routes_are_added_moved_and_removed_without_a_restart() {
     // `second` is removed: it stops accepting, drains, and its series leave /metrics.
     let yaml = yaml.replace(&second, "");
     std::fs::write(world.pki.path("proxy.yaml"), &yaml).expect("write");
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     assert!(p.route_addr("second").is_none());
     assert!(closed_within(&mut on_second, T).await);
     assert!(tokio::net::TcpStream::connect(added).await.is_err());
@@ -296,7 +302,7 @@ async fn an_open_session_takes_the_new_engine_at_its_next_exchange() {
     );
     let old_target = world.engine.target();
     rewrite(&world, &old_target, &other.target());
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     assert_eq!(
         msa(&client.exchange(&adt("NEW"), T).await.expect("ACK")).0,
         "AA"
@@ -608,7 +614,7 @@ async fn a_reloaded_limit_counts_the_connections_already_open() {
     assert_eq!(metric(p, limited).await, 1.0);
 
     rewrite(&world, "max_connections: 1 }", "max_connections: 2 }");
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     let mut second = world.client().await;
     assert_eq!(
         msa(&second.exchange(&adt("L-2"), T).await.expect("ACK")).0,
@@ -623,7 +629,7 @@ async fn a_reloaded_limit_counts_the_connections_already_open() {
 
     // Lowered below what is open: nobody is closed, nobody new gets in.
     rewrite(&world, "max_connections: 2 }", "max_connections: 1 }");
-    assert_eq!(p.reload().await, Reload::Applied);
+    assert_applied(p.reload().await);
     assert!(!admitted(&world, addr, "client").await);
     for (c, id) in [(&mut first, "L-3"), (&mut second, "L-4")] {
         assert_eq!(msa(&c.exchange(&adt(id), T).await.expect("ACK")).0, "AA");

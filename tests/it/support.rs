@@ -482,6 +482,15 @@ impl World {
     }
 }
 
+/// Panics with the refusal's reason unless `reload` applied the configuration.
+pub fn assert_applied(reload: mllp_proxy::proxy::Reload) {
+    match reload {
+        mllp_proxy::proxy::Reload::Applied => {}
+        mllp_proxy::proxy::Reload::Refused(why) => panic!("reload refused: {why}"),
+        other => panic!("reload not applied: {other:?}"),
+    }
+}
+
 /// Starts a proxy in-process on loopback port 0.
 pub async fn start_proxy(config: Config) -> RunningProxy {
     mllp_proxy::proxy::start(config, Metrics::new().expect("metrics"))

@@ -1,0 +1,94 @@
+//! What a route's sessions share, published by the route ([`crate::route`]) whenever a reload
+//! or a TLS poll changes any of it: the configuration, the listener's TLS, the allow-list and
+//! validator, the engine, and the counters kept across reloads. A module of its own so that
+//! the route, its listener and its sessions all read it without importing one another.
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
+
+use crate::admission::Gate;
+use crate::config::RouteConfig;
+use crate::hl7;
+use crate::logsafe::RouteEvents;
+use crate::metrics::RouteMetrics;
+use crate::tls::AllowList;
+use crate::upstream::Upstream;
+
+/// Everything a session of one route needs, shared by all its sessions. A reload publishes
+/// a new one ([`crate::route`]); sessions take it up between exchanges.
+#[derive(Clone)]
+pub struct RouteContext {
+    /// The route's validated configuration.
+    pub cfg: RouteConfig,
+    /// The listener's TLS in service; `None` on a plain listener.
+    pub tls: Option<ListenerTls>,
+    /// `allowed_clients`.
+    pub allow: AllowList,
+    /// The validation rules.
+    pub validator: hl7::Validator,
+    /// The engine: its pooled connections and targets.
+    pub upstream: Arc<Upstream>,
+    /// Metric handles bound to this route.
+    pub metrics: RouteMetrics,
+    /// Log lines of peer-triggered events, rate-limited (kept across reloads).
+    pub events: Arc<RouteEvents>,
+    /// The connections the route's limits count (kept across reloads).
+    pub gate: Arc<Gate>,
+    /// `audit.messages`: one audit record per message, and control IDs in log lines.
+    pub audit_messages: bool,
+}
+
+impl RouteContext {
+    /// The context of `cfg`, with its allow-list and validator built from it. `events` and
+    /// `gate` are the route's own, kept across reloads (rate limits and connection counts
+    /// carry on); the rest is what the configuration and its material are now.
+    pub fn new(
+        cfg: RouteConfig,
+        tls: Option<ListenerTls>,
+        upstream: Arc<Upstream>,
+        metrics: RouteMetrics,
+        events: Arc<RouteEvents>,
+        gate: Arc<Gate>,
+        audit_messages: bool,
+    ) -> Self {
+        Self {
+            allow: AllowList::new(cfg.allowed_clients.clone()),
+            validator: hl7::Validator::new(&cfg.validation),
+            tls,
+            upstream,
+            metrics,
+            events,
+            gate,
+            audit_messages,
+            cfg,
+        }
+    }
+}
+
+/// A listener's TLS configuration in service.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// What new handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// Its client verifier, to check open sessions again when the material changes.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ListenerTls {
+    /// The configuration and verifier of loaded material.
+    pub fn of(material: &crate::tls::TlsMaterial) -> Self {
+        Self {
+            config: material.server_config.clone(),
+            verifier: material.verifier.clone(),
+        }
+    }
+}
+
+/// The largest answer accepted from the engine for a route whose messages are at most
+/// `max_message_bytes`: an engine may echo the message in its ACK; anything larger is not an
+/// ACK.
+pub fn max_ack_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(64 * 1024)
+}
