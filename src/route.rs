@@ -124,15 +124,9 @@ struct Route {
 
 /// Starts route `spec` (whose listener is bound) and returns its handle.
 pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle> {
-    let RouteSpec {
-        key,
-        cfg,
-        material,
-        partner,
-        listener,
-        audit_messages,
-    } = spec;
-    let listener = listener?;
+    let listener = spec.listener?;
+    let (key, cfg, material, partner) = (spec.key, spec.cfg, spec.material, spec.partner);
+    let audit_messages = spec.audit_messages;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let metrics = shared.metrics.route(&cfg.name);
     let tls = cfg
@@ -185,15 +179,14 @@ impl Route {
     /// carries out commands, until shutdown or until the route is removed (its handle
     /// dropped).
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shared: Arc<Shared>) {
-        let (mut every, mut every_partner) = (self.tls_every(), self.partner_every());
-        let (mut tick, mut tick_partner) = (poll_every(every), poll_every(every_partner));
+        let mut every = self.poll_interval();
+        let mut tick = poll_every(every);
         loop {
             tokio::select! {
                 // First: at shutdown nothing else is done, and the route is not "removed".
                 biased;
                 _ = shared.stop.cancelled() => return,
-                _ = tick.tick() => self.reload_tls(false),
-                _ = tick_partner.tick() => self.reload_partner(false, &shared),
+                _ = tick.tick() => self.poll_tls(false, &shared),
                 command = commands.recv() => match command {
                     None => return self.remove(&shared).await,
                     Some(Command::Remove(done)) => {
@@ -201,10 +194,7 @@ impl Route {
                         let _ = done.send(());
                         return;
                     }
-                    Some(Command::ReloadTls) => {
-                        self.reload_tls(true);
-                        self.reload_partner(true, &shared);
-                    }
+                    Some(Command::ReloadTls) => self.poll_tls(true, &shared),
                     Some(Command::Apply(spec, done)) => {
                         self.apply(*spec, &shared).await;
                         let _ = done.send(());
@@ -212,25 +202,22 @@ impl Route {
                 },
             }
             // A new timer only when a reload changed an interval.
-            if self.tls_every() != every {
-                every = self.tls_every();
+            if self.poll_interval() != every {
+                every = self.poll_interval();
                 tick = poll_every(every);
-            }
-            if self.partner_every() != every_partner {
-                every_partner = self.partner_every();
-                tick_partner = poll_every(every_partner);
             }
         }
     }
 
-    /// The listener's `tls.reload_interval`, if it has TLS.
-    fn tls_every(&self) -> Option<Duration> {
-        self.tls.as_ref().map(|t| t.config().reload_interval)
-    }
-
-    /// The partner's `upstream.tls.reload_interval`, if the route has one.
-    fn partner_every(&self) -> Option<Duration> {
-        self.partner.as_ref().map(|p| p.config().reload_interval)
+    /// How often the TLS files are polled: the shorter of the listener's and the partner's
+    /// `reload_interval` (polling the other's files a little more often costs a few reads).
+    fn poll_interval(&self) -> Option<Duration> {
+        let listener = self.tls.as_ref().map(|t| t.config().policy.reload_interval);
+        let partner = self
+            .partner
+            .as_ref()
+            .map(|p| p.config().policy.reload_interval);
+        listener.into_iter().chain(partner).min()
     }
 
     /// Puts a reloaded configuration in service. The engine's pool is kept when its targets
@@ -313,13 +300,10 @@ impl Route {
             return None;
         };
         match &mut self.partner {
-            Some(files) => {
-                if files.replace(key.to_string(), section, &loaded) {
-                    Some(Arc::new(loaded))
-                } else {
-                    current.upstream.partner().or(Some(Arc::new(loaded)))
-                }
-            }
+            Some(files) => match files.replace(key.to_string(), section, loaded) {
+                Some(new) => Some(Arc::new(new)),
+                None => current.upstream.partner(),
+            },
             None => {
                 self.partner = Some(PartnerFiles::new(
                     key.to_string(),
@@ -378,46 +362,36 @@ impl Route {
         upstream
     }
 
-    /// A TLS poll of the listener's files (or a SIGHUP whose configuration could not be
-    /// reloaded).
-    fn reload_tls(&mut self, force: bool) {
-        let Some(files) = self.tls.as_mut() else {
-            return;
-        };
-        match files.reload(force) {
-            ReloadOutcome::Reloaded(material) => {
-                let current = self.ctx.borrow().clone();
-                self.publish(RouteContext {
-                    tls: Some(ListenerTls::of(&material)),
-                    ..RouteContext::clone(&current)
-                });
-            }
-            ReloadOutcome::Unchanged if force => {
-                tracing::info!(route = %self.name, "SIGHUP: TLS material unchanged");
-            }
-            ReloadOutcome::Unchanged | ReloadOutcome::Failed => {}
-        }
-    }
-
-    /// A poll of the partner's TLS files: new material goes to new connections, the pool and
-    /// its open connections stay.
-    fn reload_partner(&mut self, force: bool, shared: &Arc<Shared>) {
-        let Some(material) = self.partner.as_mut().and_then(|p| p.reload(force)) else {
-            return;
-        };
+    /// A poll of the route's TLS files, the listener's and the partner's (or a SIGHUP, `force`,
+    /// which also retries content refused before). New listener material goes to new
+    /// handshakes; new partner material retires the pool ([`Upstream::reconfigured`]).
+    fn poll_tls(&mut self, force: bool, shared: &Arc<Shared>) {
+        let listener = self.tls.as_mut().map(|w| w.reload(force));
+        let partner = self.partner.as_mut().map(|w| w.reload(force));
         let current = self.ctx.borrow().clone();
-        let upstream = Arc::new(current.upstream.reconfigured(
-            current.cfg.upstream.clone(),
-            max_ack_bytes(current.cfg.validation.max_message_bytes),
-            Some(Arc::new(material)),
-        ));
-        self.maintaining.cancel();
-        self.maintaining = shared.stop.child_token();
-        self.maintain(upstream.clone(), shared);
-        self.publish(RouteContext {
-            upstream,
-            ..RouteContext::clone(&current)
-        });
+        let mut next = RouteContext::clone(&current);
+        let mut changed = false;
+        if let Some(ReloadOutcome::Reloaded(material)) = listener {
+            next.tls = Some(ListenerTls::of(&material));
+            changed = true;
+        }
+        if let Some(ReloadOutcome::Reloaded(material)) = partner {
+            let upstream = Arc::new(current.upstream.reconfigured(
+                current.cfg.upstream.clone(),
+                max_ack_bytes(current.cfg.validation.max_message_bytes),
+                Some(Arc::new(material)),
+            ));
+            self.maintaining.cancel();
+            self.maintaining = shared.stop.child_token();
+            self.maintain(upstream.clone(), shared);
+            next.upstream = upstream;
+            changed = true;
+        }
+        if changed {
+            self.publish(next);
+        } else if force && (self.tls.is_some() || self.partner.is_some()) {
+            tracing::info!(route = %self.name, "SIGHUP: TLS material unchanged");
+        }
     }
 
     fn publish(&self, ctx: RouteContext) {

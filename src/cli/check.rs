@@ -117,8 +117,8 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
     };
     println!(
         "  tls: min {}, reload every {:?}; server certificate {} expires {}",
-        tls.min_version,
-        tls.reload_interval,
+        tls.policy.min_version,
+        tls.policy.reload_interval,
         material.server_subject,
         describe(material.expiry.server_not_after, now)
     );

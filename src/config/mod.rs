@@ -285,17 +285,25 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
     /// PEM bundle of the CAs that issue sender certificates.
     pub client_ca: PathBuf,
-    /// Certificate revocation lists, PEM or DER.
+    /// Versions, suites, groups, CRLs and their use, and the poll of the files.
+    pub policy: TlsPolicy,
+}
+
+/// What a listener (`tls`) and a partner connection (`upstream.tls`) set alike: one struct, so
+/// that a key added to one direction exists in the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPolicy {
+    /// Certificate revocation lists of the peer's CAs, PEM or DER.
     pub crl: Vec<PathBuf>,
-    /// Lowest TLS version accepted.
+    /// Lowest TLS version accepted or offered.
     pub min_version: TlsVersion,
     /// How often the files are compared with the material in service.
     pub reload_interval: Duration,
-    /// rustls names of the cipher suites offered; empty: the provider's defaults.
+    /// rustls names of the cipher suites; empty: the provider's defaults.
     pub cipher_suites: Vec<String>,
-    /// Key exchange groups offered (`secp256r1`, `X25519MLKEM768`, …); empty: the defaults.
+    /// Key exchange groups (`secp256r1`, `X25519MLKEM768`, …); empty: the defaults.
     pub groups: Vec<String>,
-    /// How CRLs are applied.
+    /// How the CRLs are applied to the peer's certificate.
     pub revocation: RevocationConfig,
 }
 
@@ -393,18 +401,8 @@ pub struct UpstreamTlsConfig {
     pub server_name: Option<String>,
     /// Partner identities accepted after verification; empty accepts every verified one.
     pub allowed_servers: Vec<ClientMatcher>,
-    /// CRLs of the partner's CA, PEM or DER.
-    pub crl: Vec<PathBuf>,
-    /// Lowest TLS version offered.
-    pub min_version: TlsVersion,
-    /// How often the files are compared with the material in service.
-    pub reload_interval: Duration,
-    /// rustls names of the cipher suites offered; empty: the provider's defaults.
-    pub cipher_suites: Vec<String>,
-    /// Key exchange groups offered; empty: the defaults.
-    pub groups: Vec<String>,
-    /// How CRLs are applied to the partner's certificate.
-    pub revocation: RevocationConfig,
+    /// Versions, suites, groups, CRLs and their use, and the poll of the files.
+    pub policy: TlsPolicy,
 }
 
 /// How a new upstream connection picks its target.

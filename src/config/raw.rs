@@ -114,24 +114,65 @@ fn default_header_timeout() -> String {
     "3s".into()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
-    pub(super) certificate: String,
-    pub(super) private_key: String,
-    pub(super) client_ca: String,
-    #[serde(default)]
+/// Declares a raw TLS section (`tls`, `upstream.tls`) with its own keys plus the policy keys
+/// both directions share, written once here. serde's `flatten` would say the same with a
+/// struct, but it cannot be combined with `deny_unknown_fields`, and unknown keys must stay
+/// errors.
+macro_rules! raw_tls_section {
+    ($(#[$meta:meta])* $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {
+            $($fields)*
+            #[serde(default)]
+            pub(super) crl: Vec<String>,
+            #[serde(default = "RawTlsPolicy::default_min_version")]
+            pub(super) min_version: String,
+            #[serde(default = "RawTlsPolicy::default_reload_interval")]
+            pub(super) reload_interval: String,
+            #[serde(default)]
+            pub(super) cipher_suites: Vec<String>,
+            #[serde(default)]
+            pub(super) groups: Vec<String>,
+            #[serde(default)]
+            pub(super) revocation: RevocationConfig,
+        }
+
+        impl $name {
+            /// The shared policy keys, taken out for their one validation.
+            pub(super) fn policy(&mut self) -> RawTlsPolicy {
+                RawTlsPolicy {
+                    crl: std::mem::take(&mut self.crl),
+                    min_version: std::mem::take(&mut self.min_version),
+                    reload_interval: std::mem::take(&mut self.reload_interval),
+                    cipher_suites: std::mem::take(&mut self.cipher_suites),
+                    groups: std::mem::take(&mut self.groups),
+                    revocation: self.revocation,
+                }
+            }
+        }
+    };
+}
+
+/// The policy keys of both TLS sections, as written.
+#[derive(Debug)]
+pub(super) struct RawTlsPolicy {
     pub(super) crl: Vec<String>,
-    #[serde(default = "RawTls::default_min_version")]
     pub(super) min_version: String,
-    #[serde(default = "RawTls::default_reload_interval")]
     pub(super) reload_interval: String,
-    #[serde(default)]
     pub(super) cipher_suites: Vec<String>,
-    #[serde(default)]
     pub(super) groups: Vec<String>,
-    #[serde(default)]
     pub(super) revocation: RevocationConfig,
+}
+
+raw_tls_section! {
+    /// A listener's `tls`: our certificate, the senders' CAs, and the shared policy keys.
+    RawTls {
+        pub(super) certificate: String,
+        pub(super) private_key: String,
+        pub(super) client_ca: String,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,32 +209,20 @@ pub(super) struct RawUpstream {
     pub(super) tls: Option<RawUpstreamTls>,
 }
 
-/// `upstream.tls`: the partner's trust anchors and name, our client certificate, and the same
-/// protocol and revocation settings as a listener's.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawUpstreamTls {
-    pub(super) ca: String,
-    #[serde(default)]
-    pub(super) certificate: String,
-    #[serde(default)]
-    pub(super) private_key: String,
-    #[serde(default)]
-    pub(super) server_name: String,
-    #[serde(default)]
-    pub(super) allowed_servers: Vec<RawClientMatcher>,
-    #[serde(default)]
-    pub(super) crl: Vec<String>,
-    #[serde(default = "RawTls::default_min_version")]
-    pub(super) min_version: String,
-    #[serde(default = "RawTls::default_reload_interval")]
-    pub(super) reload_interval: String,
-    #[serde(default)]
-    pub(super) cipher_suites: Vec<String>,
-    #[serde(default)]
-    pub(super) groups: Vec<String>,
-    #[serde(default)]
-    pub(super) revocation: RevocationConfig,
+raw_tls_section! {
+    /// `upstream.tls`: the partner's trust anchors and name, our client certificate, and the
+    /// same policy keys as a listener's.
+    RawUpstreamTls {
+        pub(super) ca: String,
+        #[serde(default)]
+        pub(super) certificate: String,
+        #[serde(default)]
+        pub(super) private_key: String,
+        #[serde(default)]
+        pub(super) server_name: String,
+        #[serde(default)]
+        pub(super) allowed_servers: Vec<RawClientMatcher>,
+    }
 }
 
 /// A duration that may be written `0` (off) as well as `10s`.
@@ -272,9 +301,9 @@ impl Default for RawKeepalive {
     }
 }
 
-// RawTls and RawUpstream have required keys, so no `Default`: their optional keys default
-// one by one.
-impl RawTls {
+// RawTls, RawUpstreamTls and RawUpstream have required keys, so no `Default`: their optional
+// keys default one by one.
+impl RawTlsPolicy {
     fn default_min_version() -> String {
         "1.2".into()
     }

@@ -30,7 +30,7 @@ fn minimal_file_gets_documented_defaults() {
     let r = &c.routes[0];
     let tls = r.tls.as_ref().expect("tls");
     assert_eq!(tls.certificate, PathBuf::from("/etc/mllp/tls/server.crt"));
-    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert_eq!(tls.policy.min_version, TlsVersion::Tls12);
     assert_eq!(r.on_upstream_failure, FailureMode::Close);
     assert_eq!(r.validation.mode, ValidationMode::Strict);
     assert_eq!(r.validation.max_message_bytes, 1_048_576);

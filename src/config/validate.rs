@@ -261,18 +261,27 @@ impl RawProxyProtocol {
 }
 
 impl RawTls {
-    fn validate(self, k: &str, base: &Path) -> Result<TlsConfig, ConfigError> {
-        let min_version = min_version(k, &self.min_version)?;
-        let mut crl = Vec::with_capacity(self.crl.len());
-        for (j, c) in self.crl.iter().enumerate() {
-            crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
-        }
+    fn validate(mut self, k: &str, base: &Path) -> Result<TlsConfig, ConfigError> {
+        let policy = self.policy().validate(k, base)?;
         Ok(TlsConfig {
             certificate: file(&format!("{k}.certificate"), &self.certificate, base)?,
             private_key: file(&format!("{k}.private_key"), &self.private_key, base)?,
             client_ca: file(&format!("{k}.client_ca"), &self.client_ca, base)?,
+            policy,
+        })
+    }
+}
+
+impl RawTlsPolicy {
+    /// The keys a listener's `tls` and `upstream.tls` share; `k` is the section's key.
+    fn validate(self, k: &str, base: &Path) -> Result<TlsPolicy, ConfigError> {
+        let mut crl = Vec::with_capacity(self.crl.len());
+        for (j, c) in self.crl.iter().enumerate() {
+            crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
+        }
+        Ok(TlsPolicy {
             crl,
-            min_version,
+            min_version: min_version(k, &self.min_version)?,
             reload_interval: duration(&format!("{k}.reload_interval"), &self.reload_interval)?,
             cipher_suites: self.cipher_suites,
             groups: self.groups,
@@ -301,7 +310,8 @@ fn min_version(k: &str, text: &str) -> Result<TlsVersion, ConfigError> {
 }
 
 impl RawUpstreamTls {
-    fn validate(self, k: &str, base: &Path) -> Result<UpstreamTlsConfig, ConfigError> {
+    fn validate(mut self, k: &str, base: &Path) -> Result<UpstreamTlsConfig, ConfigError> {
+        let policy = self.policy().validate(k, base)?;
         let client = match (self.certificate.trim(), self.private_key.trim()) {
             ("", "") => None,
             ("", _) | (_, "") => {
@@ -315,10 +325,6 @@ impl RawUpstreamTls {
                 file(&format!("{k}.private_key"), key, base)?,
             )),
         };
-        let mut crl = Vec::with_capacity(self.crl.len());
-        for (j, c) in self.crl.iter().enumerate() {
-            crl.push(file(&format!("{k}.crl[{j}]"), c, base)?);
-        }
         let server_name = match self.server_name.trim() {
             "" => None,
             name => {
@@ -336,12 +342,7 @@ impl RawUpstreamTls {
             client,
             server_name,
             allowed_servers: matchers(&format!("{k}.allowed_servers"), self.allowed_servers)?,
-            crl,
-            min_version: min_version(k, &self.min_version)?,
-            reload_interval: duration(&format!("{k}.reload_interval"), &self.reload_interval)?,
-            cipher_suites: self.cipher_suites,
-            groups: self.groups,
-            revocation: self.revocation,
+            policy,
         })
     }
 }

@@ -7,7 +7,7 @@
 
 mod identity;
 mod partner;
-mod reload;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,13 +23,18 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
-use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsVersion};
+use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsPolicy, TlsVersion};
 
 pub use identity::{AllowList, ClientIdentity};
 
 use crate::label::HandshakeReason;
-pub use partner::{PartnerFiles, PartnerTls};
-pub use reload::{ReloadOutcome, TlsFiles};
+pub use partner::PartnerTls;
+pub use watch::{Material, ReloadOutcome, Watcher};
+
+/// The watcher of a listener's `tls` files.
+pub type TlsFiles = Watcher<TlsMaterial>;
+/// The watcher of a partner's `upstream.tls` files.
+pub type PartnerFiles = Watcher<PartnerTls>;
 
 /// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -64,15 +69,13 @@ impl TlsError {
 /// The crypto provider of a route: aws-lc-rs, narrowed to `tls.cipher_suites` and
 /// `tls.groups` when they are set (a TLS policy such as NIST SP 800-52r2 or BSI TR-02102-2).
 pub fn route_provider(cfg: &TlsConfig) -> Result<Arc<CryptoProvider>, TlsError> {
-    narrowed_provider(&cfg.cipher_suites, &cfg.groups, "tls")
+    policy_provider(&cfg.policy, "tls")
 }
 
-/// aws-lc-rs narrowed to `suites` and `groups` (when set), errors named under `section`.
-fn narrowed_provider(
-    suites: &[String],
-    groups: &[String],
-    section: &str,
-) -> Result<Arc<CryptoProvider>, TlsError> {
+/// aws-lc-rs narrowed to the policy's `cipher_suites` and `groups` (when set), errors named
+/// under `section` (`tls`, `upstream.tls`).
+fn policy_provider(policy: &TlsPolicy, section: &str) -> Result<Arc<CryptoProvider>, TlsError> {
+    let (suites, groups) = (&policy.cipher_suites, &policy.groups);
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     if !suites.is_empty() {
         p.cipher_suites = narrow(
@@ -152,8 +155,17 @@ pub struct TlsMaterial {
     pub counts: (usize, usize),
     /// Next-update times of the CRLs (Unix seconds), for `check`.
     pub crl_next_updates: Vec<(PathBuf, Option<i64>)>,
-    /// The raw file contents, compared on each poll to detect changes.
-    pub(crate) fingerprint: Vec<Vec<u8>>,
+    /// The files it was built from, compared on each poll to detect changes.
+    contents: Contents,
+}
+
+/// The files of a listener's `tls`, as read.
+#[derive(Clone, PartialEq)]
+pub struct Contents {
+    certificate: Vec<u8>,
+    private_key: Vec<u8>,
+    client_ca: Vec<u8>,
+    crls: Vec<Vec<u8>>,
 }
 
 tokio::task_local! {
@@ -280,17 +292,31 @@ pub fn provider() -> Arc<CryptoProvider> {
 impl TlsMaterial {
     /// Reads and checks the files named by `cfg`.
     pub fn load(cfg: &TlsConfig) -> Result<Self, TlsError> {
-        let files = read_files(cfg)?;
-        Self::from_contents(cfg, files)
+        Self::build(cfg, Self::read(cfg)?)
+    }
+}
+
+impl Material for TlsMaterial {
+    type Config = TlsConfig;
+    type Contents = Contents;
+    const WHAT: &'static str = "TLS";
+
+    fn read(cfg: &TlsConfig) -> Result<Contents, TlsError> {
+        Ok(Contents {
+            certificate: read_file("tls.certificate", &cfg.certificate)?,
+            private_key: read_file("tls.private_key", &cfg.private_key)?,
+            client_ca: read_file("tls.client_ca", &cfg.client_ca)?,
+            crls: read_crls(&cfg.policy.crl, "tls.crl")?,
+        })
     }
 
-    fn from_contents(cfg: &TlsConfig, files: Vec<Vec<u8>>) -> Result<Self, TlsError> {
+    fn build(cfg: &TlsConfig, files: Contents) -> Result<Self, TlsError> {
         let provider = route_provider(cfg)?;
         let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
 
-        let chain =
-            parse_certs(&files[0]).map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
-        let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|e| {
+        let chain = parse_certs(&files.certificate)
+            .map_err(|r| err("tls.certificate", &cfg.certificate, r))?;
+        let key = PrivateKeyDer::from_pem_slice(&files.private_key).map_err(|e| {
             err(
                 "tls.private_key",
                 &cfg.private_key,
@@ -311,34 +337,14 @@ impl TlsMaterial {
                 err("tls.private_key", &cfg.private_key, reason)
             },
         )?;
-
-        let cas = parse_certs(&files[2]).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
-        let mut roots = RootCertStore::empty();
-        let mut client_ca_not_after = i64::MAX;
-        for ca in &cas {
-            let (not_after, _) =
-                leaf_info(ca).map_err(|r| err("tls.client_ca", &cfg.client_ca, r))?;
-            client_ca_not_after = client_ca_not_after.min(not_after);
-            roots.add(ca.clone()).map_err(|e| {
-                err(
-                    "tls.client_ca",
-                    &cfg.client_ca,
-                    format!("not a usable CA certificate: {e}"),
-                )
-            })?;
-        }
-
-        let (crls, crl_next_updates) = parse_crls(&cfg.crl, &files[3..], "tls.crl")?;
+        let cas = ca_bundle(&files.client_ca, "tls.client_ca", &cfg.client_ca)?;
+        let (crls, crl_next_updates) = parse_crls(&cfg.policy.crl, &files.crls, "tls.crl")?;
         let crl_count = crls.len();
-        let verifier = client_verifier(cfg, roots, crls, &provider)?;
+        let verifier = client_verifier(cfg, cas.roots, crls, &provider)?;
         let webpki = verifier.inner.clone();
 
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
-            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            TlsVersion::Tls13 => &[&rustls::version::TLS13],
-        };
         let mut server_config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
+            .with_protocol_versions(versions(cfg.policy.min_version))
             .map_err(|e| err("tls.min_version", &cfg.certificate, e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
@@ -350,14 +356,66 @@ impl TlsMaterial {
             verifier: webpki,
             expiry: Expiry {
                 server_not_after,
-                client_ca_not_after,
+                client_ca_not_after: cas.earliest_not_after,
             },
             server_subject,
-            counts: (cas.len(), crl_count),
+            counts: (cas.count, crl_count),
             crl_next_updates,
-            fingerprint: files,
+            contents: files,
         })
     }
+
+    fn contents(&self) -> &Contents {
+        &self.contents
+    }
+
+    fn set_expiry(&self, metrics: &crate::metrics::RouteMetrics) {
+        use crate::label::CertRole;
+        metrics.set_expiry(CertRole::Server, self.expiry.server_not_after);
+        metrics.set_expiry(CertRole::ClientCa, self.expiry.client_ca_not_after);
+    }
+
+    fn subject(&self) -> Option<&str> {
+        Some(&self.server_subject)
+    }
+}
+
+/// The protocol versions offered or accepted from `min` on.
+fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static FROM_1_2: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static FROM_1_3: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => &FROM_1_2,
+        TlsVersion::Tls13 => &FROM_1_3,
+    }
+}
+
+/// A CA bundle as trust anchors.
+struct CaBundle {
+    roots: RootCertStore,
+    count: usize,
+    /// The earliest notAfter among its certificates, Unix seconds.
+    earliest_not_after: i64,
+}
+
+/// Parses the PEM bundle `pem` (from `path`, the value of `key`) into trust anchors.
+fn ca_bundle(pem: &[u8], key: &str, path: &Path) -> Result<CaBundle, TlsError> {
+    let cas = parse_certs(pem).map_err(|r| TlsError::new(key, path, r))?;
+    let mut roots = RootCertStore::empty();
+    let mut earliest_not_after = i64::MAX;
+    for ca in &cas {
+        let (not_after, _) = leaf_info(ca).map_err(|r| TlsError::new(key, path, r))?;
+        earliest_not_after = earliest_not_after.min(not_after);
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::new(key, path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(CaBundle {
+        roots,
+        count: cas.len(),
+        earliest_not_after,
+    })
 }
 
 /// Why a client whose handshake passed at `verified_at` would no longer be admitted by
@@ -418,7 +476,7 @@ fn client_verifier(
     // without CRLs); tls.revocation tightens both.
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls);
-    let r = cfg.revocation;
+    let r = cfg.policy.revocation;
     let webpki = if r.depth == RevocationDepth::EndEntity {
         webpki.only_check_end_entity_revocation()
     } else {
@@ -435,28 +493,18 @@ fn client_verifier(
         webpki
     };
     let webpki = webpki.build().map_err(|e| {
-        let (key, path) = if cfg.crl.is_empty() {
-            ("tls.client_ca", &cfg.client_ca)
-        } else {
-            ("tls.crl", &cfg.crl[0])
+        let (key, path) = match cfg.policy.crl.first() {
+            None => ("tls.client_ca", &cfg.client_ca),
+            Some(crl) => ("tls.crl", crl),
         };
         err(key, path, format!("client verifier: {e}"))
     })?;
     Ok(Arc::new(RecordingVerifier { inner: webpki }))
 }
 
-/// Reads every file of `cfg` in a fixed order: certificate, key, client CA, CRLs.
-fn read_files(cfg: &TlsConfig) -> Result<Vec<Vec<u8>>, TlsError> {
-    let mut named: Vec<(&'static str, &Path)> = vec![
-        ("tls.certificate", &cfg.certificate),
-        ("tls.private_key", &cfg.private_key),
-        ("tls.client_ca", &cfg.client_ca),
-    ];
-    named.extend(cfg.crl.iter().map(|p| ("tls.crl", p.as_path())));
-    named
-        .into_iter()
-        .map(|(key, path)| read_file(key, path))
-        .collect()
+/// Reads the CRL files of a policy, each named by `key` on error.
+fn read_crls(paths: &[PathBuf], key: &str) -> Result<Vec<Vec<u8>>, TlsError> {
+    paths.iter().map(|p| read_file(key, p)).collect()
 }
 
 fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -3,22 +3,22 @@
 //! certificate presented when one is configured, and session tickets kept so that a pooled
 //! reconnect resumes instead of paying a full handshake.
 //!
-//! Loading is all-or-nothing, as for a listener ([`super::TlsMaterial`]); [`PartnerFiles`]
-//! decides when the files changed.
+//! Loading is all-or-nothing, as for a listener ([`super::TlsMaterial`]), and the same
+//! [`super::Watcher`] decides when the files changed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use rustls::ClientConfig;
 use rustls::client::WebPkiServerVerifier;
-use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::{
-    AllowList, ClientIdentity, TlsError, leaf_info, narrowed_provider, parse_certs, parse_crls,
-    read_file,
+    AllowList, ClientIdentity, Material, TlsError, ca_bundle, leaf_info, parse_certs, parse_crls,
+    policy_provider, read_crls, read_file, versions,
 };
-use crate::config::{Policy, RevocationDepth, TlsVersion, UpstreamTlsConfig};
+use crate::config::{Policy, RevocationDepth, UpstreamTlsConfig};
 use crate::label::{CertRole, PartnerRefusal};
 use crate::metrics::RouteMetrics;
 
@@ -34,8 +34,17 @@ pub struct PartnerTls {
     pub client_not_after: Option<i64>,
     /// Earliest notAfter among the partner's CA certificates.
     pub ca_not_after: i64,
-    /// The raw file contents, compared on each poll.
-    fingerprint: Vec<Vec<u8>>,
+    /// The files it was built from, compared on each poll.
+    contents: Contents,
+}
+
+/// The files of `upstream.tls`, as read.
+#[derive(Clone, PartialEq)]
+pub struct Contents {
+    ca: Vec<u8>,
+    /// Our certificate chain and key, when one is presented.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+    crls: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PartnerTls {
@@ -49,7 +58,7 @@ impl std::fmt::Debug for PartnerTls {
 impl PartnerTls {
     /// Reads and checks the files of `cfg`; errors are named under `upstream.tls`.
     pub fn load(cfg: &UpstreamTlsConfig) -> Result<Self, TlsError> {
-        Self::from_contents(cfg, read_files(cfg)?)
+        Self::build(cfg, Self::read(cfg)?)
     }
 
     /// The name to send (SNI) and verify for `target` (`host:port`).
@@ -71,30 +80,36 @@ impl PartnerTls {
             .unwrap_or_default();
         self.allowed.admits(&identity)
     }
+}
 
-    fn from_contents(cfg: &UpstreamTlsConfig, files: Vec<Vec<u8>>) -> Result<Self, TlsError> {
-        const K: &str = "upstream.tls";
+impl Material for PartnerTls {
+    type Config = UpstreamTlsConfig;
+    type Contents = Contents;
+    const WHAT: &'static str = "upstream TLS";
+
+    fn read(cfg: &UpstreamTlsConfig) -> Result<Contents, TlsError> {
+        let client = match &cfg.client {
+            None => None,
+            Some((cert, key)) => Some((
+                read_file("upstream.tls.certificate", cert)?,
+                read_file("upstream.tls.private_key", key)?,
+            )),
+        };
+        Ok(Contents {
+            ca: read_file("upstream.tls.ca", &cfg.ca)?,
+            client,
+            crls: read_crls(&cfg.policy.crl, "upstream.tls.crl")?,
+        })
+    }
+
+    fn build(cfg: &UpstreamTlsConfig, files: Contents) -> Result<Self, TlsError> {
         let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
-        let provider = narrowed_provider(&cfg.cipher_suites, &cfg.groups, K)?;
-        let cas = parse_certs(&files[0]).map_err(|r| err("upstream.tls.ca", &cfg.ca, r))?;
-        let mut roots = RootCertStore::empty();
-        let mut ca_not_after = i64::MAX;
-        for ca in &cas {
-            let (not_after, _) = leaf_info(ca).map_err(|r| err("upstream.tls.ca", &cfg.ca, r))?;
-            ca_not_after = ca_not_after.min(not_after);
-            roots.add(ca.clone()).map_err(|e| {
-                err(
-                    "upstream.tls.ca",
-                    &cfg.ca,
-                    format!("not a usable CA certificate: {e}"),
-                )
-            })?;
-        }
-        let client_files = usize::from(cfg.client.is_some()) * 2;
-        let (crls, _) = parse_crls(&cfg.crl, &files[1 + client_files..], "upstream.tls.crl")?;
-        let r = cfg.revocation;
+        let provider = policy_provider(&cfg.policy, "upstream.tls")?;
+        let cas = ca_bundle(&files.ca, "upstream.tls.ca", &cfg.ca)?;
+        let (crls, _) = parse_crls(&cfg.policy.crl, &files.crls, "upstream.tls.crl")?;
+        let r = cfg.policy.revocation;
         let mut verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            WebPkiServerVerifier::builder_with_provider(Arc::new(cas.roots), provider.clone())
                 .with_crls(crls);
         if r.depth == RevocationDepth::EndEntity {
             verifier = verifier.only_check_end_entity_revocation();
@@ -108,22 +123,17 @@ impl PartnerTls {
         let verifier = verifier
             .build()
             .map_err(|e| err("upstream.tls.ca", &cfg.ca, format!("server verifier: {e}")))?;
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
-            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            TlsVersion::Tls13 => &[&rustls::version::TLS13],
-        };
         let builder = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
+            .with_protocol_versions(versions(cfg.policy.min_version))
             .map_err(|e| err("upstream.tls.min_version", &cfg.ca, e.to_string()))?
             .with_webpki_verifier(verifier);
-        let (config, client_not_after) = match &cfg.client {
-            None => (builder.with_no_client_auth(), None),
-            Some((cert, key)) => {
+        let (config, client_not_after) = match (&cfg.client, &files.client) {
+            (Some((cert, key)), Some((chain_pem, key_pem))) => {
                 let chain =
-                    parse_certs(&files[1]).map_err(|r| err("upstream.tls.certificate", cert, r))?;
+                    parse_certs(chain_pem).map_err(|r| err("upstream.tls.certificate", cert, r))?;
                 let (not_after, _) =
                     leaf_info(&chain[0]).map_err(|r| err("upstream.tls.certificate", cert, r))?;
-                let pk = PrivateKeyDer::from_pem_slice(&files[2]).map_err(|e| {
+                let pk = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
                     err(
                         "upstream.tls.private_key",
                         key,
@@ -139,6 +149,7 @@ impl PartnerTls {
                 })?;
                 (config, Some(not_after))
             }
+            _ => (builder.with_no_client_auth(), None),
         };
         Ok(PartnerTls {
             config: Arc::new(config),
@@ -148,114 +159,21 @@ impl PartnerTls {
                 .and_then(|n| ServerName::try_from(n.to_string()).ok()),
             allowed: AllowList::new(cfg.allowed_servers.clone()),
             client_not_after,
-            ca_not_after,
-            fingerprint: files,
+            ca_not_after: cas.earliest_not_after,
+            contents: files,
         })
     }
-}
 
-/// Every file of `cfg` in a fixed order: CA, client certificate and key (when set), CRLs.
-fn read_files(cfg: &UpstreamTlsConfig) -> Result<Vec<Vec<u8>>, TlsError> {
-    let mut named: Vec<(&str, &PathBuf)> = vec![("upstream.tls.ca", &cfg.ca)];
-    if let Some((cert, key)) = &cfg.client {
-        named.push(("upstream.tls.certificate", cert));
-        named.push(("upstream.tls.private_key", key));
+    fn contents(&self) -> &Contents {
+        &self.contents
     }
-    named.extend(cfg.crl.iter().map(|p| ("upstream.tls.crl", p)));
-    named
-        .into_iter()
-        .map(|(key, path)| read_file(key, path))
-        .collect()
-}
 
-/// The `upstream.tls` files of one route and the content of those in service.
-pub struct PartnerFiles {
-    key: String,
-    cfg: UpstreamTlsConfig,
-    in_service: Vec<Vec<u8>>,
-    last_failed: Option<Vec<Vec<u8>>>,
-    metrics: RouteMetrics,
-}
-
-impl PartnerFiles {
-    /// Starts from `material`, loaded from `cfg`; `key` is the route's key (`routes[0]`).
-    pub fn new(
-        key: String,
-        cfg: UpstreamTlsConfig,
-        material: &PartnerTls,
-        metrics: RouteMetrics,
-    ) -> Self {
-        set_expiry(&metrics, material);
-        Self {
-            key,
-            cfg,
-            in_service: material.fingerprint.clone(),
-            last_failed: None,
-            metrics,
+    fn set_expiry(&self, metrics: &RouteMetrics) {
+        if let Some(t) = self.client_not_after {
+            metrics.set_expiry(CertRole::Client, t);
         }
+        metrics.set_expiry(CertRole::UpstreamCa, self.ca_not_after);
     }
-
-    /// The `upstream.tls` section in service.
-    pub fn config(&self) -> &UpstreamTlsConfig {
-        &self.cfg
-    }
-
-    /// Whether `material` (loaded from `cfg` by a configuration reload) differs from what is
-    /// in service; when it does, it is taken as in service.
-    pub fn replace(&mut self, key: String, cfg: UpstreamTlsConfig, material: &PartnerTls) -> bool {
-        self.key = key;
-        let same = cfg == self.cfg && material.fingerprint == self.in_service;
-        self.cfg = cfg;
-        if !same {
-            self.accepted(material);
-        }
-        !same
-    }
-
-    /// Compares the files with the material in service and loads them if they differ;
-    /// `force` retries content that failed before.
-    pub fn reload(&mut self, force: bool) -> Option<PartnerTls> {
-        let refused = |this: &Self, e: TlsError| {
-            tracing::error!(side = "proxy", route = %this.metrics.route, error = %format!("{}.{e}", this.key), "upstream TLS reload refused; previous material stays in service");
-            this.metrics.reloaded(false);
-        };
-        let files = match read_files(&self.cfg) {
-            Ok(f) => f,
-            Err(e) => {
-                refused(self, e);
-                return None;
-            }
-        };
-        if files == self.in_service || (!force && self.last_failed.as_ref() == Some(&files)) {
-            return None;
-        }
-        match PartnerTls::from_contents(&self.cfg, files.clone()) {
-            Ok(material) => {
-                self.accepted(&material);
-                Some(material)
-            }
-            Err(e) => {
-                refused(self, e);
-                self.last_failed = Some(files);
-                None
-            }
-        }
-    }
-
-    fn accepted(&mut self, material: &PartnerTls) {
-        set_expiry(&self.metrics, material);
-        self.metrics.reloaded(true);
-        tracing::info!(route = %self.metrics.route, "upstream TLS material reloaded");
-        self.in_service = material.fingerprint.clone();
-        self.last_failed = None;
-    }
-}
-
-fn set_expiry(metrics: &RouteMetrics, material: &PartnerTls) {
-    if let Some(t) = material.client_not_after {
-        metrics.set_expiry(CertRole::Client, t);
-    }
-    metrics.set_expiry(CertRole::UpstreamCa, material.ca_not_after);
 }
 
 impl PartnerRefusal {
