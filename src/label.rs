@@ -67,6 +67,19 @@ pub const fn plain_word(word: &str) -> bool {
 }
 
 labels! {
+    /// Who caused what a log line reports (`side` field): the sender, the engine or partner,
+    /// or the proxy itself.
+    pub enum Side {
+        /// The sending system.
+        Sender => "sender",
+        /// The engine or partner.
+        Upstream => "upstream",
+        /// The proxy (a reload, shutdown, its own configuration).
+        Proxy => "proxy",
+    }
+}
+
+labels! {
     /// Where audit records go (`audit_records_dropped_total{sink}`).
     pub enum AuditSink {
         /// Into the log (standard error), with no `audit.file`.

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Counter, Gate, Held, SourceGuard};
 use crate::context::RouteContext;
 use crate::cores::{Cores, Placement};
-use crate::label::{Label, ProxyResult, Refusal};
+use crate::label::{Label, ProxyResult, Refusal, Side};
 use crate::metrics::RouteMetrics;
 use crate::proxy_protocol::{self, Source};
 use crate::session;
@@ -69,7 +69,7 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE/ENFILE: sleeping lets sessions end and free descriptors.
-                tracing::error!(side = "proxy", route = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tracing::error!(side = Side::Proxy.label(), route = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, Draining, Endpoints};
 use crate::config::{AdminConfig, Config, ConfigError, RouteConfig};
+use crate::label::{Label, Side};
 use crate::listener;
 use crate::route::{self, Command, RouteHandle, RouteSpec, Shared};
 use crate::tls::TlsError;
@@ -238,7 +239,7 @@ impl Control {
                 self.shared.metrics.config_reloaded(false);
                 let text = error.to_string();
                 if state.last_error.as_ref() != Some(&text) {
-                    tracing::error!(side = "proxy", error = %text, "configuration reload refused; the running configuration stays in service");
+                    tracing::error!(side = Side::Proxy.label(), error = %text, "configuration reload refused; the running configuration stays in service");
                     state.last_error = Some(text);
                 }
                 if force {

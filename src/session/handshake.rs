@@ -13,7 +13,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::{RouteContext, session_event};
 use crate::audit;
-use crate::label::{HandshakeReason, Label};
+use crate::label::{HandshakeReason, Label, Side};
 use crate::logsafe::escape_str;
 use crate::tls::{ClientIdentity, PRESENTED};
 
@@ -75,7 +75,7 @@ pub(super) async fn accept(
         session_event!(
             debug,
             who,
-            side = "sender",
+            side = Side::Sender.label(),
             reason = HandshakeReason::Eof.label(),
             "connection closed before its first TLS byte"
         );
@@ -113,12 +113,12 @@ pub(super) async fn accept(
         session_event!(
             debug,
             who,
-            side = "sender",
+            side = Side::Sender.label(),
             reason = reason.label(),
             "TLS handshake failed"
         );
     } else if let Some(suppressed) = ctx.events.handshake.admit() {
-        session_event!(warn, who, side = "sender", reason = reason.label(), error = %error, suppressed, "TLS handshake failed");
+        session_event!(warn, who, side = Side::Sender.label(), reason = reason.label(), error = %error, suppressed, "TLS handshake failed");
     }
     None
 }
@@ -144,7 +144,7 @@ pub(super) async fn admit(
     ctx.metrics.clients_denied.inc();
     audit::handshake_refused(who, "not_allowed", audit::Presented::Verified(&identity));
     if let Some(suppressed) = ctx.events.denied.admit() {
-        session_event!(warn, who, client = %shown, side = "sender", suppressed, "client certificate verified but not in allowed_clients; connection refused");
+        session_event!(warn, who, client = %shown, side = Side::Sender.label(), suppressed, "client certificate verified but not in allowed_clients; connection refused");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
     None

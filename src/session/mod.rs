@@ -33,7 +33,7 @@ pub use handshake::ReadReady;
 use crate::admission::Held;
 use crate::audit;
 pub use crate::context::RouteContext;
-use crate::label::{Label, Offboarded};
+use crate::label::{Label, Offboarded, Side};
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
 use crate::tls::ClientIdentity;
@@ -52,8 +52,13 @@ enum SessionEnd {
     FrameTimeout,
     #[error("connection closed inside a frame after {0} bytes")]
     TruncatedFrame(usize),
-    #[error("reading from the sender failed: {0}")]
-    ReadFailed(String),
+    #[error("reading from the sender failed: {detail}")]
+    ReadFailed {
+        /// What the socket or TLS said, kept for the distinction (reset, TLS alert, …).
+        kind: std::io::ErrorKind,
+        /// In words, for the log.
+        detail: String,
+    },
     #[error("writing the answer failed: {0}")]
     WriteFailed(String),
     #[error("sender did not read its answer within frame_timeout")]
@@ -67,11 +72,26 @@ enum SessionEnd {
 }
 
 impl SessionEnd {
-    fn side(&self) -> &'static str {
+    fn read_failed(e: &std::io::Error) -> Self {
+        SessionEnd::ReadFailed {
+            kind: e.kind(),
+            detail: handshake::io_detail(e),
+        }
+    }
+
+    /// The codec refused what arrived (its own error: the bytes themselves are invalid).
+    fn codec_failed(e: &MllpError) -> Self {
+        SessionEnd::ReadFailed {
+            kind: std::io::ErrorKind::InvalidData,
+            detail: e.to_string(),
+        }
+    }
+
+    fn side(&self) -> Side {
         match self {
-            SessionEnd::Upstream(_) => "upstream",
-            SessionEnd::Shutdown | SessionEnd::Offboarded(_) => "proxy",
-            _ => "sender",
+            SessionEnd::Upstream(_) => Side::Upstream,
+            SessionEnd::Shutdown | SessionEnd::Offboarded(_) => Side::Proxy,
+            _ => Side::Sender,
         }
     }
 
@@ -83,7 +103,7 @@ impl SessionEnd {
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::FrameTimeout => "frame_timeout",
             SessionEnd::TruncatedFrame(_) => "truncated_frame",
-            SessionEnd::ReadFailed(_) => "read_failed",
+            SessionEnd::ReadFailed { .. } => "read_failed",
             SessionEnd::WriteFailed(_) => "write_failed",
             SessionEnd::NotReading => "sender_not_reading",
             SessionEnd::OversizeUnreadable => "oversize_unreadable",
@@ -199,9 +219,9 @@ fn ended(ctx: &RouteContext, session: &Session<'_>, started: Instant, end: &Sess
     let (who, shown) = (session.who, session.client);
     audit::session_ended(who, session.messages, started.elapsed(), end.label());
     if end.routine() {
-        session_event!(debug, who, client = %shown, side = end.side(), reason = %end, "session ended");
+        session_event!(debug, who, client = %shown, side = end.side().label(), reason = %end, "session ended");
     } else if let Some(suppressed) = ctx.events.session.admit() {
-        session_event!(warn, who, client = %shown, side = end.side(), reason = %end, suppressed, "session ended");
+        session_event!(warn, who, client = %shown, side = end.side().label(), reason = %end, suppressed, "session ended");
     }
 }
 
@@ -314,7 +334,7 @@ impl<'a> Session<'a> {
         };
         if let Some(reason) = refused {
             new.metrics.closed_on_reload(reason);
-            session_event!(warn, self.who, client = %self.client, side = "proxy", reason = reason.label(), "client no longer admitted after a reload; session closed");
+            session_event!(warn, self.who, client = %self.client, side = Side::Proxy.label(), reason = reason.label(), "client no longer admitted after a reload; session closed");
             return Err(SessionEnd::Offboarded(reason));
         }
         self.codec.set_max_len(new.cfg.validation.max_message_bytes);
@@ -374,7 +394,7 @@ impl<'a> Session<'a> {
             match decoded {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(e) => return Err(SessionEnd::ReadFailed(e.to_string())),
+                Err(e) => return Err(SessionEnd::codec_failed(&e)),
             }
             let idle = self.idle_without_buffer();
             let read = read_more(&mut self.buf, idle, stream);
@@ -414,7 +434,7 @@ impl<'a> Session<'a> {
                 {
                     return Err(SessionEnd::SenderClosed);
                 }
-                Err(e) => return Err(SessionEnd::ReadFailed(handshake::io_detail(&e))),
+                Err(e) => return Err(SessionEnd::read_failed(&e)),
             }
         }
     }
@@ -440,7 +460,7 @@ impl<'a> Session<'a> {
             Err(MllpError::TruncatedFrame { received }) => {
                 Err(SessionEnd::TruncatedFrame(received))
             }
-            Err(e) => Err(SessionEnd::ReadFailed(e.to_string())),
+            Err(e) => Err(SessionEnd::codec_failed(&e)),
         }
     }
 
@@ -452,7 +472,7 @@ impl<'a> Session<'a> {
                 debug,
                 self.who,
                 client = %self.client,
-                side = "sender",
+                side = Side::Sender.label(),
                 bytes = n,
                 "discarded bytes outside MLLP frames"
             );

@@ -9,7 +9,7 @@ use tracing::field::{DisplayValue, display};
 use super::{Session, session_event};
 use crate::audit;
 use crate::hl7::{AckCode, Header, NakReason, RejectReason};
-use crate::label::{FailureKind, Label};
+use crate::label::{FailureKind, Label, Side};
 use crate::logsafe::escape;
 use crate::upstream::{Ack, UpstreamError};
 
@@ -90,7 +90,7 @@ impl Session<'_> {
                     warn,
                     self.who,
                     client = %self.client,
-                    side = "sender",
+                    side = Side::Sender.label(),
                     bytes,
                     limit = self.ctx.cfg.validation.max_message_bytes,
                     answer = answer.map_or("none (connection closed)", AckCode::label),
@@ -154,10 +154,10 @@ impl Session<'_> {
         let reason = reason.label().label();
         match answer {
             None => {
-                session_event!(debug, self.who, client = %self.client, side = "sender", reason, control_id = id, suppressed, "acknowledgment refused; not answered");
+                session_event!(debug, self.who, client = %self.client, side = Side::Sender.label(), reason, control_id = id, suppressed, "acknowledgment refused; not answered");
             }
             Some(code) => {
-                session_event!(info, self.who, client = %self.client, side = "sender", reason, control_id = id, bytes, answer = code.label(), suppressed, "message refused with NAK");
+                session_event!(info, self.who, client = %self.client, side = Side::Sender.label(), reason, control_id = id, bytes, answer = code.label(), suppressed, "message refused with NAK");
             }
         }
         true
@@ -195,7 +195,7 @@ impl Session<'_> {
             warn,
             self.who,
             client = %self.client,
-            side = "upstream",
+            side = Side::Upstream.label(),
             kind = kind.label(),
             engine = error.target().unwrap_or("none"),
             control_id = self.logged_control_id(header),

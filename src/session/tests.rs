@@ -196,5 +196,5 @@ async fn a_sender_closing_between_frames_is_routine_and_inside_one_is_not() {
         matches!(end, SessionEnd::TruncatedFrame(_)) && !end.routine(),
         "{end}"
     );
-    assert_eq!(end.side(), "sender");
+    assert_eq!(end.side(), crate::label::Side::Sender);
 }

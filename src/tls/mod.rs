@@ -36,33 +36,69 @@ pub type TlsFiles = Watcher<TlsMaterial>;
 /// The watcher of a partner's `upstream.tls` files.
 pub type PartnerFiles = Watcher<PartnerTls>;
 
-/// A TLS material error: the configuration key, the file (when one is at fault) and the reason.
+/// Why TLS material could not be loaded; every variant names the configuration key at fault.
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {}{reason}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
-pub struct TlsError {
-    /// The configuration key (`tls.certificate`, `tls.cipher_suites[1]`, …).
-    pub key: String,
-    /// The file at fault, if the key names one.
-    pub path: Option<PathBuf>,
-    /// What is wrong.
-    pub reason: String,
+pub enum TlsError {
+    /// A file named by the configuration could not be read.
+    #[error("{key}: {}: {source}", path.display())]
+    Read {
+        /// The configuration key (`tls.certificate`, …).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file was read, but what it holds is not usable: no PEM certificate, a key that does
+    /// not fit the certificate, a CRL that does not parse, …
+    #[error("{key}: {}: {reason}", path.display())]
+    Invalid {
+        /// The configuration key.
+        key: String,
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A setting names what this build does not offer (a cipher suite, a group).
+    #[error("{key}: {reason}")]
+    Policy {
+        /// The configuration key (`tls.cipher_suites[1]`, …).
+        key: String,
+        /// What is wrong, with what the build offers.
+        reason: String,
+    },
 }
 
 impl TlsError {
+    /// The configuration key at fault.
+    pub fn key(&self) -> &str {
+        match self {
+            TlsError::Read { key, .. }
+            | TlsError::Invalid { key, .. }
+            | TlsError::Policy { key, .. } => key,
+        }
+    }
+
+    /// The file at fault, if a file is.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { path, .. } | TlsError::Invalid { path, .. } => Some(path),
+            TlsError::Policy { .. } => None,
+        }
+    }
+
     fn new(key: impl Into<String>, path: &Path, reason: impl std::fmt::Display) -> Self {
-        TlsError {
+        TlsError::Invalid {
             key: key.into(),
-            path: Some(path.to_path_buf()),
+            path: path.to_path_buf(),
             reason: reason.to_string(),
         }
     }
 
     fn policy(key: String, reason: String) -> Self {
-        TlsError {
-            key,
-            path: None,
-            reason,
-        }
+        TlsError::Policy { key, reason }
     }
 }
 
@@ -129,7 +165,11 @@ fn narrow<T: Copy>(
 
 /// Reads one file, naming the key that points at it on error.
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::new(key, path, e))
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Certificate lifetimes, for the expiry metric and `check`.

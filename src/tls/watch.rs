@@ -7,6 +7,7 @@
 //! polls and publishes; this only decides.
 
 use super::TlsError;
+use crate::label::{Label, Side};
 use crate::metrics::RouteMetrics;
 
 /// TLS material built all-or-nothing from a set of files.
@@ -116,7 +117,7 @@ impl<M: Material> Watcher<M> {
     }
 
     fn refused(&self, e: &TlsError) {
-        tracing::error!(side = "proxy", route = %self.metrics.route, error = %format!("{}.{e}", self.key), "{} reload refused; previous material stays in service", M::WHAT);
+        tracing::error!(side = Side::Proxy.label(), route = %self.metrics.route, error = %format!("{}.{e}", self.key), "{} reload refused; previous material stays in service", M::WHAT);
         self.metrics.reloaded(false);
     }
 

@@ -19,7 +19,7 @@ use tokio_util::codec::Decoder;
 use super::UpstreamError;
 use crate::audit::TlsSession;
 use crate::hl7::{AckCode, parse_ack};
-use crate::label::PartnerRefusal;
+use crate::label::{Label, PartnerRefusal, Side};
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
 use crate::tls::{ClientIdentity, PartnerTls};
@@ -406,7 +406,7 @@ impl UpstreamConn {
         let last = &self.last_control_id;
         if !last.is_empty() && info.control_id == &last[..] && control_id != &last[..] {
             self.duplicates.inc();
-            tracing::debug!(side = "upstream", engine = %self.target, "repeated ACK of the previous message dropped");
+            tracing::debug!(side = Side::Upstream.label(), engine = %self.target, "repeated ACK of the previous message dropped");
             return Ok(Answer::Stale);
         }
         // Without a readable MSH-10 (validation off) there is nothing to correlate against.

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::conn::{Wire, establish_tls};
 use crate::config::Keepalive;
-use crate::label::PartnerRefusal;
+use crate::label::{Label, PartnerRefusal, Side};
 use crate::tls::PartnerTls;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
@@ -91,7 +91,7 @@ impl Target {
         }
         if let Ok(mut s) = self.state.lock() {
             if !s.up {
-                tracing::info!(side = "upstream", engine = %self.addr, "engine target up");
+                tracing::info!(side = Side::Upstream.label(), engine = %self.addr, "engine target up");
             }
             *s = State {
                 up: true,
@@ -113,7 +113,7 @@ impl Target {
             let backoff = backoff(s.failures, jitter());
             s.retry_at = Some(Instant::now() + backoff);
             if was_up || s.failures == 1 {
-                tracing::warn!(side = "upstream", engine = %self.addr, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "engine target down");
+                tracing::warn!(side = Side::Upstream.label(), engine = %self.addr, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "engine target down");
             }
         }
         self.metrics.up.set(0);
@@ -245,7 +245,7 @@ impl Target {
             }
             Err(failure) => {
                 self.metrics.checks_failed.inc();
-                tracing::debug!(side = "upstream", engine = %self.addr, reason = %failure.reason, "health check failed");
+                tracing::debug!(side = Side::Upstream.label(), engine = %self.addr, reason = %failure.reason, "health check failed");
                 failure.refused
             }
         }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use conn::{Ack, Refused, UpstreamConn, Wire};
 
 use crate::config::{Balance, UpstreamConfig};
-use crate::label::{FailureKind, PartnerRefusal};
+use crate::label::{FailureKind, Label, PartnerRefusal, Side};
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
 use crate::tls::PartnerTls;
@@ -286,7 +286,7 @@ impl Upstream {
                 })
             )
         {
-            tracing::debug!(side = "upstream", engine = %c.target.addr, "reused upstream connection was closed; retrying on another");
+            tracing::debug!(side = Side::Upstream.label(), engine = %c.target.addr, "reused upstream connection was closed; retrying on another");
             drop(c);
             // On a new connection: when the engine closed one pooled connection, it may well
             // have closed the others too (a restart), and only one retry is allowed.
@@ -472,10 +472,10 @@ impl Upstream {
                 Err(e) if e.kind() == FailureKind::Protocol => {
                     self.metrics
                         .upstream_failed(&target.addr, FailureKind::Protocol);
-                    tracing::warn!(side = "upstream", engine = %target.addr, error = %e, "upstream connection discarded");
+                    tracing::warn!(side = Side::Upstream.label(), engine = %target.addr, error = %e, "upstream connection discarded");
                 }
                 Err(e) => {
-                    tracing::debug!(side = "upstream", engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
+                    tracing::debug!(side = Side::Upstream.label(), engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
                 }
             }
         }

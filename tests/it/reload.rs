@@ -180,7 +180,7 @@ async fn a_refused_file_leaves_the_running_configuration_in_service() {
         panic!("a missing certificate was not refused as the route's TLS");
     };
     assert_eq!(index, 0);
-    assert_eq!(source.key, "tls.certificate");
+    assert_eq!(source.key(), "tls.certificate");
     assert!(source.to_string().contains("missing.crt"), "{source}");
     rewrite(
         &world,
