@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -34,12 +35,15 @@ pub struct AdminState {
     upstreams: Mutex<Vec<(String, Arc<Upstream>)>>,
     /// `admin.ready_requires_upstream`: `/readyz` needs a target up on every route.
     pub ready_requires_upstream: AtomicBool,
+    /// The audit trail, whose dropped records `/metrics` reports.
+    audit: AuditLog,
 }
 
 impl AdminState {
     /// Not ready yet, with no routes.
-    pub fn new(metrics: Metrics, ready_requires_upstream: bool) -> Self {
+    pub fn new(metrics: Metrics, ready_requires_upstream: bool, audit: AuditLog) -> Self {
         Self {
+            audit,
             metrics,
             ready: AtomicBool::new(false),
             upstreams: Mutex::new(Vec::new()),
@@ -192,7 +196,7 @@ fn handle(
             for u in state.upstreams() {
                 u.refresh_gauges();
             }
-            state.metrics.audit_dropped(crate::audit::records_dropped());
+            state.metrics.audit_dropped(state.audit.records_dropped());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

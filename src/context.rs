@@ -9,6 +9,7 @@ use rustls::ServerConfig;
 use rustls::server::danger::ClientCertVerifier;
 
 use crate::admission::Gate;
+use crate::audit::AuditLog;
 use crate::config::RouteConfig;
 use crate::hl7;
 use crate::logsafe::RouteEvents;
@@ -38,22 +39,29 @@ pub struct RouteContext {
     pub gate: Arc<Gate>,
     /// `audit.messages`: one audit record per message, and control IDs in log lines.
     pub audit_messages: bool,
+    /// Where the audit records of the route's sessions go.
+    pub audit: AuditLog,
 }
 
 impl RouteContext {
-    /// The context of `cfg`, with its allow-list and validator built from it. `events` and
-    /// `gate` are the route's own, kept across reloads (rate limits and connection counts
-    /// carry on); the rest is what the configuration and its material are now.
+    /// The context of `cfg`, with its allow-list and validator built from it. The rate limits
+    /// of log events and the connection counts are the route's own, kept across reloads: they
+    /// carry on from `previous` (the context this one replaces), or start afresh.
     pub fn new(
         cfg: RouteConfig,
         tls: Option<ListenerTls>,
         upstream: Arc<Upstream>,
         metrics: RouteMetrics,
-        events: Arc<RouteEvents>,
-        gate: Arc<Gate>,
-        audit_messages: bool,
+        audit: (AuditLog, bool),
+        previous: Option<&RouteContext>,
     ) -> Self {
+        let (events, gate) = match previous {
+            Some(p) => (p.events.clone(), p.gate.clone()),
+            None => (Arc::new(RouteEvents::new(&metrics)), Arc::default()),
+        };
+        let (audit, audit_messages) = audit;
         Self {
+            audit,
             allow: AllowList::new(cfg.allowed_clients.clone()),
             validator: hl7::Validator::new(&cfg.validation),
             tls,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
-use mllp_proxy::audit::{self, LineWriter, Reopen, WriterGuard};
+use mllp_proxy::audit::{AuditLog, LineWriter, Reopen, WriterGuard};
 use mllp_proxy::cli;
 use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, LoggingConfig};
 use mllp_proxy::cores::Cores;
@@ -87,10 +87,14 @@ async fn dispatch(command: Command) -> ExitCode {
             // The audit trail goes to a file the demo summarises, not between its lines.
             let folder = cli::demo::folder();
             let audit = folder.join("audit.log");
-            let _logging = std::fs::create_dir_all(&folder)
+            let logging = std::fs::create_dir_all(&folder)
                 .ok()
                 .and_then(|()| init_tracing(LogFormat::Text, "warn", Some(&audit)).ok());
-            report(cli::demo::run(once, tunnel, &audit).await)
+            let log = logging
+                .as_ref()
+                .map(|l| l.audit.clone())
+                .unwrap_or_default();
+            report(cli::demo::run(once, tunnel, &audit, log).await)
         }
         Command::Send(a) => {
             let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
@@ -165,6 +169,7 @@ async fn run(path: PathBuf) -> ExitCode {
         source: Some(Source { path, text }),
         cores: Some(cores.clone()),
         on_reload: Some(logging.on_reload()),
+        audit: logging.audit.clone(),
     };
     let proxy = match mllp_proxy::proxy::start_with(config, metrics, options).await {
         Ok(p) => p,
@@ -244,6 +249,8 @@ fn status(ok: bool) -> ExitCode {
 /// changes the level and format through.
 struct Logging {
     reopen: Reopen,
+    /// Where audit records go, passed to the proxy (none when the writer could not start).
+    audit: AuditLog,
     live: Option<Arc<LiveLogging>>,
     _guard: Option<WriterGuard>,
 }
@@ -255,6 +262,7 @@ type FormatLayer = Box<dyn Layer<Base> + Send + Sync>;
 /// What a reload may change in the logging set-up.
 struct LiveLogging {
     writer: LineWriter,
+    audit: AuditLog,
     filter: reload::Handle<EnvFilter, Registry>,
     format: reload::Handle<FormatLayer, Base>,
     /// `RUST_LOG` was set: it decides the level, whatever the file says.
@@ -308,7 +316,7 @@ impl LiveLogging {
             let _ = self
                 .format
                 .reload(format_layer(cfg.logging.format, &self.writer, self.ansi));
-            audit::set_json(cfg.logging.format == LogFormat::Json);
+            self.audit.set_json(cfg.logging.format == LogFormat::Json);
             s.logging.format = cfg.logging.format;
         }
         Ok(())
@@ -344,6 +352,7 @@ fn init_tracing(
 ) -> Result<Logging, String> {
     let mut logging = Logging {
         reopen: Reopen::default(),
+        audit: AuditLog::default(),
         live: None,
         _guard: None,
     };
@@ -378,7 +387,7 @@ fn init_tracing(
         }
     };
     logging._guard = Some(guard);
-    audit::install(writer.clone(), matches!(format, LogFormat::Json));
+    logging.audit = AuditLog::new(writer.clone(), matches!(format, LogFormat::Json));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The filter of the whole subscriber, not of its one layer: a per-layer filter adds
     // bookkeeping to every span and event (registry look-ups on each span enter and exit)
@@ -396,6 +405,7 @@ fn init_tracing(
     }
     logging.live = Some(Arc::new(LiveLogging {
         writer,
+        audit: logging.audit.clone(),
         filter: filter_handle,
         format: format_handle,
         env_level,

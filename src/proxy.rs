@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
+use crate::audit::AuditLog;
 use crate::config::{Config, RouteConfig};
 use crate::cores::Cores;
 use crate::metrics::Metrics;
@@ -64,6 +65,8 @@ pub struct Options {
     pub cores: Option<Arc<Cores>>,
     /// Called with a reloaded configuration before it is applied.
     pub on_reload: Option<ReloadHook>,
+    /// Where audit records go (none without it).
+    pub audit: AuditLog,
 }
 
 /// A started proxy: its bound addresses and the handles to reload and stop it.
@@ -95,6 +98,7 @@ pub async fn start_with(
     let admin_state = Arc::new(AdminState::new(
         metrics.clone(),
         config.admin.ready_requires_upstream,
+        options.audit.clone(),
     ));
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
@@ -104,6 +108,7 @@ pub async fn start_with(
         background: TaskTracker::new(),
         stop: CancellationToken::new(),
         admin: admin_state.clone(),
+        audit: options.audit,
     });
     let mut running = Vec::with_capacity(routes.len());
     for spec in routes {

@@ -17,12 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
-use crate::admission::Gate;
+use crate::audit::AuditLog;
 use crate::config::RouteConfig;
 use crate::context::{ListenerTls, RouteContext, max_ack_bytes};
 use crate::cores::Cores;
 use crate::listener;
-use crate::logsafe::RouteEvents;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::{PartnerFiles, PartnerTls, ReloadOutcome, TlsError, TlsFiles, TlsMaterial};
 use crate::upstream::Upstream;
@@ -40,6 +39,8 @@ pub(crate) struct Shared {
     /// Cancelled at shutdown: every listener stops accepting and every session drains.
     pub(crate) stop: CancellationToken,
     pub(crate) admin: Arc<AdminState>,
+    /// The audit trail every route's sessions and engine write to.
+    pub(crate) audit: AuditLog,
 }
 
 /// A route's configuration with everything that can fail already done: its TLS material
@@ -146,15 +147,15 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         max_ack_bytes(cfg.validation.max_message_bytes),
         metrics.clone(),
         partner.map(Arc::new),
+        shared.audit.clone(),
     ));
     let ctx = RouteContext::new(
         cfg,
         material.as_ref().map(ListenerTls::of),
         upstream.clone(),
         metrics.clone(),
-        Arc::new(RouteEvents::new(&metrics)),
-        Arc::new(Gate::default()),
-        audit_messages,
+        (shared.audit.clone(), audit_messages),
+        None,
     );
     let (tx, _) = watch::channel(Arc::new(ctx));
     let mut route = Route {
@@ -257,9 +258,8 @@ impl Route {
             tls,
             upstream,
             self.metrics.clone(),
-            current.events.clone(),
-            current.gate.clone(),
-            audit_messages,
+            (shared.audit.clone(), audit_messages),
+            Some(&current),
         );
         let became_plain = ctx.tls.is_none() && current.tls.is_some();
         self.ctx.send_replace(Arc::new(ctx));
@@ -352,6 +352,7 @@ impl Route {
                 max_ack,
                 self.metrics.clone(),
                 partner,
+                shared.audit.clone(),
             ))
         };
         if !Arc::ptr_eq(&upstream, old) {

@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -53,59 +53,232 @@ pub struct TlsSession<'a> {
     pub suite: &'a str,
 }
 
-/// A session admitted after its handshake: who, and over what TLS (`None`: a plain listener,
-/// recorded with the peer address alone).
-pub fn session_started(who: Who<'_>, tls: Option<TlsSession<'_>>) {
-    let Some(mut r) = Record::new("session_start", who) else {
-        return;
-    };
-    match tls {
-        Some(t) => {
-            r.certificate(t.peer);
-            r.text("identity", &escape_str(&t.peer.to_string()));
-            r.label("tls_version", t.version);
-            r.label("cipher_suite", t.suite);
-        }
-        None => r.label("transport", "plain"),
+/// Where audit records go: the writer thread's queue, and whether they are written as JSON or
+/// as the text log's lines (a reload may change it). Made by the binary and passed in like
+/// [`crate::metrics::Metrics`]: a proxy started without one (`AuditLog::default()`, a
+/// library user that asked for no audit trail) writes none, and a test reads the records of
+/// the proxy it started.
+#[derive(Clone, Default)]
+pub struct AuditLog(Option<Arc<Sink>>);
+
+struct Sink {
+    writer: LineWriter,
+    json: AtomicBool,
+}
+
+impl AuditLog {
+    /// Records go to `writer`'s thread, as JSON or as the text log's lines.
+    pub fn new(writer: LineWriter, json: bool) -> Self {
+        Self(Some(Arc::new(Sink {
+            writer,
+            json: AtomicBool::new(json),
+        })))
     }
-    r.send();
-}
 
-/// A pooled connection to a partner established over TLS (`upstream.tls`): which target, the
-/// partner's certificate and what was negotiated.
-pub fn upstream_session(route: &str, target: &str, tls: TlsSession<'_>, resumed: bool) {
-    let Some(mut r) = Record::start("upstream_session", route) else {
-        return;
-    };
-    r.label("engine", target);
-    r.certificate(tls.peer);
-    r.label("tls_version", tls.version);
-    r.label("cipher_suite", tls.suite);
-    r.label("handshake", if resumed { "resumed" } else { "full" });
-    r.send();
-}
+    /// Writes records as JSON or as the text log's lines from now on (a reloaded log format).
+    pub fn set_json(&self, json: bool) {
+        if let Some(sink) = &self.0 {
+            sink.json.store(json, Ordering::Relaxed);
+        }
+    }
 
-/// A route's pooled connections to its partner retired (`reason`): `idle` closed at once,
-/// `busy` closing as their exchanges end.
-pub fn upstream_retired(route: &str, reason: &str, idle: usize, busy: usize) {
-    let Some(mut r) = Record::start("upstream_retired", route) else {
-        return;
-    };
-    r.label("reason", reason);
-    r.number("idle_closed", idle as u64);
-    r.number("busy_closing", busy as u64);
-    r.send();
-}
+    /// Audit records dropped so far because their destination fell behind, per sink in the
+    /// order of `label::AuditSink::ALL` (the log, the audit file).
+    pub fn records_dropped(&self) -> [u64; 2] {
+        self.0
+            .as_ref()
+            .map_or([0; 2], |s| s.writer.queue.records_dropped())
+    }
 
-/// A session's end: how many messages, how long, why.
-pub fn session_ended(who: Who<'_>, messages: u64, duration: Duration, reason: &str) {
-    let Some(mut r) = Record::new("session_end", who) else {
-        return;
-    };
-    r.number("messages", messages);
-    r.number("duration_ms", duration.as_millis() as u64);
-    r.label("reason", reason);
-    r.send();
+    /// The shared fields of `who`'s message records; `None` when no records are written.
+    pub fn prefix(&self, who: Who<'_>) -> Option<Prefix> {
+        let sink = self.0.as_ref()?;
+        let mut r = Record {
+            line: Vec::with_capacity(96),
+            json: sink.json.load(Ordering::Relaxed),
+            queue: None,
+        };
+        r.who("message", who);
+        Some(Prefix {
+            json: r.json,
+            fields: r.line.into_boxed_slice(),
+        })
+    }
+
+    /// A session admitted after its handshake: who, and over what TLS (`None`: a plain listener,
+    /// recorded with the peer address alone).
+    pub fn session_started(&self, who: Who<'_>, tls: Option<TlsSession<'_>>) {
+        let Some(mut r) = self.record("session_start", who) else {
+            return;
+        };
+        match tls {
+            Some(t) => {
+                r.certificate(t.peer);
+                r.text("identity", &escape_str(&t.peer.to_string()));
+                r.label("tls_version", t.version);
+                r.label("cipher_suite", t.suite);
+            }
+            None => r.label("transport", "plain"),
+        }
+        r.send();
+    }
+
+    /// A pooled connection to a partner established over TLS (`upstream.tls`): which target, the
+    /// partner's certificate and what was negotiated.
+    pub fn upstream_session(&self, route: &str, target: &str, tls: TlsSession<'_>, resumed: bool) {
+        let Some(mut r) = self.start("upstream_session", route) else {
+            return;
+        };
+        r.label("engine", target);
+        r.certificate(tls.peer);
+        r.label("tls_version", tls.version);
+        r.label("cipher_suite", tls.suite);
+        r.label("handshake", if resumed { "resumed" } else { "full" });
+        r.send();
+    }
+
+    /// A route's pooled connections to its partner retired (`reason`): `idle` closed at once,
+    /// `busy` closing as their exchanges end.
+    pub fn upstream_retired(&self, route: &str, reason: &str, idle: usize, busy: usize) {
+        let Some(mut r) = self.start("upstream_retired", route) else {
+            return;
+        };
+        r.label("reason", reason);
+        r.number("idle_closed", idle as u64);
+        r.number("busy_closing", busy as u64);
+        r.send();
+    }
+
+    /// A session's end: how many messages, how long, why.
+    pub fn session_ended(&self, who: Who<'_>, messages: u64, duration: Duration, reason: &str) {
+        let Some(mut r) = self.record("session_end", who) else {
+            return;
+        };
+        r.number("messages", messages);
+        r.number("duration_ms", duration.as_millis() as u64);
+        r.label("reason", reason);
+        r.send();
+    }
+
+    /// A handshake the proxy refused, with the certificate presented, if any. Written for every
+    /// refusal, whatever the log's rate limit lets through: the audit trail is the record of who
+    /// tried, and a flood of junk must not hide one stolen certificate's attempt.
+    pub fn handshake_refused(&self, who: Who<'_>, reason: &str, presented: Presented<'_>) {
+        let Some(mut r) = self.record("handshake_refused", who) else {
+            return;
+        };
+        r.label("reason", reason);
+        match presented {
+            Presented::Verified(c) => {
+                r.label("verified", "true");
+                r.certificate(c);
+            }
+            Presented::Unverified(c) => {
+                r.label("verified", "false");
+                r.text("presented_subject", &escape_str(&c.subject));
+                r.text("presented_serial", &escape_str(&c.serial));
+                r.text("presented_issuer", &escape_str(&c.issuer));
+            }
+            Presented::Nothing => r.label("verified", "false"),
+        }
+        r.send();
+    }
+
+    /// One record per message. `prefix` is the session's [`Prefix`], when it has one.
+    pub fn message(
+        &self,
+        who: Who<'_>,
+        prefix: Option<&Prefix>,
+        control_id: &[u8],
+        message_type: &[u8],
+        bytes: usize,
+        outcome: Outcome<'_>,
+    ) {
+        let Some(mut r) = self.begin() else {
+            return;
+        };
+        match prefix {
+            Some(p) if p.json == r.json => r.line.extend_from_slice(&p.fields),
+            // No prefix, or one of the other format (the log format was reloaded).
+            _ => r.who("message", who),
+        }
+        r.escaped("control_id", control_id);
+        r.escaped("message_type", message_type);
+        r.number("bytes", bytes as u64);
+        let answer = |a: Option<AckCode>| a.map_or("none", AckCode::label);
+        match outcome {
+            Outcome::Relayed {
+                ack,
+                engine,
+                latency,
+            } => {
+                r.word("ack", ack);
+                r.label("engine", engine);
+                r.number("latency_us", latency.as_micros() as u64);
+            }
+            Outcome::Refused {
+                reason,
+                err,
+                answer: sent,
+            } => {
+                r.word("nak", reason);
+                r.number("err_code", u64::from(err));
+                r.label("answer", answer(sent));
+            }
+            Outcome::Failed {
+                kind,
+                engine,
+                answer: sent,
+            } => {
+                r.word("upstream_failure", kind);
+                if let Some(engine) = engine {
+                    r.label("engine", engine);
+                }
+                r.label("answer", answer(sent));
+            }
+            Outcome::Forwarded { engine } => {
+                r.label("engine", engine);
+                r.label("forwarded", "acknowledgment");
+            }
+        }
+        r.send();
+    }
+
+    fn record(&self, event: &str, who: Who<'_>) -> Option<Record<'_>> {
+        let mut r = self.begin()?;
+        r.who(event, who);
+        Some(r)
+    }
+
+    /// A record of `event` on `route`, not about one sender's connection.
+    fn start(&self, event: &str, route: &str) -> Option<Record<'_>> {
+        let mut r = self.begin()?;
+        r.label("event", event);
+        r.label("route", route);
+        Some(r)
+    }
+
+    /// The timestamp and level, in this thread's buffer.
+    fn begin(&self) -> Option<Record<'_>> {
+        let sink = self.0.as_ref()?;
+        let json = sink.json.load(Ordering::Relaxed);
+        let mut line = SCRATCH.take();
+        line.clear();
+        if json {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+        }
+        push_timestamp(&mut line, std::time::SystemTime::now());
+        if json {
+            line.extend_from_slice(b"\",\"level\":\"INFO\"");
+        } else {
+            line.extend_from_slice(b"  INFO audit:");
+        }
+        Some(Record {
+            line,
+            json,
+            queue: Some(&sink.writer.queue),
+        })
+    }
 }
 
 /// The certificate of a refused handshake, and whether it verified.
@@ -119,30 +292,6 @@ pub enum Presented<'a> {
     Unverified(&'a ClientIdentity),
     /// Verified, but refused for another reason (not in `allowed_clients`).
     Verified(&'a ClientIdentity),
-}
-
-/// A handshake the proxy refused, with the certificate presented, if any. Written for every
-/// refusal, whatever the log's rate limit lets through: the audit trail is the record of who
-/// tried, and a flood of junk must not hide one stolen certificate's attempt.
-pub fn handshake_refused(who: Who<'_>, reason: &str, presented: Presented<'_>) {
-    let Some(mut r) = Record::new("handshake_refused", who) else {
-        return;
-    };
-    r.label("reason", reason);
-    match presented {
-        Presented::Verified(c) => {
-            r.label("verified", "true");
-            r.certificate(c);
-        }
-        Presented::Unverified(c) => {
-            r.label("verified", "false");
-            r.text("presented_subject", &escape_str(&c.subject));
-            r.text("presented_serial", &escape_str(&c.serial));
-            r.text("presented_issuer", &escape_str(&c.issuer));
-        }
-        Presented::Nothing => r.label("verified", "false"),
-    }
-    r.send();
 }
 
 /// What became of one message.
@@ -181,112 +330,11 @@ pub enum Outcome<'a> {
     },
 }
 
-/// One record per message. `prefix` is the session's [`Prefix`], when it has one.
-pub fn message(
-    who: Who<'_>,
-    prefix: Option<&Prefix>,
-    control_id: &[u8],
-    message_type: &[u8],
-    bytes: usize,
-    outcome: Outcome<'_>,
-) {
-    let Some(mut r) = Record::begin() else {
-        return;
-    };
-    match prefix {
-        Some(p) if p.json == r.json => r.line.extend_from_slice(&p.fields),
-        // No prefix, or one of the other format (the log format was reloaded).
-        _ => r.who("message", who),
-    }
-    r.escaped("control_id", control_id);
-    r.escaped("message_type", message_type);
-    r.number("bytes", bytes as u64);
-    let answer = |a: Option<AckCode>| a.map_or("none", AckCode::label);
-    match outcome {
-        Outcome::Relayed {
-            ack,
-            engine,
-            latency,
-        } => {
-            r.word("ack", ack);
-            r.label("engine", engine);
-            r.number("latency_us", latency.as_micros() as u64);
-        }
-        Outcome::Refused {
-            reason,
-            err,
-            answer: sent,
-        } => {
-            r.word("nak", reason);
-            r.number("err_code", u64::from(err));
-            r.label("answer", answer(sent));
-        }
-        Outcome::Failed {
-            kind,
-            engine,
-            answer: sent,
-        } => {
-            r.word("upstream_failure", kind);
-            if let Some(engine) = engine {
-                r.label("engine", engine);
-            }
-            r.label("answer", answer(sent));
-        }
-        Outcome::Forwarded { engine } => {
-            r.label("engine", engine);
-            r.label("forwarded", "acknowledgment");
-        }
-    }
-    r.send();
-}
-
 /// The fields a session's message records share (event, route, peer, connection), written
 /// once per session instead of once per message: they were a third of a record's cost.
 pub struct Prefix {
     json: bool,
     fields: Box<[u8]>,
-}
-
-impl Prefix {
-    /// The shared fields of `who`'s message records; `None` when no records are written.
-    pub fn new(who: Who<'_>) -> Option<Prefix> {
-        let (_, json) = SINK.get()?;
-        let mut r = Record {
-            line: Vec::with_capacity(96),
-            json: json.load(Ordering::Relaxed),
-            queue: None,
-        };
-        r.who("message", who);
-        Some(Prefix {
-            json: r.json,
-            fields: r.line.into_boxed_slice(),
-        })
-    }
-}
-
-/// Where records go, set once by the binary ([`install`]); without it (a library user that did
-/// not ask for an audit trail) records are not written. The flag is the format (JSON or text),
-/// which a reload may change.
-static SINK: OnceLock<(LineWriter, AtomicBool)> = OnceLock::new();
-
-/// Audit records dropped so far because their destination fell behind, per sink in the order
-/// of `label::AuditSink::ALL` (the log, the audit file). Zero before [`install`].
-pub fn records_dropped() -> [u64; 2] {
-    SINK.get()
-        .map_or([0; 2], |(w, _)| w.queue.records_dropped())
-}
-
-/// Sends audit records to `writer`'s thread, as JSON or as the text log's lines. The first
-/// call wins.
-pub fn install(writer: LineWriter, json: bool) {
-    let _ = SINK.set((writer, AtomicBool::new(json)));
-}
-
-/// Writes records as JSON or as the text log's lines from now on (a reloaded log format).
-pub fn set_json(json: bool) {
-    if let Some((_, format)) = SINK.get() {
-        format.store(json, Ordering::Relaxed);
-    }
 }
 
 thread_local! {
@@ -297,50 +345,14 @@ thread_local! {
 /// One audit line, written the way the log's formatter writes an info event of target `audit`
 /// (same timestamp, level, field syntax), without going through it: a record per message is
 /// on every exchange's path, and the general formatter is several times the cost.
-struct Record {
+struct Record<'a> {
     line: Vec<u8>,
     json: bool,
     /// Where [`Record::send`] queues the line (`None`: building a [`Prefix`]).
-    queue: Option<&'static Queue>,
+    queue: Option<&'a Queue>,
 }
 
-impl Record {
-    fn new(event: &str, who: Who<'_>) -> Option<Record> {
-        let mut r = Record::begin()?;
-        r.who(event, who);
-        Some(r)
-    }
-
-    /// A record of `event` on `route`, not about one sender's connection.
-    fn start(event: &str, route: &str) -> Option<Record> {
-        let mut r = Record::begin()?;
-        r.label("event", event);
-        r.label("route", route);
-        Some(r)
-    }
-
-    /// The timestamp and level, in this thread's buffer.
-    fn begin() -> Option<Record> {
-        let (writer, json) = SINK.get()?;
-        let json = json.load(Ordering::Relaxed);
-        let mut line = SCRATCH.take();
-        line.clear();
-        if json {
-            line.extend_from_slice(b"{\"timestamp\":\"");
-        }
-        push_timestamp(&mut line, std::time::SystemTime::now());
-        if json {
-            line.extend_from_slice(b"\",\"level\":\"INFO\"");
-        } else {
-            line.extend_from_slice(b"  INFO audit:");
-        }
-        Some(Record {
-            line,
-            json,
-            queue: Some(&writer.queue),
-        })
-    }
-
+impl Record<'_> {
     /// The event, then which connection: route, peer address, connection id.
     fn who(&mut self, event: &str, who: Who<'_>) {
         self.label("event", event);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::client::{ClientError, ClientTarget, MllpClient};
 use crate::config::Config;
 use crate::hl7::{AckCode, Header, parse_ack};
@@ -39,9 +40,14 @@ pub fn folder() -> PathBuf {
 /// Runs the demo; `Ok(true)` when every message got AA. With `tunnel`, the sender speaks plain
 /// MLLP to an egress route, which forwards over mutual TLS to the ingress route. Audit records
 /// go to `audit` (in [`folder`]), summarised at the end.
-pub async fn run(once: bool, tunnel: bool, audit: &Path) -> Result<bool, ClientError> {
+pub async fn run(
+    once: bool,
+    tunnel: bool,
+    audit: &Path,
+    log: AuditLog,
+) -> Result<bool, ClientError> {
     let dir = folder();
-    let result = run_in(&dir, once, tunnel, audit).await;
+    let result = run_in(&dir, once, tunnel, audit, log).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -50,7 +56,13 @@ fn fail(what: &str, e: &dyn std::fmt::Display) -> ClientError {
     ClientError(format!("{what}: {e}"))
 }
 
-async fn run_in(dir: &Path, once: bool, tunnel: bool, audit: &Path) -> Result<bool, ClientError> {
+async fn run_in(
+    dir: &Path,
+    once: bool,
+    tunnel: bool,
+    audit: &Path,
+    log: AuditLog,
+) -> Result<bool, ClientError> {
     let certs = dir.join("certs-example");
     let examples = dir.join("examples");
     std::fs::create_dir_all(&certs).map_err(|e| fail("temporary folder", &e))?;
@@ -79,7 +91,7 @@ async fn run_in(dir: &Path, once: bool, tunnel: bool, audit: &Path) -> Result<bo
         route.upstream.targets = vec![engine_addr.to_string()];
     }
     let drain = config.shutdown.drain_timeout;
-    let ingress = start(config).await?;
+    let ingress = start(config, log.clone()).await?;
     let (route, ingress_addr) = ingress.routes()[0].clone();
 
     println!("mllp-proxy demo (example certificates: NOT FOR PRODUCTION)");
@@ -87,7 +99,7 @@ async fn run_in(dir: &Path, once: bool, tunnel: bool, audit: &Path) -> Result<bo
     println!("  ingress route {route:<16} {ingress_addr}  (mutual TLS)");
     let egress = match tunnel {
         false => None,
-        true => Some(start_egress(&examples, ingress_addr).await?),
+        true => Some(start_egress(&examples, ingress_addr, log.clone()).await?),
     };
     let (target, admins) = match &egress {
         None => (client_target(&certs, ingress_addr)?, vec![ingress.admin()]),
@@ -131,9 +143,13 @@ async fn run_in(dir: &Path, once: bool, tunnel: bool, audit: &Path) -> Result<bo
     Ok(all_ok)
 }
 
-async fn start(config: Config) -> Result<crate::proxy::RunningProxy, ClientError> {
+async fn start(config: Config, audit: AuditLog) -> Result<crate::proxy::RunningProxy, ClientError> {
     let metrics = Metrics::new().map_err(|e| fail("metrics", &e))?;
-    crate::proxy::start(config, metrics)
+    let options = crate::proxy::Options {
+        audit,
+        ..Default::default()
+    };
+    crate::proxy::start_with(config, metrics, options)
         .await
         .map_err(|e| fail("proxy", &e))
 }
@@ -143,6 +159,7 @@ async fn start(config: Config) -> Result<crate::proxy::RunningProxy, ClientError
 async fn start_egress(
     examples: &Path,
     to: std::net::SocketAddr,
+    audit: AuditLog,
 ) -> Result<crate::proxy::RunningProxy, ClientError> {
     let yaml = format!(
         r#"
@@ -162,7 +179,7 @@ routes:
     );
     let config =
         Config::from_yaml(&yaml, examples).map_err(|e| fail("egress configuration", &e))?;
-    start(config).await
+    start(config, audit).await
 }
 
 /// Keeps the proxies up for the person at the terminal, until Ctrl-C.

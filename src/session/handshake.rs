@@ -101,7 +101,7 @@ pub(super) async fn accept(
     };
     ctx.metrics.handshake_failed(reason);
     let presented = presented.lock().ok().and_then(|p| p.clone());
-    audit::handshake_refused(
+    ctx.audit.handshake_refused(
         who,
         reason.label(),
         presented
@@ -142,7 +142,8 @@ pub(super) async fn admit(
         return Some((identity, shown));
     }
     ctx.metrics.clients_denied.inc();
-    audit::handshake_refused(who, "not_allowed", audit::Presented::Verified(&identity));
+    ctx.audit
+        .handshake_refused(who, "not_allowed", audit::Presented::Verified(&identity));
     if let Some(suppressed) = ctx.events.denied.admit() {
         session_event!(warn, who, client = %shown, side = Side::Sender.label(), suppressed, "client certificate verified but not in allowed_clients; connection refused");
     }

@@ -167,7 +167,7 @@ pub async fn serve(
         // A plain listener (an egress route fed by a local engine): no handshake, no
         // identity; the audit trail has the peer address.
         drop(handshake_permit);
-        audit::session_started(who, None);
+        ctx.audit.session_started(who, None);
         // Boxed: the TLS path's future, held by every idle session, keeps its size.
         return Box::pin(converse_plain(&ctx, updates, tcp, who, shutdown)).await;
     };
@@ -184,7 +184,7 @@ pub async fn serve(
         version,
         suite,
     };
-    audit::session_started(who, Some(negotiated));
+    ctx.audit.session_started(who, Some(negotiated));
     let started = Instant::now();
     let mut session = Session::new(ctx.clone(), who, &shown);
     session.follow(updates, Some(&identity));
@@ -217,7 +217,8 @@ async fn converse_plain(
 /// A session's end, audited and logged.
 fn ended(ctx: &RouteContext, session: &Session<'_>, started: Instant, end: &SessionEnd) {
     let (who, shown) = (session.who, session.client);
-    audit::session_ended(who, session.messages, started.elapsed(), end.label());
+    ctx.audit
+        .session_ended(who, session.messages, started.elapsed(), end.label());
     if end.routine() {
         session_event!(debug, who, client = %shown, side = end.side().label(), reason = %end, "session ended");
     } else if let Some(suppressed) = ctx.events.session.admit() {
@@ -259,10 +260,7 @@ impl<'a> Session<'a> {
             client,
             // Not made for a route without message records (a reload that turns them on
             // finds none and writes the fields per record).
-            prefix: ctx
-                .audit_messages
-                .then(|| audit::Prefix::new(who))
-                .flatten(),
+            prefix: ctx.audit_messages.then(|| ctx.audit.prefix(who)).flatten(),
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,

@@ -135,7 +135,9 @@ impl Session<'_> {
             },
         };
         let (id, kind) = (control_id(header), message_type(header));
-        audit::message(self.who, self.prefix.as_ref(), id, kind, bytes, record);
+        self.ctx
+            .audit
+            .message(self.who, self.prefix.as_ref(), id, kind, bytes, record);
     }
 
     /// The log line of a refusal, rate-limited: a sender can repeat a refused message at will.

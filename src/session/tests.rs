@@ -10,7 +10,6 @@ use tokio_rustls::server::TlsStream;
 use super::*;
 use crate::config::Config;
 use crate::context::ListenerTls;
-use crate::logsafe::RouteEvents;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -44,7 +43,15 @@ routes:
     .build()
     .unwrap();
     let metrics = Metrics::new().unwrap().route("t");
-    let upstream = Upstream::new(cfg.upstream.clone(), 1, 1 << 20, metrics.clone(), None);
+    let audit = crate::audit::AuditLog::default();
+    let upstream = Upstream::new(
+        cfg.upstream.clone(),
+        1,
+        1 << 20,
+        metrics.clone(),
+        None,
+        audit.clone(),
+    );
     RouteContext::new(
         cfg,
         Some(ListenerTls {
@@ -52,10 +59,9 @@ routes:
             verifier,
         }),
         Arc::new(upstream),
-        metrics.clone(),
-        Arc::new(RouteEvents::new(&metrics)),
-        Arc::default(),
-        true,
+        metrics,
+        (audit, true),
+        None,
     )
 }
 

@@ -195,10 +195,15 @@ fn negotiated(tls: &TlsStream<TcpStream>) -> (ClientIdentity, &'static str, &'st
 
 /// Writes the audit record of a partner connection just established: who, over what, and
 /// whether the handshake resumed an earlier session (a ticket the partner issued).
-pub fn audit_established(route: &str, target: &str, tls: &TlsStream<TcpStream>) {
+pub fn audit_established(
+    audit: &crate::audit::AuditLog,
+    route: &str,
+    target: &str,
+    tls: &TlsStream<TcpStream>,
+) {
     let (peer, version, suite) = negotiated(tls);
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    crate::audit::upstream_session(
+    audit.upstream_session(
         route,
         target,
         TlsSession {

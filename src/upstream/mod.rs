@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use conn::{Ack, Refused, UpstreamConn, Wire};
 
+use crate::audit::AuditLog;
 use crate::config::{Balance, UpstreamConfig};
 use crate::label::{FailureKind, Label, PartnerRefusal, Side};
 use crate::metrics::RouteMetrics;
@@ -137,6 +138,8 @@ pub struct Upstream {
     next: AtomicUsize,
     /// The pool generation of `partner`: connections this upstream opens carry it.
     generation: u64,
+    /// Where the partner connections' audit records go.
+    audit: AuditLog,
 }
 
 impl Upstream {
@@ -148,6 +151,7 @@ impl Upstream {
         max_ack_bytes: usize,
         metrics: RouteMetrics,
         partner: Option<Arc<PartnerTls>>,
+        audit: AuditLog,
     ) -> Self {
         let targets = cfg
             .targets
@@ -168,6 +172,7 @@ impl Upstream {
             targets,
             next: AtomicUsize::new(0),
             generation: 0,
+            audit,
         }
     }
 
@@ -218,7 +223,7 @@ impl Upstream {
                 .map(|t| t.pooled.load(Ordering::Acquire))
                 .sum::<usize>();
             tracing::info!(route = %self.metrics.route, idle_closed, busy_closing = busy, "upstream TLS material or settings changed: pooled connections retired; the next exchange handshakes under the new material");
-            crate::audit::upstream_retired(
+            self.audit.upstream_retired(
                 &self.metrics.route,
                 "partner_tls_changed",
                 idle_closed,
@@ -235,6 +240,7 @@ impl Upstream {
             pool: self.pool.clone(),
             next: AtomicUsize::new(0),
             generation,
+            audit: self.audit.clone(),
         }
     }
 
@@ -413,7 +419,12 @@ impl Upstream {
             {
                 Ok(Some(wire)) => {
                     if let Wire::Tls(tls) = &wire {
-                        conn::audit_established(&self.metrics.route, &target.addr, tls);
+                        conn::audit_established(
+                            &self.audit,
+                            &self.metrics.route,
+                            &target.addr,
+                            tls,
+                        );
                     }
                     let conn = UpstreamConn::new(
                         wire,

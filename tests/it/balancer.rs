@@ -104,8 +104,9 @@ fn only_a_trusted_source_with_a_header_is_served_and_the_header_names_the_sender
     // balancer's own address.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let yaml = "    proxy_protocol: { trusted: [\"127.0.0.2/32\"], header_timeout: 1s }\n";
-    let BinaryWorld { pki, engine, proxy } =
-        rt.block_on(Harness::new().route_yaml(yaml).spawn_json());
+    let BinaryWorld {
+        pki, engine, proxy, ..
+    } = rt.block_on(Harness::new().route_yaml(yaml).spawn_json());
     let target = pki.target(proxy.addr, ClientCert::Good);
 
     let untrusted = rt.block_on(MllpClient::connect_from(&target, Some(ip("127.0.0.1")), T));
@@ -222,6 +223,7 @@ fn behind_a_real_haproxy_each_sender_keeps_its_own_address_and_its_own_limit() {
             pki,
             engine: _engine,
             proxy,
+            ..
         } = rt.block_on(Harness::new().route_yaml(yaml).spawn_json());
         let front = rt.block_on(unused_addr());
         let Some(_haproxy) = Haproxy::start(front, proxy.addr, send_proxy) else {
@@ -280,8 +282,9 @@ fn an_ipv4_mapped_trusted_range_trusts_that_one_address_and_no_other() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for (trusted, served) in [("::ffff:192.0.2.7", false), ("::ffff:127.0.0.1", true)] {
         let yaml = format!("    proxy_protocol: {{ trusted: [\"{trusted}\"] }}\n");
-        let BinaryWorld { pki, engine, proxy } =
-            rt.block_on(Harness::new().route_yaml(&yaml).spawn_json());
+        let BinaryWorld {
+            pki, engine, proxy, ..
+        } = rt.block_on(Harness::new().route_yaml(&yaml).spawn_json());
         let target = pki.target(proxy.addr, ClientCert::Good);
         let answer = rt.block_on(async {
             let tcp = tcp_from("127.0.0.1", proxy.addr).await;

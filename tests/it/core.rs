@@ -15,7 +15,9 @@ const T: Duration = Duration::from_secs(10);
 async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
     // One sender, 1,000 messages: the engine sees each byte-identical and in order, and every
     // ACK the sender gets carries the matching MSA-2.
-    let World { pki, engine, proxy } = Harness::new().start().await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().start().await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let sent: Vec<Vec<u8>> = (0..1000).map(|i| adt(&format!("ONE-{i:04}"))).collect();
     for (i, msg) in sent.iter().enumerate() {
@@ -46,7 +48,9 @@ async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_senders_are_each_served_in_order() {
     // 20 senders × 50 messages at once: per connection, order and correlation hold.
-    let World { pki, engine, proxy } = Harness::new().start().await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().start().await;
     let mut tasks = Vec::new();
     for c in 0..20 {
         let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
@@ -99,7 +103,9 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
 async fn clients_without_a_valid_certificate_are_refused_before_any_message_is_read() {
     // No certificate, a certificate from another CA, an expired one: the handshake fails, the
     // sender gets no answer, and the engine sees nothing.
-    let World { pki, engine, proxy } = Harness::new().start().await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().start().await;
     for (which, reason) in [
         (ClientCert::None, "no_client_cert"),
         (ClientCert::OtherCa, "unknown_ca"),
@@ -134,7 +140,9 @@ async fn upstream_failure_case(bad: Behaviour, mode: &str) {
         Behaviour::Silent => Duration::from_millis(500),
         _ => Duration::from_secs(5),
     };
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .engine(bad)
         .route_yaml(&format!("    on_upstream_failure: {mode}\n"))
         // Short only where the test waits it out: on a loaded machine an engine that closes
@@ -239,7 +247,9 @@ async fn engine_refusing_connections_then_coming_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_target_takes_over_when_the_first_is_down() {
     // Targets are tried in order: the first refuses, the second delivers.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .target_before(unused_addr().await)
         .start()
         .await;
@@ -252,7 +262,9 @@ async fn second_target_takes_over_when_the_first_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_that_closes_after_every_ack_does_not_fail_the_next_message() {
     // A quirky engine closes after each ACK: the proxy notices before reuse and reconnects.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .engine(Behaviour::CloseAfterAck)
         .start()
         .await;
@@ -272,7 +284,9 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
     // (the race of an engine closing idle connections). The proxy resends it once on a fresh
     // connection; the sender gets the engine's AA. The engine sees that message twice, as
     // documented in docs/behaviour.md.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .engine(Behaviour::CloseOnSecondMessage)
         .start()
         .await;
@@ -340,7 +354,9 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
 async fn framing_quirks_are_absorbed() {
     // A frame split byte by byte, two frames in one write, garbage between frames, and an
     // oversize frame (NAKed, and the connection still usable afterwards).
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .edit(|cfg| cfg.routes[0].validation.max_message_bytes = 2048)
         .start()
         .await;
@@ -399,7 +415,9 @@ async fn framing_quirks_are_absorbed() {
 async fn oversize_frame_without_a_readable_header_closes_the_connection() {
     // Not even MSH in the first bytes: there is nobody to address a NAK to, so the connection
     // is closed and the sender resends (or its operator looks).
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .edit(|cfg| cfg.routes[0].validation.max_message_bytes = 1024)
         .start()
         .await;

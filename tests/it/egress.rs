@@ -75,6 +75,7 @@ async fn a_plain_sender_reaches_the_engine_through_egress_and_ingress_on_one_tls
         pki,
         engine,
         proxy: ingress,
+        ..
     } = Harness::new().start().await;
     let to = ingress.routes()[0].1.to_string();
     let egress = start_egress(&pki, &egress_yaml(std::slice::from_ref(&to), MUTUAL, "")).await;
@@ -210,7 +211,9 @@ fn a_route_without_tls_must_say_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_connection_one_opens_a_connection_per_message() {
-    let World { pki, engine, proxy } = Harness::new().route_yaml("").start_live().await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().route_yaml("").start_live().await;
     let mut c = connect(&pki, &proxy, ClientCert::Good).await;
     assert_eq!(msa(&c.exchange(&adt("K-0"), T).await.expect("ACK")).0, "AA");
     assert_eq!(msa(&c.exchange(&adt("K-1"), T).await.expect("ACK")).0, "AA");
@@ -292,6 +295,7 @@ async fn our_client_certificate_rotates_under_load_and_loses_nothing() {
         pki,
         engine,
         proxy: ingress,
+        ..
     } = h.start_live().await;
     let tls = "        ca: ca.crt\n        certificate: ours.crt\n        private_key: ours.key\n        reload_interval: 200ms";
     let egress = start_egress(
@@ -352,6 +356,7 @@ async fn a_partner_stopping_mid_run_fails_over_to_the_next_and_loses_nothing() {
         pki,
         engine: engine_a,
         proxy: partner_a,
+        ..
     } = Harness::new().start().await;
     let engine_b = Engine::start(Behaviour::Ack).await;
     let partner_b = start_proxy(pki.config(&[engine_b.target()], "")).await;
@@ -388,6 +393,7 @@ async fn the_partners_tls_session_and_the_plain_senders_are_audited() {
         pki,
         engine: _engine,
         proxy: ingress,
+        ..
     } = Harness::new().start().await;
     let to = ingress.routes()[0].1.to_string();
     let yaml = format!(

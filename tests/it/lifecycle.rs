@@ -31,6 +31,7 @@ async fn sigterm_turns_readyz_503_at_once_and_keeps_serving_for_the_delay() {
         pki,
         engine,
         mut proxy,
+        ..
     } = Harness::new().shutdown("2s", "5s").spawn_json().await;
     let admin = proxy.admin;
     assert_eq!(http_get(admin, "/readyz").await.expect("ready"), "ready\n");
@@ -84,6 +85,7 @@ async fn a_drain_that_times_out_exits_75_and_a_bad_configuration_78() {
         pki,
         engine,
         mut proxy,
+        ..
     } = Harness::new()
         .engine(Behaviour::Silent)
         .shutdown("0s", "1s")
@@ -247,7 +249,9 @@ async fn sender_and_engine_sockets_carry_the_configured_keepalive() {
     // limits.tcp_keepalive.time 7s on the sender's session, upstream.tcp_keepalive.time 11s on
     // the pooled engine connection: `ss -o` shows each socket's keepalive timer counting down
     // from its own setting.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .edit(|cfg| {
             let r = &mut cfg.routes[0];
             let ka = |s, i, n| {

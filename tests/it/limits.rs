@@ -31,6 +31,7 @@ async fn silent_and_non_tls_peers_are_closed_and_counted() {
         pki: _pki,
         engine,
         proxy,
+        ..
     } = Harness::new()
         .edit(|cfg| cfg.routes[0].limits.handshake_timeout = Duration::from_millis(300))
         .start()
@@ -77,6 +78,7 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .edit(|cfg| cfg.routes[0].limits.max_connections = 2)
         .start()
@@ -111,7 +113,9 @@ async fn connections_over_the_limit_are_closed_and_the_slot_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_senders_are_closed_after_idle_timeout() {
     // A sender that goes quiet between messages is disconnected after idle_timeout.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .edit(|cfg| cfg.routes[0].limits.idle_timeout = Duration::from_millis(300))
         .start()
         .await;
@@ -127,7 +131,9 @@ async fn idle_senders_are_closed_after_idle_timeout() {
 async fn a_frame_dribbled_byte_by_byte_is_cut_at_frame_timeout() {
     // A slow-loris sender keeps sending one byte every 50 ms but never ends the frame: the
     // connection is closed once frame_timeout has passed since the frame started.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .edit(|cfg| cfg.routes[0].limits.frame_timeout = Duration::from_millis(500))
         .start()
         .await;
@@ -241,6 +247,7 @@ async fn memory_goes_back_down_after_a_burst_of_idle_connections() {
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new().route_yaml(extra).spawn_json().await;
     let pid = proxy.child.id();
     let start = rss_kib(pid);

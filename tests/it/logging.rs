@@ -28,6 +28,7 @@ async fn an_enhanced_mode_nak_for_an_engine_failure_is_logged_and_audited_as_the
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .route_yaml("    on_upstream_failure: nak\n")
         .engine_down()
@@ -61,7 +62,9 @@ async fn with_audit_messages_off_no_record_and_no_line_carries_a_control_id() {
     // A forwarded message, a refused one and one the engine never answered: with
     // audit.messages false none leaves a message record, and no line names a control ID;
     // the session records, the refusal and the upstream warning remain.
-    let BinaryWorld { pki, engine, proxy } = Harness::new()
+    let BinaryWorld {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .top_yaml("audit:\n  messages: false\n")
         .route_yaml(
             "    on_upstream_failure: nak\n    validation:\n      message_types: [\"ADT^*\"]\n",
@@ -170,7 +173,9 @@ async fn every_text_log_line_of_a_busy_run_parses_as_logfmt() {
                 .expect("uri"),
         )];
     });
-    let BinaryWorld { pki, engine, proxy } = harness.spawn("text").await;
+    let BinaryWorld {
+        pki, engine, proxy, ..
+    } = harness.spawn("text").await;
     let mut odd = MllpClient::connect(&pki.target_named(proxy.addr, "odd"), T)
         .await
         .expect("connect");
@@ -273,6 +278,7 @@ fn the_audit_file_is_readable_by_its_group_only_and_stays_so_across_rotation() {
         pki,
         engine: _engine,
         proxy,
+        ..
     } = rt.block_on(harness.top_yaml(&top).spawn_json());
     let mode = |p: &std::path::Path| {
         std::fs::metadata(p)

@@ -14,7 +14,9 @@ const T: Duration = Duration::from_secs(10);
 async fn metrics_have_exact_values_after_a_known_scenario() {
     // 10 forwarded, 2 refused by the type allow-list, 1 handshake without a certificate:
     // scraped over HTTP, every counter is exact, and promtool accepts the exposition.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
         .start()
         .await;
@@ -113,7 +115,9 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
 async fn health_and_readiness_follow_the_lifecycle() {
     // /healthz and /readyz answer 200 when running, /readyz turns 503 while draining (an
     // exchange is in flight), unknown paths are 404.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .engine(Behaviour::Delay(Duration::from_millis(1500)))
         .start()
         .await;

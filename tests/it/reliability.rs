@@ -26,6 +26,7 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .target_before(&dead)
         .edit(|cfg| cfg.routes[0].upstream.connect_timeout = Duration::from_millis(500))
@@ -69,7 +70,9 @@ async fn a_target_that_drops_syns_costs_one_connect_timeout_and_never_an_ack() {
 async fn a_pipelining_sender_gets_every_ack_in_order() {
     // Ten messages in one write: each is forwarded only after the previous one's ACK, and the
     // ten ACKs come back in the order sent.
-    let World { pki, engine, proxy } = Harness::new().start().await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().start().await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let ids: Vec<String> = (0..10).map(|i| format!("PIPE-{i}")).collect();
     let mut burst = Vec::new();
@@ -96,6 +99,7 @@ async fn a_sender_that_stops_reading_is_closed_at_frame_timeout_and_others_carry
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .engine(Behaviour::AckPadded(256 * 1024))
         .edit(|cfg| cfg.routes[0].limits.frame_timeout = Duration::from_secs(1))
@@ -142,6 +146,7 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
         pki,
         engine: _engine,
         proxy,
+        ..
     } = rt.block_on(Harness::new().spawn_json());
     let (addr, admin) = (proxy.addr, proxy.admin);
     let stop = Arc::new(AtomicBool::new(false));
@@ -216,6 +221,7 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
         pki,
         engine,
         mut proxy,
+        ..
     } = rt.block_on(harness.spawn_json());
     let addr = proxy.addr;
     let senders: Vec<_> = (0..8)

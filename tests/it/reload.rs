@@ -396,6 +396,7 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .route_yaml("    allowed_clients: [{cn: lab-sender}]\n")
         .spawn_with("text", "")
@@ -497,7 +498,9 @@ fn usage(pid: u32) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_every_100ms_for_30s_under_load_loses_nothing_and_leaks_nothing() {
-    let BinaryWorld { pki, engine, proxy } = Harness::new()
+    let BinaryWorld {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .route_yaml("    allowed_clients: [{cn: lab-sender}]\n")
         .spawn_with("text", "")
         .await;

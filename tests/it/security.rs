@@ -32,6 +32,7 @@ async fn eleven_hundred_idle_connections_from_one_address_do_not_lock_out_anothe
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new().start().await;
     let addr = proxy.routes()[0].1;
     let mut held = Vec::new();
@@ -70,6 +71,7 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
         pki: _pki,
         engine: _engine,
         proxy,
+        ..
     } = rt.block_on(Harness::new().spawn_json());
     let plain = || {
         let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
@@ -120,138 +122,110 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
     );
 }
 
-/// The JSON audit records of a log.
-fn audit_records(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "audit")
-        .collect()
-}
 
-#[test]
-fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
     // One session, three messages: AA from the engine, AE from the proxy (no MSH-12), AR from
-    // the engine. The JSON log holds the session's start (subject, serial, issuer, identity,
-    // TLS version and suite), a record per message and the session's end; a refused
-    // certificate leaves a record with the presented certificate's subject and issuer.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let harness = Harness::new().engine(Behaviour::RejectId("AUD-3"));
-    harness
-        .pki
-        .issue_client_serial("audited", "audited-sender", 0x4711);
-    let BinaryWorld {
-        pki,
-        engine,
-        mut proxy,
-    } = rt.block_on(harness.spawn_json());
-    let addr = proxy.addr;
-    rt.block_on(async {
-        let mut c = MllpClient::connect(&pki.target_named(addr, "audited"), T)
-            .await
-            .expect("connect");
-        let ack = c.exchange(&adt("AUD-1"), T).await.expect("AA");
-        assert_eq!(msa(&ack).0, "AA");
-        let no_version = b"MSH|^~\\&|A|B|C|D|20261126||ADT^A01|AUD-2|P|\rPID|1||X\r";
-        let nak = c.exchange(no_version, T).await.expect("AE");
-        assert_eq!(msa(&nak).0, "AE");
-        let ar = c.exchange(&adt("AUD-3"), T).await.expect("AR");
-        assert_eq!(msa(&ar).0, "AR");
-        c.close().await;
-        let refused = MllpClient::connect(&pki.target(addr, ClientCert::OtherCa), T).await;
-        if let Ok(mut r) = refused {
-            let _ = r.check_admitted(Duration::from_millis(300)).await;
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(proxy.terminate().success());
-    let records = audit_records(&proxy.log_lines());
-    let find =
-        |event: &str| -> Vec<&Value> { records.iter().filter(|r| r["event"] == event).collect() };
-    let start = find("session_start");
-    assert_eq!(start.len(), 1, "{records:?}");
-    let s = start[0];
+    // the engine. The audit trail holds the session's start (subject, serial, issuer,
+    // identity, TLS version and suite), a record per message and the session's end, read from
+    // the proxy this test started.
+    let harness = Harness::new().engine(Behaviour::RejectId("AUD-3")).audit();
+    (harness.pki).issue_client_serial("audited", "audited-sender", 0x4711);
+    let world = harness.start().await;
+    let addr = world.proxy.routes()[0].1;
+    let mut c = MllpClient::connect(&world.pki.target_named(addr, "audited"), T)
+        .await
+        .expect("connect");
+    let ack = c.exchange(&adt("AUD-1"), T).await.expect("AA");
+    assert_eq!(msa(&ack).0, "AA");
+    let no_version = b"MSH|^~\\&|A|B|C|D|20261126||ADT^A01|AUD-2|P|\rPID|1||X\r";
+    assert_eq!(msa(&c.exchange(no_version, T).await.expect("AE")).0, "AE");
+    assert_eq!(
+        msa(&c.exchange(&adt("AUD-3"), T).await.expect("AR")).0,
+        "AR"
+    );
+    c.close().await;
+
+    let s = &world.audited("session_start", 1).await[0];
     assert_eq!(s["level"], "INFO");
+    let has = |v: &Value, key: &str, part: &str| v[key].as_str().is_some_and(|x| x.contains(part));
     assert!(
-        s["subject"]
-            .as_str()
-            .is_some_and(|v| v.contains("CN=audited-sender")),
+        has(s, "subject", "CN=audited-sender") && has(s, "issuer", "CN=test CA"),
         "{s}"
     );
-    assert_eq!(s["serial"], "47:11");
-    assert!(
-        s["issuer"]
-            .as_str()
-            .is_some_and(|v| v.contains("CN=test CA")),
-        "{s}"
+    assert_eq!(
+        (s["serial"].as_str(), s["identity"].as_str()),
+        (Some("47:11"), Some("cn:audited-sender"))
     );
-    assert_eq!(s["identity"], "cn:audited-sender");
     assert_eq!(s["tls_version"], "TLSv1_3");
-    assert!(
-        s["cipher_suite"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("TLS13_")),
-        "{s}"
-    );
+    assert!(has(s, "cipher_suite", "TLS13_"), "{s}");
     // Route, peer and connection are in the record itself, not only in the log's span (which
     // a level above info filters away).
     assert_eq!(s["route"], "test");
-    assert_eq!(
-        s["peer"].as_str().map(|p| p.starts_with("127.0.0.1:")),
-        Some(true)
+    assert!(
+        has(s, "peer", "127.0.0.1:") && s["conn"].as_u64().is_some(),
+        "{s}"
     );
-    assert!(s["conn"].as_u64().is_some());
-    for r in &records {
+
+    let m = world.audited("message", 3).await;
+    let pair = |r: &Value, k: &str| {
+        (
+            r["control_id"].as_str().map(String::from),
+            r[k].as_str().map(String::from),
+        )
+    };
+    assert_eq!(
+        pair(&m[0], "ack"),
+        (Some("AUD-1".into()), Some("AA".into()))
+    );
+    assert_eq!(m[0]["message_type"], "ADT^A01^ADT_A01");
+    assert_eq!(m[0]["engine"], world.engine.target());
+    assert!(m[0]["bytes"].as_u64().is_some_and(|b| b > 50) && m[0]["latency_us"].is_u64());
+    assert_eq!(
+        pair(&m[1], "nak"),
+        (Some("AUD-2".into()), Some("required_field".into()))
+    );
+    assert_eq!(m[1]["err_code"], 101);
+    assert_eq!(
+        pair(&m[2], "ack"),
+        (Some("AUD-3".into()), Some("AR".into()))
+    );
+
+    let end = &world.audited("session_end", 1).await[0];
+    assert_eq!(
+        (end["messages"].as_u64(), end["reason"].as_str()),
+        (Some(3), Some("sender_closed"))
+    );
+    assert!(end["duration_ms"].as_u64().is_some());
+    for r in world.audit_records() {
         assert_eq!(r["route"], "test", "{r}");
-        assert!(r["peer"].is_string(), "{r}");
+        assert!(r["peer"].is_string() && r["target"] == "audit", "{r}");
     }
+}
 
-    let messages = find("message");
-    assert_eq!(messages.len(), 3, "{messages:?}");
-    let (m1, m2, m3) = (messages[0], messages[1], messages[2]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_is_audited_with_its_names_as_presented() {
+    // Another CA's certificate does not verify: its record says so, with the names it
+    // presented only in `presented_*` fields, never in the fields of a verified identity.
+    let world = Harness::new().audit().start().await;
+    let addr = world.proxy.routes()[0].1;
+    if let Ok(mut r) = MllpClient::connect(&world.pki.target(addr, ClientCert::OtherCa), T).await {
+        let _ = r.check_admitted(Duration::from_millis(300)).await;
+    }
+    let refused = world.audited("handshake_refused", 1).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let r = &refused[0];
     assert_eq!(
-        (m1["control_id"].as_str(), m1["ack"].as_str()),
-        (Some("AUD-1"), Some("AA"))
+        (r["reason"].as_str(), r["verified"].as_str()),
+        (Some("unknown_ca"), Some("false"))
     );
-    assert_eq!(m1["message_type"], "ADT^A01^ADT_A01");
-    assert_eq!(m1["engine"], engine.target());
-    assert!(m1["bytes"].as_u64().is_some_and(|b| b > 50));
-    assert!(m1["latency_us"].as_u64().is_some());
-    assert_eq!(
-        (m2["control_id"].as_str(), m2["nak"].as_str()),
-        (Some("AUD-2"), Some("required_field"))
-    );
-    assert_eq!(m2["err_code"], 101);
-    assert_eq!(
-        (m3["control_id"].as_str(), m3["ack"].as_str()),
-        (Some("AUD-3"), Some("AR"))
-    );
-
-    let end = find("session_end");
-    assert_eq!(end.len(), 1);
-    assert_eq!(end[0]["messages"], 3);
-    assert_eq!(end[0]["reason"], "sender_closed");
-    assert!(end[0]["duration_ms"].as_u64().is_some());
-
-    let refused = find("handshake_refused");
-    assert_eq!(refused.len(), 1, "{records:?}");
-    assert_eq!(refused[0]["reason"], "unknown_ca");
-    // Another CA's certificate did not verify: its names are the peer's claim, never in the
-    // fields of a verified identity.
-    assert_eq!(refused[0]["verified"], "false");
+    let has = |key: &str, part: &str| r[key].as_str().is_some_and(|x| x.contains(part));
+    assert!(has("presented_issuer", "CN=other CA"), "{r}");
+    assert!(has("presented_subject", "CN=lab-sender"), "{r}");
     assert!(
-        refused[0]["presented_issuer"]
-            .as_str()
-            .is_some_and(|v| v.contains("CN=other CA")),
-        "{}",
-        refused[0]
+        r.get("subject").is_none() && r.get("issuer").is_none(),
+        "{r}"
     );
-    assert!(
-        refused[0]["presented_subject"]
-            .as_str()
-            .is_some_and(|v| v.contains("CN=lab-sender"))
-    );
-    assert!(refused[0].get("subject").is_none() && refused[0].get("issuer").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +237,7 @@ async fn a_control_id_with_an_escape_sequence_is_logged_escaped() {
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new().spawn_json().await;
     let mut c = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
         .await
@@ -288,6 +263,7 @@ async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served()
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new()
         .edit(|cfg| cfg.admin.max_connections = 4)
         .start()
@@ -409,6 +385,7 @@ async fn every_connection_has_its_client_certificate_verified_afresh_no_resumpti
         pki,
         engine: _engine,
         proxy,
+        ..
     } = Harness::new().start().await;
     let addr = proxy.routes()[0].1;
     let mut roots = rustls::RootCertStore::empty();

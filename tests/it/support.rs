@@ -300,6 +300,8 @@ pub struct Harness {
     /// `shutdown.delay` and `shutdown.drain_timeout`, when not the defaults of
     /// [`Pki::config_yaml`] (no delay, 10 s).
     shutdown: Option<(String, String)>,
+    /// The in-process proxy writes its audit trail (JSON) to `audit.jsonl` in the PKI folder.
+    audit: bool,
 }
 
 /// A change to the validated configuration, made before the proxy starts.
@@ -310,6 +312,8 @@ pub struct World {
     pub pki: Pki,
     pub engine: Engine,
     pub proxy: RunningProxy,
+    /// Keeps the audit writer's thread for as long as the world lives ([`Harness::audit`]).
+    pub audit: Option<mllp_proxy::audit::WriterGuard>,
 }
 
 impl Harness {
@@ -324,7 +328,15 @@ impl Harness {
             edits: Vec::new(),
             engine_down: false,
             shutdown: None,
+            audit: false,
         }
+    }
+
+    /// The in-process proxy writes its audit records, as JSON, where [`World::audit_records`]
+    /// reads them.
+    pub fn audit(mut self) -> Self {
+        self.audit = true;
+        self
     }
 
     /// `shutdown.delay` (lame duck) and `shutdown.drain_timeout`, as written in YAML.
@@ -376,11 +388,29 @@ impl Harness {
         for edit in self.edits {
             edit(&mut cfg);
         }
-        let proxy = start_proxy(cfg).await;
+        let (audit, guard) = match self.audit {
+            true => {
+                let (writer, guard) = mllp_proxy::audit::LineWriter::start(
+                    Some(&self.pki.path("audit.jsonl")),
+                    mllp_proxy::audit::Reopen::default(),
+                )
+                .expect("audit writer");
+                (mllp_proxy::audit::AuditLog::new(writer, true), Some(guard))
+            }
+            false => (mllp_proxy::audit::AuditLog::default(), None),
+        };
+        let options = mllp_proxy::proxy::Options {
+            audit,
+            ..Default::default()
+        };
+        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
+            .await
+            .expect("proxy starts");
         World {
             pki: self.pki,
             engine,
             proxy,
+            audit: guard,
         }
     }
 
@@ -407,6 +437,7 @@ impl Harness {
             pki: self.pki,
             engine,
             proxy,
+            audit: None,
         }
     }
 
@@ -474,6 +505,25 @@ impl World {
     /// The live configuration file's content ([`Harness::start_live`]).
     pub fn yaml(&self) -> String {
         std::fs::read_to_string(self.pki.path("proxy.yaml")).expect("read config")
+    }
+
+    /// The audit records written so far ([`Harness::audit`]), each a JSON object.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.pki.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The audit records of `event`, once `count` of them are written (10 s at most).
+    pub async fn audited(&self, event: &str, count: usize) -> Vec<serde_json::Value> {
+        let of = || -> Vec<serde_json::Value> {
+            let all = self.audit_records();
+            all.into_iter().filter(|r| r["event"] == event).collect()
+        };
+        eventually(Duration::from_secs(10), || async { of().len() >= count }).await;
+        of()
     }
 
     /// A connected sender with the good client certificate.

@@ -253,7 +253,9 @@ async fn an_exchange_that_waits_past_queue_timeout_is_closed_or_naked_and_never_
     // (queue_timeout) and fails with kind "queue": closed without answer, or AR in nak mode.
     // The engine never sees it.
     for mode in ["close", "nak"] {
-        let World { pki, engine, proxy } = Harness::new()
+        let World {
+            pki, engine, proxy, ..
+        } = Harness::new()
             .engine(Behaviour::Delay(Duration::from_secs(1)))
             .route_yaml(&format!("    on_upstream_failure: {mode}\n"))
             .edit(|cfg| {
@@ -311,7 +313,9 @@ async fn round_robin_spreads_connections_over_the_targets() {
 async fn an_engine_that_drops_idle_connections_after_a_second_loses_no_message() {
     // The engine closes a connection idle for 1 s; the sender pauses 1.2 s between messages.
     // The pool notices the closed connection before reuse and opens a new one.
-    let World { pki, engine, proxy } = Harness::new()
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
         .engine(Behaviour::AckCloseWhenIdle(Duration::from_secs(1)))
         .start()
         .await;
