@@ -122,7 +122,6 @@ fn a_flood_of_failed_handshakes_writes_a_bounded_number_of_lines() {
     );
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_leaves_an_audit_record_of_who_sent_what_and_what_became_of_it() {
     // One session, three messages: AA from the engine, AE from the proxy (no MSH-12), AR from
