@@ -260,6 +260,35 @@ async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
     );
 }
 
+/// `send` to `to` with a 2 s timeout of the file `two.hl7` of the PKI folder, over TLS with the
+/// PKI's `CERT.crt` when `cert` is given.
+fn send_args(pki: &Pki, to: String, cert: Option<&str>) -> Vec<String> {
+    let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let mut a = vec![
+        "send".to_string(),
+        "--to".into(),
+        to,
+        "--timeout".into(),
+        "2s".into(),
+    ];
+    if let Some(cert) = cert {
+        a.extend([
+            "--server-name".into(),
+            "localhost".into(),
+            "--ca".into(),
+            p("ca.crt"),
+        ]);
+        a.extend([
+            "--cert".into(),
+            p(&format!("{cert}.crt")),
+            "--key".into(),
+            p(&format!("{cert}.key")),
+        ]);
+    }
+    a.push(p("two.hl7"));
+    a
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_tells_each_kind_of_failure_apart() {
     // Each way a first connection goes wrong gets its own message from `send`: a certificate
@@ -283,39 +312,18 @@ async fn send_tells_each_kind_of_failure_apart() {
     let _held = tokio::net::TcpStream::connect(full.routes()[0].1)
         .await
         .expect("connect");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let open = "mllp_proxy_connections_accepted_total{route=\"test\"}";
+    assert!(
+        metric_reaches(&full, open, 1.0).await,
+        "the held connection was not accepted"
+    );
     let file = pki.path("two.hl7");
     std::fs::write(
         &file,
         "MSH|^~\\&|A|B|C|D|20261126||ADT^A01|TWO-1|P|2.5.1\nPID|1||X\n\nMSH|^~\\&|A|B|C|D|20261126||ADT^A01|TWO-2|P|2.5.1\nPID|1||Y\n",
     )
     .expect("write");
-    let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
-    let args = |to: String, cert: Option<&str>| -> Vec<String> {
-        let mut a = vec![
-            "send".to_string(),
-            "--to".into(),
-            to,
-            "--timeout".into(),
-            "2s".into(),
-        ];
-        if let Some(cert) = cert {
-            a.extend([
-                "--server-name".into(),
-                "localhost".into(),
-                "--ca".into(),
-                p("ca.crt"),
-            ]);
-            a.extend([
-                "--cert".into(),
-                p(&format!("{cert}.crt")),
-                "--key".into(),
-                p(&format!("{cert}.key")),
-            ]);
-        }
-        a.push(p("two.hl7"));
-        a
-    };
+    let args = |to: String, cert: Option<&str>| send_args(&pki, to, cert);
     let cases = [
         (
             args(denied.routes()[0].1.to_string(), Some("client")),

@@ -32,6 +32,75 @@ fn nak_codes(nak: &[u8]) -> (String, String) {
     (s(msa.field(1).as_bytes()), s(code))
 }
 
+/// Sends one corpus case on `client` and says how the outcome differs from `expected` (`None`:
+/// as expected): forwarded as is (`fwd`) or normalised (`norm`) and the engine's AA relayed, a
+/// NAK with the codes `nak:MSA-1:ERR` and nothing forwarded, an acknowledgment passed on
+/// (`ackfwd`) or dropped (`drop`) without an answer, or the connection closed (`closed`).
+async fn mismatch(
+    client: &mut MllpClient,
+    engine: &Engine,
+    data: &[u8],
+    expected: &str,
+    what: &str,
+    n: usize,
+) -> Option<String> {
+    let before = engine.received().len();
+    client.send(data).await.expect("send");
+    match expected {
+        "fwd" | "norm" => {
+            let ack = match client.recv().await {
+                Ok(ack) => ack,
+                Err(e) => return Some(format!("{what}, got {e}")),
+            };
+            let code = mllp_proxy::hl7::parse_ack(&ack).map(|a| a.code.to_string());
+            let received = engine.received();
+            let want = if expected == "fwd" {
+                data.to_vec()
+            } else {
+                normalised(data)
+            };
+            // The stand-in engine answers CA to enhanced-mode messages.
+            if !matches!(code.as_deref(), Some("AA" | "CA")) {
+                return Some(format!("{what}, got answer {code:?}"));
+            }
+            let same = received.len() == before + 1 && received[before].as_ref() == want.as_slice();
+            (!same).then(|| format!("{what}, engine got something else"))
+        }
+        nak if nak.starts_with("nak:") => {
+            let answer = match client.recv().await {
+                Ok(answer) => answer,
+                Err(e) => return Some(format!("{what}, got {e}")),
+            };
+            let want: Vec<&str> = nak.split(':').skip(1).collect();
+            let got = nak_codes(&answer);
+            if (got.0.as_str(), got.1.as_str()) != (want[0], want[1]) {
+                return Some(format!("{what}, got {got:?}"));
+            }
+            (engine.received().len() != before).then(|| format!("{what}, but it was forwarded"))
+        }
+        "ackfwd" | "drop" => {
+            // Nothing comes back for an acknowledgment: the next answer is the probe's.
+            let probe = format!("PROBE-{n}");
+            let ack = client
+                .exchange(&adt(&probe), T)
+                .await
+                .expect("probe answered");
+            if msa(&ack) != ("AA".to_string(), probe) {
+                return Some(format!("{what}, the acknowledgment was answered"));
+            }
+            let received = engine.received();
+            let forwarded = received.len() == before + 2 && received[before].as_ref() == data;
+            (forwarded != (expected == "ackfwd")).then(|| format!("{what}, forwarded={forwarded}"))
+        }
+        "closed" => client
+            .recv()
+            .await
+            .ok()
+            .map(|answer| format!("{what}, got {:?}", String::from_utf8_lossy(&answer))),
+        other => panic!("unknown outcome {other} for {what}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_corpus_message_gets_its_expected_outcome_in_every_mode() {
     // 48 malformed or unusual messages × 4 route set-ups: forwarded as is, forwarded
@@ -64,70 +133,11 @@ async fn every_corpus_message_gets_its_expected_outcome_in_every_mode() {
             let (name, expected) = (case[0], case[col + 1]);
             let data = std::fs::read(data_dir().join("corpus").join(format!("{name}.hl7")))
                 .expect("case file");
-            let before = engine.received().len();
             let what = format!("{mode}/{name}: expected {expected}");
-            client.send(&data).await.expect("send");
-            match expected {
-                "fwd" | "norm" => match client.recv().await {
-                    Ok(ack) => {
-                        let code = mllp_proxy::hl7::parse_ack(&ack).map(|a| a.code.to_string());
-                        let received = engine.received();
-                        let want = if expected == "fwd" {
-                            data.clone()
-                        } else {
-                            normalised(&data)
-                        };
-                        // The stand-in engine answers CA to enhanced-mode messages.
-                        if !matches!(code.as_deref(), Some("AA" | "CA")) {
-                            failures.push(format!("{what}, got answer {code:?}"));
-                        } else if received.len() != before + 1
-                            || received[before].as_ref() != want.as_slice()
-                        {
-                            failures.push(format!("{what}, engine got something else"));
-                        }
-                    }
-                    Err(e) => failures.push(format!("{what}, got {e}")),
-                },
-                nak if nak.starts_with("nak:") => match client.recv().await {
-                    Ok(answer) => {
-                        let want: Vec<&str> = nak.split(':').skip(1).collect();
-                        let got = nak_codes(&answer);
-                        if (got.0.as_str(), got.1.as_str()) != (want[0], want[1]) {
-                            failures.push(format!("{what}, got {got:?}"));
-                        }
-                        if engine.received().len() != before {
-                            failures.push(format!("{what}, but it was forwarded"));
-                        }
-                    }
-                    Err(e) => failures.push(format!("{what}, got {e}")),
-                },
-                "ackfwd" | "drop" => {
-                    // Nothing comes back for an acknowledgment: the next answer is the probe's.
-                    let probe = format!("PROBE-{n}");
-                    let ack = client
-                        .exchange(&adt(&probe), T)
-                        .await
-                        .expect("probe answered");
-                    if msa(&ack) != ("AA".to_string(), probe) {
-                        failures.push(format!("{what}, the acknowledgment was answered"));
-                    }
-                    let received = engine.received();
-                    let forwarded = received.len() == before + 2
-                        && received[before].as_ref() == data.as_slice();
-                    if forwarded != (expected == "ackfwd") {
-                        failures.push(format!("{what}, forwarded={forwarded}"));
-                    }
-                }
-                "closed" => {
-                    if let Ok(answer) = client.recv().await {
-                        failures.push(format!(
-                            "{what}, got {:?}",
-                            String::from_utf8_lossy(&answer)
-                        ));
-                    }
-                    client = MllpClient::connect(&target, T).await.expect("reconnect");
-                }
-                other => panic!("unknown outcome {other} for {name}"),
+            let mismatch = mismatch(&mut client, &engine, &data, expected, &what, n).await;
+            failures.extend(mismatch);
+            if expected == "closed" {
+                client = MllpClient::connect(&target, T).await.expect("reconnect");
             }
         }
     }

@@ -231,88 +231,85 @@ fn every_configuration_key_is_documented() {
 /// ServiceMonitors (a relabeling of `job`, else the Service label `jobLabel` names, else the
 /// Service's name, as the operator does).
 fn shipped_jobs() -> Vec<(String, String)> {
-    use serde_yaml::Value;
-    let relabeled = |rules: Option<&Value>, target: &str, replacement: &str| {
-        rules?.as_sequence()?.iter().find_map(|r| {
-            (r.get(target)?.as_str()? == "job")
-                .then(|| r.get(replacement)?.as_str().map(str::to_string))?
-        })
-    };
-    let mut jobs = Vec::new();
-    let prom: Value =
+    let prom: serde_yaml::Value =
         serde_yaml::from_str(&read("deploy/prometheus/prometheus.yml")).expect("yaml");
+    let mut jobs = Vec::new();
     for sc in prom["scrape_configs"]
         .as_sequence()
         .expect("scrape_configs")
     {
         let name = sc["job_name"].as_str().expect("job_name").to_string();
-        let job = relabeled(sc.get("relabel_configs"), "target_label", "replacement")
+        let job = relabeled_job(sc.get("relabel_configs"), "target_label", "replacement")
             .unwrap_or_else(|| name.clone());
         jobs.push((format!("prometheus.yml job {name}"), job));
     }
-    for folder in [
-        "deploy/kubernetes/scaled",
-        "deploy/kubernetes/sidecar",
-        "deploy/kubernetes/egress",
-    ] {
-        let docs: Vec<Value> = std::fs::read_dir(repo().join(folder))
-            .expect("folder")
-            .flat_map(|e| {
-                let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
-                serde_yaml::Deserializer::from_str(&text)
-                    .map(|d| Value::deserialize(d).expect("yaml"))
-                    .collect::<Vec<_>>()
+    for folder in ["scaled", "sidecar", "egress"] {
+        jobs.extend(service_monitor_jobs(&format!("deploy/kubernetes/{folder}")));
+    }
+    jobs
+}
+
+/// The `replacement` of the relabeling rule (of `rules`) whose `target` is `job`.
+fn relabeled_job(
+    rules: Option<&serde_yaml::Value>,
+    target: &str,
+    replacement: &str,
+) -> Option<String> {
+    rules?.as_sequence()?.iter().find_map(|r| {
+        (r.get(target)?.as_str()? == "job")
+            .then(|| r.get(replacement)?.as_str().map(str::to_string))?
+    })
+}
+
+/// The jobs the ServiceMonitors of one Kubernetes example give the Services they select.
+fn service_monitor_jobs(folder: &str) -> Vec<(String, String)> {
+    use serde_yaml::Value;
+    let docs: Vec<Value> = std::fs::read_dir(repo().join(folder))
+        .expect("folder")
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.expect("entry").path()).expect("read");
+            serde_yaml::Deserializer::from_str(&text)
+                .map(|d| Value::deserialize(d).expect("yaml"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let kind = |d: &Value, k: &str| d["kind"].as_str() == Some(k);
+    let mut jobs = Vec::new();
+    for monitor in docs.iter().filter(|d| kind(d, "ServiceMonitor")) {
+        let selector = monitor["spec"]["selector"]["matchLabels"]
+            .as_mapping()
+            .expect("matchLabels");
+        let selected = |svc: &&Value| {
+            selector.iter().all(|(k, v)| {
+                svc["metadata"]["labels"].get(k.as_str().unwrap_or_default()) == Some(v)
             })
-            .collect();
-        let kind = |d: &Value, k: &str| d["kind"].as_str() == Some(k);
-        for monitor in docs.iter().filter(|d| kind(d, "ServiceMonitor")) {
-            let selector = &monitor["spec"]["selector"]["matchLabels"];
-            let selected = |svc: &&Value| {
-                selector
-                    .as_mapping()
-                    .expect("matchLabels")
-                    .iter()
-                    .all(|(k, v)| {
-                        svc["metadata"]["labels"].get(k.as_str().unwrap_or_default()) == Some(v)
-                    })
+        };
+        for endpoint in monitor["spec"]["endpoints"]
+            .as_sequence()
+            .expect("endpoints")
+        {
+            let port = endpoint["port"].as_str().expect("port");
+            let has_port = |svc: &&Value| {
+                let ports = svc["spec"]["ports"].as_sequence().into_iter().flatten();
+                ports.clone().any(|p| p["name"].as_str() == Some(port))
             };
-            for endpoint in monitor["spec"]["endpoints"]
-                .as_sequence()
-                .expect("endpoints")
+            for svc in docs
+                .iter()
+                .filter(|d| kind(d, "Service"))
+                .filter(selected)
+                .filter(has_port)
             {
-                let port = endpoint["port"].as_str().expect("port");
-                let has_port = |svc: &&Value| {
-                    svc["spec"]["ports"]
-                        .as_sequence()
-                        .into_iter()
-                        .flatten()
-                        .any(|p| p["name"].as_str() == Some(port))
-                };
-                for svc in docs
-                    .iter()
-                    .filter(|d| kind(d, "Service"))
-                    .filter(selected)
-                    .filter(has_port)
-                {
-                    let job = relabeled(endpoint.get("relabelings"), "targetLabel", "replacement")
-                        .or_else(|| {
-                            let label = monitor["spec"].get("jobLabel")?.as_str()?;
-                            svc["metadata"]["labels"]
-                                .get(label)?
-                                .as_str()
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_else(|| {
-                            svc["metadata"]["name"].as_str().expect("name").to_string()
-                        });
-                    jobs.push((
-                        format!(
-                            "{folder} ServiceMonitor, Service {}",
-                            svc["metadata"]["name"].as_str().unwrap_or("?")
-                        ),
-                        job,
-                    ));
-                }
+                let name = svc["metadata"]["name"].as_str().unwrap_or("?");
+                let job = relabeled_job(endpoint.get("relabelings"), "targetLabel", "replacement")
+                    .or_else(|| {
+                        let label = monitor["spec"].get("jobLabel")?.as_str()?;
+                        svc["metadata"]["labels"]
+                            .get(label)?
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| name.to_string());
+                jobs.push((format!("{folder} ServiceMonitor, Service {name}"), job));
             }
         }
     }

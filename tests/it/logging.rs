@@ -153,6 +153,50 @@ fn logfmt(line: &str) -> Vec<(String, Option<String>)> {
     }
 }
 
+/// Every line of `lines` parsed as logfmt, checked field by field (no bare word among the
+/// fields, no junk key: a value split by a parser leaves keys such as `CN` or `Inc."`);
+/// the subjects of `session_start` records and the events seen.
+fn logfmt_fields(lines: &[String]) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    let field_name = |k: &str| {
+        k.starts_with(|c: char| c.is_ascii_lowercase())
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let mut subjects = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for line in lines {
+        // Timestamp, level and target, then the message's words, then the fields.
+        let pairs = logfmt(line);
+        let first_field = pairs
+            .iter()
+            .position(|(_, v)| v.is_some())
+            .unwrap_or(pairs.len());
+        for (key, value) in &pairs[first_field..] {
+            assert!(
+                value.is_some(),
+                "bare word {key:?} among the fields of {line}"
+            );
+            assert!(field_name(key), "junk key {key:?} in {line}");
+        }
+        let field = |name: &str| {
+            pairs[first_field..]
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        if let Some(event) = field("event") {
+            if event == "session_start" {
+                subjects.push(field("subject").expect("subject"));
+            }
+            kinds.insert(event);
+        }
+        if line.contains("message refused with NAK") {
+            assert_eq!(field("control_id").as_deref(), Some("BUSY NAK"), "{line}");
+        }
+    }
+    (subjects, kinds)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_text_log_line_of_a_busy_run_parses_as_logfmt() {
     // A sender whose certificate subject holds spaces, commas, quotes and '=', a refused
@@ -202,57 +246,15 @@ async fn every_text_log_line_of_a_busy_run_parses_as_logfmt() {
     let der = CertificateDer::from_pem_slice(&pem).expect("pem");
     let subject = escape_str(&ClientIdentity::from_der(&der).expect("identity").subject);
     assert!(subject.contains(", ") && subject.contains('"'), "{subject}");
-    // A value split by a parser leaves keys such as `CN` or `Inc."`, or bare words.
-    let field_name = |k: &str| {
-        k.starts_with(|c: char| c.is_ascii_lowercase())
-            && k.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !proxy
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("event=\"session_end\""))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no session_end record"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let lines = proxy.log_lines();
-    let mut subjects = Vec::new();
-    let mut kinds = std::collections::BTreeSet::new();
-    for line in &lines {
-        // Timestamp, level and target, then the message's words, then the fields.
-        let pairs = logfmt(line);
-        let first_field = pairs
+    let ended = eventually(T, || async {
+        proxy
+            .log_lines()
             .iter()
-            .position(|(_, v)| v.is_some())
-            .unwrap_or(pairs.len());
-        for (key, value) in &pairs[first_field..] {
-            assert!(
-                value.is_some(),
-                "bare word {key:?} among the fields of {line}"
-            );
-            assert!(field_name(key), "junk key {key:?} in {line}");
-        }
-        let field = |name: &str| {
-            pairs[first_field..]
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| v.clone())
-        };
-        if let Some(event) = field("event") {
-            kinds.insert(event.clone());
-            if event == "session_start" {
-                subjects.push(field("subject").expect("subject"));
-            }
-        }
-        if line.contains("message refused with NAK") {
-            assert_eq!(field("control_id").as_deref(), Some("BUSY NAK"), "{line}");
-        }
-    }
+            .any(|l| l.contains("event=\"session_end\""))
+    });
+    assert!(ended.await, "no session_end record");
+    let lines = proxy.log_lines();
+    let (subjects, kinds) = logfmt_fields(&lines);
     assert_eq!(subjects, [subject], "{lines:#?}");
     for kind in [
         "session_start",

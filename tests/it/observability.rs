@@ -1,9 +1,10 @@
 //! Metrics over HTTP with exact values, health and readiness through the lifecycle, and logs
 //! that never carry patient data.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use mllp_proxy::client::{MllpClient, http_get};
+use mllp_proxy::client::{ClientTarget, MllpClient, http_get};
 use mllp_proxy::mllp::MllpCodec;
 
 use crate::support::*;
@@ -44,46 +45,7 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
     assert!(metric_reaches(&proxy, &sample, 1.0).await);
     let sample = format!("mllp_proxy_connections_active{{{r}}}");
     assert!(metric_reaches(&proxy, &sample, 0.0).await);
-    let expect = [
-        (format!("mllp_proxy_connections_accepted_total{{{r}}}"), 2.0),
-        (format!("mllp_proxy_messages_received_total{{{r}}}"), 12.0),
-        (format!("mllp_proxy_messages_forwarded_total{{{r}}}"), 10.0),
-        (
-            format!("mllp_proxy_messages_rejected_total{{reason=\"message_type\",{r}}}"),
-            2.0,
-        ),
-        (
-            format!("mllp_proxy_messages_rejected_total{{reason=\"segment\",{r}}}"),
-            0.0,
-        ),
-        (format!("mllp_proxy_acks_total{{code=\"AA\",{r}}}"), 10.0),
-        (format!("mllp_proxy_acks_total{{code=\"AE\",{r}}}"), 0.0),
-        (format!("mllp_proxy_clients_denied_total{{{r}}}"), 0.0),
-        (
-            format!("mllp_proxy_upstream_ack_seconds_count{{{r}}}"),
-            10.0,
-        ),
-        (format!("mllp_proxy_message_bytes_count{{{r}}}"), 12.0),
-        (
-            format!(
-                "mllp_proxy_upstream_up{{{r},target=\"{}\"}}",
-                engine.target()
-            ),
-            1.0,
-        ),
-        (
-            format!(
-                "mllp_proxy_upstream_failures_total{{kind=\"timeout\",{r},target=\"{}\"}}",
-                engine.target()
-            ),
-            0.0,
-        ),
-        (
-            format!("mllp_proxy_tls_reloads_total{{result=\"success\",{r}}}"),
-            0.0,
-        ),
-        ("mllp_proxy_build_info{version=\"0.1.0\"}".to_string(), 1.0),
-    ];
+    let expect = expected_after_scenario(&engine.target());
     for (sample, want) in &expect {
         assert_eq!(metric(&proxy, sample).await, *want, "{sample}");
     }
@@ -94,21 +56,7 @@ async fn metrics_have_exact_values_after_a_known_scenario() {
 
     let body = http_get(proxy.admin(), "/metrics").await.expect("scrape");
     assert!(body.contains("process_resident_memory_bytes"));
-    if let Some(promtool) = promtool() {
-        let file = pki.path("metrics.txt");
-        std::fs::write(&file, &body).expect("write");
-        let out = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&file).expect("open"))
-            .output()
-            .expect("promtool");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_promtool_accepts(&pki, &body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,12 +101,133 @@ async fn health_and_readiness_follow_the_lifecycle() {
     );
 }
 
+/// The series and values of [`metrics_have_exact_values_after_a_known_scenario`]: 10
+/// forwarded, 2 refused by type, a handshake without a certificate, on route `test`.
+fn expected_after_scenario(engine: &str) -> Vec<(String, f64)> {
+    let r = "route=\"test\"";
+    vec![
+        (format!("mllp_proxy_connections_accepted_total{{{r}}}"), 2.0),
+        (format!("mllp_proxy_messages_received_total{{{r}}}"), 12.0),
+        (format!("mllp_proxy_messages_forwarded_total{{{r}}}"), 10.0),
+        (
+            format!("mllp_proxy_messages_rejected_total{{reason=\"message_type\",{r}}}"),
+            2.0,
+        ),
+        (
+            format!("mllp_proxy_messages_rejected_total{{reason=\"segment\",{r}}}"),
+            0.0,
+        ),
+        (format!("mllp_proxy_acks_total{{code=\"AA\",{r}}}"), 10.0),
+        (format!("mllp_proxy_acks_total{{code=\"AE\",{r}}}"), 0.0),
+        (format!("mllp_proxy_clients_denied_total{{{r}}}"), 0.0),
+        (
+            format!("mllp_proxy_upstream_ack_seconds_count{{{r}}}"),
+            10.0,
+        ),
+        (format!("mllp_proxy_message_bytes_count{{{r}}}"), 12.0),
+        (
+            format!("mllp_proxy_upstream_up{{{r},target=\"{}\"}}", engine),
+            1.0,
+        ),
+        (
+            format!(
+                "mllp_proxy_upstream_failures_total{{kind=\"timeout\",{r},target=\"{}\"}}",
+                engine
+            ),
+            0.0,
+        ),
+        (
+            format!("mllp_proxy_tls_reloads_total{{result=\"success\",{r}}}"),
+            0.0,
+        ),
+        ("mllp_proxy_build_info{version=\"0.1.0\"}".to_string(), 1.0),
+    ]
+}
+
+/// `promtool check metrics` accepts the exposition `body` (when promtool is installed).
+fn assert_promtool_accepts(pki: &Pki, body: &str) {
+    if let Some(promtool) = promtool() {
+        let file = pki.path("metrics.txt");
+        std::fs::write(&file, body).expect("write");
+        let out = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).expect("open"))
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Distinctive names, an MRN, a result and a birth date: none may reach a log or a metric.
+const PHI: [&str; 4] = ["QUIXOTEFAKENAME", "MRN-8675309", "Z9Z9RESULT", "1919-12-31"];
+
+/// Sends messages carrying `patient` down every path — forwarded, NAKed by type, by segment,
+/// oversize, without MSH, an engine silent then answering the wrong control ID, a frame cut
+/// short — then scrapes `/metrics` at `admin`.
+async fn every_path(
+    target: &ClientTarget,
+    engine: &Engine,
+    patient: &str,
+    admin: SocketAddr,
+) -> String {
+    let msg = |kind: &str, id: &str, tail: &str| {
+        format!("MSH|^~\\&|A|B|C|D|20261126||{kind}|{id}|P|2.5.1\r{patient}{tail}").into_bytes()
+    };
+    let mut c = MllpClient::connect(target, T).await.expect("connect");
+    let ok = c
+        .exchange(&msg("ADT^A01", "PHI-1", ""), T)
+        .await
+        .expect("forwarded");
+    assert_eq!(msa(&ok).0, "AA");
+    let nak = c
+        .exchange(&msg("ORM^O01", "PHI-2", ""), T)
+        .await
+        .expect("NAK type");
+    assert_eq!(msa(&nak).0, "AR");
+    let nak = c
+        .exchange(&msg("ADT^A01", "PHI-3", &format!("nte|{}\r", PHI[0])), T)
+        .await
+        .expect("NAK segment");
+    assert_eq!(msa(&nak).0, "AE");
+    let big = msg(
+        "ADT^A01",
+        "PHI-4",
+        &format!("NTE|1||{}\r", PHI[2].repeat(400)),
+    );
+    let nak = c.exchange(&big, T).await.expect("NAK oversize");
+    assert_eq!(msa(&nak).0, "AE");
+    let nak = c.exchange(patient.as_bytes(), T).await.expect("NAK no MSH");
+    assert_eq!(msa(&nak).0, "AE");
+    engine.set(Behaviour::Silent);
+    let nak = c
+        .exchange(&msg("ADT^A01", "PHI-5", ""), T)
+        .await
+        .expect("NAK upstream");
+    assert_eq!(msa(&nak).0, "AR");
+    engine.set(Behaviour::WrongControlId);
+    let nak = c
+        .exchange(&msg("ADT^A01", "PHI-6", ""), T)
+        .await
+        .expect("NAK protocol");
+    assert_eq!(msa(&nak).0, "AR");
+    let mut half = MllpCodec::frame(&msg("ADT^A01", "PHI-7", "")).to_vec();
+    half.truncate(half.len() - 10);
+    c.send_raw(&half).await.expect("half a frame");
+    c.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    http_get(admin, "/metrics").await.expect("scrape")
+}
+
 #[test]
 fn no_patient_data_reaches_the_logs_even_at_trace_level() {
     // Distinctive names, MRNs and results travel every path — forwarded, NAKed, upstream
     // failure, oversize, cut mid-frame — with RUST_LOG=trace and JSON logs. None of them
     // appears in any log line or in /metrics, and every line is JSON without a duplicate key.
-    const PHI: [&str; 4] = ["QUIXOTEFAKENAME", "MRN-8675309", "Z9Z9RESULT", "1919-12-31"];
     let patient = format!(
         "PID|1||{}^^^H^MR||{}^ALONSO||{}\rOBX|1|ST|X||{}\r",
         PHI[1],
@@ -167,9 +236,6 @@ fn no_patient_data_reaches_the_logs_even_at_trace_level() {
         PHI[2]
     );
     let patient = patient.replace("19191231", PHI[3]);
-    let msg = |kind: &str, id: &str, tail: &str| {
-        format!("MSH|^~\\&|A|B|C|D|20261126||{kind}|{id}|P|2.5.1\r{patient}{tail}").into_bytes()
-    };
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
@@ -184,51 +250,7 @@ fn no_patient_data_reaches_the_logs_even_at_trace_level() {
     let mut proxy = ProxyProcess::spawn(&config, "trace");
     let target = pki.target(proxy.addr, ClientCert::Good);
     let admin = proxy.admin;
-    let metrics = rt.block_on(async {
-        let mut c = MllpClient::connect(&target, T).await.expect("connect");
-        let ok = c
-            .exchange(&msg("ADT^A01", "PHI-1", ""), T)
-            .await
-            .expect("forwarded");
-        assert_eq!(msa(&ok).0, "AA");
-        let nak = c
-            .exchange(&msg("ORM^O01", "PHI-2", ""), T)
-            .await
-            .expect("NAK type");
-        assert_eq!(msa(&nak).0, "AR");
-        let nak = c
-            .exchange(&msg("ADT^A01", "PHI-3", &format!("nte|{}\r", PHI[0])), T)
-            .await
-            .expect("NAK segment");
-        assert_eq!(msa(&nak).0, "AE");
-        let big = msg(
-            "ADT^A01",
-            "PHI-4",
-            &format!("NTE|1||{}\r", PHI[2].repeat(400)),
-        );
-        let nak = c.exchange(&big, T).await.expect("NAK oversize");
-        assert_eq!(msa(&nak).0, "AE");
-        let nak = c.exchange(patient.as_bytes(), T).await.expect("NAK no MSH");
-        assert_eq!(msa(&nak).0, "AE");
-        engine.set(Behaviour::Silent);
-        let nak = c
-            .exchange(&msg("ADT^A01", "PHI-5", ""), T)
-            .await
-            .expect("NAK upstream");
-        assert_eq!(msa(&nak).0, "AR");
-        engine.set(Behaviour::WrongControlId);
-        let nak = c
-            .exchange(&msg("ADT^A01", "PHI-6", ""), T)
-            .await
-            .expect("NAK protocol");
-        assert_eq!(msa(&nak).0, "AR");
-        let mut half = MllpCodec::frame(&msg("ADT^A01", "PHI-7", "")).to_vec();
-        half.truncate(half.len() - 10);
-        c.send_raw(&half).await.expect("half a frame");
-        c.close().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        http_get(admin, "/metrics").await.expect("scrape")
-    });
+    let metrics = rt.block_on(every_path(&target, &engine, &patient, admin));
     assert_eq!(proxy.terminate().code(), Some(0));
     let lines = proxy.log_lines();
     assert!(

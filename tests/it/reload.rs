@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mllp_proxy::client::{MllpClient, http_get};
+use mllp_proxy::client::{ClientTarget, MllpClient, http_get};
 use mllp_proxy::config::ConfigError;
 use mllp_proxy::proxy::{Reload, ReloadError};
 
@@ -428,15 +428,7 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
         closed_within(&mut client, T).await,
         "offboarded session still open"
     );
-    let warned = json_lines(&proxy, 1, |v| {
-        v["message"] == "client no longer admitted after a reload; session closed"
-    });
-    assert_eq!(warned.len(), 1, "{:?}", proxy.log_lines());
-    assert_eq!(warned[0]["reason"], "not_allowed");
-    let ended = json_lines(&proxy, 1, |v| v["event"] == "session_end");
-    assert_eq!(ended.len(), 1, "{:?}", proxy.log_lines());
-    assert_eq!(ended[0]["reason"], "not_allowed");
-    assert_eq!(ended[0]["messages"], 1);
+    assert_offboarding_logged(&proxy);
     // Level warn: the reload's own info line is not written.
     assert!(
         !proxy
@@ -460,19 +452,10 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
     assert_eq!(mode & 0o777, 0o640);
     edit("[{cn: billing-01}]", "[{cn: lab-sender}]");
     proxy.hup();
-    let mut again = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(mut c) = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T).await
-        else {
-            continue;
-        };
-        if c.exchange(&adt("H-2"), T).await.is_ok() {
-            again = Some(c);
-            break;
-        }
-    }
-    assert!(again.is_some(), "lab-sender not onboarded again");
+    assert!(
+        served_again(&pki, proxy.addr, "H-2").await,
+        "lab-sender not onboarded again"
+    );
     let written = eventually(T, || async {
         std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"control_id\":\"H-2\""))
     })
@@ -482,6 +465,66 @@ async fn sighup_applies_log_level_format_and_audit_file_and_audits_the_offboarde
         !proxy.log_lines().iter().any(|l| l.contains("\"H-2\"")),
         "the record went into the log too"
     );
+}
+
+/// The warning and the audit record of a session closed because its client left
+/// `allowed_clients`, in `proxy`'s JSON log.
+fn assert_offboarding_logged(proxy: &ProxyProcess) {
+    let warned = json_lines(proxy, 1, |v| {
+        v["message"] == "client no longer admitted after a reload; session closed"
+    });
+    assert_eq!(warned.len(), 1, "{:?}", proxy.log_lines());
+    assert_eq!(warned[0]["reason"], "not_allowed");
+    let ended = json_lines(proxy, 1, |v| v["event"] == "session_end");
+    assert_eq!(ended.len(), 1, "{:?}", proxy.log_lines());
+    assert_eq!(ended[0]["reason"], "not_allowed");
+    assert_eq!(ended[0]["messages"], 1);
+}
+
+/// Whether a new session with the good certificate gets `id` acknowledged within 10 s (a
+/// reload that admits it again may still be on its way).
+async fn served_again(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> bool {
+    eventually(T, || async {
+        let Ok(mut c) = MllpClient::connect(&pki.target(addr, ClientCert::Good), T).await else {
+            return false;
+        };
+        c.exchange(&adt(id), T).await.is_ok()
+    })
+    .await
+}
+
+/// The configuration `a` with what a reload can change changed: the allow-list, the pool (a
+/// new one each time), timeouts and the validation limit.
+fn other_settings(a: &str) -> String {
+    a.replace(
+        "[{cn: lab-sender}]",
+        "[{cn: billing-01}, {cn: lab-sender}]\n    validation: { max_message_bytes: 65536 }",
+    )
+    .replace(
+        "ack_timeout: 2s",
+        "ack_timeout: 3s\n      max_connections: 2",
+    )
+}
+
+/// Sender `s`: one message after another for 30 s, each of which must get its AA; how many.
+fn steady_sender(target: ClientTarget, s: usize) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut c = MllpClient::connect(&target, T).await.expect("connect");
+        let (mut acked, mut i) = (0u32, 0u32);
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < until {
+            i += 1;
+            let id = format!("L{s}-{i}");
+            let ack = c
+                .exchange(&adt(&id), T)
+                .await
+                .expect("every message answered");
+            assert_eq!(msa(&ack), ("AA".into(), id));
+            acked += 1;
+        }
+        c.close().await;
+        acked
+    })
 }
 
 /// Open descriptors and resident memory (KiB) of process `pid`.
@@ -506,41 +549,14 @@ async fn reloading_every_100ms_for_30s_under_load_loses_nothing_and_leaks_nothin
         .await;
     let path = pki.path("proxy.yaml");
     let a = std::fs::read_to_string(&path).expect("read");
-    // The other file changes what a reload can change: the allow-list, the pool (a new one
-    // each time), timeouts and the validation limit.
-    let b = a
-        .replace(
-            "[{cn: lab-sender}]",
-            "[{cn: billing-01}, {cn: lab-sender}]\n    validation: { max_message_bytes: 65536 }",
-        )
-        .replace(
-            "ack_timeout: 2s",
-            "ack_timeout: 3s\n      max_connections: 2",
-        );
+    let b = other_settings(&a);
     assert_ne!(a, b);
     let pid = proxy.child.id();
     let senders: Vec<_> = (0..4)
-        .map(|s| {
-            let target = pki.target(proxy.addr, ClientCert::Good);
-            tokio::spawn(async move {
-                let mut c = MllpClient::connect(&target, T).await.expect("connect");
-                let (mut acked, mut i) = (0u32, 0u32);
-                let until = tokio::time::Instant::now() + Duration::from_secs(30);
-                while tokio::time::Instant::now() < until {
-                    i += 1;
-                    let id = format!("L{s}-{i}");
-                    let ack = c
-                        .exchange(&adt(&id), T)
-                        .await
-                        .expect("every message answered");
-                    assert_eq!(msa(&ack), ("AA".into(), id));
-                    acked += 1;
-                }
-                c.close().await;
-                acked
-            })
-        })
+        .map(|s| steady_sender(pki.target(proxy.addr, ClientCert::Good), s))
         .collect();
+    // Time is what this test is about: the senders settle for 2 s before the reference
+    // reading, the reloads come every 100 ms, and the readings after wait 2 s for closes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (fds_before, rss_before) = usage(pid);
     let mut reloads = 0;
