@@ -305,6 +305,7 @@ async fn our_client_certificate_rotates_under_load_and_loses_nothing() {
     .await;
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let running = senders(egress.routes()[0].1, 2, until);
+    // A second of traffic before the rotation: the load over time is what this is about.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     pki.issue_client("rotated", "egress-2", &[], &[], false, false);
@@ -367,6 +368,7 @@ async fn a_partner_stopping_mid_run_fails_over_to_the_next_and_loses_nothing() {
     let egress = start_egress(&pki, &egress_yaml(&targets, MUTUAL, "")).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     let running = senders(egress.routes()[0].1, 4, until);
+    // A second of traffic before the partner stops: the load over time is what this is about.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = engine_a.received_ids().len();
     assert!(

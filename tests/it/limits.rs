@@ -121,6 +121,7 @@ async fn idle_senders_are_closed_after_idle_timeout() {
         .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     client.exchange(&adt("IDLE-1"), T).await.expect("served");
+    // Idle past idle_timeout: time is the thing tested.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(client.exchange(&adt("IDLE-2"), T).await.is_err());
     assert_eq!(engine.received().len(), 1);

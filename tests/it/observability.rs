@@ -219,7 +219,13 @@ async fn every_path(
     half.truncate(half.len() - 10);
     c.send_raw(&half).await.expect("half a frame");
     c.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Scraped once the session (its cut frame included) has ended.
+    let ended = || async {
+        let body = http_get(admin, "/metrics").await.unwrap_or_default();
+        mllp_proxy::metrics::sample_value(&body, "mllp_proxy_connections_active{route=\"test\"}")
+            == Some(0.0)
+    };
+    assert!(eventually(T, ended).await, "the session did not end");
     http_get(admin, "/metrics").await.expect("scrape")
 }
 

@@ -342,7 +342,10 @@ async fn every_refused_handshake_is_audited_past_the_logs_rate_limit() {
             "client_ca: ca.crt\n",
             "client_ca: ca.crt\n      crl: [clients.crl]\n",
         )
-        .replace("admin:", "audit:\n  file: audit.jsonl\nadmin:");
+        .replace("admin:", "audit:\n  file: audit.jsonl\nadmin:")
+        // Every junk connection must reach its handshake: none refused at accept by the
+        // per-source or pending-handshake limits while the proxy catches up.
+        + "    limits: { max_connections_per_source: 0, max_pending_handshakes: 0 }\n";
     std::fs::write(pki.path("proxy.yaml"), yaml).expect("config");
     let proxy = ProxyProcess::spawn(&pki.path("proxy.yaml"), "info");
     for _ in 0..200 {

@@ -177,6 +177,7 @@ fn certificate_reloads_every_second_under_load_refuse_no_sender_and_drop_no_sess
             })
         })
         .collect();
+    // A rotation a second under load for five seconds: time is the workload here.
     for i in 0..5 {
         std::thread::sleep(Duration::from_secs(1));
         pki.issue_server("server", &format!("proxy rotation {i}"));
@@ -244,6 +245,7 @@ fn sigterm_under_load_relays_every_forwarded_message_and_fabricates_nothing() {
             })
         })
         .collect();
+    // A second of traffic, then SIGTERM in the middle of it: the timing is what is tested.
     std::thread::sleep(Duration::from_millis(1000));
     signal(&proxy, "-TERM");
     let mut acked = BTreeSet::new();

@@ -93,7 +93,8 @@ async fn a_reload_never_cuts_an_exchange_in_flight() {
         .await
         .expect("connect");
     client.send(&adt("IN-FLIGHT")).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_engine = eventually(T, || async { world.engine.received_ids() == ["IN-FLIGHT"] });
+    assert!(at_engine.await, "the message did not reach the engine");
     // Offboarded while the engine holds the message: its ACK still comes back.
     rewrite(&world, "[{cn: lab-sender}]", "[{cn: billing-01}]");
     assert_applied(world.proxy.reload().await);
@@ -384,7 +385,8 @@ async fn the_admin_server_moves_and_the_poll_follows_a_configmap_symlink_swap() 
         .0,
         "AA"
     );
-    // Unchanged content is not reloaded again.
+    // Unchanged content is not reloaded again: a wait longer than the poll interval is what
+    // this checks.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(metric(p, ok).await, 1.0);
 }

@@ -197,6 +197,8 @@ async fn a_black_holed_primary_costs_only_the_first_session_and_is_used_again_on
 
     drop((listener, held));
     let recovered = Engine::start_on(primary, Behaviour::Ack).await;
+    // Past the primary's first back-off (1 s, jittered to 1.2 s at most): time is what this
+    // waits for.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let mut c = connect(&pki, &proxy, ClientCert::Good).await;
     let ack = c.exchange(&adt("FO-back"), T).await.expect("ACK");
@@ -324,6 +326,7 @@ async fn an_engine_that_drops_idle_connections_after_a_second_loses_no_message()
         let id = format!("IDLE-{i}");
         let ack = c.exchange(&adt(&id), T).await.expect("ACK");
         assert_eq!(msa(&ack), ("AA".into(), id));
+        // Idle past the engine's own idle close: time is the thing tested.
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(engine.received().len(), 3);
@@ -345,7 +348,10 @@ async fn readiness_can_require_an_engine_target_up() {
     cfg.admin.ready_requires_upstream = true;
     cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
     let proxy = start_proxy(cfg).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probed = format!(
+        "mllp_proxy_upstream_health_checks_total{{result=\"failure\",route=\"test\",target=\"{addr}\"}}"
+    );
+    assert!(eventually(T, || async { scrape(&proxy, &probed).await >= Some(1.0) }).await);
     let ready = http_get(proxy.admin(), "/readyz").await;
     assert!(
         ready.as_ref().is_err_and(|e| e.to_string().contains("503")),
