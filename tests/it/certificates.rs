@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use mllp_proxy::client::MllpClient;
-use mllp_proxy::config::Config;
 use rcgen::{DnType, SanType};
 
 use crate::support::*;
@@ -84,14 +83,15 @@ async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
 async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
     // A key that does not fit the new certificate, then a truncated certificate: both are
     // refused and counted; handshakes keep getting the old certificate.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = pki.config_yaml(&[engine.target()], "").replace(
-        "client_ca: ca.crt",
-        "client_ca: ca.crt\n      reload_interval: 200ms",
-    );
-    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+        ..
+    } = Harness::new()
+        .tls_yaml("      reload_interval: 200ms\n")
+        .start()
+        .await;
     let addr = proxy.routes()[0].1;
 
     pki.issue_server_valid_for("rotated", "rotated-server", None);
@@ -148,13 +148,11 @@ fn sighup_reloads_at_once() {
     // reload_interval is an hour; SIGHUP makes the binary load the new certificate now.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pki = Pki::new();
-    let yaml = pki
-        .config_yaml(&["127.0.0.1:9".into()], "")
-        .replace(
-            "client_ca: ca.crt",
-            "client_ca: ca.crt\n      reload_interval: 1h",
-        )
-        .replace("admin:\n", "logging:\n  format: json\nadmin:\n");
+    let tls = "      reload_interval: 1h\n";
+    let yaml = format!(
+        "logging:\n  format: json\n{}",
+        pki.config_yaml_tls(&["127.0.0.1:9".into()], tls, "")
+    );
     let config = pki.path("hup.yaml");
     std::fs::write(&config, yaml).expect("write");
     let mut proxy = ProxyProcess::spawn(&config, "info");
@@ -185,17 +183,17 @@ fn sighup_reloads_at_once() {
 async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
     // The CRL (PEM) revokes the client's serial: refused at the handshake with reason
     // "revoked". A new CRL (DER) without it is reloaded and the client gets in.
-    let pki = Pki::new();
-    pki.issue_client_serial("revokable", "revokable-sender", 4242);
-    let (pem, _) = pki.crl(&[4242], 1);
-    std::fs::write(pki.path("clients.crl"), pem).expect("write CRL");
-    let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = pki.config_yaml(&[engine.target()], "").replace(
-        "client_ca: ca.crt",
-        "client_ca: ca.crt\n      crl: [clients.crl]\n      reload_interval: 200ms",
-    );
-    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
-    let proxy = start_proxy(cfg).await;
+    let h = Harness::new().tls_yaml("      crl: [clients.crl]\n      reload_interval: 200ms\n");
+    h.pki
+        .issue_client_serial("revokable", "revokable-sender", 4242);
+    let (pem, _) = h.pki.crl(&[4242], 1);
+    std::fs::write(h.pki.path("clients.crl"), pem).expect("write CRL");
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+        ..
+    } = h.start().await;
     let target = pki.target_named(proxy.routes()[0].1, "revokable");
     let refused = match MllpClient::connect(&target, T).await {
         Err(_) => true,
@@ -323,16 +321,15 @@ fn s_client(addr: std::net::SocketAddr, pki: &Pki, args: &[&str]) -> Option<Stri
 async fn openssl_s_client_is_served_only_with_a_good_certificate_and_tls_1_2_or_1_3() {
     // A third-party TLS client: TLS 1.3 and 1.2 with a good certificate get the engine's ACK;
     // TLS 1.1, no certificate, another CA's certificate and a revoked one get nothing.
-    let pki = Pki::new();
-    pki.issue_client_serial("revoked", "revoked-sender", 777);
-    std::fs::write(pki.path("clients.crl"), pki.crl(&[777], 1).0).expect("write CRL");
-    let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = pki.config_yaml(&[engine.target()], "").replace(
-        "client_ca: ca.crt",
-        "client_ca: ca.crt\n      crl: [clients.crl]",
-    );
-    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
-    let proxy = start_proxy(cfg).await;
+    let h = Harness::new().tls_yaml("      crl: [clients.crl]\n");
+    h.pki.issue_client_serial("revoked", "revoked-sender", 777);
+    std::fs::write(h.pki.path("clients.crl"), h.pki.crl(&[777], 1).0).expect("write CRL");
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+        ..
+    } = h.start().await;
     let addr = proxy.routes()[0].1;
     let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
     let good = [
@@ -442,11 +439,7 @@ async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_grou
     ];
     let cert = ["-cert", "client.crt", "-key", "client.key"];
     for (profile, admitted, refused) in cases {
-        let yaml = pki.config_yaml(&[engine.target()], "").replace(
-            "      client_ca: ca.crt\n",
-            &format!("      client_ca: ca.crt\n{}", security_profile(profile)),
-        );
-        let cfg = Config::from_yaml(&yaml, pki.dir.path()).expect(profile);
+        let cfg = pki.config_tls(&[engine.target()], &security_profile(profile), "");
         let proxy = start_proxy(cfg).await;
         let addr = proxy.routes()[0].1;
         let run = |extra: &[&str]| {
@@ -495,13 +488,8 @@ async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
         ("overdue.crl", "{}", true),
         ("overdue.crl", "{ expired_crl: deny }", false),
     ] {
-        let yaml = pki.config_yaml(&[engine.target()], "").replace(
-            "      client_ca: ca.crt\n",
-            &format!(
-                "      client_ca: ca.crt\n      crl: [{crl}]\n      revocation: {revocation}\n"
-            ),
-        );
-        let proxy = start_proxy(Config::from_yaml(&yaml, pki.dir.path()).expect("config")).await;
+        let tls = format!("      crl: [{crl}]\n      revocation: {revocation}\n");
+        let proxy = start_proxy(pki.config_tls(&[engine.target()], &tls, "")).await;
         let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         let outcome = match MllpClient::connect(&target, T).await {
             Ok(mut c) => c.exchange(&adt("REV-1"), T).await.map(|a| msa(&a).0),

@@ -133,10 +133,8 @@ fn check_warns_about_a_crl_past_its_next_update() {
     let pki = Pki::new();
     std::fs::write(pki.path("old.crl"), pki.crl_due_in(&[1], 1, -2).0).expect("write");
     let file = pki.path("crl.yaml");
-    let yaml = pki.config_yaml(&["127.0.0.1:2576".into()], "").replace(
-        "client_ca: ca.crt",
-        "client_ca: ca.crt\n      crl: [old.crl]",
-    );
+    let tls = "      crl: [old.crl]\n";
+    let yaml = pki.config_yaml_tls(&["127.0.0.1:2576".into()], tls, "");
     std::fs::write(&file, yaml).expect("write");
     let out = run(&["check", "-c", file.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{}", text(&out));

@@ -193,12 +193,19 @@ async fn a_partner_no_longer_in_allowed_servers_gets_no_further_message() {
     .await;
 }
 
-/// A route on `listen` to `engine`, plain or with the test PKI's TLS files, logging JSON.
+/// A route on `listen` to `engine`, plain or with the test PKI's TLS files (and `tls_keys`
+/// more of its `tls` section), logging JSON.
 fn route_yaml(engine: &str, listen: &str, tls: bool) -> String {
-    let transport = if tls {
-        "    tls:\n      certificate: server.crt\n      private_key: server.key\n      client_ca: ca.crt\n"
-    } else {
-        "    plaintext: true\n"
+    route_yaml_tls(engine, listen, tls.then_some(""))
+}
+
+/// [`route_yaml`] with these keys added to the `tls` section (`None`: plain).
+fn route_yaml_tls(engine: &str, listen: &str, tls_keys: Option<&str>) -> String {
+    let transport = match tls_keys {
+        Some(keys) => format!(
+            "    tls:\n      certificate: server.crt\n      private_key: server.key\n      client_ca: ca.crt\n{keys}"
+        ),
+        None => "    plaintext: true\n".to_string(),
     };
     format!(
         "logging:\n  format: json\nadmin:\n  listen: \"127.0.0.1:0\"\nroutes:\n  - name: test\n    listen: \"{listen}\"\n{transport}    upstream:\n      targets: [\"{engine}\"]\n      ack_timeout: 5s\n      health_check_interval: 0\n"
@@ -337,15 +344,15 @@ async fn every_refused_handshake_is_audited_past_the_logs_rate_limit() {
     pki.issue_client_serial("revoked", "stolen-sender", 4242);
     std::fs::write(pki.path("clients.crl"), pki.crl(&[4242], 1).0).expect("write CRL");
     let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = route_yaml(&engine.target(), "127.0.0.1:0", true)
-        .replace(
-            "client_ca: ca.crt\n",
-            "client_ca: ca.crt\n      crl: [clients.crl]\n",
-        )
-        .replace("admin:", "audit:\n  file: audit.jsonl\nadmin:")
-        // Every junk connection must reach its handshake: none refused at accept by the
-        // per-source or pending-handshake limits while the proxy catches up.
-        + "    limits: { max_connections_per_source: 0, max_pending_handshakes: 0 }\n";
+    let tls = route_yaml_tls(
+        &engine.target(),
+        "127.0.0.1:0",
+        Some("      crl: [clients.crl]\n"),
+    );
+    // Every junk connection must reach its handshake: none refused at accept by the
+    // per-source or pending-handshake limits while the proxy catches up.
+    let limits = "    limits: { max_connections_per_source: 0, max_pending_handshakes: 0 }\n";
+    let yaml = format!("audit:\n  file: audit.jsonl\n{tls}{limits}");
     std::fs::write(pki.path("proxy.yaml"), yaml).expect("config");
     let proxy = ProxyProcess::spawn(&pki.path("proxy.yaml"), "info");
     for _ in 0..200 {

@@ -21,6 +21,8 @@ pub struct Harness {
     shutdown: Option<(String, String)>,
     /// The in-process proxy writes its audit trail (JSON) to `audit.jsonl` in the PKI folder.
     audit: bool,
+    /// Keys added to the route's `tls` section.
+    tls: String,
 }
 
 /// A change to the validated configuration, made before the proxy starts.
@@ -48,7 +50,15 @@ impl Harness {
             engine_down: false,
             shutdown: None,
             audit: false,
+            tls: String::new(),
         }
+    }
+
+    /// YAML keys added to the route's `tls` section (indented six spaces:
+    /// `"      crl: [clients.crl]\n"`).
+    pub fn tls_yaml(mut self, keys: &str) -> Self {
+        self.tls.push_str(keys);
+        self
     }
 
     /// The in-process proxy writes its audit records, as JSON, where [`World::audit_records`]
@@ -201,7 +211,7 @@ impl Harness {
         });
         let mut yaml = self
             .pki
-            .config_yaml(&targets, &self.extra)
+            .config_yaml_tls(&targets, &self.tls, &self.extra)
             .replace("admin:\n", &format!("{}{top}admin:\n", self.top));
         if let Some((delay, drain)) = &self.shutdown {
             yaml = yaml.replace(
