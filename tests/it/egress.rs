@@ -398,36 +398,22 @@ async fn the_partners_tls_session_and_the_plain_senders_are_audited() {
         ..
     } = Harness::new().start().await;
     let to = ingress.routes()[0].1.to_string();
-    let yaml = format!(
-        "logging:\n  format: json\n{}",
-        egress_yaml(std::slice::from_ref(&to), MUTUAL, "")
-    );
-    let path = pki.path("egress.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let egress = ProxyProcess::spawn(&path, "info");
-    let mut c = MllpClient::connect(&plain(egress.addr), T)
+    let cfg = Config::from_yaml(
+        &egress_yaml(std::slice::from_ref(&to), MUTUAL, ""),
+        pki.dir.path(),
+    )
+    .expect("egress config");
+    let file = pki.path("egress-audit.jsonl");
+    let (egress, _writer) = start_audited(cfg, &file).await;
+    let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
         .await
         .expect("connect");
     assert_eq!(
         msa(&c.exchange(&adt("AUD-1"), T).await.expect("ACK")).0,
         "AA"
     );
-    let find = |event: &str| {
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            let found = egress
-                .log_lines()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| v["event"] == event);
-            if let Some(v) = found {
-                return v;
-            }
-            assert!(std::time::Instant::now() < deadline, "no {event} record");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let upstream = find("upstream_session");
+    let find = |event| audited_in(&file, event);
+    let upstream = find("upstream_session").await;
     assert_eq!(upstream["route"], "egress");
     assert_eq!(upstream["engine"], to.as_str());
     assert!(
@@ -447,14 +433,14 @@ async fn the_partners_tls_session_and_the_plain_senders_are_audited() {
         "{upstream}"
     );
     assert_eq!(upstream["tls_version"], "TLSv1_3");
-    let started = find("session_start");
+    let started = find("session_start").await;
     assert_eq!(started["transport"], "plain");
     assert!(
         started["peer"]
             .as_str()
             .is_some_and(|p| p.starts_with("127.0.0.1:"))
     );
-    let message = find("message");
+    let message = find("message").await;
     assert_eq!(message["control_id"], "AUD-1");
     assert_eq!(message["engine"], to.as_str());
 }

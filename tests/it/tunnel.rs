@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mllp_proxy::client::MllpClient;
+use mllp_proxy::config::Config;
 
 use crate::egress::{MUTUAL, egress_yaml, plain, start_egress};
 use crate::interop::{Reaper, python};
@@ -287,15 +288,13 @@ async fn a_pooled_reconnect_to_a_partner_that_issues_tickets_resumes_its_session
     let tls = format!(
         "{MUTUAL}\n        server_name: localhost\n        allowed_servers: [{{dns: localhost}}]"
     );
-    let yaml = egress_yaml(&[front.to_string()], &tls, "").replace(
-        "      ack_timeout: 3s\n",
-        "      ack_timeout: 3s\n      idle_timeout: 200ms\n",
-    );
-    let path = pki.path("egress.yaml");
-    std::fs::write(&path, format!("logging:\n  format: json\n{yaml}")).expect("write");
-    let egress = ProxyProcess::spawn(&path, "info");
+    let yaml = egress_yaml(&[front.to_string()], &tls, "");
+    let mut cfg = Config::from_yaml(&yaml, pki.dir.path()).expect("egress config");
+    cfg.routes[0].upstream.idle_timeout = Duration::from_millis(200);
+    let file = pki.path("egress-audit.jsonl");
+    let (egress, _writer) = start_audited(cfg, &file).await;
     for id in ["R-1", "R-2"] {
-        let mut c = MllpClient::connect(&plain(egress.addr), T)
+        let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
             .await
             .expect("connect");
         assert_eq!(
@@ -303,15 +302,19 @@ async fn a_pooled_reconnect_to_a_partner_that_issues_tickets_resumes_its_session
             ("AA".into(), id.into())
         );
         c.close().await;
-        // Long enough for the pooled connection to be closed as idle.
+        // Long enough for the pooled connection to be closed as idle: time is the subject.
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
-    let sessions: Vec<serde_json::Value> = egress
-        .log_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "upstream_session")
-        .collect();
+    let sessions = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "upstream_session")
+            .collect()
+    };
+    assert!(eventually(T, || async { sessions().len() >= 2 }).await);
+    let sessions = sessions();
     let kinds: Vec<&str> = sessions
         .iter()
         .filter_map(|v| v["handshake"].as_str())

@@ -117,24 +117,13 @@ impl Harness {
         for edit in self.edits {
             edit(&mut cfg);
         }
-        let (audit, guard) = match self.audit {
+        let (proxy, guard) = match self.audit {
             true => {
-                let (writer, guard) = mllp_proxy::audit::LineWriter::start(
-                    Some(&self.pki.path("audit.jsonl")),
-                    mllp_proxy::audit::Reopen::default(),
-                )
-                .expect("audit writer");
-                (mllp_proxy::audit::AuditLog::new(writer, true), Some(guard))
+                let (proxy, guard) = start_audited(cfg, &self.pki.path("audit.jsonl")).await;
+                (proxy, Some(guard))
             }
-            false => (mllp_proxy::audit::AuditLog::default(), None),
+            false => (start_proxy(cfg).await, None),
         };
-        let options = mllp_proxy::proxy::Options {
-            audit,
-            ..Default::default()
-        };
-        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
-            .await
-            .expect("proxy starts");
         World {
             pki: self.pki,
             engine,
@@ -259,6 +248,41 @@ impl World {
     pub async fn client(&self) -> MllpClient {
         connect(&self.pki, &self.proxy, ClientCert::Good).await
     }
+}
+
+/// Starts a proxy in-process on `config`, its audit records written as JSON to `file`; the
+/// guard keeps the writer's thread for as long as it is held.
+pub async fn start_audited(
+    config: Config,
+    file: &Path,
+) -> (RunningProxy, mllp_proxy::audit::WriterGuard) {
+    let (writer, guard) =
+        mllp_proxy::audit::LineWriter::start(Some(file), mllp_proxy::audit::Reopen::default())
+            .expect("audit writer");
+    let options = mllp_proxy::proxy::Options {
+        audit: mllp_proxy::audit::AuditLog::new(writer, true),
+        ..Default::default()
+    };
+    let proxy = mllp_proxy::proxy::start_with(config, Metrics::new().expect("metrics"), options)
+        .await
+        .expect("proxy starts");
+    (proxy, guard)
+}
+
+/// The first audit record of `event` in the JSON audit `file`, once written (10 s at most).
+pub async fn audited_in(file: &Path, event: &str) -> serde_json::Value {
+    let first = || {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == event)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { first().is_some() }).await,
+        "no {event} record"
+    );
+    first().unwrap_or_default()
 }
 
 /// Panics with the refusal's reason unless `reload` applied the configuration.
