@@ -78,6 +78,7 @@ async fn twenty_concurrent_senders_are_each_served_in_order() {
             started.elapsed()
         );
         scrapes += 1;
+        // Scrapes spread over the load: the interval is the workload, not a wait.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(scrapes > 0);
@@ -332,6 +333,7 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
             let id = format!("S-{i}");
             let ack = client.exchange(&adt(&id), T).await.expect("ACK");
             assert_eq!(msa(&ack), ("AA".into(), id), "{quirk:?} {pause:?}");
+            // The pause between messages is the quirk's trigger: time is the subject.
             tokio::time::sleep(pause).await;
         }
         assert_eq!(engine.received().len(), 5, "{quirk:?} {pause:?}");

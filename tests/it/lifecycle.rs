@@ -48,6 +48,7 @@ async fn sigterm_turns_readyz_503_at_once_and_keeps_serving_for_the_delay() {
         not_ready && flipped < Duration::from_millis(100),
         "{flipped:?}"
     );
+    // One second into the delay, then past it: time is the subject.
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(signalled.elapsed())).await;
     let during = one_message(&pki, proxy.addr, "LAME-1").await;
     assert_eq!(

@@ -319,7 +319,20 @@ fn the_audit_file_is_readable_by_its_group_only_and_stays_so_across_rotation() {
         .status()
         .expect("kill");
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // The reopen happens when the writer next writes; SIGHUP gives no sign of being taken up
+    // other than the reload's log line.
+    let reloaded = || {
+        proxy
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("SIGHUP"))
+            .count()
+            >= 1
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !reloaded() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(send("ROT-2"), "AA");
     assert!(holds(&file, "ROT-2"), "no new audit file after SIGHUP");
     assert_eq!(mode(&file), 0o640);

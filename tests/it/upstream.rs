@@ -152,7 +152,8 @@ async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connec
             assert_eq!(msa(&ack), ("AA".into(), id));
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every share busy: all eight exchanges are at the engine.
+    assert!(eventually(T, || async { engine.received().len() == 8 }).await);
     let started = Instant::now();
     let mut last = last;
     let ack = last.exchange(&adt("FAST-8"), T).await.expect("ACK");
@@ -240,6 +241,7 @@ async fn health_checks_report_each_target_before_any_message_without_competing_w
         let ack = c.exchange(&adt(&id), T).await.expect("ACK");
         assert_eq!(msa(&ack), ("AA".into(), id));
         i += 1;
+        // Spaced out over the health interval: the probes between messages are the subject.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
@@ -269,7 +271,10 @@ async fn an_exchange_that_waits_past_queue_timeout_is_closed_or_naked_and_never_
         let mut first = connect(&pki, &proxy, ClientCert::Good).await;
         let mut second = connect(&pki, &proxy, ClientCert::Good).await;
         first.send(&adt("Q-1")).await.expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = eventually(T, || async {
+            engine.received_ids().contains(&"Q-1".to_string())
+        });
+        assert!(held.await, "Q-1 did not reach the engine");
         let started = Instant::now();
         let answer = second.exchange(&adt("Q-2"), T).await;
         let waited = started.elapsed();
