@@ -63,25 +63,10 @@ async fn run_in(
     audit: &Path,
     log: AuditLog,
 ) -> Result<bool, ClientError> {
-    let certs = dir.join("certs-example");
-    let examples = dir.join("examples");
-    std::fs::create_dir_all(&certs).map_err(|e| fail("temporary folder", &e))?;
-    std::fs::create_dir_all(&examples).map_err(|e| fail("temporary folder", &e))?;
-    for (name, text) in EXAMPLE_FILES {
-        std::fs::write(certs.join(name), text).map_err(|e| fail("temporary folder", &e))?;
-    }
-    let engine = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| fail("stand-in engine", &e))?;
-    let engine_addr = engine
-        .local_addr()
-        .map_err(|e| fail("stand-in engine", &e))?;
+    let (certs, examples) = (dir.join("certs-example"), dir.join("examples"));
+    write_examples(&certs, &examples)?;
     let stop_engine = CancellationToken::new();
-    tokio::spawn(super::ack_server::serve(
-        engine,
-        std::sync::Arc::new(super::ack_server::Engine::plain()),
-        stop_engine.clone(),
-    ));
+    let engine_addr = start_engine(stop_engine.clone()).await?;
     let mut config = Config::from_yaml(EXAMPLE_CONFIG, &examples)
         .map_err(|e| fail("example configuration", &e))?;
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -141,6 +126,33 @@ async fn run_in(
     ingress.shutdown(drain).await;
     stop_engine.cancel();
     Ok(all_ok)
+}
+
+/// The example certificates into `certs`, and the folder the example configuration's
+/// relative paths are read from.
+fn write_examples(certs: &Path, examples: &Path) -> Result<(), ClientError> {
+    std::fs::create_dir_all(certs).map_err(|e| fail("temporary folder", &e))?;
+    std::fs::create_dir_all(examples).map_err(|e| fail("temporary folder", &e))?;
+    for (name, text) in EXAMPLE_FILES {
+        std::fs::write(certs.join(name), text).map_err(|e| fail("temporary folder", &e))?;
+    }
+    Ok(())
+}
+
+/// `ack-server`'s engine on a loopback port, until `stop`; its address.
+async fn start_engine(stop: CancellationToken) -> Result<std::net::SocketAddr, ClientError> {
+    let engine = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("stand-in engine", &e))?;
+    let addr = engine
+        .local_addr()
+        .map_err(|e| fail("stand-in engine", &e))?;
+    tokio::spawn(super::ack_server::serve(
+        engine,
+        std::sync::Arc::new(super::ack_server::Engine::plain()),
+        stop,
+    ));
+    Ok(addr)
 }
 
 async fn start(config: Config, audit: AuditLog) -> Result<crate::proxy::RunningProxy, ClientError> {

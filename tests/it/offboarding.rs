@@ -335,6 +335,22 @@ fn audit_records(path: &PathBuf) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A TLS route to `engine` with the CRL `clients.crl`, audit records in `audit.jsonl`, and
+/// no per-source or pending-handshake limit (every junk connection must reach its handshake,
+/// none refused at accept while the proxy catches up); the file's path.
+fn audited_crl_config(pki: &Pki, engine: &Engine) -> PathBuf {
+    let tls = Some("      crl: [clients.crl]\n");
+    let route = route_yaml_tls(&engine.target(), "127.0.0.1:0", tls);
+    let limits = "    limits: { max_connections_per_source: 0, max_pending_handshakes: 0 }\n";
+    let path = pki.path("proxy.yaml");
+    std::fs::write(
+        &path,
+        format!("audit:\n  file: audit.jsonl\n{route}{limits}"),
+    )
+    .expect("config");
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refused_handshake_is_audited_past_the_logs_rate_limit() {
     // 200 connections that speak no TLS, then a revoked certificate and another CA's: every
@@ -344,17 +360,7 @@ async fn every_refused_handshake_is_audited_past_the_logs_rate_limit() {
     pki.issue_client_serial("revoked", "stolen-sender", 4242);
     std::fs::write(pki.path("clients.crl"), pki.crl(&[4242], 1).0).expect("write CRL");
     let engine = Engine::start(Behaviour::Ack).await;
-    let tls = route_yaml_tls(
-        &engine.target(),
-        "127.0.0.1:0",
-        Some("      crl: [clients.crl]\n"),
-    );
-    // Every junk connection must reach its handshake: none refused at accept by the
-    // per-source or pending-handshake limits while the proxy catches up.
-    let limits = "    limits: { max_connections_per_source: 0, max_pending_handshakes: 0 }\n";
-    let yaml = format!("audit:\n  file: audit.jsonl\n{tls}{limits}");
-    std::fs::write(pki.path("proxy.yaml"), yaml).expect("config");
-    let proxy = ProxyProcess::spawn(&pki.path("proxy.yaml"), "info");
+    let proxy = ProxyProcess::spawn(&audited_crl_config(&pki, &engine), "info");
     for _ in 0..200 {
         let mut junk = tokio::net::TcpStream::connect(proxy.addr)
             .await
