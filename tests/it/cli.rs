@@ -207,14 +207,13 @@ fn send_and_ack_server_round_trip_with_the_message_log() {
 async fn send_exits_non_zero_on_a_nak_or_a_missing_ack() {
     // Through the proxy over mTLS: a NAKed message and an engine that never answers both make
     // `send` exit 1, printing what it got.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(
-        &[engine.target()],
-        "    validation:\n      message_types: [\"ADT^*\"]\n",
-    );
-    cfg.routes[0].upstream.ack_timeout = std::time::Duration::from_millis(300);
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
+        .edit(|cfg| cfg.routes[0].upstream.ack_timeout = std::time::Duration::from_millis(300))
+        .start()
+        .await;
     let to = proxy.routes()[0].1.to_string();
     // `send` over mTLS with a file holding `message`.
     let send_args = |message: &str| -> Vec<String> {

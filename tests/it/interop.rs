@@ -127,13 +127,15 @@ async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
     // NAKs written by the proxy (AR 200, AE 101, their enhanced-mode CR/CE forms, and the
     // pre-2.5 ERR-1 form) parse in both libraries, which read back MSA-1, MSA-2 and the code.
     let Some(py) = python() else { return };
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = start_proxy(pki.config(
-        &[engine.target()],
-        "    validation:\n      message_types: [\"ADT^*\"]\n",
-    ))
-    .await;
+    let World {
+        pki,
+        engine,
+        proxy,
+        ..
+    } = Harness::new()
+        .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
+        .start()
+        .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let cases: [(&[u8], &str); 5] = [
         (

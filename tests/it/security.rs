@@ -323,15 +323,26 @@ async fn admin_connections_beyond_the_cap_are_refused_while_senders_are_served()
 async fn metrics_can_be_scraped_over_mutual_tls() {
     // admin.tls with a client CA: curl with a client certificate gets /metrics over HTTPS;
     // without one, or over plain HTTP, it gets nothing.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = pki.config_yaml(&[engine.target()], "").replace(
-        "admin:\n  listen: \"127.0.0.1:0\"\n",
-        "admin:\n  listen: \"127.0.0.1:0\"\n  tls: { certificate: server.crt, private_key: server.key, client_ca: ca.crt }\n",
-    );
-    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
-    assert!(cfg.admin.tls.is_some());
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+        ..
+    } = Harness::new()
+        .edit(|cfg| {
+            let ca = cfg.routes[0]
+                .tls
+                .as_ref()
+                .map(|t| t.client_ca.clone())
+                .expect("tls");
+            cfg.admin.tls = Some(mllp_proxy::config::AdminTlsConfig {
+                certificate: ca.with_file_name("server.crt"),
+                private_key: ca.with_file_name("server.key"),
+                client_ca: Some(ca),
+            });
+        })
+        .start()
+        .await;
     let url = format!("https://localhost:{}/metrics", proxy.admin().port());
     let p = |n: &str| pki.path(n).to_string_lossy().into_owned();
     let curl = |args: Vec<String>| {
