@@ -236,16 +236,6 @@ async fn a_revoked_client_is_refused_until_a_new_crl_lets_it_in() {
 async fn allow_lists_match_each_identity_kind() {
     // For cn, dns (exact and *.), uri and email: a matching client is served, a verified
     // client that does not match is refused before any message and counted.
-    let pki = Pki::new();
-    pki.issue_client_with("id", |p| {
-        p.distinguished_name.push(DnType::CommonName, "lab-sender");
-        p.subject_alt_names = vec![
-            SanType::DnsName("lab.hospital.test".try_into().expect("dns")),
-            SanType::URI("spiffe://hospital.test/lab".try_into().expect("uri")),
-            SanType::Rfc822Name("lab@hospital.test".try_into().expect("email")),
-        ];
-    });
-    let engine = Engine::start(Behaviour::Ack).await;
     let cases = [
         ("cn: lab-sender", true),
         ("cn: billing-sender", false),
@@ -259,8 +249,18 @@ async fn allow_lists_match_each_identity_kind() {
         ("email: billing@hospital.test", false),
     ];
     for (entry, admitted) in cases {
-        let extra = format!("    allowed_clients:\n      - {entry}\n");
-        let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
+        let h = Harness::new().route_yaml(&format!("    allowed_clients:\n      - {entry}\n"));
+        h.pki.issue_client_with("id", |p| {
+            p.distinguished_name.push(DnType::CommonName, "lab-sender");
+            p.subject_alt_names = vec![
+                SanType::DnsName("lab.hospital.test".try_into().expect("dns")),
+                SanType::URI("spiffe://hospital.test/lab".try_into().expect("uri")),
+                SanType::Rfc822Name("lab@hospital.test".try_into().expect("email")),
+            ];
+        });
+        let World {
+            pki, engine, proxy, ..
+        } = h.start().await;
         let target = pki.target_named(proxy.routes()[0].1, "id");
         let before = engine.received().len();
         let served = match MllpClient::connect(&target, T).await {
@@ -400,8 +400,6 @@ async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_grou
     // Each ready-made policy of docs/security.md, as written there, under openssl s_client:
     // an allowed suite and group get the engine's ACK; a suite or group left out, or TLS 1.2
     // under "modern", fails the handshake.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
     // (profile, s_client options that must connect, options that must fail)
     type Options<'a> = &'a [&'a [&'a str]];
     let cases: [(&str, Options, Options); 3] = [
@@ -439,8 +437,15 @@ async fn the_tls_profiles_of_the_security_guide_admit_only_their_suites_and_grou
     ];
     let cert = ["-cert", "client.crt", "-key", "client.key"];
     for (profile, admitted, refused) in cases {
-        let cfg = pki.config_tls(&[engine.target()], &security_profile(profile), "");
-        let proxy = start_proxy(cfg).await;
+        let World {
+            pki,
+            engine: _engine,
+            proxy,
+            ..
+        } = Harness::new()
+            .tls_yaml(&security_profile(profile))
+            .start()
+            .await;
         let addr = proxy.routes()[0].1;
         let run = |extra: &[&str]| {
             let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
@@ -476,12 +481,6 @@ async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
     // A CRL that does not cover the sender's CA (status unknown) admits it by default and
     // refuses it with unknown_status: deny; an overdue CRL of its CA admits it by default and
     // refuses it with expired_crl: deny.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let (other_pem, _) = pki.crl_of_other_ca();
-    std::fs::write(pki.path("other.crl"), other_pem).expect("write");
-    let (overdue_pem, _) = pki.crl_due_in(&[], 2, -1);
-    std::fs::write(pki.path("overdue.crl"), overdue_pem).expect("write");
     for (crl, revocation, admitted) in [
         ("other.crl", "{}", true),
         ("other.crl", "{ unknown_status: deny }", false),
@@ -489,7 +488,15 @@ async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
         ("overdue.crl", "{ expired_crl: deny }", false),
     ] {
         let tls = format!("      crl: [{crl}]\n      revocation: {revocation}\n");
-        let proxy = start_proxy(pki.config_tls(&[engine.target()], &tls, "")).await;
+        let h = Harness::new().tls_yaml(&tls);
+        std::fs::write(h.pki.path("other.crl"), h.pki.crl_of_other_ca().0).expect("write");
+        std::fs::write(h.pki.path("overdue.crl"), h.pki.crl_due_in(&[], 2, -1).0).expect("write");
+        let World {
+            pki,
+            engine: _engine,
+            proxy,
+            ..
+        } = h.start().await;
         let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         let outcome = match MllpClient::connect(&target, T).await {
             Ok(mut c) => c.exchange(&adt("REV-1"), T).await.map(|a| msa(&a).0),

@@ -317,7 +317,6 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
     // idle or while the next message waits for its ACK: the repeat is dropped and counted. One
     // that sends an ACK naming another message has the connection replaced before the next
     // message (a protocol failure). No sender message fails in any case.
-    let pki = Pki::new();
     let idle = Duration::from_millis(200);
     let busy = Duration::ZERO;
     for (quirk, pause, connections, protocol_failures, repeats) in [
@@ -326,8 +325,9 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
         (Behaviour::AckTwice, busy, 1, 0.0, 4.0),
         (Behaviour::AckThenOther, idle, 5, 4.0, 0.0),
     ] {
-        let engine = Engine::start(quirk).await;
-        let proxy = start_proxy(pki.config(&[engine.target()], "")).await;
+        let World {
+            pki, engine, proxy, ..
+        } = Harness::new().engine(quirk).start().await;
         let mut client = connect(&pki, &proxy, ClientCert::Good).await;
         for i in 0..5 {
             let id = format!("S-{i}");

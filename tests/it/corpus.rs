@@ -123,10 +123,10 @@ async fn every_corpus_message_gets_its_expected_outcome_in_every_mode() {
     ];
     let mut failures = Vec::new();
     for (col, (mode, yaml)) in modes.iter().enumerate() {
-        let pki = Pki::new();
-        let engine = Engine::start(Behaviour::Ack).await;
         let extra = format!("    validation:\n      {yaml}\n      max_message_bytes: 4096\n");
-        let proxy = start_proxy(pki.config(&[engine.target()], &extra)).await;
+        let World {
+            pki, engine, proxy, ..
+        } = Harness::new().route_yaml(&extra).start().await;
         let target = pki.target(proxy.routes()[0].1, ClientCert::Good);
         let mut client = MllpClient::connect(&target, T).await.expect("connect");
         for (n, case) in cases.iter().enumerate() {

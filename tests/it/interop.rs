@@ -128,10 +128,7 @@ async fn proxy_naks_parse_in_python_hl7_and_hl7apy() {
     // pre-2.5 ERR-1 form) parse in both libraries, which read back MSA-1, MSA-2 and the code.
     let Some(py) = python() else { return };
     let World {
-        pki,
-        engine,
-        proxy,
-        ..
+        pki, engine, proxy, ..
     } = Harness::new()
         .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
         .start()

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mllp_proxy::client::{MllpClient, http_get};
-use mllp_proxy::metrics::Metrics;
 
 use crate::support::*;
 
@@ -27,13 +26,15 @@ async fn sixteen_senders_share_a_single_connection_engine_on_session_threads() {
 }
 
 async fn sixteen_senders_one_connection(on_session_threads: bool) {
-    let pki = Pki::new();
-    let engine = Engine::start_single(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].upstream.max_connections = 1;
-    let cores =
-        on_session_threads.then(|| mllp_proxy::cores::Cores::start(2).expect("session threads"));
-    let proxy = start_on_threads(cfg, cores).await;
+    let mut h = Harness::new()
+        .single_engine()
+        .edit(|cfg| cfg.routes[0].upstream.max_connections = 1);
+    if on_session_threads {
+        h = h.session_threads(2);
+    }
+    let World {
+        pki, engine, proxy, ..
+    } = h.start().await;
     send_concurrently(&pki, proxy.routes()[0].1, "ONE", 16, 100).await;
     assert_eq!(
         engine.refused(),
@@ -99,12 +100,14 @@ async fn a_pool_split_over_the_session_threads_stays_within_max_connections() {
     // messages (more than the pool, so exchanges queue): every message AA and in order per
     // sender, never more than 8 engine connections at once, and more than one share's 4 in
     // use (the route's sessions run on both threads).
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Delay(Duration::from_millis(1))).await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].upstream.max_connections = 8;
-    let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = start_on_threads(cfg, Some(cores)).await;
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .engine(Behaviour::Delay(Duration::from_millis(1)))
+        .edit(|cfg| cfg.routes[0].upstream.max_connections = 8)
+        .session_threads(2)
+        .start()
+        .await;
     send_concurrently(&pki, proxy.routes()[0].1, "SPLIT", 32, 50).await;
     let peak = engine.peak();
     assert!(peak <= 8, "{peak} engine connections at once");
@@ -121,18 +124,19 @@ async fn a_message_queued_behind_a_slow_share_takes_the_other_shares_free_connec
     // exchanges, senders 1, 3, 5, 7 (the other) theirs with 300 ms ones. Sender 8 lands on
     // the first thread, finds every share busy and queues there: it must not wait the 3 s for
     // its own share, but take the other share's connection when that comes free.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::DelayByPrefix(
-        "SLOW",
-        Duration::from_secs(3),
-        Duration::from_millis(300),
-    ))
-    .await;
-    let mut cfg = pki.config(&[engine.target()], "");
-    cfg.routes[0].upstream.max_connections = 8;
-    cfg.routes[0].upstream.ack_timeout = Duration::from_secs(10);
-    let cores = mllp_proxy::cores::Cores::start(2).expect("session threads");
-    let proxy = start_on_threads(cfg, Some(cores)).await;
+    let slow_or_fast =
+        Behaviour::DelayByPrefix("SLOW", Duration::from_secs(3), Duration::from_millis(300));
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .engine(slow_or_fast)
+        .edit(|cfg| {
+            cfg.routes[0].upstream.max_connections = 8;
+            cfg.routes[0].upstream.ack_timeout = Duration::from_secs(10);
+        })
+        .session_threads(2)
+        .start()
+        .await;
     let mut clients = Vec::new();
     for _ in 0..9 {
         // One after another, so the route places them on alternate threads.
@@ -175,12 +179,17 @@ async fn a_black_holed_primary_costs_only_the_first_session_and_is_used_again_on
     // Primary drops SYNs, secondary is fine: of 20 sessions opened one after another only the
     // first waits connect_timeout (1 s), all get AA from the secondary. When the primary
     // comes back it is used again once its back-off (about 1 s) has passed.
-    let pki = Pki::new();
     let (listener, held, primary) = black_hole().await;
-    let secondary = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[primary.to_string(), secondary.target()], "");
-    cfg.routes[0].upstream.connect_timeout = Duration::from_secs(1);
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: secondary,
+        proxy,
+        ..
+    } = Harness::new()
+        .target_before(primary)
+        .edit(|cfg| cfg.routes[0].upstream.connect_timeout = Duration::from_secs(1))
+        .start()
+        .await;
     let started = Instant::now();
     for i in 0..20 {
         let mut c = connect(&pki, &proxy, ClientCert::Good).await;
@@ -214,13 +223,21 @@ async fn health_checks_report_each_target_before_any_message_without_competing_w
     // With probes on, upstream_up is 1 for a live target and 0 for a dead one before any
     // message is sent. A single-connection engine then carries traffic while probes keep
     // running every 100 ms: it never sees a second connection.
-    let pki = Pki::new();
-    let live = Engine::start_single(Behaviour::Ack).await;
     let dead = unused_addr().await;
-    let mut cfg = pki.config(&[live.target(), dead.to_string()], "");
-    cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
-    cfg.routes[0].upstream.max_connections = 1;
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: live,
+        proxy,
+        ..
+    } = Harness::new()
+        .single_engine()
+        .target_after(dead)
+        .edit(|cfg| {
+            cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
+            cfg.routes[0].upstream.max_connections = 1;
+        })
+        .start()
+        .await;
     let up = |t: &str| format!("mllp_proxy_upstream_up{{route=\"test\",target=\"{t}\"}}");
     assert!(metric_reaches(&proxy, &up(&live.target()), 1.0).await);
     assert_eq!(metric(&proxy, &up(&dead.to_string())).await, 0.0);
@@ -300,12 +317,18 @@ async fn an_exchange_that_waits_past_queue_timeout_is_closed_or_naked_and_never_
 async fn round_robin_spreads_connections_over_the_targets() {
     // Ten messages from one sender with balance: round_robin go to both engines in turn, over
     // one pooled connection each.
-    let pki = Pki::new();
-    let a = Engine::start(Behaviour::Ack).await;
+    // A second engine beside the harness's own.
     let b = Engine::start(Behaviour::Ack).await;
-    let mut cfg = pki.config(&[a.target(), b.target()], "");
-    cfg.routes[0].upstream.balance = mllp_proxy::config::Balance::RoundRobin;
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: a,
+        proxy,
+        ..
+    } = Harness::new()
+        .target_after(b.target())
+        .edit(|cfg| cfg.routes[0].upstream.balance = mllp_proxy::config::Balance::RoundRobin)
+        .start()
+        .await;
     let mut c = connect(&pki, &proxy, ClientCert::Good).await;
     for i in 0..10 {
         let id = format!("RR-{i}");
@@ -347,23 +370,26 @@ async fn an_engine_that_drops_idle_connections_after_a_second_loses_no_message()
 async fn readiness_can_require_an_engine_target_up() {
     // With admin.ready_requires_upstream, /readyz is 503 while the only target is down and 200
     // once a probe finds the engine; /healthz is 200 throughout.
-    let pki = Pki::new();
-    let addr = unused_addr().await;
-    let mut cfg = pki.config(&[addr.to_string()], "");
-    cfg.admin.ready_requires_upstream = true;
-    cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
-    let proxy = start_proxy(cfg).await;
+    let world = Harness::new()
+        .engine_down()
+        .edit(|cfg| {
+            cfg.admin.ready_requires_upstream = true;
+            cfg.routes[0].upstream.health_check_interval = Some(Duration::from_millis(100));
+        })
+        .start()
+        .await;
+    let (proxy, addr) = (&world.proxy, &world.config.routes[0].upstream.targets[0]);
     let probed = format!(
         "mllp_proxy_upstream_health_checks_total{{result=\"failure\",route=\"test\",target=\"{addr}\"}}"
     );
-    assert!(eventually(T, || async { scrape(&proxy, &probed).await >= Some(1.0) }).await);
+    assert!(eventually(T, || async { scrape(proxy, &probed).await >= Some(1.0) }).await);
     let ready = http_get(proxy.admin(), "/readyz").await;
     assert!(
         ready.as_ref().is_err_and(|e| e.to_string().contains("503")),
         "{ready:?}"
     );
     assert!(http_get(proxy.admin(), "/healthz").await.is_ok());
-    let _engine = Engine::start_on(addr, Behaviour::Ack).await;
+    let _engine = Engine::start_on(addr.parse().expect("addr"), Behaviour::Ack).await;
     assert!(
         eventually(T, || async {
             http_get(proxy.admin(), "/readyz").await.is_ok()
@@ -371,18 +397,4 @@ async fn readiness_can_require_an_engine_target_up() {
         .await,
         "ready once the engine is up"
     );
-}
-
-/// Starts a proxy in-process with its sessions on `cores`' session threads, when given.
-async fn start_on_threads(
-    cfg: mllp_proxy::config::Config,
-    cores: Option<std::sync::Arc<mllp_proxy::cores::Cores>>,
-) -> mllp_proxy::proxy::RunningProxy {
-    let options = mllp_proxy::proxy::Options {
-        cores,
-        ..Default::default()
-    };
-    mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
-        .await
-        .expect("proxy starts")
 }

@@ -23,6 +23,12 @@ pub struct Harness {
     audit: bool,
     /// Keys added to the route's `tls` section.
     tls: String,
+    /// Targets tried after the engine.
+    after: Vec<String>,
+    /// The engine takes one connection at a time ([`Engine::start_single`]).
+    single: bool,
+    /// Sessions run on this many session threads, as the binary runs them.
+    threads: Option<usize>,
 }
 
 /// A change to the validated configuration, made before the proxy starts.
@@ -33,6 +39,8 @@ pub struct World {
     pub pki: Pki,
     pub engine: Engine,
     pub proxy: RunningProxy,
+    /// The configuration the proxy was started with (its targets, say).
+    pub config: Config,
     /// Keeps the audit writer's thread for as long as the world lives ([`Harness::audit`]).
     pub _audit_writer: Option<mllp_proxy::audit::WriterGuard>,
 }
@@ -51,7 +59,28 @@ impl Harness {
             shutdown: None,
             audit: false,
             tls: String::new(),
+            after: Vec::new(),
+            single: false,
+            threads: None,
         }
+    }
+
+    /// A target tried after the engine.
+    pub fn target_after(mut self, target: impl ToString) -> Self {
+        self.after.push(target.to_string());
+        self
+    }
+
+    /// The engine accepts one connection at a time (a single-connection legacy engine).
+    pub fn single_engine(mut self) -> Self {
+        self.single = true;
+        self
+    }
+
+    /// The in-process proxy runs its sessions on `n` session threads, as the binary does.
+    pub fn session_threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
     }
 
     /// YAML keys added to the route's `tls` section (indented six spaces:
@@ -117,17 +146,31 @@ impl Harness {
         for edit in self.edits {
             edit(&mut cfg);
         }
-        let (proxy, guard) = match self.audit {
-            true => {
-                let (proxy, guard) = start_audited(cfg, &self.pki.path("audit.jsonl")).await;
-                (proxy, Some(guard))
-            }
-            false => (start_proxy(cfg).await, None),
+        let config = cfg.clone();
+        let mut options = mllp_proxy::proxy::Options {
+            cores: self
+                .threads
+                .map(|n| mllp_proxy::cores::Cores::start(n).expect("session threads")),
+            ..Default::default()
         };
+        let mut guard = None;
+        if self.audit {
+            let (writer, g) = mllp_proxy::audit::LineWriter::start(
+                Some(&self.pki.path("audit.jsonl")),
+                mllp_proxy::audit::Reopen::default(),
+            )
+            .expect("audit writer");
+            options.audit = mllp_proxy::audit::AuditLog::new(writer, true);
+            guard = Some(g);
+        }
+        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
+            .await
+            .expect("proxy starts");
         World {
             pki: self.pki,
             engine,
             proxy,
+            config,
             _audit_writer: guard,
         }
     }
@@ -144,6 +187,7 @@ impl Harness {
         let path = self.pki.path("proxy.yaml");
         std::fs::write(&path, &yaml).expect("write config");
         let (cfg, text) = Config::load_with_text(&path).expect("test config");
+        let config = cfg.clone();
         let options = mllp_proxy::proxy::Options {
             source: Some(mllp_proxy::proxy::Source { path, text }),
             ..Default::default()
@@ -155,6 +199,7 @@ impl Harness {
             pki: self.pki,
             engine,
             proxy,
+            config,
             _audit_writer: None,
         }
     }
@@ -191,13 +236,17 @@ impl Harness {
     /// Starts the engine, and writes the configuration in front of it (or of a port nobody
     /// listens on, with [`Harness::engine_down`]), with `top` YAML before `admin:`.
     async fn engine_and_yaml(&self, top: &str) -> (Engine, String) {
-        let engine = Engine::start(self.behaviour).await;
+        let engine = match self.single {
+            true => Engine::start_single(self.behaviour).await,
+            false => Engine::start(self.behaviour).await,
+        };
         let mut targets = self.before.clone();
         targets.push(if self.engine_down {
             unused_addr().await.to_string()
         } else {
             engine.target()
         });
+        targets.extend(self.after.iter().cloned());
         let mut yaml = self
             .pki
             .config_yaml_tls(&targets, &self.tls, &self.extra)

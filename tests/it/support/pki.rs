@@ -267,12 +267,6 @@ routes:
             .replace(ca, &format!("{ca}{tls}"))
     }
 
-    /// The validated configuration of [`Pki::config_yaml_tls`].
-    pub fn config_tls(&self, targets: &[String], tls: &str, extra: &str) -> Config {
-        let yaml = self.config_yaml_tls(targets, tls, extra);
-        Config::from_yaml(&yaml, self.dir.path()).expect("test config")
-    }
-
     /// The validated configuration of [`Pki::config_yaml`].
     pub fn config(&self, targets: &[String], extra: &str) -> Config {
         Config::from_yaml(&self.config_yaml(targets, extra), self.dir.path()).expect("test config")
