@@ -13,23 +13,27 @@ use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Lays out `secret/` like a mounted Kubernetes secret: `server.crt -> ..data/server.crt`,
-/// `..data -> ..v1`, and returns a config YAML using it with a 200 ms reload interval.
-fn kubernetes_style_secret(pki: &Pki, targets: &[String]) -> String {
-    let secret = pki.path("secret");
+/// A harness whose route reads its certificate and key from `secret/`, laid out like a
+/// mounted Kubernetes secret (`server.crt -> ..data/server.crt`, `..data -> ..v1`), polled
+/// every 200 ms.
+fn kubernetes_style_secret() -> Harness {
+    let h = Harness::new().tls_yaml("      reload_interval: 200ms\n");
+    let secret = h.pki.path("secret");
     std::fs::create_dir_all(secret.join("..v1")).expect("mkdir");
     for f in ["server.crt", "server.key"] {
-        std::fs::copy(pki.path(f), secret.join("..v1").join(f)).expect("copy");
+        std::fs::copy(h.pki.path(f), secret.join("..v1").join(f)).expect("copy");
         symlink(Path::new("..data").join(f), secret.join(f)).expect("symlink");
     }
     symlink("..v1", secret.join("..data")).expect("symlink");
-    pki.config_yaml(targets, "")
-        .replace("certificate: server.crt", "certificate: secret/server.crt")
-        .replace("private_key: server.key", "private_key: secret/server.key")
-        .replace(
-            "client_ca: ca.crt",
-            "client_ca: ca.crt\n      reload_interval: 200ms",
-        )
+    h.edit(|cfg| {
+        let tls = cfg.routes[0].tls.as_mut().expect("tls");
+        let in_secret = |p: &Path| {
+            p.with_file_name("secret")
+                .join(p.file_name().unwrap_or_default())
+        };
+        tls.certificate = in_secret(&tls.certificate);
+        tls.private_key = in_secret(&tls.private_key);
+    })
 }
 
 /// Swaps the secret to a new version holding `NAME.crt`/`NAME.key`, the way the kubelet does.
@@ -47,11 +51,12 @@ fn swap_secret(pki: &Pki, version: &str, name: &str) {
 async fn rotation_through_a_symlink_swap_leaves_open_sessions_untouched() {
     // The secret is swapped like Kubernetes does: new handshakes get the new certificate and
     // its expiry; a session opened before keeps working.
-    let pki = Pki::new();
-    let engine = Engine::start(Behaviour::Ack).await;
-    let yaml = kubernetes_style_secret(&pki, &[engine.target()]);
-    let cfg = mllp_proxy::config::Config::from_yaml(&yaml, pki.dir.path()).expect("config");
-    let proxy = start_proxy(cfg).await;
+    let World {
+        pki,
+        engine: _engine,
+        proxy,
+        ..
+    } = kubernetes_style_secret().start().await;
     let addr = proxy.routes()[0].1;
     assert_eq!(served_cn(&pki, addr).await, "localhost");
     let mut old_session = connect(&pki, &proxy, ClientCert::Good).await;

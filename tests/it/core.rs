@@ -218,13 +218,15 @@ async fn engine_refusing_connections_then_coming_back() {
     // Nothing listens on the target: close mode closes, nak mode answers AR; when the engine
     // starts on that port, the next message is delivered.
     for mode in ["close", "nak"] {
-        let pki = Pki::new();
-        let addr = unused_addr().await;
-        let proxy = start_proxy(pki.config(
-            &[addr.to_string()],
-            &format!("    on_upstream_failure: {mode}\n"),
-        ))
-        .await;
+        let World {
+            pki, proxy, config, ..
+        } = Harness::new()
+            .engine_down()
+            .route_yaml(&format!("    on_upstream_failure: {mode}\n"))
+            .start()
+            .await;
+        let addr: std::net::SocketAddr =
+            config.routes[0].upstream.targets[0].parse().expect("addr");
         let mut client = connect(&pki, &proxy, ClientCert::Good).await;
         let answer = client.exchange(&adt("DOWN-1"), T).await;
         if mode == "close" {
