@@ -194,6 +194,8 @@ class Pod:
         for e in self.container.get("env", []):
             ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             run += ["-e", f"{e['name']}={POD_IP if ref == 'status.podIP' else e.get('value', '')}"]
+        # Leftovers of an interrupted run would make these fail.
+        self.close()
         sh("ip", "netns", "add", self.netns)
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")
         self.stand_ins()

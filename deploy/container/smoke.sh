@@ -59,6 +59,7 @@ echo "== check of a mounted configuration"
 
 echo "== run as 65532 with a read-only root filesystem"
 target/release/mllp-proxy ack-server --listen "127.0.0.1:$engine_port" --log "$work/engine.log" 2>/dev/null & pids+=($!)
+"${podman[@]}" rm -f -t 0 mllp-smoke >/dev/null 2>&1 || true   # a leftover of an interrupted run
 "${podman[@]}" run -d --name mllp-smoke "${limits[@]}" --network host --read-only \
     --user 65532:65532 --cap-drop ALL --security-opt no-new-privileges "${mount[@]}" "$image" >/dev/null
 user=$("${podman[@]}" inspect --format '{{.Config.User}}' mllp-smoke)
