@@ -175,7 +175,7 @@ pub fn build_nak(header: Option<&Header<'_>>, reason: NakReason) -> (Vec<u8>, Ac
         (true, true) => AckCode::CR,
     };
     let mut out = Vec::with_capacity(256);
-    let d = write_ack_header(&mut out, header, code.label(), text);
+    let d = write_ack_header(&mut out, header, code.label(), text, NAK_PREFIX);
     // ERR-1 (segment^seq^field^code&text&table) before v2.5, ERR-3 (code^text^table) after.
     let code_digits = err_code.to_string();
     let parts: [&[u8]; 3] = [code_digits.as_bytes(), text.as_bytes(), b"HL70357"];
@@ -218,7 +218,7 @@ pub fn build_accept(header: Option<&Header<'_>>) -> Vec<u8> {
 /// answers when it is told to refuse (`ack-server --fault ae=…`).
 pub fn build_ack(header: Option<&Header<'_>>, code: AckCode) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    write_ack_header(&mut out, header, code.label(), "");
+    write_ack_header(&mut out, header, code.label(), "", ENGINE_PREFIX);
     out
 }
 
@@ -259,12 +259,14 @@ fn push_escaped(out: &mut Vec<u8>, text: &[u8], s: &Separators) {
 /// The delimiters of a message without a readable MSH: the HL7 defaults.
 const DEFAULT_SEPARATORS: Separators = Separators::STANDARD;
 
-/// Writes MSH (parties swapped, fresh control ID) and MSA of an acknowledgment of `header`.
+/// Writes MSH (parties swapped, a fresh control ID starting `prefix`) and MSA of an
+/// acknowledgment of `header`.
 fn write_ack_header(
     out: &mut Vec<u8>,
     header: Option<&Header<'_>>,
     code: &str,
     text: &str,
+    prefix: &str,
 ) -> Delimiters {
     let (f, c, s, enc): (u8, u8, u8, &[u8]) = match header {
         Some(h) => (
@@ -309,7 +311,7 @@ fn write_ack_header(
         out.extend_from_slice(b"ACK");
     }
     out.push(f);
-    out.extend_from_slice(fresh_control_id().as_bytes());
+    out.extend_from_slice(fresh_control_id(prefix).as_bytes());
     out.push(f);
     out.extend_from_slice(h.map_or(&[][..], |h| h.processing_id));
     out.push(f);
@@ -343,10 +345,18 @@ fn is_pre_25(version: &[u8]) -> bool {
     )
 }
 
-/// A fresh control ID: `PX` and 16 hex digits, 18 characters (within v2.3's limit of 20).
+/// The MSH-10 prefix of the proxy's own NAKs: an ACK whose control ID starts with it came from
+/// the proxy, not the engine.
+pub const NAK_PREFIX: &str = "PX";
+
+/// The MSH-10 prefix of the stand-in engine's ACKs (`ack-server`, `demo`): never mistaken for
+/// a proxy NAK.
+pub const ENGINE_PREFIX: &str = "AS";
+
+/// A fresh control ID: `prefix` and 16 hex digits, 18 characters (within v2.3's limit of 20).
 /// A counter from a random start: unique within the process, and two processes (the proxy and
 /// its replicas) only collide by chance, 1 in 2^64 per pair.
-fn fresh_control_id() -> String {
+fn fresh_control_id(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
@@ -357,7 +367,7 @@ fn fresh_control_id() -> String {
                 .finish(),
         )
     });
-    format!("PX{:016X}", next.fetch_add(1, Ordering::Relaxed))
+    format!("{prefix}{:016X}", next.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `YYYYMMDDHHMMSS` in UTC, the HL7 DTM form without zone.
@@ -440,6 +450,29 @@ mod tests {
         assert_eq!(info.code, AckCode::AE);
         assert_eq!(sent, AckCode::AE);
         assert_eq!(info.control_id, b"MSG42");
+    }
+
+    #[test]
+    fn the_engines_acks_and_the_proxys_naks_have_control_ids_of_their_own() {
+        // An operator tells a proxy NAK from an engine ACK by MSH-10: the stand-in engine's
+        // accept must never look like one.
+        let m = b"MSH|^~\\&|A|B|C|D|||ADT^A01|X1|P|2.5.1\r";
+        let h = Header::parse(m).unwrap();
+        let id = |ack: &[u8]| {
+            String::from_utf8_lossy(ack)
+                .split('|')
+                .nth(9)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let accept = id(&build_accept(Some(&h)));
+        let nak = id(&build_nak(Some(&h), NakReason::UpstreamFailed).0);
+        assert!(
+            accept.starts_with(ENGINE_PREFIX) && accept.len() == 18,
+            "{accept}"
+        );
+        assert!(nak.starts_with(NAK_PREFIX) && nak.len() == 18, "{nak}");
+        assert_ne!(ENGINE_PREFIX, NAK_PREFIX);
     }
 
     #[test]
