@@ -155,17 +155,11 @@ impl Harness {
         };
         let mut guard = None;
         if self.audit {
-            let (writer, g) = mllp_proxy::audit::LineWriter::start(
-                Some(&self.pki.path("audit.jsonl")),
-                mllp_proxy::audit::Reopen::default(),
-            )
-            .expect("audit writer");
-            options.audit = mllp_proxy::audit::AuditLog::new(writer, true);
+            let (audit, g) = audit_log(&self.pki.path("audit.jsonl"));
+            options.audit = audit;
             guard = Some(g);
         }
-        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
-            .await
-            .expect("proxy starts");
+        let proxy = start_options(cfg, options).await;
         World {
             pki: self.pki,
             engine,
@@ -192,9 +186,7 @@ impl Harness {
             source: Some(mllp_proxy::proxy::Source { path, text }),
             ..Default::default()
         };
-        let proxy = mllp_proxy::proxy::start_with(cfg, Metrics::new().expect("metrics"), options)
-            .await
-            .expect("proxy starts");
+        let proxy = start_options(cfg, options).await;
         World {
             pki: self.pki,
             engine,
@@ -305,17 +297,27 @@ pub async fn start_audited(
     config: Config,
     file: &Path,
 ) -> (RunningProxy, mllp_proxy::audit::WriterGuard) {
+    let (audit, guard) = audit_log(file);
+    let options = mllp_proxy::proxy::Options {
+        audit,
+        ..Default::default()
+    };
+    (start_options(config, options).await, guard)
+}
+
+/// An audit log writing JSON records to `file`, and the guard of its writer thread.
+fn audit_log(file: &Path) -> (mllp_proxy::audit::AuditLog, mllp_proxy::audit::WriterGuard) {
     let (writer, guard) =
         mllp_proxy::audit::LineWriter::start(Some(file), mllp_proxy::audit::Reopen::default())
             .expect("audit writer");
-    let options = mllp_proxy::proxy::Options {
-        audit: mllp_proxy::audit::AuditLog::new(writer, true),
-        ..Default::default()
-    };
-    let proxy = mllp_proxy::proxy::start_with(config, Metrics::new().expect("metrics"), options)
+    (mllp_proxy::audit::AuditLog::new(writer, true), guard)
+}
+
+/// Starts a proxy in-process on `config` with `options`.
+async fn start_options(config: Config, options: mllp_proxy::proxy::Options) -> RunningProxy {
+    mllp_proxy::proxy::start_with(config, Metrics::new().expect("metrics"), options)
         .await
-        .expect("proxy starts");
-    (proxy, guard)
+        .expect("proxy starts")
 }
 
 /// The first audit record of `event` in the JSON audit `file`, once written (10 s at most).
@@ -345,9 +347,7 @@ pub fn assert_applied(reload: mllp_proxy::proxy::Reload) {
 
 /// Starts a proxy in-process on loopback port 0.
 pub async fn start_proxy(config: Config) -> RunningProxy {
-    mllp_proxy::proxy::start(config, Metrics::new().expect("metrics"))
-        .await
-        .expect("proxy starts")
+    start_options(config, mllp_proxy::proxy::Options::default()).await
 }
 
 /// Connects a client to the proxy's only route.
