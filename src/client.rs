@@ -276,6 +276,9 @@ fn alert_words(alert: AlertDescription) -> String {
         AlertDescription::BadCertificate | AlertDescription::UnsupportedCertificate => {
             format!("{refused}: bad certificate")
         }
+        AlertDescription::AccessDenied => format!(
+            "{refused}: access denied (it verified, but none of its identities is in the route's allowed_clients)"
+        ),
         AlertDescription::CertificateRequired => {
             "the server requires a client certificate: pass --cert and --key".into()
         }

@@ -26,7 +26,7 @@ pub struct RouteContext {
     /// The listener's TLS in service; `None` on a plain listener.
     pub tls: Option<ListenerTls>,
     /// `allowed_clients`.
-    pub allow: AllowList,
+    pub allow: Arc<AllowList>,
     /// The validation rules.
     pub validator: hl7::Validator,
     /// The engine: its pooled connections and targets.
@@ -62,7 +62,7 @@ impl RouteContext {
         let (audit, audit_messages) = audit;
         Self {
             audit,
-            allow: AllowList::new(cfg.allowed_clients.clone()),
+            allow: Arc::new(AllowList::new(cfg.allowed_clients.clone())),
             validator: hl7::Validator::new(&cfg.validation),
             tls,
             upstream,

@@ -172,12 +172,14 @@ impl AuditLog {
             Presented::Verified(c) => {
                 r.label("verified", "true");
                 r.certificate(c);
+                r.text("identities", &escape_str(&c.names()));
             }
             Presented::Unverified(c) => {
                 r.label("verified", "false");
                 r.text("presented_subject", &escape_str(&c.subject));
                 r.text("presented_serial", &escape_str(&c.serial));
                 r.text("presented_issuer", &escape_str(&c.issuer));
+                r.text("presented_identities", &escape_str(&c.names()));
             }
             Presented::Nothing => r.label("verified", "false"),
         }

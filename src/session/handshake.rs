@@ -15,7 +15,7 @@ use super::{RouteContext, session_event};
 use crate::audit;
 use crate::label::{HandshakeReason, Label, Side};
 use crate::logsafe::escape_str;
-use crate::tls::{ClientIdentity, PRESENTED};
+use crate::tls::{ClientIdentity, HANDSHAKE, HandshakeScope};
 
 /// Waits for a sender's next bytes without holding a read buffer, so that an idle session
 /// (thousands of them are an interface's normal state) keeps no buffer of its own.
@@ -82,15 +82,24 @@ pub(super) async fn accept(
         return None;
     }
     let acceptor = TlsAcceptor::from(server);
-    let presented = Arc::new(std::sync::Mutex::new(None));
-    let handshake = PRESENTED
+    let scope = Arc::new(HandshakeScope {
+        allow: ctx.allow.clone(),
+        ..Default::default()
+    });
+    let handshake = HANDSHAKE
         .scope(
-            presented.clone(),
+            scope.clone(),
             tokio::time::timeout_at(deadline, acceptor.accept(tcp)),
         )
         .await;
     // No longer a pending handshake, whatever the outcome.
     drop(handshake_permit);
+    let presented = scope.presented.lock().ok().and_then(|p| p.clone());
+    if scope.denied.load(std::sync::atomic::Ordering::Acquire) {
+        // Verified, but outside `allowed_clients`: the sender got an `access_denied` alert.
+        denied(ctx, who, &presented.unwrap_or_default());
+        return None;
+    }
     let (reason, error) = match handshake {
         Ok(Ok(tls)) => return Some(tls),
         Ok(Err(e)) => (HandshakeReason::of(&e), io_detail(&e)),
@@ -100,7 +109,6 @@ pub(super) async fn accept(
         ),
     };
     ctx.metrics.handshake_failed(reason);
-    let presented = presented.lock().ok().and_then(|p| p.clone());
     ctx.audit.handshake_refused(
         who,
         reason.label(),
@@ -141,14 +149,25 @@ pub(super) async fn admit(
     if ctx.allow.admits(&identity) {
         return Some((identity, shown));
     }
-    ctx.metrics.clients_denied.inc();
-    ctx.audit
-        .handshake_refused(who, "not_allowed", audit::Presented::Verified(&identity));
-    if let Some(suppressed) = ctx.events.denied.admit() {
-        session_event!(warn, who, client = %shown, side = Side::Sender.label(), suppressed, "client certificate verified but not in allowed_clients; connection refused");
-    }
+    // The verifier refuses these in the handshake; this holds if it ever did not.
+    denied(ctx, who, &identity);
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
     None
+}
+
+/// A verified client outside `allowed_clients`: counted, audited with every identity its
+/// certificate carries, and logged (rate-limited).
+fn denied(ctx: &RouteContext, who: audit::Who<'_>, identity: &ClientIdentity) {
+    ctx.metrics.clients_denied.inc();
+    ctx.audit
+        .handshake_refused(who, "not_allowed", audit::Presented::Verified(identity));
+    if let Some(suppressed) = ctx.events.denied.admit() {
+        let (shown, identities) = (
+            escape_str(&identity.to_string()),
+            escape_str(&identity.names()),
+        );
+        session_event!(warn, who, client = %shown, identities = %identities, side = Side::Sender.label(), suppressed, "client certificate verified but not in allowed_clients; connection refused");
+    }
 }
 
 /// The negotiated protocol version and cipher suite, for the session's audit record.

@@ -61,6 +61,24 @@ impl ClientIdentity {
     }
 }
 
+impl ClientIdentity {
+    /// Every identity `allowed_clients` can match, in its own notation
+    /// (`cn:…,dns:…,uri:…,email:…`), for the refusal's audit record and `check`.
+    pub fn names(&self) -> String {
+        let kinds = [
+            ("cn", &self.cn),
+            ("dns", &self.dns),
+            ("uri", &self.uri),
+            ("email", &self.email),
+        ];
+        let all: Vec<String> = kinds
+            .iter()
+            .flat_map(|(k, names)| names.iter().map(move |n| format!("{k}:{n}")))
+            .collect();
+        all.join(",")
+    }
+}
+
 impl fmt::Display for ClientIdentity {
     /// The most specific identity, for logs: a URI SAN, else a DNS SAN, else e-mail, else CN.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

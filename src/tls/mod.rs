@@ -11,6 +11,7 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -208,13 +209,29 @@ pub struct Contents {
     crls: Vec<Vec<u8>>,
 }
 
-tokio::task_local! {
-    /// The certificate a client presented in the handshake being run on this task: the audit
-    /// trail records who was refused, and rustls keeps no connection state after a failure.
-    pub static PRESENTED: Arc<std::sync::Mutex<Option<ClientIdentity>>>;
+/// A listener's handshake as the client verifier sees it: the route's allow-list, and what
+/// the client presented (rustls keeps no connection state after a failure, and the audit
+/// trail records who was refused).
+#[derive(Default)]
+pub struct HandshakeScope {
+    /// The route's `allowed_clients`, checked inside the handshake so that a refused sender
+    /// gets an `access_denied` alert rather than a clean handshake and then EOF.
+    pub allow: Arc<AllowList>,
+    /// The certificate presented, once the verifier has seen one.
+    pub presented: std::sync::Mutex<Option<ClientIdentity>>,
+    /// Whether the certificate verified but `allow` refused it.
+    pub denied: std::sync::atomic::AtomicBool,
 }
 
-/// The WebPKI client verifier, noting the presented certificate in [`PRESENTED`] first.
+tokio::task_local! {
+    /// The handshake being run on this task ([`HandshakeScope`]).
+    pub static HANDSHAKE: Arc<HandshakeScope>;
+}
+
+/// The WebPKI client verifier, noting the presented certificate in [`HANDSHAKE`] first and
+/// applying the route's allow-list after the chain verified. Outside a handshake's scope
+/// (re-checking open sessions after a reload, which applies the allow-list itself) it is the
+/// WebPKI verifier alone.
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
@@ -239,13 +256,27 @@ impl ClientCertVerifier for RecordingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let _ = PRESENTED.try_with(|slot| {
-            if let Ok(mut slot) = slot.lock() {
-                *slot = ClientIdentity::from_der(end_entity);
+        let identity = ClientIdentity::from_der(end_entity);
+        let admitted = HANDSHAKE.try_with(|scope| {
+            let admitted = identity.as_ref().is_some_and(|id| scope.allow.admits(id));
+            if let Ok(mut slot) = scope.presented.lock() {
+                *slot = identity;
             }
+            admitted
         });
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match admitted {
+            Ok(false) => {
+                let _ = HANDSHAKE.try_with(|s| s.denied.store(true, Ordering::Release));
+                // rustls answers this with the `access_denied` alert.
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+            Ok(true) | Err(_) => Ok(verified),
+        }
     }
 
     fn verify_tls12_signature(

@@ -267,6 +267,14 @@ impl UpstreamConn {
         }
     }
 
+    /// The TLS session, on a partner connection.
+    pub fn tls(&self) -> Option<&TlsStream<TcpStream>> {
+        match &self.stream {
+            Wire::Tls(tls) => Some(tls),
+            Wire::Plain(_) => None,
+        }
+    }
+
     /// The target this connection reached.
     pub fn target(&self) -> &str {
         &self.target

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,11 +27,18 @@ use crate::metrics::TargetMetrics;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest back-off between passive retries of a down target.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest down reason kept for `/status` (rustls' words on a certificate can be long).
+const REASON_CHARS: usize = 300;
 
 /// One configured target and what is known about it.
 pub struct Target {
     /// `host:port` as configured (the metric label).
     pub addr: Arc<str>,
+    /// The route it serves, for the log.
+    route: Arc<str>,
+    /// Reached over `upstream.tls` (a partner), not plain MLLP (an engine): a reload may
+    /// switch the transport while keeping the target.
+    partner: AtomicBool,
     /// Mirrors `state.up`: read on every exchange without taking the lock.
     up: AtomicBool,
     state: Mutex<State>,
@@ -48,23 +55,40 @@ struct State {
     failures: u32,
     /// A down target is not tried by sessions before this (while another target is up).
     retry_at: Option<Instant>,
+    /// Why it is down (`None` while up, or never tried), for `/status`.
+    reason: Option<Box<str>>,
+    /// When `up` last changed (or the target was made), for `/status`.
+    since: SystemTime,
 }
 
 impl Target {
     /// A target of unknown health: reported down until a connect or probe succeeds.
-    pub fn new(addr: &str, metrics: TargetMetrics) -> Self {
+    pub fn new(addr: &str, route: Arc<str>, partner: bool, metrics: TargetMetrics) -> Self {
         Self {
             addr: addr.into(),
+            route,
+            partner: AtomicBool::new(partner),
             up: AtomicBool::new(false),
             state: Mutex::new(State {
                 up: false,
                 failures: 0,
                 retry_at: None,
+                reason: Some("not checked yet".into()),
+                since: SystemTime::now(),
             }),
             gate: AsyncMutex::new(()),
             pooled: AtomicUsize::new(0),
             metrics,
         }
+    }
+
+    /// A reload kept this target and (maybe) changed its transport.
+    pub fn set_partner(&self, partner: bool) {
+        self.partner.store(partner, Ordering::Release);
+    }
+
+    fn is_partner(&self) -> bool {
+        self.partner.load(Ordering::Acquire)
     }
 
     /// Whether the last connect, probe or exchange succeeded.
@@ -91,13 +115,18 @@ impl Target {
         }
         if let Ok(mut s) = self.state.lock() {
             if !s.up {
-                tracing::info!(side = Side::Upstream.label(), engine = %self.addr, "engine target up");
+                let side = Side::Upstream.label();
+                if self.is_partner() {
+                    tracing::info!(route = %self.route, side, partner = %self.addr, "partner target up");
+                } else {
+                    tracing::info!(route = %self.route, side, engine = %self.addr, "engine target up");
+                }
+                s.since = SystemTime::now();
             }
-            *s = State {
-                up: true,
-                failures: 0,
-                retry_at: None,
-            };
+            s.up = true;
+            s.failures = 0;
+            s.retry_at = None;
+            s.reason = None;
             self.up.store(true, Ordering::Release);
         }
         self.metrics.up.set(1);
@@ -112,8 +141,15 @@ impl Target {
             s.failures = s.failures.saturating_add(1);
             let backoff = backoff(s.failures, jitter());
             s.retry_at = Some(Instant::now() + backoff);
+            s.reason = Some(reason.chars().take(REASON_CHARS).collect());
             if was_up || s.failures == 1 {
-                tracing::warn!(side = Side::Upstream.label(), engine = %self.addr, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "engine target down");
+                s.since = SystemTime::now();
+                let (side, retry_in_ms) = (Side::Upstream.label(), backoff.as_millis() as u64);
+                if self.is_partner() {
+                    tracing::warn!(route = %self.route, side, partner = %self.addr, reason = %reason, retry_in_ms, "partner target down");
+                } else {
+                    tracing::warn!(route = %self.route, side, engine = %self.addr, reason = %reason, retry_in_ms, "engine target down");
+                }
             }
         }
         self.metrics.up.set(0);
@@ -151,8 +187,10 @@ impl Target {
             .map(Some)
     }
 
-    /// `keepalive`: for a pooled connection, which may sit idle behind a firewall; a probe's
-    /// connection closes at once and needs none.
+    /// Connects (and, with `partner`, handshakes) under `timeout`, holding the gate. A plain
+    /// engine that accepts the connect is up; a partner is up only once it has shown that it
+    /// accepts our certificate (an exchange answered, or a probe's verdict), because under
+    /// TLS 1.3 our side of the handshake completes before the partner has checked it.
     async fn connect_gated(
         &self,
         timeout: Duration,
@@ -176,10 +214,7 @@ impl Target {
                     // Boxed: the handshake's state is a kilobyte, and this future is part of
                     // every session's, idle ones included.
                     Some(p) => match Box::pin(establish_tls(tcp, &self.addr, p, timeout)).await {
-                        Ok(tls) => {
-                            self.mark_up();
-                            return Ok(Wire::Tls(tls));
-                        }
+                        Ok(tls) => return Ok(Wire::Tls(tls)),
                         Err(refused) => ConnectFailure {
                             reason: format!("TLS: {} ({})", refused.reason.words(), refused.detail),
                             refused: Some(refused.reason),
@@ -194,60 +229,122 @@ impl Target {
         Err(failure)
     }
 
-    /// One active check: a TCP connect (and TLS handshake, with `partner`), closed at once,
-    /// unless the pool holds a connection to this target or a connect to it is in flight
-    /// (the engine may take only one). Returns a partner's refusal, for its counter.
+    /// One active check, unless the pool holds a connection to this target (an idle one is
+    /// watched instead: [`super::Upstream::maintain`]) or a connect to it is in flight (the
+    /// engine may take only one).
+    ///
+    /// An engine gets a TCP connect, closed at once. A partner gets a handshake, and counts as
+    /// up once it has not refused our certificate within [`VERDICT_WAIT`]; that connection is
+    /// then kept (`Probe::Passed(Some(wire))`) for the pool, so that a quiet egress route holds
+    /// one session open at the partner instead of opening one per interval, and its closing
+    /// is what tells that the partner went away.
     pub async fn probe(
         &self,
         timeout: Duration,
         partner: Option<&PartnerTls>,
-    ) -> Option<PartnerRefusal> {
+        keepalive: Option<Keepalive>,
+    ) -> Probe {
         let Ok(_gate) = self.gate.try_lock() else {
-            return None;
+            return Probe::Skipped;
         };
         if self.pooled.load(Ordering::Acquire) > 0 {
-            return None;
+            return Probe::Skipped;
         }
-        match self.connect_gated(timeout, partner, None).await {
-            Ok(mut stream) => {
-                // Close, and keep the gate until the engine has closed its side: a
-                // single-connection engine must be done with the probe before a pooled
-                // connect follows. A partner that refuses our certificate says so here,
-                // with an alert, after the handshake.
-                let _ = stream.shutdown().await;
-                let mut sink = [0u8; 256];
-                let wait = timeout.min(Duration::from_secs(1));
-                let presented = partner.is_some_and(|p| p.client_not_after.is_some());
-                let closed = tokio::time::timeout(wait, async {
-                    loop {
-                        match stream.read(&mut sink).await {
-                            Ok(1..) => {}
-                            Ok(0) => return None,
-                            Err(e) => return Some(PartnerRefusal::of(&e, presented)),
-                        }
-                    }
-                })
-                .await;
-                let refused = closed.ok().flatten().filter(|r| {
-                    matches!(
-                        r,
-                        PartnerRefusal::ClientCertRequired | PartnerRefusal::ClientCertRefused
-                    )
-                });
-                match refused {
-                    None => self.metrics.checks_passed.inc(),
-                    Some(r) => {
-                        self.metrics.checks_failed.inc();
-                        self.mark_down(&format!("TLS: {}", r.words()));
-                    }
-                }
-                refused
-            }
+        let keepalive = keepalive.filter(|_| partner.is_some());
+        let started = Instant::now();
+        let mut wire = match self.connect_gated(timeout, partner, keepalive).await {
+            Ok(wire) => wire,
             Err(failure) => {
                 self.metrics.checks_failed.inc();
-                tracing::debug!(side = Side::Upstream.label(), engine = %self.addr, reason = %failure.reason, "health check failed");
-                failure.refused
+                tracing::debug!(route = %self.route, side = Side::Upstream.label(), target_addr = %self.addr, reason = %failure.reason, "health check failed");
+                return Probe::Failed(failure.refused);
             }
+        };
+        let Some(p) = partner else {
+            // Close, and keep the gate until the engine has closed its side: a
+            // single-connection engine must be done with the probe before a pooled
+            // connect follows.
+            let _ = wire.shutdown().await;
+            let mut sink = [0u8; 256];
+            let _ = tokio::time::timeout(timeout.min(VERDICT_WAIT), async {
+                while let Ok(1..) = wire.read(&mut sink).await {}
+            })
+            .await;
+            self.metrics.checks_passed.inc();
+            return Probe::Passed(None);
+        };
+        // The verdict follows our Finished by one round trip; the connect and handshake took
+        // two or three.
+        let wait = (started.elapsed() * 2)
+            .max(MIN_VERDICT_WAIT)
+            .min(timeout.min(VERDICT_WAIT));
+        let presented = p.client_not_after.is_some();
+        match verdict(&mut wire, wait, presented).await {
+            Verdict::Accepted => {
+                self.metrics.checks_passed.inc();
+                self.mark_up();
+                Probe::Passed(Some(wire))
+            }
+            Verdict::Unasked => {
+                // Up, but a connection with bytes nobody asked for is not one to pool.
+                self.metrics.checks_passed.inc();
+                self.mark_up();
+                Probe::Passed(None)
+            }
+            Verdict::Refused(reason, refusal) => {
+                self.metrics.checks_failed.inc();
+                self.mark_down(&reason);
+                Probe::Failed(refusal)
+            }
+        }
+    }
+}
+
+/// The longest a probe waits for a partner's verdict on our certificate, or for an engine to
+/// close after the probe's connect.
+const VERDICT_WAIT: Duration = Duration::from_secs(1);
+/// The shortest wait for a partner's verdict (a partner on loopback answers in microseconds,
+/// but may be busy).
+const MIN_VERDICT_WAIT: Duration = Duration::from_millis(100);
+
+/// What a probe found.
+pub enum Probe {
+    /// Not probed: the pool holds a connection to the target, or a connect is in flight.
+    Skipped,
+    /// Up; a partner's connection, to be pooled, when there is one to keep.
+    Passed(Option<Wire>),
+    /// Down; with the partner's TLS refusal, for its counter.
+    Failed(Option<PartnerRefusal>),
+}
+
+/// What a partner did in the moments after our side of the handshake completed.
+enum Verdict {
+    /// Nothing within the wait (or TLS 1.2, whose handshake ends with the partner's Finished,
+    /// sent only after it checked our certificate): it accepted us.
+    Accepted,
+    /// It sent application data unasked.
+    Unasked,
+    /// It refused (an alert) or closed: why, and the refusal for the counter.
+    Refused(String, Option<PartnerRefusal>),
+}
+
+async fn verdict(wire: &mut Wire, wait: Duration, presented: bool) -> Verdict {
+    if let Wire::Tls(tls) = wire
+        && tls.get_ref().1.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+    {
+        return Verdict::Accepted;
+    }
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, wire.read(&mut byte)).await {
+        Err(_) => Verdict::Accepted,
+        Ok(Ok(0)) => Verdict::Refused(
+            "the partner closed the connection right after the handshake".into(),
+            None,
+        ),
+        Ok(Ok(_)) => Verdict::Unasked,
+        Ok(Err(e)) => {
+            let refusal = PartnerRefusal::of(&e, presented);
+            Verdict::Refused(format!("TLS: {} ({e})", refusal.words()), Some(refusal))
         }
     }
 }

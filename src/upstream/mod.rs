@@ -21,8 +21,11 @@ use crate::label::{FailureKind, Label, PartnerRefusal, Side};
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
 use crate::tls::PartnerTls;
-use health::Target;
+use health::{Probe, Target};
 use pool::{Lease, Pool, PooledConn, Shard};
+
+/// How often idle pooled connections are checked for an engine or partner that closed them.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an exchange got no pooled connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +163,8 @@ impl Upstream {
                 if partner.is_some() {
                     metrics.partner(t);
                 }
-                Arc::new(Target::new(t, metrics.target(t)))
+                let route: Arc<str> = metrics.route.as_str().into();
+                Arc::new(Target::new(t, route, partner.is_some(), metrics.target(t)))
             })
             .collect();
         Self {
@@ -207,6 +211,9 @@ impl Upstream {
             for t in &cfg.targets {
                 self.metrics.partner(t);
             }
+        }
+        for t in &self.targets {
+            t.set_partner(partner.is_some());
         }
         let same_partner = match (&partner, &self.partner) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -303,6 +310,7 @@ impl Upstream {
             Ok(_) => {
                 // A completed exchange is the best health check there is.
                 c.target.mark_up();
+                self.audit_accepted(&mut c);
                 self.give_back(shard, c);
             }
             Err(UpstreamError::Tls { reason, .. }) => {
@@ -335,9 +343,24 @@ impl Upstream {
         let lease = self.lease(shutdown, queue_timer).await?;
         let (mut c, _) = self.connection(lease.shard, true).await?;
         c.conn.send_only(msg, self.cfg.ack_timeout).await?;
+        self.audit_accepted(&mut c);
         let target = c.target.addr.clone();
         self.give_back(lease.shard, c);
         Ok(target)
+    }
+
+    /// Writes the `upstream_session` record of a new partner connection once the partner has
+    /// shown it accepts our certificate (it answered, or took a message): under TLS 1.3 our
+    /// handshake completes before the partner has checked it, and a refused connection is no
+    /// session.
+    fn audit_accepted(&self, c: &mut PooledConn) {
+        if c.audited {
+            return;
+        }
+        c.audited = true;
+        if let Some(tls) = c.conn.tls() {
+            conn::audit_established(&self.audit, &self.metrics.route, &c.target.addr, tls);
+        }
     }
 
     /// Keeps a connection after an exchange, unless it has carried `messages_per_connection`
@@ -417,25 +440,7 @@ impl Upstream {
                 )
                 .await
             {
-                Ok(Some(wire)) => {
-                    if let Wire::Tls(tls) = &wire {
-                        conn::audit_established(
-                            &self.audit,
-                            &self.metrics.route,
-                            &target.addr,
-                            tls,
-                        );
-                    }
-                    let conn = UpstreamConn::new(
-                        wire,
-                        target.addr.clone(),
-                        self.max_ack_bytes,
-                        self.metrics.upstream_duplicate_acks.clone(),
-                        partner.is_some_and(|p| p.client_not_after.is_some()),
-                    );
-                    let c = PooledConn::new(conn, target.clone(), self.generation);
-                    return Ok((c, false));
-                }
+                Ok(Some(wire)) => return Ok((self.pooled(wire, target), false)),
                 Ok(None) => {
                     reasons.push(format!("{}: down, another connect in flight", target.addr))
                 }
@@ -469,6 +474,20 @@ impl Upstream {
         Err(UpstreamError::Connect(reasons.join("; ")))
     }
 
+    /// A new connection to `target`, owned by the pool.
+    fn pooled(&self, wire: Wire, target: &Arc<Target>) -> PooledConn {
+        let conn = UpstreamConn::new(
+            wire,
+            target.addr.clone(),
+            self.max_ack_bytes,
+            self.metrics.upstream_duplicate_acks.clone(),
+            self.partner
+                .as_ref()
+                .is_some_and(|p| p.client_not_after.is_some()),
+        );
+        PooledConn::new(conn, target.clone(), self.generation)
+    }
+
     /// The most recently used idle connection to `target` that can carry another exchange;
     /// the others found on the way are closed.
     fn idle_connection(&self, shard: &Shard, target: &Target) -> Option<PooledConn> {
@@ -480,17 +499,20 @@ impl Upstream {
             }
             match c.conn.check_idle() {
                 Ok(()) => return Some(c),
-                Err(e) if e.kind() == FailureKind::Protocol => {
-                    self.metrics
-                        .upstream_failed(&target.addr, FailureKind::Protocol);
-                    tracing::warn!(side = Side::Upstream.label(), engine = %target.addr, error = %e, "upstream connection discarded");
-                }
+                Err(e) if e.kind() == FailureKind::Protocol => self.discarded(target, &e),
                 Err(e) => {
                     tracing::debug!(side = Side::Upstream.label(), engine = %target.addr, error = %e, "engine closed the idle connection; reconnecting");
                 }
             }
         }
         None
+    }
+
+    /// An idle connection that the engine wrote to unasked is closed: counted and logged.
+    fn discarded(&self, target: &Target, e: &UpstreamError) {
+        self.metrics
+            .upstream_failed(&target.addr, FailureKind::Protocol);
+        tracing::warn!(route = %self.metrics.route, side = Side::Upstream.label(), engine = %target.addr, error = %e, "upstream connection discarded");
     }
 
     /// Where the walk over the targets starts, and whether all are down. A target may be used
@@ -516,31 +538,56 @@ impl Upstream {
         (first, all_down)
     }
 
-    /// Closes idle connections past `idle_timeout` and probes targets every
-    /// `health_check_interval`, until `shutdown`. The first probe runs at once, so
-    /// `upstream_up` is right from start-up.
+    /// Closes idle connections past `idle_timeout` (except, on an egress route with health
+    /// checks, the newest one to each partner: [`Pool::reap`]), watches idle connections every [`WATCH_EVERY`], and
+    /// probes targets every `health_check_interval`, until `shutdown`. The first probe runs at
+    /// once, so `upstream_up` is right from start-up; an idle connection the engine or
+    /// partner closed or reset gets its target probed at once, so `upstream_up` follows a dead
+    /// engine within about a second whether messages flow or not.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
-        let reap_every =
-            (self.cfg.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut reap = tokio::time::interval(reap_every);
+        let every = (self.cfg.idle_timeout / 2).clamp(Duration::from_millis(100), WATCH_EVERY);
+        let mut watch = tokio::time::interval(every);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = self.cfg.health_check_interval.map(tokio::time::interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = reap.tick() => self.pool.reap(self.cfg.idle_timeout),
+                _ = watch.tick() => {
+                    // A partner's newest idle connection is its health signal while probes
+                    // are on ([`Probe::Passed`]).
+                    let keep_newest = self.partner.is_some() && probe.is_some();
+                    self.pool.reap(self.cfg.idle_timeout, keep_newest);
+                    let lost = self.pool.watch_idle(|t, e| self.discarded(t, e));
+                    if probe.is_some() {
+                        for target in lost {
+                            self.spawn_probe(target);
+                        }
+                    }
+                }
                 _ = async { probe.as_mut()?.tick().await; Some(()) }, if probe.is_some() => {
                     for target in &self.targets {
-                        let (target, timeout) = (target.clone(), self.cfg.connect_timeout);
-                        let (partner, metrics) = (self.partner.clone(), self.metrics.clone());
-                        // Each probe on its own: a black-holed target must not delay the others.
-                        tokio::spawn(async move {
-                            if let Some(reason) = target.probe(timeout, partner.as_deref()).await {
-                                metrics.partner_refused(&target.addr, reason);
-                            }
-                        });
+                        self.spawn_probe(target.clone());
                     }
                 }
             }
         }
+    }
+
+    /// Probes `target` on a task of its own: a black-holed target must not delay the others. A
+    /// partner's probe connection is kept in the pool.
+    fn spawn_probe(self: &Arc<Self>, target: Arc<Target>) {
+        let up = self.clone();
+        tokio::spawn(async move {
+            let (timeout, partner) = (up.cfg.connect_timeout, up.partner.as_deref());
+            match target.probe(timeout, partner, up.cfg.tcp_keepalive).await {
+                Probe::Passed(Some(wire)) => {
+                    let mut c = up.pooled(wire, &target);
+                    up.audit_accepted(&mut c);
+                    up.pool.adopt(c);
+                }
+                Probe::Failed(Some(reason)) => up.metrics.partner_refused(&target.addr, reason),
+                Probe::Passed(None) | Probe::Failed(None) | Probe::Skipped => {}
+            }
+        });
     }
 }

@@ -25,8 +25,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use super::UpstreamError;
 use super::conn::UpstreamConn;
 use super::health::Target;
+use crate::label::FailureKind;
 
 /// The fewest connections a session thread's share of a limited pool may have: with fewer,
 /// one slow exchange would leave that thread's sessions queued while the others' connections
@@ -47,6 +49,8 @@ pub(super) struct PooledConn {
     /// The pool's generation it was opened (and its partner verified) under: one from before
     /// the last [`Pool::renew`] is closed instead of pooled again.
     pub(super) generation: u64,
+    /// Whether its `upstream_session` record is written (a partner's, once it accepted us).
+    pub(super) audited: bool,
 }
 
 impl PooledConn {
@@ -59,6 +63,7 @@ impl PooledConn {
             idle_since: Instant::now(),
             home: crate::cores::current(),
             generation,
+            audited: false,
         }
     }
 }
@@ -281,13 +286,74 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections older than `max_idle`.
-    pub(super) fn reap(&self, max_idle: std::time::Duration) {
+    /// Closes idle connections older than `max_idle`; with `keep_newest`, except the newest
+    /// one to each target (on an egress route it is the partner's health signal, and a new
+    /// one would be a new session in the partner's audit trail).
+    pub(super) fn reap(&self, max_idle: std::time::Duration, keep_newest: bool) {
         let now = Instant::now();
         for shard in &self.shards {
-            if let Ok(mut idle) = shard.idle.lock() {
-                idle.retain(|c| now.duration_since(c.idle_since) < max_idle);
+            let Ok(mut idle) = shard.idle.lock() else {
+                continue;
+            };
+            let mut kept: Vec<*const Target> = Vec::new();
+            // Newest last: given back connections are pushed.
+            for i in (0..idle.len()).rev() {
+                let target = Arc::as_ptr(&idle[i].target);
+                let newest = keep_newest && !kept.contains(&target);
+                if newest {
+                    kept.push(target);
+                } else if now.duration_since(idle[i].idle_since) >= max_idle {
+                    drop(idle.remove(i));
+                }
             }
+        }
+    }
+
+    /// Drops each idle connection that its engine or partner closed, reset, or wrote to
+    /// unasked (a protocol failure, counted by `failed`); returns the targets that closed or
+    /// reset one, for a probe now. Reading an idle socket that has nothing is a load of its
+    /// readiness, not a system call.
+    pub(super) fn watch_idle(&self, failed: impl Fn(&Target, &UpstreamError)) -> Vec<Arc<Target>> {
+        let mut lost: Vec<Arc<Target>> = Vec::new();
+        for shard in &self.shards {
+            if let Ok(mut idle) = shard.idle.lock() {
+                idle.retain_mut(|c| match c.conn.check_idle() {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == FailureKind::Protocol => {
+                        failed(&c.target, &e);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(target_addr = %c.target.addr, error = %e, "idle upstream connection lost; checking its target now");
+                        if !lost.iter().any(|t| Arc::ptr_eq(t, &c.target)) {
+                            lost.push(c.target.clone());
+                        }
+                        false
+                    }
+                });
+            }
+        }
+        lost
+    }
+
+    /// Takes a connection opened outside an exchange (a partner's probe) as idle, if its
+    /// share has room under the limit and the pool is in service.
+    pub(super) fn adopt(&self, c: PooledConn) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let shard = &self.shards[crate::cores::current() % self.shards.len()];
+        let in_flight = shard
+            .limit
+            .as_ref()
+            .map_or(0, |l| shard.max - l.available_permits());
+        let room = shard.limit.is_none()
+            || shard
+                .idle
+                .lock()
+                .is_ok_and(|i| i.len() + in_flight < shard.max);
+        if room {
+            shard.put_idle(c, &self.generation);
         }
     }
 }

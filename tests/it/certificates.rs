@@ -514,3 +514,55 @@ async fn revocation_settings_decide_unknown_status_and_overdue_crls() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_outside_allowed_clients_is_told_access_denied_in_the_handshake() {
+    // Python's ssl module (OpenSSL) as the vendor's client: refused by allowed_clients, it
+    // reports the proxy's access_denied alert instead of a clean handshake and then EOF, and
+    // the refusal's audit record names every identity the certificate carries.
+    let world = Harness::new()
+        .audit()
+        .route_yaml("    allowed_clients:\n      - cn: billing-sender\n")
+        .start()
+        .await;
+    let script = r#"
+import socket, ssl, sys
+port, ca, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
+    try:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"\x0bMSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\r\x1c\r")
+            print("answered", s.recv(100))
+    except ssl.SSLError as e:
+        print("refused", e.reason)
+"#;
+    let port = world.proxy.routes()[0].1.port().to_string();
+    let out = Command::new("python3")
+        .args(["-c", script, &port])
+        .args([
+            world.pki.path("ca.crt"),
+            world.pki.path("client.crt"),
+            world.pki.path("client.key"),
+        ])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("refused TLSV1_ALERT_ACCESS_DENIED"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = world.audited("handshake_refused", 1).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["reason"], "not_allowed");
+    assert_eq!(refused[0]["verified"], "true");
+    assert_eq!(
+        refused[0]["identities"],
+        "cn:lab-sender,dns:lab.example.org,uri:spiffe://hospital.test/lab"
+    );
+    let denied = "mllp_proxy_clients_denied_total{route=\"test\"}";
+    assert_eq!(metric(&world.proxy, denied).await, 1.0);
+    assert!(world.engine.received().is_empty());
+}

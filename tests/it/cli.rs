@@ -324,7 +324,7 @@ async fn send_tells_each_kind_of_failure_apart() {
     let cases = [
         (
             args(denied.routes()[0].1.to_string(), Some("client")),
-            "closed the connection right after the TLS handshake: your certificate may not be in the route's allowed_clients",
+            "the server did not accept your client certificate: access denied (it verified, but none of its identities is in the route's allowed_clients)",
         ),
         (
             args(denied.routes()[0].1.to_string(), Some("other")),

@@ -323,9 +323,9 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
     let busy = Duration::ZERO;
     for (quirk, pause, connections, protocol_failures, repeats) in [
         (Behaviour::AckThenLineFeed, idle, 1, 0.0, 0.0),
-        (Behaviour::AckTwice, idle, 1, 0.0, 4.0),
-        (Behaviour::AckTwice, busy, 1, 0.0, 4.0),
-        (Behaviour::AckThenOther, idle, 5, 4.0, 0.0),
+        (Behaviour::AckTwice, idle, 1, 0.0, 5.0),
+        (Behaviour::AckTwice, busy, 1, 0.0, 5.0),
+        (Behaviour::AckThenOther, idle, 5, 5.0, 0.0),
     ] {
         let World {
             pki, engine, proxy, ..
@@ -344,13 +344,19 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
             "mllp_proxy_upstream_failures_total{{kind=\"protocol\",route=\"test\",target=\"{}\"}}",
             engine.target()
         );
-        assert_eq!(
-            metric(&proxy, &sample).await,
-            protocol_failures,
-            "{quirk:?} {pause:?}"
+        assert!(
+            metric_reaches(&proxy, &sample, protocol_failures).await,
+            "{quirk:?} {pause:?}: {:?}",
+            scrape(&proxy, &sample).await
         );
+        // The last repeat arrives while the connection is idle: the idle watch reads it
+        // within a second.
         let sample = "mllp_proxy_upstream_duplicate_acks_total{route=\"test\"}";
-        assert_eq!(metric(&proxy, sample).await, repeats, "{quirk:?} {pause:?}");
+        assert!(
+            metric_reaches(&proxy, sample, repeats).await,
+            "{quirk:?} {pause:?}: {:?}",
+            scrape(&proxy, sample).await
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mllp_proxy::client::{ClientTarget, MllpClient};
+use mllp_proxy::client::{ClientTarget, MllpClient, http_get};
 use mllp_proxy::config::{AdminTlsConfig, Config};
 use mllp_proxy::metrics::Metrics;
 use mllp_proxy::proxy::RunningProxy;
@@ -471,10 +471,11 @@ async fn the_health_probe_completes_a_handshake_so_an_expired_partner_is_down_be
         "mllp_proxy_upstream_tls_handshake_failures_total{{reason=\"expired\",route=\"egress\",target=\"{}\"}}",
         expired.target()
     );
-    assert!(
-        metric_reaches(&egress, &refused, 1.0).await,
-        "the probe did not refuse it"
-    );
+    // Probed every second: counted once or more by now.
+    let counted = eventually(T, || async {
+        scrape(&egress, &refused).await.is_some_and(|n| n >= 1.0)
+    });
+    assert!(counted.await, "the probe did not refuse it");
     assert_eq!(metric(&egress, &up(&expired.target())).await, 0.0);
     assert!(good.received_ids().is_empty() && expired.received_ids().is_empty());
 }
@@ -505,4 +506,78 @@ fn check_warns_about_a_plain_listener_that_is_not_on_loopback() {
         stderr.contains("warning: routes[0].listen: a plain listener on 0.0.0.0:0"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_egress_route_holds_one_partner_session_and_reads_down_without_a_flap() {
+    // The partner is a second mllp-proxy with its audit trail; the egress is the binary, its
+    // probes every second and idle_timeout 2 s. Without traffic, the probe's connection is
+    // kept as the health signal: one session in the partner's trail, not one per interval.
+    // When the partner then stops accepting our certificate, it closes that session; the
+    // idle watch probes at once, the partner's access_denied alert marks the target down in
+    // one line (no "up" first), and no upstream_session record is written for the refusal.
+    let partner = Harness::new().audit().start_live().await;
+    let pki = &partner.pki;
+    let to = partner.proxy.routes()[0].1.to_string();
+    let yaml = egress_yaml(std::slice::from_ref(&to), MUTUAL, "")
+        .replace(
+            "health_check_interval: 0",
+            "health_check_interval: 1s\n      idle_timeout: 2s",
+        )
+        .replace(
+            "admin:",
+            "logging:\n  format: json\naudit:\n  file: egress-audit.jsonl\nadmin:",
+        );
+    std::fs::write(pki.path("egress.yaml"), yaml).expect("write");
+    let mut egress = ProxyProcess::spawn(&pki.path("egress.yaml"), "info");
+    let up = format!("mllp_proxy_upstream_up{{route=\"egress\",target=\"{to}\"}}");
+    let read_up = || async {
+        let body = http_get(egress.admin, "/metrics").await.unwrap_or_default();
+        mllp_proxy::metrics::sample_value(&body, &up)
+    };
+    assert!(eventually(T, || async { read_up().await == Some(1.0) }).await);
+    // Twenty probe intervals without a message: time is the subject.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let sessions = partner.audit_records();
+    let sessions: Vec<_> = sessions
+        .iter()
+        .filter(|r| r["event"] == "session_start")
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+
+    let offboarded = format!(
+        "{}    allowed_clients:\n      - cn: billing-sender\n",
+        partner.yaml()
+    );
+    std::fs::write(pki.path("proxy.yaml"), offboarded).expect("write");
+    assert_applied(partner.proxy.reload().await);
+    let down = eventually(Duration::from_secs(3), || async {
+        read_up().await == Some(0.0)
+    });
+    assert!(down.await, "the partner's refusal did not mark it down");
+    // A few more refused probes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = partner.audited("handshake_refused", 2).await;
+    assert!(refused.len() >= 2, "{refused:?}");
+    assert!(refused.iter().all(|r| r["reason"] == "not_allowed"));
+    let log = egress.log_lines();
+    let said = |m: &str| log.iter().filter(|l| l.contains(m)).count();
+    assert_eq!(
+        (
+            said("\"partner target up\""),
+            said("\"partner target down\"")
+        ),
+        (1, 1),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("engine target")));
+    let down_line = log.iter().find(|l| l.contains("partner target down"));
+    assert!(
+        down_line.is_some_and(|l| l.contains("\"route\":\"egress\"") && l.contains("AccessDenied")),
+        "{down_line:?}"
+    );
+    let audit = std::fs::read_to_string(pki.path("egress-audit.jsonl")).unwrap_or_default();
+    let upstream_sessions = audit.lines().filter(|l| l.contains("upstream_session"));
+    assert_eq!(upstream_sessions.count(), 1, "{audit}");
+    assert!(egress.terminate().success());
 }

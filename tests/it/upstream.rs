@@ -398,3 +398,36 @@ async fn readiness_can_require_an_engine_target_up() {
         "ready once the engine is up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_dies_behind_an_idle_pooled_connection_reads_down_within_two_seconds() {
+    // The pool holds an idle connection to the engine, so the interval's probe skips it; the
+    // engine then dies and no message follows. The idle watch sees the connection close and
+    // probes at once: upstream_up reads 0 long before idle_timeout (60 s) plus the interval.
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .edit(|c| c.routes[0].upstream.health_check_interval = Some(Duration::from_secs(10)))
+        .start()
+        .await;
+    let target = engine.target();
+    let up = format!("mllp_proxy_upstream_up{{route=\"test\",target=\"{target}\"}}");
+    let idle = format!(
+        "mllp_proxy_upstream_connections{{route=\"test\",state=\"idle\",target=\"{target}\"}}"
+    );
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let ack = client.exchange(&adt("I-1"), T).await.expect("ACK");
+    assert_eq!(msa(&ack).0, "AA");
+    assert!(metric_reaches(&proxy, &idle, 1.0).await);
+    assert_eq!(metric(&proxy, &up).await, 1.0);
+    drop(engine);
+    let died = Instant::now();
+    let down = eventually(Duration::from_secs(2), || async {
+        scrape(&proxy, &up).await == Some(0.0)
+    });
+    assert!(
+        down.await,
+        "still up {:?} after the engine died",
+        died.elapsed()
+    );
+}

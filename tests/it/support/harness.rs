@@ -182,17 +182,23 @@ impl Harness {
         std::fs::write(&path, &yaml).expect("write config");
         let (cfg, text) = Config::load_with_text(&path).expect("test config");
         let config = cfg.clone();
-        let options = mllp_proxy::proxy::Options {
+        let mut options = mllp_proxy::proxy::Options {
             source: Some(mllp_proxy::proxy::Source { path, text }),
             ..Default::default()
         };
+        let mut guard = None;
+        if self.audit {
+            let (audit, g) = audit_log(&self.pki.path("audit.jsonl"));
+            options.audit = audit;
+            guard = Some(g);
+        }
         let proxy = start_options(cfg, options).await;
         World {
             pki: self.pki,
             engine,
             proxy,
             config,
-            _audit_writer: None,
+            _audit_writer: guard,
         }
     }
 
