@@ -1,12 +1,13 @@
-//! The admin HTTP server (hyper 1): `/metrics`, `/healthz`, `/readyz`; and, with
+//! The admin HTTP server (hyper 1): `/metrics`, `/status`, `/healthz`, `/readyz`; and, with
 //! `admin.health_listen`, a second plain listener serving only `/healthz` and `/readyz` (what
 //! kubelet probes and balancer health checks can reach when the admin port asks for a client
 //! certificate).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,12 +18,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
+use crate::context::RouteContext;
 use crate::metrics::Metrics;
+use crate::status::{self, ReloadStatus, RouteStatus, Status};
 use crate::upstream::Upstream;
 
 /// What the admin endpoints report; routes keep it current as they reload.
@@ -31,8 +34,10 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
-    /// Each route's engine: its pool's gauges are read at scrape time.
-    upstreams: Mutex<Vec<(String, Arc<Upstream>)>>,
+    /// Each route: its pool's gauges are read at scrape time, and `/status` shows it.
+    routes: Mutex<Vec<RouteView>>,
+    /// The last reload of the configuration file, for `/status`.
+    last_reload: Mutex<Option<ReloadStatus>>,
     /// `admin.ready_requires_upstream`: `/readyz` needs a target up on every route.
     pub ready_requires_upstream: AtomicBool,
     /// The audit trail, whose dropped records `/metrics` reports.
@@ -46,27 +51,71 @@ impl AdminState {
             audit,
             metrics,
             ready: AtomicBool::new(false),
-            upstreams: Mutex::new(Vec::new()),
+            routes: Mutex::new(Vec::new()),
+            last_reload: Mutex::new(None),
             ready_requires_upstream: AtomicBool::new(ready_requires_upstream),
         }
     }
 
-    /// Sets (or with `None` removes) the engine of `route`.
-    pub fn set_upstream(&self, route: &str, upstream: Option<Arc<Upstream>>) {
-        let Ok(mut all) = self.upstreams.lock() else {
+    /// Sets (or with `None` removes) route `name`: where it listens and the context its
+    /// sessions use, followed as reloads publish new ones.
+    pub fn set_route(&self, name: &str, view: Option<RouteView>) {
+        let Ok(mut all) = self.routes.lock() else {
             return;
         };
-        all.retain(|(r, _)| r != route);
-        if let Some(u) = upstream {
-            all.push((route.to_string(), u));
+        match (all.iter().position(|r| r.name == name), view) {
+            (Some(i), Some(v)) => all[i] = v,
+            (None, Some(v)) => all.push(v),
+            (Some(i), None) => {
+                all.remove(i);
+            }
+            (None, None) => {}
         }
     }
 
-    fn upstreams(&self) -> Vec<Arc<Upstream>> {
-        self.upstreams
+    /// Notes a reload of the configuration file: `Ok` applied, `Err` refused and why.
+    pub fn reloaded(&self, result: Result<(), String>) {
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(ReloadStatus {
+                result: if result.is_ok() { "applied" } else { "refused" }.into(),
+                at: status::rfc3339(SystemTime::now()),
+                error: result.err(),
+            });
+        }
+    }
+
+    fn contexts(&self) -> Vec<(String, SocketAddr, Arc<RouteContext>)> {
+        self.routes
             .lock()
-            .map(|all| all.iter().map(|(_, u)| u.clone()).collect())
+            .map(|all| {
+                all.iter()
+                    .map(|r| (r.name.clone(), r.addr, r.ctx.borrow().clone()))
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.contexts()
+            .into_iter()
+            .map(|(_, _, ctx)| ctx.upstream.clone())
+            .collect()
+    }
+
+    /// What `/status` shows now.
+    pub fn status(&self) -> Status {
+        Status {
+            schema: status::SCHEMA.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            generated: status::rfc3339(SystemTime::now()),
+            ready: self.is_ready(),
+            last_reload: self.last_reload.lock().ok().and_then(|l| l.clone()),
+            routes: self
+                .contexts()
+                .iter()
+                .map(|(name, addr, ctx)| RouteStatus::of(name, *addr, ctx))
+                .collect(),
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -76,10 +125,20 @@ impl AdminState {
     }
 }
 
+/// A route as the admin endpoints see it.
+pub struct RouteView {
+    /// Its name.
+    pub name: String,
+    /// The address its listener is bound to.
+    pub addr: SocketAddr,
+    /// The context in service, as the route publishes it.
+    pub ctx: watch::Receiver<Arc<RouteContext>>,
+}
+
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoints {
-    /// `/metrics`, `/healthz`, `/readyz` (`admin.listen`).
+    /// `/metrics`, `/status`, `/healthz`, `/readyz` (`admin.listen`).
     All,
     /// `/healthz` and `/readyz` only (`admin.health_listen`): no metrics without TLS.
     Health,
@@ -199,6 +258,14 @@ fn handle(
             state.metrics.audit_dropped(state.audit.records_dropped());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        "/status" if endpoints == Endpoints::All => {
+            let body = serde_json::to_vec_pretty(&state.status()).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            if let Ok(v) = "application/json".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
             }
             r

@@ -82,37 +82,11 @@ impl MllpClient {
         from: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let addr = &target.addr;
-        let tcp = match tokio::time::timeout(timeout, tcp_connect(addr, from)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(ClientError(format!("connect {addr}: {e}"))),
-            Err(_) => {
-                return Err(ClientError(format!(
-                    "connect {addr}: no answer within {timeout:?} (host down, or the port filtered)"
-                )));
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let io: Box<dyn Io> = match &target.tls {
-            None => Box::new(tcp),
-            Some((config, name)) => {
-                let deadline = timeout.min(HANDSHAKE_TIMEOUT);
-                let handshake = TlsConnector::from(config.clone()).connect(name.clone(), tcp);
-                match tokio::time::timeout(deadline, handshake).await {
-                    Ok(Ok(tls)) => Box::new(tls),
-                    Ok(Err(e)) => return Err(ClientError(handshake_failed(addr, name, &e))),
-                    Err(_) => {
-                        return Err(ClientError(format!(
-                            "{addr} accepted the connection but did not answer the TLS handshake within {deadline:?}: is this port TLS? (a plain MLLP port waits silently for a frame)"
-                        )));
-                    }
-                }
-            }
-        };
+        let io = open(target, from, timeout).await?;
         Ok(Self {
             io,
             tls: target.tls.is_some(),
-            addr: addr.clone(),
+            addr: target.addr.clone(),
             buf: BytesMut::with_capacity(4096),
             codec: MllpCodec::new(64 * 1024 * 1024),
             out: BytesMut::with_capacity(4096),
@@ -294,17 +268,71 @@ fn alert_words(alert: AlertDescription) -> String {
     }
 }
 
+/// A connection to `target` (the TLS handshake completed, with TLS) within `timeout`; the
+/// handshake alone within [`HANDSHAKE_TIMEOUT`] at most.
+async fn open(
+    target: &ClientTarget,
+    from: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<Box<dyn Io>, ClientError> {
+    let addr = &target.addr;
+    let tcp = match tokio::time::timeout(timeout, tcp_connect(addr, from)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(ClientError(format!("connect {addr}: {e}"))),
+        Err(_) => {
+            return Err(ClientError(format!(
+                "connect {addr}: no answer within {timeout:?} (host down, or the port filtered)"
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(match &target.tls {
+        None => Box::new(tcp),
+        Some((config, name)) => {
+            let deadline = timeout.min(HANDSHAKE_TIMEOUT);
+            let handshake = TlsConnector::from(config.clone()).connect(name.clone(), tcp);
+            match tokio::time::timeout(deadline, handshake).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => return Err(ClientError(handshake_failed(addr, name, &e))),
+                Err(_) => {
+                    return Err(ClientError(format!(
+                        "{addr} accepted the connection but did not answer the TLS handshake within {deadline:?}: is this port TLS? (a plain MLLP port waits silently for a frame)"
+                    )));
+                }
+            }
+        }
+    })
+}
+
 /// A plain HTTP/1.0 GET against the admin server; returns the body of a 200 answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, ClientError> {
+    let target = ClientTarget {
+        addr: addr.to_string(),
+        tls: None,
+    };
+    http_get_from(&target, path).await
+}
+
+/// An HTTP/1.0 GET against the admin server at `target` (HTTPS, mutual with a client
+/// certificate, when it has TLS); returns the body of a 200 answer.
+pub async fn http_get_from(target: &ClientTarget, path: &str) -> Result<String, ClientError> {
+    let timeout = Duration::from_secs(10);
+    let mut io = open(target, None, timeout).await?;
+    let addr = &target.addr;
     let fetch = async {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        io.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await?;
         let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await?;
+        match io.read_to_end(&mut raw).await {
+            // The admin server closes without close_notify after an HTTP/1.0 answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            other => {
+                other?;
+            }
+        }
         Ok::<_, std::io::Error>(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(10), fetch)
+    let raw = tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| ClientError(format!("GET {path}: timed out")))?
         .map_err(|e| ClientError(format!("GET {path}: {e}")))?;

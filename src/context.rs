@@ -12,6 +12,7 @@ use crate::admission::Gate;
 use crate::audit::AuditLog;
 use crate::config::RouteConfig;
 use crate::hl7;
+use crate::live::Sessions;
 use crate::logsafe::RouteEvents;
 use crate::metrics::RouteMetrics;
 use crate::tls::AllowList;
@@ -37,6 +38,8 @@ pub struct RouteContext {
     pub events: Arc<RouteEvents>,
     /// The connections the route's limits count (kept across reloads).
     pub gate: Arc<Gate>,
+    /// The sessions open now, for `/status` (kept across reloads).
+    pub sessions: Arc<Sessions>,
     /// `audit.messages`: one audit record per message, and control IDs in log lines.
     pub audit_messages: bool,
     /// Where the audit records of the route's sessions go.
@@ -55,9 +58,13 @@ impl RouteContext {
         audit: (AuditLog, bool),
         previous: Option<&RouteContext>,
     ) -> Self {
-        let (events, gate) = match previous {
-            Some(p) => (p.events.clone(), p.gate.clone()),
-            None => (Arc::new(RouteEvents::new(&metrics)), Arc::default()),
+        let (events, gate, sessions) = match previous {
+            Some(p) => (p.events.clone(), p.gate.clone(), p.sessions.clone()),
+            None => (
+                Arc::new(RouteEvents::new(&metrics)),
+                Arc::default(),
+                Arc::default(),
+            ),
         };
         let (audit, audit_messages) = audit;
         Self {
@@ -69,6 +76,7 @@ impl RouteContext {
             metrics,
             events,
             gate,
+            sessions,
             audit_messages,
             cfg,
         }
@@ -82,6 +90,10 @@ pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
     /// Its client verifier, to check open sessions again when the material changes.
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The server certificate's subject, for `/status`.
+    pub subject: Arc<str>,
+    /// Lifetimes of the server certificate and the client CA, for `/status`.
+    pub expiry: crate::tls::Expiry,
 }
 
 impl ListenerTls {
@@ -90,6 +102,8 @@ impl ListenerTls {
         Self {
             config: material.server_config.clone(),
             verifier: material.verifier.clone(),
+            subject: material.server_subject.as_str().into(),
+            expiry: material.expiry,
         }
     }
 }

@@ -40,6 +40,10 @@ enum Command {
         /// Configuration file.
         #[arg(short, long, env = "MLLP_PROXY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// A sender's certificate (PEM chain): says per route whether it would be admitted,
+        /// and as which identity, or why not; exit 1 when no route admits it.
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
     },
     /// Self-contained round trip on the example configuration and certificates.
     Demo {
@@ -53,6 +57,9 @@ enum Command {
     },
     /// Sends messages and prints each ACK's MSA-1 and MSA-2.
     Send(cli::send::SendArgs),
+    /// Who is connected to each route, its targets' health and the last reload, from the
+    /// admin server's /status.
+    Status(cli::status::StatusArgs),
     /// A stand-in legacy engine: plain MLLP, AA to every message unless told to misbehave.
     AckServer(cli::ack_server::AckServerArgs),
     /// Load generator: throughput and latency percentiles.
@@ -79,9 +86,12 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Run { config } => run(config).await,
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            client_cert,
+        } => {
             let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
-            status(cli::check::run(&config))
+            status(cli::check::run(&config, client_cert.as_deref()))
         }
         Command::Demo { once, tunnel } => {
             // The audit trail goes to a file the demo summarises, not between its lines.
@@ -99,6 +109,10 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Send(a) => {
             let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
             report(cli::send::run(a).await)
+        }
+        Command::Status(a) => {
+            let _logging = init_tracing(LogFormat::Text, "warn", None).ok();
+            report(cli::status::run(a).await)
         }
         Command::AckServer(a) => {
             let _logging = init_tracing(LogFormat::Text, "info", None).ok();

@@ -233,11 +233,13 @@ impl Control {
                 self.apply(&mut state, prepared).await;
                 state.last_error = None;
                 self.shared.metrics.config_reloaded(true);
+                self.shared.admin.reloaded(Ok(()));
                 Reload::Applied
             }
             Err(error) => {
                 self.shared.metrics.config_reloaded(false);
                 let text = error.to_string();
+                self.shared.admin.reloaded(Err(text.clone()));
                 if state.last_error.as_ref() != Some(&text) {
                     tracing::error!(side = Side::Proxy.label(), error = %text, "configuration reload refused; the running configuration stays in service");
                     state.last_error = Some(text);

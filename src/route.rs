@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, RouteView};
 use crate::audit::AuditLog;
 use crate::config::RouteConfig;
 use crate::context::{ListenerTls, RouteContext, max_ack_bytes};
@@ -410,20 +410,23 @@ impl Route {
         self.stop_accepting().await;
         self.maintaining.cancel();
         self.ctx.borrow().upstream.retire();
-        shared.admin.set_upstream(&self.name, None);
+        shared.admin.set_route(&self.name, None);
         shared.metrics.remove_route(&self.name);
     }
 
     fn maintain(&mut self, upstream: Arc<Upstream>, shared: &Shared) {
-        shared
-            .admin
-            .set_upstream(&self.name, Some(upstream.clone()));
         shared
             .background
             .spawn(upstream.maintain(self.maintaining.clone()));
     }
 
     fn listen(&mut self, listener: TcpListener, addr: SocketAddr, shared: &Shared) {
+        let view = RouteView {
+            name: self.name.clone(),
+            addr,
+            ctx: self.ctx.subscribe(),
+        };
+        shared.admin.set_route(&self.name, Some(view));
         let ctx = self.ctx.borrow().clone();
         if ctx.tls.is_none() {
             warn_if_plain_exposed(&self.name, addr);

@@ -490,7 +490,7 @@ fn push_timestamp(line: &mut Vec<u8>, at: std::time::SystemTime) {
 }
 
 /// The timestamp up to its fraction of a second: `2026-11-26T15:56:33.`.
-fn push_second(line: &mut Vec<u8>, secs: u64) {
+pub(crate) fn push_second(line: &mut Vec<u8>, secs: u64) {
     let (year, month, day) = civil_date(secs / 86_400);
     let in_day = secs % 86_400;
     push_digits(line, year, 4);

@@ -1,17 +1,21 @@
 //! `mllp-proxy check`: validates the configuration and loads every route's TLS material the way
-//! `run` would, without binding anything.
+//! `run` would, without binding anything; with `--client-cert`, says per route whether a
+//! sender presenting that certificate would be admitted, and as whom, or why not.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls_pki_types::{CertificateDer, UnixTime};
+
 use crate::config::{Config, RouteConfig};
-use crate::tls::{PartnerTls, TlsMaterial};
+use crate::tls::{AllowList, ClientIdentity, PartnerTls, TlsMaterial};
 
 /// Certificates expiring sooner than this are warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
-/// Prints a summary of `path` to stdout and problems to stderr; `true` when there is no error.
-pub fn run(path: &Path) -> bool {
+/// Prints a summary of `path` to stdout and problems to stderr; `true` when there is no error
+/// (and, with `client_cert`, some route admits that certificate).
+pub fn run(path: &Path, client_cert: Option<&Path>) -> bool {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -28,14 +32,97 @@ pub fn run(path: &Path) -> bool {
         config.routes.len(),
         config.admin.listen
     );
+    let presented = match client_cert.map(read_chain).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --client-cert: {e}");
+            return false;
+        }
+    };
     let mut ok = check_admin_and_audit(&config);
+    let mut admitted = false;
     for (i, r) in config.routes.iter().enumerate() {
-        ok &= check_route(i, r, now);
+        let (route_ok, admits) = check_route(i, r, now, presented.as_deref());
+        ok &= route_ok;
+        admitted |= admits;
     }
     if ok {
         println!("configuration OK");
     }
+    if let Some(path) = client_cert.filter(|_| !admitted) {
+        eprintln!("error: --client-cert: no route admits {}", path.display());
+        return false;
+    }
     ok
+}
+
+/// The certificate chain of a PEM file (the leaf first).
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chain = crate::tls::parse_certs(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(chain)
+}
+
+/// Whether route `i` would admit a sender presenting `chain`, and as whom: printed in the
+/// route's summary. The chain is verified by the route's own verifier (its `client_ca`, CRLs
+/// and clock), then matched against `allowed_clients`, as a handshake would.
+fn admission(r: &RouteConfig, material: &TlsMaterial, chain: &[CertificateDer<'static>]) -> bool {
+    let Some(identity) = ClientIdentity::from_der(&chain[0]) else {
+        println!("  --client-cert: refused: not a readable X.509 certificate");
+        return false;
+    };
+    let names = identity.names();
+    let names = if names.is_empty() {
+        "none".into()
+    } else {
+        names
+    };
+    match material
+        .verifier
+        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+    {
+        Err(e) => {
+            println!(
+                "  --client-cert: refused in the handshake: {} (issuer: {}; its identities: {names})",
+                verify_words(&e),
+                identity.issuer
+            );
+            false
+        }
+        Ok(_) if AllowList::new(r.allowed_clients.clone()).admits(&identity) => {
+            println!("  --client-cert: admitted as {identity} (its identities: {names})");
+            true
+        }
+        Ok(_) => {
+            let wants: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
+            println!(
+                "  --client-cert: refused with access_denied: verified, but none of its identities ({names}) is in allowed_clients ({})",
+                wants.join(", ")
+            );
+            false
+        }
+    }
+}
+
+/// A verifier's refusal in the words of the route's keys.
+fn verify_words(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "not issued by a CA in tls.client_ca".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "expired".into()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "not valid yet".into()
+        }
+        rustls::Error::InvalidCertificate(C::Revoked) => "revoked by a CRL in tls.crl".into(),
+        other => other.to_string(),
+    }
 }
 
 /// `audit.file`'s folder and `admin.tls`; `true` when there is no error.
@@ -71,8 +158,14 @@ fn check_admin_and_audit(config: &Config) -> bool {
     ok
 }
 
-/// Prints route `i`'s summary and loads its TLS material; `true` when there is no error.
-fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
+/// Prints route `i`'s summary and loads its TLS material: whether there is no error, and
+/// whether the route admits `presented`.
+fn check_route(
+    i: usize,
+    r: &RouteConfig,
+    now: i64,
+    presented: Option<&[CertificateDer<'static>]>,
+) -> (bool, bool) {
     println!(
         "route {}: listen {} -> {} (on failure: {}, validation: {}, max {} bytes)",
         r.name,
@@ -106,13 +199,16 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
                 r.listen
             );
         }
-        return ok;
+        if presented.is_some() {
+            println!("  --client-cert: not asked for (a plain listener admits any connection)");
+        }
+        return (ok, false);
     };
     let material = match TlsMaterial::load(tls) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: routes[{i}].{e}");
-            return false;
+            return (false, false);
         }
     };
     println!(
@@ -134,7 +230,8 @@ fn check_route(i: usize, r: &RouteConfig, now: i64) -> bool {
         let list: Vec<String> = r.allowed_clients.iter().map(ToString::to_string).collect();
         println!("  allowed_clients: {}", list.join(", "));
     }
-    check_dates(i, &material, now) && ok
+    let admits = presented.is_some_and(|chain| admission(r, &material, chain));
+    (check_dates(i, &material, now) && ok, admits)
 }
 
 /// Loads `upstream.tls` when set and prints what the partner is verified against.

@@ -1,4 +1,5 @@
-//! The tool commands around the proxy: `check`, `send`, `ack-server`, `demo`, `bench`, `soak`.
+//! The tool commands around the proxy: `check`, `send`, `status`, `ack-server`, `demo`, `bench`,
+//! `soak`.
 //!
 //! The client-side ones share [`crate::client::MllpClient`] and take [`TlsArgs`].
 
@@ -8,6 +9,7 @@ pub mod check;
 pub mod demo;
 pub mod send;
 pub mod soak;
+pub mod status;
 
 use std::path::PathBuf;
 

@@ -28,20 +28,28 @@ impl Session<'_> {
         self.messages += 1;
         let msg = match frame {
             Frame::Message(msg) => msg,
-            Frame::Oversize { head, len } => return self.refuse_oversize(stream, &head, len).await,
+            Frame::Oversize { head, len } => {
+                self.live.received(self.messages, Instant::now());
+                return self.refuse_oversize(stream, &head, len).await;
+            }
         };
         self.ctx.metrics.message_bytes.observe(msg.len() as f64);
         let checked = match self.ctx.validator.check(&msg) {
             Ok(checked) => checked,
-            Err(rejection) => return self.refuse(stream, &msg, rejection.reason).await,
+            Err(rejection) => {
+                self.live.received(self.messages, Instant::now());
+                return self.refuse(stream, &msg, rejection.reason).await;
+            }
         };
         let (forward, header) = (checked.bytes, checked.header);
+        let started = Instant::now();
+        self.live.received(self.messages, started);
         if header.is_some_and(|h| h.is_ack()) {
             return self
                 .forward_acknowledgment(stream, &forward, header.as_ref(), shutdown)
                 .await;
         }
-        let started = Instant::now();
+        self.live.in_flight(true);
         let exchanged = self
             .ctx
             .upstream
@@ -52,6 +60,7 @@ impl Session<'_> {
                 &mut self.queue,
             )
             .await;
+        self.live.in_flight(false);
         match exchanged {
             Ok(ack) => {
                 let latency = started.elapsed();

@@ -34,6 +34,7 @@ use crate::admission::Held;
 use crate::audit;
 pub use crate::context::RouteContext;
 use crate::label::{Label, Offboarded, Side};
+use crate::live::Live;
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
 use crate::tls::ClientIdentity;
@@ -168,8 +169,10 @@ pub async fn serve(
         // identity; the audit trail has the peer address.
         drop(handshake_permit);
         ctx.audit.session_started(who, None);
+        let registered = ctx.sessions.register(conn_id, None, peer);
         // Boxed: the TLS path's future, held by every idle session, keeps its size.
-        return Box::pin(converse_plain(&ctx, updates, tcp, who, shutdown)).await;
+        let live = registered.live().clone();
+        return Box::pin(converse_plain(&ctx, updates, tcp, who, live, shutdown)).await;
     };
     let server = listener_tls.config.clone();
     let Some(mut tls) = handshake::accept(&ctx, server, tcp, who, handshake_permit).await else {
@@ -185,8 +188,11 @@ pub async fn serve(
         suite,
     };
     ctx.audit.session_started(who, Some(negotiated));
+    let registered = ctx
+        .sessions
+        .register(conn_id, Some(identity.to_string()), peer);
     let started = Instant::now();
-    let mut session = Session::new(ctx.clone(), who, &shown);
+    let mut session = Session::new(ctx.clone(), who, &shown, registered.live().clone());
     session.follow(updates, Some(&identity));
     // A token of its own: every check and wait on the route's token would take the one
     // mutex all sessions share, several times per message.
@@ -203,10 +209,11 @@ async fn converse_plain(
     updates: watch::Receiver<Arc<RouteContext>>,
     mut tcp: TcpStream,
     who: audit::Who<'_>,
+    live: Arc<Live>,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
-    let mut session = Session::new(ctx.clone(), who, "(plain)");
+    let mut session = Session::new(ctx.clone(), who, "(plain)", live);
     session.follow(updates, None);
     let shutdown = shutdown.child_token();
     let end = session.run(&mut tcp, &shutdown).await;
@@ -244,6 +251,8 @@ struct Session<'a> {
     buf: BytesMut,
     /// Frames received, for the audit record of the session's end.
     messages: u64,
+    /// Its entry in the route's open sessions (`/status`).
+    live: Arc<Live>,
     /// The idle deadline's timer, kept across messages.
     idle: Deadline,
     /// The answer's write deadline (`frame_timeout`), likewise.
@@ -253,7 +262,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: Arc<RouteContext>, who: audit::Who<'a>, client: &'a str) -> Self {
+    fn new(ctx: Arc<RouteContext>, who: audit::Who<'a>, client: &'a str, live: Arc<Live>) -> Self {
         Self {
             updates: None,
             who,
@@ -264,6 +273,7 @@ impl<'a> Session<'a> {
             codec: MllpCodec::new(ctx.cfg.validation.max_message_bytes),
             buf: BytesMut::new(),
             messages: 0,
+            live,
             idle: Deadline::default(),
             write: Deadline::default(),
             queue: Deadline::default(),

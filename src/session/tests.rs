@@ -57,6 +57,11 @@ routes:
         Some(ListenerTls {
             config: Arc::new(server),
             verifier,
+            subject: "CN=test".into(),
+            expiry: crate::tls::Expiry {
+                server_not_after: 0,
+                client_ca_not_after: 0,
+            },
         }),
         Arc::new(upstream),
         metrics,
@@ -98,7 +103,11 @@ async fn run_session(
         peer: "127.0.0.1:1".parse().unwrap(),
         conn: 1,
     };
-    let end = Session::new(ctx.clone(), who, "").run(server, stop).await;
+    let registered = ctx.sessions.register(1, None, who.peer);
+    let live = registered.live().clone();
+    let end = Session::new(ctx.clone(), who, "", live)
+        .run(server, stop)
+        .await;
     (end, started.elapsed())
 }
 

@@ -578,7 +578,8 @@ fn read_crls(paths: &[PathBuf], key: &str) -> Result<Vec<Vec<u8>>, TlsError> {
     paths.iter().map(|p| read_file(key, p)).collect()
 }
 
-fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM file, in order (a chain: the leaf first).
+pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("unreadable PEM ({e})"))?;

@@ -32,6 +32,8 @@ pub struct PartnerTls {
     pub allowed: AllowList,
     /// notAfter of our client certificate, if one is presented.
     pub client_not_after: Option<i64>,
+    /// Its subject, for `/status`.
+    pub client_subject: Option<String>,
     /// Earliest notAfter among the partner's CA certificates.
     pub ca_not_after: i64,
     /// The files it was built from, compared on each poll.
@@ -127,11 +129,11 @@ impl Material for PartnerTls {
             .with_protocol_versions(versions(cfg.policy.min_version))
             .map_err(|e| err("upstream.tls.min_version", &cfg.ca, e.to_string()))?
             .with_webpki_verifier(verifier);
-        let (config, client_not_after) = match (&cfg.client, &files.client) {
+        let (config, client) = match (&cfg.client, &files.client) {
             (Some((cert, key)), Some((chain_pem, key_pem))) => {
                 let chain =
                     parse_certs(chain_pem).map_err(|r| err("upstream.tls.certificate", cert, r))?;
-                let (not_after, _) =
+                let (not_after, subject) =
                     leaf_info(&chain[0]).map_err(|r| err("upstream.tls.certificate", cert, r))?;
                 let pk = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
                     err(
@@ -147,10 +149,11 @@ impl Material for PartnerTls {
                         format!("does not fit the certificate: {e}"),
                     )
                 })?;
-                (config, Some(not_after))
+                (config, Some((not_after, subject)))
             }
             _ => (builder.with_no_client_auth(), None),
         };
+        let (client_not_after, client_subject) = client.unzip();
         Ok(PartnerTls {
             config: Arc::new(config),
             server_name: cfg
@@ -159,6 +162,7 @@ impl Material for PartnerTls {
                 .and_then(|n| ServerName::try_from(n.to_string()).ok()),
             allowed: AllowList::new(cfg.allowed_servers.clone()),
             client_not_after,
+            client_subject,
             ca_not_after: cas.earliest_not_after,
             contents: files,
         })

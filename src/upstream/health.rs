@@ -61,6 +61,16 @@ struct State {
     since: SystemTime,
 }
 
+/// A target's health as `/status` shows it.
+pub struct Health {
+    /// Whether it is up.
+    pub up: bool,
+    /// Why it is down, if it is and a connect or check said why.
+    pub reason: Option<Box<str>>,
+    /// Since when it has been up (or down).
+    pub since: SystemTime,
+}
+
 impl Target {
     /// A target of unknown health: reported down until a connect or probe succeeds.
     pub fn new(addr: &str, route: Arc<str>, partner: bool, metrics: TargetMetrics) -> Self {
@@ -89,6 +99,22 @@ impl Target {
 
     fn is_partner(&self) -> bool {
         self.partner.load(Ordering::Acquire)
+    }
+
+    /// Up or down, why, and since when.
+    pub fn health(&self) -> Health {
+        match self.state.lock() {
+            Ok(s) => Health {
+                up: s.up,
+                reason: s.reason.clone(),
+                since: s.since,
+            },
+            Err(_) => Health {
+                up: self.is_up(),
+                reason: None,
+                since: SystemTime::UNIX_EPOCH,
+            },
+        }
     }
 
     /// Whether the last connect, probe or exchange succeeded.

@@ -21,8 +21,21 @@ use crate::label::{FailureKind, Label, PartnerRefusal, Side};
 use crate::metrics::RouteMetrics;
 use crate::timer::Deadline;
 use crate::tls::PartnerTls;
+pub use health::Health;
 use health::{Probe, Target};
 use pool::{Lease, Pool, PooledConn, Shard};
+
+/// One target as `/status` shows it.
+pub struct TargetState {
+    /// `host:port` as configured.
+    pub addr: Arc<str>,
+    /// Up or down, why, since when.
+    pub health: Health,
+    /// Pooled connections carrying an exchange now.
+    pub busy: usize,
+    /// Pooled connections waiting for one.
+    pub idle: usize,
+}
 
 /// How often idle pooled connections are checked for an engine or partner that closed them.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -266,6 +279,26 @@ impl Upstream {
     /// Brings the pool's busy/idle gauges up to date (before a scrape).
     pub fn refresh_gauges(&self) {
         self.pool.refresh_gauges(&self.targets);
+    }
+
+    /// Each target's health and pooled connections, for `/status`.
+    pub fn target_states(&self) -> Vec<TargetState> {
+        let connections = self.pool.connections(&self.targets);
+        self.targets
+            .iter()
+            .zip(connections)
+            .map(|(t, (busy, idle))| TargetState {
+                addr: t.addr.clone(),
+                health: t.health(),
+                busy,
+                idle,
+            })
+            .collect()
+    }
+
+    /// Exchanges waiting for a pooled connection now.
+    pub fn queued(&self) -> i64 {
+        self.metrics.upstream_queue_waiting.get()
     }
 
     /// Whether any target is up (for `admin.ready_requires_upstream`).

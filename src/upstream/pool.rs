@@ -266,8 +266,8 @@ impl Pool {
         }
     }
 
-    /// Sets each target's busy and idle gauges from the pool as it is now.
-    pub(super) fn refresh_gauges(&self, targets: &[Arc<Target>]) {
+    /// Each target's connections as (busy, idle), from the pool as it is now.
+    pub(super) fn connections(&self, targets: &[Arc<Target>]) -> Vec<(usize, usize)> {
         let mut waiting = vec![0usize; targets.len()];
         for shard in &self.shards {
             let Ok(idle) = shard.idle.lock() else {
@@ -279,10 +279,21 @@ impl Pool {
                 }
             }
         }
-        for (t, waiting) in targets.iter().zip(waiting) {
-            let open = t.pooled.load(Ordering::Acquire);
-            t.metrics.idle.set(waiting as i64);
-            t.metrics.busy.set(open.saturating_sub(waiting) as i64);
+        targets
+            .iter()
+            .zip(waiting)
+            .map(|(t, idle)| {
+                let open = t.pooled.load(Ordering::Acquire);
+                (open.saturating_sub(idle), idle)
+            })
+            .collect()
+    }
+
+    /// Sets each target's busy and idle gauges from the pool as it is now.
+    pub(super) fn refresh_gauges(&self, targets: &[Arc<Target>]) {
+        for (t, (busy, idle)) in targets.iter().zip(self.connections(targets)) {
+            t.metrics.idle.set(idle as i64);
+            t.metrics.busy.set(busy as i64);
         }
     }
 

@@ -420,3 +420,49 @@ fn the_readme_by_hand_block_prints_what_the_readme_says() {
     let printed: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(printed, expected, "{}", text(&out));
 }
+
+#[test]
+fn check_client_cert_says_whether_a_sender_would_be_admitted_and_as_whom() {
+    // The dry run of on-boarding: the route's own verifier and allow-list, no connection.
+    let pki = Pki::new();
+    pki.issue_client("billing", "billing-sender", &[], &[], false, false);
+    let yaml = pki.config_yaml(
+        &["127.0.0.1:9".into()],
+        "    allowed_clients:\n      - cn: lab-sender\n",
+    );
+    std::fs::write(pki.path("proxy.yaml"), yaml).expect("write");
+    let check = |cert: &str| {
+        let config = pki.path("proxy.yaml");
+        let cert = pki.path(cert);
+        let out = run(&[
+            "check",
+            "-c",
+            &config.to_string_lossy(),
+            "--client-cert",
+            &cert.to_string_lossy(),
+        ]);
+        (out.status.code(), text(&out))
+    };
+    let (code, out) = check("client.crt");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("--client-cert: admitted as uri:spiffe://hospital.test/lab (its identities: cn:lab-sender,dns:lab.example.org,uri:spiffe://hospital.test/lab)"),
+        "{out}"
+    );
+    let (code, out) = check("billing.crt");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("--client-cert: refused with access_denied: verified, but none of its identities (cn:billing-sender) is in allowed_clients (cn=lab-sender)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: --client-cert: no route admits"),
+        "{out}"
+    );
+    let (code, out) = check("other.crt");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("--client-cert: refused in the handshake: not issued by a CA in tls.client_ca (issuer: CN=other CA;"),
+        "{out}"
+    );
+}

@@ -18,6 +18,7 @@ mod offboarding;
 mod reliability;
 mod reload;
 mod security;
+mod status;
 mod support;
 mod tunnel;
 mod upstream;

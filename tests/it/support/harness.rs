@@ -29,6 +29,10 @@ pub struct Harness {
     single: bool,
     /// Sessions run on this many session threads, as the binary runs them.
     threads: Option<usize>,
+    /// `upstream.health_check_interval` (off when `None`).
+    health: Option<String>,
+    /// Keys added to the `admin` section (indented two spaces).
+    admin: String,
 }
 
 /// A change to the validated configuration, made before the proxy starts.
@@ -62,7 +66,21 @@ impl Harness {
             after: Vec::new(),
             single: false,
             threads: None,
+            health: None,
+            admin: String::new(),
         }
+    }
+
+    /// Health checks every `interval` (`1s`): they are off otherwise.
+    pub fn health_checks(mut self, interval: &str) -> Self {
+        self.health = Some(interval.to_string());
+        self
+    }
+
+    /// Keys added to the `admin` section (indented two spaces: `  tls:\n    …`).
+    pub fn admin_yaml(mut self, keys: &str) -> Self {
+        self.admin.push_str(keys);
+        self
     }
 
     /// A target tried after the engine.
@@ -249,6 +267,16 @@ impl Harness {
             .pki
             .config_yaml_tls(&targets, &self.tls, &self.extra)
             .replace("admin:\n", &format!("{}{top}admin:\n", self.top));
+        if let Some(interval) = &self.health {
+            yaml = yaml.replace(
+                "health_check_interval: 0\n",
+                &format!("health_check_interval: {interval}\n"),
+            );
+        }
+        yaml = yaml.replace(
+            "admin:\n  listen: \"127.0.0.1:0\"\n",
+            &format!("admin:\n  listen: \"127.0.0.1:0\"\n{}", self.admin),
+        );
         if let Some((delay, drain)) = &self.shutdown {
             yaml = yaml.replace(
                 "shutdown:\n  drain_timeout: 10s\n",
