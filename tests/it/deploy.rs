@@ -334,7 +334,7 @@ fn every_shipped_scrape_path_produces_a_job_the_down_alert_selects() {
     let names: BTreeSet<&str> = jobs.iter().map(|(_, j)| j.as_str()).collect();
     for job in names {
         let test = format!(
-            "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'up{{job=\"{job}\",instance=\"p1:9575\"}}'\n        values: '0x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: MllpProxyDown\n        exp_alerts:\n          - exp_labels: {{ severity: critical, job: \"{job}\", instance: \"p1:9575\" }}\n            exp_annotations:\n              summary: \"mllp-proxy p1:9575 is down\"\n              description: \"Prometheus cannot scrape p1:9575 for 2 minutes. Senders behind it cannot deliver; check the process or pod.\"\n"
+            "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'up{{job=\"{job}\",instance=\"p1:9575\"}}'\n        values: '0x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: MllpProxyDown\n        exp_alerts:\n          - exp_labels: {{ severity: critical, job: \"{job}\", instance: \"p1:9575\" }}\n            exp_annotations:\n              summary: \"mllp-proxy p1:9575 is down\"\n              description: \"Prometheus cannot scrape p1:9575 for 2 minutes. Senders behind it cannot deliver; check the process or pod.\"\n              runbook_url: \"https://mllp-proxy.invalid/docs/runbook.md#mllpproxydown\"\n"
         );
         let path = dir.path().join(format!("{job}.test.yml"));
         std::fs::write(&path, test).expect("write test");
@@ -354,6 +354,54 @@ fn every_shipped_scrape_path_produces_a_job_the_down_alert_selects() {
             "MllpProxyDown does not fire for job {job} (from {from:?}):\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rule_object_is_the_rules_file() {
+    // One source: the PrometheusRule is what the script makes of the rules file, and its
+    // groups are the file's, rule for rule.
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("deploy/prometheus/prometheusrule.sh"))
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        read("deploy/prometheus/prometheusrule.yaml"),
+        "deploy/prometheus/prometheusrule.yaml is stale: bash deploy/prometheus/prometheusrule.sh > deploy/prometheus/prometheusrule.yaml"
+    );
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/prometheus/mllp-proxy.rules.yml")).expect("rules");
+    let object: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/prometheus/prometheusrule.yaml")).expect("object");
+    assert_eq!(object["kind"], "PrometheusRule");
+    assert_eq!(object["spec"]["groups"], rules["groups"]);
+}
+
+#[test]
+fn every_alert_links_to_its_runbook_entry() {
+    // runbook_url ends in an anchor of docs/runbook.md, whose entry says what the alert means
+    // and what to do.
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/prometheus/mllp-proxy.rules.yml")).expect("rules");
+    let runbook = read("docs/runbook.md");
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let alerts = rules["groups"][0]["rules"].as_sequence().expect("rules");
+    assert!(alerts.len() >= 10);
+    for rule in alerts {
+        let name = rule["alert"].as_str().expect("alert name");
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let anchor = url.rsplit_once("docs/runbook.md#").map(|(_, a)| a);
+        assert_eq!(anchor, Some(name.to_lowercase().as_str()), "{name}: {url}");
+        assert!(
+            anchors.contains(&name.to_lowercase()),
+            "docs/runbook.md has no entry ## {name}"
         );
     }
 }

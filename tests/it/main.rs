@@ -1,6 +1,7 @@
 //! Integration tests: real sockets on loopback, real TLS handshakes with certificates made per
 //! test, a stand-in engine, the binary itself where signals matter, and third-party HL7 peers.
 
+mod alerts;
 mod architecture;
 mod balancer;
 mod certificates;
