@@ -179,7 +179,10 @@ fn repo() -> std::path::PathBuf {
 }
 
 /// Sends a message every `every` to `target`, reconnecting after a failure, until `stop`.
-fn keep_sending(target: mllp_proxy::client::ClientTarget, every: Duration) -> CancellationToken {
+pub fn keep_sending(
+    target: mllp_proxy::client::ClientTarget,
+    every: Duration,
+) -> CancellationToken {
     let stop = CancellationToken::new();
     let token = stop.clone();
     tokio::spawn(async move {

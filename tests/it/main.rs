@@ -8,6 +8,7 @@ mod certificates;
 mod cli;
 mod core;
 mod corpus;
+mod dashboard;
 mod deploy;
 mod egress;
 mod interop;
