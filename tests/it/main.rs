@@ -10,6 +10,7 @@ mod core;
 mod corpus;
 mod dashboard;
 mod deploy;
+mod doc_quotes;
 mod egress;
 mod interop;
 mod lifecycle;
