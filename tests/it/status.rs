@@ -11,33 +11,9 @@ const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_each_sender_the_down_target_and_the_refused_reload_without_control_ids() {
-    let h = Harness::new()
-        .target_after(unused_addr().await)
-        .health_checks("1s")
-        .admin_yaml("  tls:\n    certificate: server.crt\n    private_key: server.key\n    client_ca: ca.crt\n");
     let names = ["lab", "pharmacy", "radiology", "billing"];
-    for n in names {
-        h.pki.issue_client(
-            &format!("s-{n}"),
-            &format!("{n}-sender"),
-            &[],
-            &[],
-            false,
-            false,
-        );
-    }
-    let world = h.start_live().await;
+    let (world, mut senders) = four_senders(&names).await;
     let (pki, proxy) = (&world.pki, &world.proxy);
-    let route = proxy.routes()[0].1;
-    let mut senders = Vec::new();
-    for n in names {
-        let mut c = MllpClient::connect(&pki.target_named(route, &format!("s-{n}")), T)
-            .await
-            .expect("connect");
-        let ack = c.exchange(&adt(&format!("CTRL-{n}-7731")), T).await;
-        assert_eq!(msa(&ack.expect("ACK")).0, "AA");
-        senders.push(c);
-    }
     // A configuration the proxy refuses: the running one stays, and status says so.
     let broken = world
         .yaml()
@@ -49,34 +25,16 @@ async fn status_shows_each_sender_the_down_target_and_the_refused_reload_without
         "{refused:?}"
     );
     let down = world.config.routes[0].upstream.targets[1].clone();
-    let status = |json: bool| {
-        let admin = format!("https://127.0.0.1:{}", proxy.admin().port());
-        let mut cmd = std::process::Command::new(binary());
-        cmd.args(["status", "--admin", &admin, "--server-name", "localhost"])
-            .arg("--ca")
-            .arg(pki.path("ca.crt"))
-            .arg("--cert")
-            .arg(pki.path("client.crt"))
-            .arg("--key")
-            .arg(pki.path("client.key"));
-        if json {
-            cmd.arg("--json");
-        }
-        tokio::task::spawn_blocking(move || {
-            let out = cmd.output().expect("run status");
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-    };
+    let status = |json: bool| status_of(pki, proxy, json);
     // The down target is probed every second.
     let probed = eventually(T, || async {
-        let table = status(false).await.expect("status");
+        let table = status(false).await;
         table
             .lines()
             .any(|l| l.contains(&down) && l.contains("DOWN") && l.contains("refused"))
     });
-    assert!(probed.await, "{}", status(false).await.expect("status"));
-    let table = status(false).await.expect("status");
+    assert!(probed.await, "{}", status(false).await);
+    let table = status(false).await;
     for n in names {
         let line = table
             .lines()
@@ -89,7 +47,7 @@ async fn status_shows_each_sender_the_down_target_and_the_refused_reload_without
     assert!(table.contains("last reload: refused"), "{table}");
     assert!(table.contains("shutdown.drain_timeout"), "{table}");
     assert!(table.contains("sessions 4"), "{table}");
-    let json = status(true).await.expect("status");
+    let json = status(true).await;
     for text in [&table, &json] {
         assert!(
             !text.contains("CTRL-"),
@@ -110,11 +68,55 @@ async fn status_shows_each_sender_the_down_target_and_the_refused_reload_without
     // A sender that leaves is gone from the view.
     senders.remove(0).close().await;
     let left = eventually(T, || async {
-        !status(false)
-            .await
-            .expect("status")
-            .contains("cn:lab-sender")
+        !status(false).await.contains("cn:lab-sender")
     });
     assert!(left.await);
-    assert!(status(false).await.expect("status").contains("sessions 3"));
+    assert!(status(false).await.contains("sessions 3"));
+}
+
+/// `mllp-proxy status` against `proxy`'s mutual-TLS admin port (`--json`: the document).
+async fn status_of(pki: &Pki, proxy: &mllp_proxy::proxy::RunningProxy, json: bool) -> String {
+    let admin = format!("https://127.0.0.1:{}", proxy.admin().port());
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(["status", "--admin", &admin, "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(pki.path("ca.crt"))
+        .arg("--cert")
+        .arg(pki.path("client.crt"))
+        .arg("--key")
+        .arg(pki.path("client.key"));
+    if json {
+        cmd.arg("--json");
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run status"))
+        .await
+        .expect("task");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A proxy with a down second target, health checks every second and a mutual-TLS admin
+/// port, and one connected sender per name (certificate `CN={name}-sender`), each having sent
+/// one message with control ID `CTRL-{name}-7731`.
+async fn four_senders(names: &[&str]) -> (World, Vec<MllpClient>) {
+    let h = Harness::new()
+        .target_after(unused_addr().await)
+        .health_checks("1s")
+        .admin_yaml("  tls:\n    certificate: server.crt\n    private_key: server.key\n    client_ca: ca.crt\n");
+    for n in names {
+        let cn = format!("{n}-sender");
+        h.pki
+            .issue_client(&format!("s-{n}"), &cn, &[], &[], false, false);
+    }
+    let world = h.start_live().await;
+    let route = world.proxy.routes()[0].1;
+    let mut senders = Vec::new();
+    for n in names {
+        let target = world.pki.target_named(route, &format!("s-{n}"));
+        let mut c = MllpClient::connect(&target, T).await.expect("connect");
+        let ack = c.exchange(&adt(&format!("CTRL-{n}-7731")), T).await;
+        assert_eq!(msa(&ack.expect("ACK")).0, "AA");
+        senders.push(c);
+    }
+    (world, senders)
 }
