@@ -29,7 +29,7 @@ use crate::config::{AdminTlsConfig, Policy, RevocationDepth, TlsConfig, TlsPolic
 pub use identity::{AllowList, ClientIdentity};
 
 use crate::label::HandshakeReason;
-pub use partner::PartnerTls;
+pub use partner::{PartnerTls, Refused, establish_tls};
 pub use watch::{Material, ReloadOutcome, Watcher};
 
 /// The watcher of a listener's `tls` files.

@@ -21,6 +21,9 @@ use super::{
 use crate::config::{Policy, RevocationDepth, UpstreamTlsConfig};
 use crate::label::{CertRole, PartnerRefusal};
 use crate::metrics::RouteMetrics;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// Loaded `upstream.tls` material: what new connections to the partner use.
 pub struct PartnerTls {
@@ -242,4 +245,55 @@ impl PartnerRefusal {
             Self::Protocol => "TLS protocol error",
         }
     }
+}
+
+/// A partner's refusal of a TLS connection, with the detail for the log.
+#[derive(Debug)]
+pub struct Refused {
+    /// The bounded reason (metric label).
+    pub reason: PartnerRefusal,
+    /// What rustls said.
+    pub detail: String,
+}
+
+/// The TLS handshake with a partner over `tcp` to `target`, within `timeout`, and the check
+/// of its verified certificate against `allowed_servers`.
+pub async fn establish_tls(
+    tcp: TcpStream,
+    target: &str,
+    partner: &PartnerTls,
+    timeout: Duration,
+) -> Result<Box<TlsStream<TcpStream>>, Refused> {
+    let Some(name) = partner.name_for(target) else {
+        return Err(Refused {
+            reason: PartnerRefusal::NameMismatch,
+            detail: format!(
+                "`{target}` has no host usable as a TLS name; set upstream.tls.server_name"
+            ),
+        });
+    };
+    let connector = tokio_rustls::TlsConnector::from(partner.config.clone());
+    let presented = partner.client_not_after.is_some();
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return Err(Refused {
+                reason: PartnerRefusal::of(&e, presented),
+                detail: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(Refused {
+                reason: PartnerRefusal::Timeout,
+                detail: format!("not completed within {timeout:?}"),
+            });
+        }
+    };
+    if !partner.admits(tls.get_ref().1.peer_certificates()) {
+        return Err(Refused {
+            reason: PartnerRefusal::NotAllowed,
+            detail: "verified, but not in allowed_servers".into(),
+        });
+    }
+    Ok(Box::new(tls))
 }

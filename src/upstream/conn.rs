@@ -22,7 +22,7 @@ use crate::hl7::{AckCode, parse_ack};
 use crate::label::{Label, PartnerRefusal, Side};
 use crate::mllp::{Frame, MllpCodec, MllpError};
 use crate::timer::Deadline;
-use crate::tls::{ClientIdentity, PartnerTls};
+use crate::tls::ClientIdentity;
 
 /// The engine's acknowledgment of the message just sent.
 pub struct Ack {
@@ -121,57 +121,6 @@ impl AsyncWrite for Wire {
             Wire::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// A partner's refusal of a TLS connection, with the detail for the log.
-#[derive(Debug)]
-pub struct Refused {
-    /// The bounded reason (metric label).
-    pub reason: PartnerRefusal,
-    /// What rustls said.
-    pub detail: String,
-}
-
-/// The TLS handshake with a partner over `tcp` to `target`, within `timeout`, and the check
-/// of its verified certificate against `allowed_servers`.
-pub async fn establish_tls(
-    tcp: TcpStream,
-    target: &str,
-    partner: &PartnerTls,
-    timeout: Duration,
-) -> Result<Box<TlsStream<TcpStream>>, Refused> {
-    let Some(name) = partner.name_for(target) else {
-        return Err(Refused {
-            reason: PartnerRefusal::NameMismatch,
-            detail: format!(
-                "`{target}` has no host usable as a TLS name; set upstream.tls.server_name"
-            ),
-        });
-    };
-    let connector = tokio_rustls::TlsConnector::from(partner.config.clone());
-    let presented = partner.client_not_after.is_some();
-    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            return Err(Refused {
-                reason: PartnerRefusal::of(&e, presented),
-                detail: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(Refused {
-                reason: PartnerRefusal::Timeout,
-                detail: format!("not completed within {timeout:?}"),
-            });
-        }
-    };
-    if !partner.admits(tls.get_ref().1.peer_certificates()) {
-        return Err(Refused {
-            reason: PartnerRefusal::NotAllowed,
-            detail: "verified, but not in allowed_servers".into(),
-        });
-    }
-    Ok(Box::new(tls))
 }
 
 /// What a TLS connection to a partner negotiated, for the audit record.

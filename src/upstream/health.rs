@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conn::{Wire, establish_tls};
+use super::conn::Wire;
 use crate::config::Keepalive;
 use crate::label::{Label, PartnerRefusal, Side};
 use crate::tls::PartnerTls;
+use crate::tls::establish_tls;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 

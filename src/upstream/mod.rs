@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Ack, Refused, UpstreamConn, Wire};
+pub use conn::{Ack, UpstreamConn, Wire};
 
 use crate::audit::AuditLog;
 use crate::config::{Balance, UpstreamConfig};
