@@ -367,6 +367,13 @@ impl<'a> Session<'a> {
                 Ok(f) => f,
                 Err(end) => return end,
             };
+            // A frame that arrived together with a reload's wake-up is handled under the
+            // context published before it was read, not the one it replaced.
+            if self.reloaded()
+                && let Err(end) = self.take_reload(stream)
+            {
+                return end;
+            }
             if let Err(end) = self.handle(stream, frame, shutdown).await {
                 return end;
             }
