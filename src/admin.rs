@@ -256,6 +256,7 @@ fn handle(
                 u.refresh_gauges();
             }
             state.metrics.audit_dropped(state.audit.records_dropped());
+            state.metrics.audit_syslog(&state.audit.syslog_stats());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use clap::{Parser, Subcommand};
 use mllp_proxy::audit::{AuditLog, LineWriter, Reopen, WriterGuard};
 use mllp_proxy::cli;
-use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, LoggingConfig};
+use mllp_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, LoggingConfig, SyslogConfig};
 use mllp_proxy::cores::Cores;
 use mllp_proxy::metrics::Metrics;
 use mllp_proxy::proxy::{Options, ReloadHook, Source, StartError};
@@ -155,6 +155,10 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = logging.syslog_to(&config.audit.syslog) {
+        tracing::error!(error = %e, "cannot start");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -289,9 +293,23 @@ struct LiveLogging {
 struct InService {
     logging: LoggingConfig,
     audit_file: Option<PathBuf>,
+    syslog: Vec<SyslogConfig>,
 }
 
 impl Logging {
+    /// Starts sending the audit trail to `collectors` (at start; reloads go through
+    /// [`Logging::on_reload`]).
+    fn syslog_to(&self, collectors: &[SyslogConfig]) -> Result<(), String> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        live.writer.syslog_to(collectors)?;
+        if let Ok(mut s) = live.in_service.lock() {
+            s.syslog = collectors.to_vec();
+        }
+        Ok(())
+    }
+
     /// The reload hook: the audit file first (the one step that can fail), then level and
     /// format.
     fn on_reload(&self) -> ReloadHook {
@@ -317,6 +335,10 @@ impl LiveLogging {
                     None => format!("audit.file: {e}"),
                 })?;
             s.audit_file = cfg.audit.file.clone();
+        }
+        if cfg.audit.syslog != s.syslog {
+            self.writer.syslog_to(&cfg.audit.syslog)?;
+            s.syslog = cfg.audit.syslog.clone();
         }
         if cfg.logging.level != s.logging.level {
             if self.env_level {
@@ -430,6 +452,7 @@ fn init_tracing(
                 level: level.to_string(),
             },
             audit_file: audit_file.map(Path::to_path_buf),
+            syslog: Vec::new(),
         }),
     }));
     Ok(logging)

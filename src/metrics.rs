@@ -55,6 +55,9 @@ pub struct Metrics {
     /// Synced from the writer's own counts at each scrape ([`Metrics::audit_dropped`]): the
     /// writer thread holds no metric handles.
     audit_dropped: IntCounterVec,
+    /// The syslog collectors', synced the same way ([`Metrics::audit_syslog`]).
+    audit_sent: IntCounterVec,
+    audit_up: IntGaugeVec,
 }
 
 /// Connections, TLS and the log's rate limiting.
@@ -179,7 +182,17 @@ impl Metrics {
             },
             audit_dropped: reg.counter(
                 "mllp_proxy_audit_records_dropped_total",
-                "Audit records dropped because their destination (sink: log, file) fell 32 MiB behind.",
+                "Audit records dropped: the log or the audit file fell 32 MiB behind, or a syslog collector (sink: its name) was unreachable past its queue_bytes.",
+                &["sink"],
+            )?,
+            audit_sent: reg.counter(
+                "mllp_proxy_audit_records_sent_total",
+                "Audit records sent to a syslog collector (sink: its name).",
+                &["sink"],
+            )?,
+            audit_up: reg.gauge(
+                "mllp_proxy_audit_sink_up",
+                "1 while a syslog collector (sink: its name) is reachable: its last connect or write succeeded.",
                 &["sink"],
             )?,
             registry: reg.0,
@@ -290,6 +303,33 @@ impl Metrics {
         for (sink, dropped) in AuditSink::ALL.iter().zip(dropped) {
             let c = self.audit_dropped.with_label_values(&[sink.label()]);
             c.inc_by(dropped.saturating_sub(c.get()));
+        }
+    }
+
+    /// Sets the syslog collectors' series from their own counts, before a scrape; the series
+    /// of collectors no longer configured are removed.
+    pub fn audit_syslog(&self, sinks: &[crate::audit::SinkStats]) {
+        let gone: Vec<String> = self
+            .audit_up
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .flat_map(|m| m.get_label())
+            .filter(|l| l.name() == "sink" && !sinks.iter().any(|s| s.name == l.value()))
+            .map(|l| l.value().to_string())
+            .collect();
+        for name in gone {
+            let _ = self.audit_sent.remove_label_values(&[&name]);
+            let _ = self.audit_up.remove_label_values(&[&name]);
+            let _ = self.audit_dropped.remove_label_values(&[&name]);
+        }
+        for s in sinks {
+            let sink = [s.name.as_str()];
+            let sent = self.audit_sent.with_label_values(&sink);
+            sent.inc_by(s.sent.saturating_sub(sent.get()));
+            let dropped = self.audit_dropped.with_label_values(&sink);
+            dropped.inc_by(s.dropped.saturating_sub(dropped.get()));
+            self.audit_up.with_label_values(&sink).set(i64::from(s.up));
         }
     }
 

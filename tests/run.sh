@@ -15,7 +15,8 @@ if ! [ -f tests/interop/node_modules/node-hl7-client/package.json ] \
     echo "== installing node-hl7-client and node-hl7-server into tests/interop/node_modules"
     (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
-# openssl (s_client interop), promtool (Debian package prometheus: metrics format),
+# openssl (s_client interop), promtool and prometheus (Debian package prometheus: the alert
+# rules' tests and the dashboard's queries),
 # haproxy (a real load balancer sending PROXY protocol headers) and stunnel4 (a partner's
 # TLS terminator in front of an egress route's target).
 missing=()
@@ -24,6 +25,9 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v stunnel4 >/dev/null || missing+=(stunnel4)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
+# rsyslog with its GnuTLS driver: the real syslog collector of the audit trail's tests.
+command -v rsyslogd >/dev/null || missing+=(rsyslog)
+dpkg -s rsyslog-gnutls >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod syslog;
 mod writer;
 
 use writer::Queue;
@@ -26,6 +27,18 @@ use crate::label::AuditSink;
 use crate::label::{FailureKind, Label};
 use crate::logsafe::{Plain, escape, escape_str};
 use crate::tls::ClientIdentity;
+
+/// A syslog collector's figures, for `/metrics`.
+pub struct SinkStats {
+    /// `audit.syslog[].name`.
+    pub name: String,
+    /// Whether its last connect or write succeeded.
+    pub up: bool,
+    /// Records sent to it.
+    pub sent: u64,
+    /// Records dropped past its `queue_bytes`.
+    pub dropped: u64,
+}
 
 /// The tracing target of audit records.
 pub const TARGET: &str = "audit";
@@ -88,6 +101,25 @@ impl AuditLog {
         self.0
             .as_ref()
             .map_or([0; 2], |s| s.writer.queue.records_dropped())
+    }
+
+    /// Each syslog collector's name, whether it is up, records sent and records dropped.
+    pub fn syslog_stats(&self) -> Vec<SinkStats> {
+        let Some(sink) = &self.0 else {
+            return Vec::new();
+        };
+        let Ok(collectors) = sink.writer.queue.collectors.lock() else {
+            return Vec::new();
+        };
+        collectors
+            .iter()
+            .map(|c| SinkStats {
+                name: c.name().to_string(),
+                up: c.up.load(Ordering::Relaxed),
+                sent: c.sent.load(Ordering::Relaxed),
+                dropped: c.dropped.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// The shared fields of `who`'s message records; `None` when no records are written.

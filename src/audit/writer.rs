@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use super::syslog::Collector;
+use crate::config::SyslogConfig;
+
 /// The writer thread's pause between batches: the most a line waits before it is written.
 /// Shorter pauses wake the thread so often that its wake-ups land on a busy sender's messages
 /// and lengthen their latency. A stop writes everything queued, within one pause.
@@ -19,6 +22,9 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 pub struct LineWriter {
     pub(super) queue: Arc<Queue>,
 }
+
+/// The syslog collectors in service, shared by the writer thread and reloads.
+pub(super) type Collectors = Mutex<Vec<Arc<Collector>>>;
 
 /// Stops the writer thread after writing everything queued (call before the process exits).
 pub struct WriterGuard {
@@ -37,6 +43,8 @@ pub struct Reopen(Arc<AtomicBool>);
 pub(super) struct Queue {
     pending: Mutex<Pending>,
     ready: Condvar,
+    /// Where audit records also go (`audit.syslog`).
+    pub(super) collectors: Collectors,
 }
 
 #[derive(Default)]
@@ -45,6 +53,9 @@ struct Pending {
     log: Vec<u8>,
     /// Audit records bound for the audit file.
     records: Vec<u8>,
+    /// Audit records bound for the syslog collectors, when there are any.
+    syslog: Vec<u8>,
+    to_syslog: bool,
     /// Audit file changes: the records before `.0` go to the file in service before it.
     switches: Vec<(usize, Option<AuditFile>)>,
     /// Whether audit records go to a file.
@@ -103,6 +114,9 @@ impl Queue {
         } else {
             to.extend_from_slice(line);
         }
+        if audit && p.to_syslog && p.syslog.len() + line.len() <= MAX_PENDING {
+            p.syslog.extend_from_slice(line);
+        }
         self.wake(p);
     }
 
@@ -143,6 +157,26 @@ impl LineWriter {
         ))
     }
 
+    /// Sends audit records to these syslog collectors too, from the next record on; the
+    /// collectors in service before are stopped once they have sent what they hold. The
+    /// collectors' TLS material is loaded here, so that a reload naming a file that cannot
+    /// be read is refused.
+    pub fn syslog_to(&self, collectors: &[SyslogConfig]) -> Result<(), String> {
+        let started = collectors
+            .iter()
+            .map(Collector::start)
+            .collect::<Result<Vec<_>, String>>()?;
+        self.queue.lock().to_syslog = !started.is_empty();
+        let old = match self.queue.collectors.lock() {
+            Ok(mut c) => std::mem::replace(&mut *c, started),
+            Err(_) => Vec::new(),
+        };
+        for c in old {
+            c.stop();
+        }
+        Ok(())
+    }
+
     /// Sends audit records to `file` (appended), or into the log, from the next record on.
     /// The file is opened here, so that a reload naming one that cannot be is refused.
     pub fn audit_to(&self, file: Option<&Path>) -> std::io::Result<()> {
@@ -170,6 +204,7 @@ impl AuditFile {
 struct Batch {
     log: Vec<u8>,
     records: Vec<u8>,
+    syslog: Vec<u8>,
     switches: Vec<(usize, Option<AuditFile>)>,
     dropped: u64,
     stop: bool,
@@ -180,12 +215,18 @@ impl Batch {
     /// place (no allocation in steady state).
     fn take(&mut self, queue: &Queue) {
         let mut p = queue.lock();
-        while p.log.is_empty() && p.records.is_empty() && p.switches.is_empty() && !p.stop {
+        while p.log.is_empty()
+            && p.records.is_empty()
+            && p.syslog.is_empty()
+            && p.switches.is_empty()
+            && !p.stop
+        {
             p.parked = true;
             p = queue.ready.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
         std::mem::swap(&mut p.log, &mut self.log);
         std::mem::swap(&mut p.records, &mut self.records);
+        std::mem::swap(&mut p.syslog, &mut self.syslog);
         std::mem::swap(&mut p.switches, &mut self.switches);
         self.dropped = std::mem::take(&mut p.dropped);
         self.stop = p.stop;
@@ -211,6 +252,13 @@ fn write_lines(queue: &Queue, mut audit: Option<AuditFile>, reopen: &Reopen) {
             (from, audit) = (at, to);
         }
         write_records(&mut audit, &batch.records[from..]);
+        if !batch.syslog.is_empty()
+            && let Ok(collectors) = queue.collectors.lock()
+        {
+            for c in collectors.iter() {
+                c.offer(&batch.syslog);
+            }
+        }
         let mut err = std::io::stderr();
         let _ = err.write_all(&batch.log);
         if batch.dropped > 0 {
@@ -221,13 +269,18 @@ fn write_lines(queue: &Queue, mut audit: Option<AuditFile>, reopen: &Reopen) {
             );
         }
         let _ = err.flush();
-        for buf in [&mut batch.log, &mut batch.records] {
+        for buf in [&mut batch.log, &mut batch.records, &mut batch.syslog] {
             buf.clear();
             if buf.capacity() > 1 << 20 {
                 buf.shrink_to(64 * 1024);
             }
         }
         if batch.stop {
+            if let Ok(collectors) = queue.collectors.lock() {
+                for c in collectors.iter() {
+                    c.stop();
+                }
+            }
             return;
         }
         // Gather for a moment before the next batch: a line only wakes this thread (a futex

@@ -139,6 +139,28 @@ fn check_admin_and_audit(config: &Config) -> bool {
             ok = false;
         }
     }
+    for c in &config.audit.syslog {
+        let partner = c.tls.as_ref().map(PartnerTls::load).transpose();
+        match partner {
+            Ok(p) => println!(
+                "audit.syslog {}: {:?} to {} ({:?}, facility {}){}",
+                c.name,
+                c.transport,
+                c.address,
+                c.format,
+                c.facility,
+                if p.is_some() {
+                    ", collector verified by its CA"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                eprintln!("error: audit.syslog {}: {e}", c.name);
+                ok = false;
+            }
+        }
+    }
     if let Some(t) = &config.admin.tls {
         match crate::tls::admin_server_config(t) {
             Ok(_) => println!(

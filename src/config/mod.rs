@@ -78,6 +78,67 @@ pub struct AuditConfig {
     pub messages: bool,
     /// Where records go: `None` into the log, else appended to this file.
     pub file: Option<PathBuf>,
+    /// Collectors the records are also sent to, as syslog.
+    pub syslog: Vec<SyslogConfig>,
+}
+
+/// One syslog collector of the audit trail (`audit.syslog[]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyslogConfig {
+    /// Its name: the `sink` label of its metrics, and its log lines.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// How records travel.
+    pub transport: SyslogTransport,
+    /// What a record looks like.
+    pub format: SyslogFormat,
+    /// The RFC 5424 facility (`authpriv` = 10).
+    pub facility: u8,
+    /// The severity of each event's records where it is not [`SyslogConfig::DEFAULT_SEVERITY`].
+    pub severity: Vec<(String, u8)>,
+    /// The HOSTNAME field; empty: the machine's host name.
+    pub hostname: String,
+    /// The structured data's SD-ID (`name@PEN`).
+    pub sd_id: String,
+    /// Records held while the collector is unreachable, in bytes; more are dropped and counted.
+    pub queue_bytes: usize,
+    /// The longest record sent; longer ones are cut (`udp`: one datagram).
+    pub max_message_bytes: usize,
+    /// The collector's TLS (transport `tls`): its CA and name, our certificate.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+impl SyslogConfig {
+    /// Severity of an event's record unless `severity` says otherwise: notice (5), and warning
+    /// (4) for refused handshakes and retired partner connections.
+    pub fn severity_of(&self, event: &str) -> u8 {
+        match self.severity.iter().find(|(e, _)| e == event) {
+            Some((_, s)) => *s,
+            None if matches!(event, "handshake_refused" | "upstream_retired") => 4,
+            None => 5,
+        }
+    }
+}
+
+/// How syslog records travel to a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    /// RFC 5425: octet-counted frames over (mutual) TLS.
+    Tls,
+    /// RFC 6587: octet-counted frames over plain TCP.
+    Tcp,
+    /// RFC 5426: one record per datagram.
+    Udp,
+}
+
+/// What a syslog record carries after the RFC 5424 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFormat {
+    /// The record's fields as structured data, and as logfmt text in MSG.
+    Rfc5424,
+    /// The record as one JSON object in MSG, and its fields as structured data.
+    Json,
 }
 
 /// The admin HTTP server.

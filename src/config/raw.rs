@@ -30,6 +30,7 @@ fn default_config_reload_interval() -> String {
 pub(super) struct RawAudit {
     pub(super) messages: bool,
     pub(super) file: String,
+    pub(super) syslog: Vec<RawSyslog>,
 }
 
 impl Default for RawAudit {
@@ -37,7 +38,52 @@ impl Default for RawAudit {
         Self {
             messages: true,
             file: String::new(),
+            syslog: Vec::new(),
         }
+    }
+}
+
+/// `audit.syslog[]`: one collector the audit trail is sent to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSyslog {
+    pub(super) name: String,
+    pub(super) address: String,
+    #[serde(default = "RawSyslog::default_transport")]
+    pub(super) transport: String,
+    #[serde(default = "RawSyslog::default_format")]
+    pub(super) format: String,
+    #[serde(default = "RawSyslog::default_facility")]
+    pub(super) facility: String,
+    #[serde(default)]
+    pub(super) severity: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) hostname: String,
+    #[serde(default = "RawSyslog::default_sd_id")]
+    pub(super) sd_id: String,
+    #[serde(default = "RawSyslog::default_queue_bytes")]
+    pub(super) queue_bytes: u64,
+    #[serde(default)]
+    pub(super) max_message_bytes: u64,
+    pub(super) tls: Option<RawUpstreamTls>,
+}
+
+impl RawSyslog {
+    fn default_transport() -> String {
+        "tls".into()
+    }
+    fn default_format() -> String {
+        "rfc5424".into()
+    }
+    fn default_facility() -> String {
+        "authpriv".into()
+    }
+    /// RFC 5612's documentation enterprise number: an organisation with its own PEN sets it.
+    fn default_sd_id() -> String {
+        "mllp-proxy@32473".into()
+    }
+    fn default_queue_bytes() -> u64 {
+        8 << 20
     }
 }
 

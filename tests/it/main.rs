@@ -23,5 +23,6 @@ mod reload;
 mod security;
 mod status;
 mod support;
+mod syslog;
 mod tunnel;
 mod upstream;

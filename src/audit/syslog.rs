@@ -1,0 +1,658 @@
+//! The audit trail to syslog collectors (`audit.syslog`): RFC 5424 records over TLS (RFC 5425),
+//! plain TCP (RFC 6587 octet counting) or UDP (RFC 5426).
+//!
+//! Never on the data path: the writer thread hands each batch of records to every collector's
+//! [`Outbox`] (bounded in bytes; records past the bound are dropped and counted), and each
+//! collector has a thread of its own that connects, reconnects with back-off and jitter, and
+//! sends in order. A collector that is down, slow or refuses TLS delays nothing but itself.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SyslogConfig, SyslogFormat, SyslogTransport};
+use crate::tls::PartnerTls;
+
+/// Bound on one connect (and TLS handshake), and on one batch's write.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records sent in one write.
+const BATCH: usize = 256;
+/// The back-off between connection attempts: 1 s doubling to 30 s, ±20%.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection the collector closes this soon after it was made was refused, not used; the
+/// first write waits this long.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
+/// How long a stopping collector may still send what it holds.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
+/// One collector: its settings, what it holds, and how it fares.
+pub struct Collector {
+    cfg: SyslogConfig,
+    /// The collector's TLS (transport `tls`), loaded when the collector was configured.
+    partner: Option<Arc<PartnerTls>>,
+    outbox: Mutex<Outbox>,
+    wake: tokio::sync::Notify,
+    stop: CancellationToken,
+    /// Records written to the collector's connection (or datagrams sent).
+    pub sent: AtomicU64,
+    /// Records dropped past `queue_bytes`.
+    pub dropped: AtomicU64,
+    /// Whether the last connection attempt or write succeeded.
+    pub up: AtomicBool,
+}
+
+/// Records waiting for a collector, oldest first.
+#[derive(Default)]
+struct Outbox {
+    records: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Collector {
+    /// A collector for `cfg`, its TLS material loaded (an error names the key and file), and
+    /// its sending thread started.
+    pub fn start(cfg: &SyslogConfig) -> Result<Arc<Collector>, String> {
+        let partner = match &cfg.tls {
+            Some(t) => Some(Arc::new(
+                PartnerTls::load(t).map_err(|e| format!("audit.syslog {}: {e}", cfg.name))?,
+            )),
+            None => None,
+        };
+        let collector = Arc::new(Collector {
+            cfg: cfg.clone(),
+            partner,
+            outbox: Mutex::new(Outbox::default()),
+            wake: tokio::sync::Notify::new(),
+            stop: CancellationToken::new(),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("audit.syslog {}: {e}", cfg.name))?;
+        let c = collector.clone();
+        std::thread::Builder::new()
+            .name(format!("syslog-{}", cfg.name))
+            .spawn(move || runtime.block_on(c.run()))
+            .map_err(|e| format!("audit.syslog {}: {e}", cfg.name))?;
+        Ok(collector)
+    }
+
+    /// The collector's name (its metrics' `sink` label).
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Takes the records of `lines` (each ending in `\n`), as many as `queue_bytes` holds.
+    pub fn offer(&self, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        let Ok(mut out) = self.outbox.lock() else {
+            return;
+        };
+        let mut dropped = 0;
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            if out.bytes + line.len() > self.cfg.queue_bytes {
+                dropped += 1;
+                continue;
+            }
+            out.bytes += line.len();
+            out.records.push_back(line.to_vec());
+        }
+        drop(out);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Stops the sending thread after it has sent what it holds (or [`STOP_FLUSH`] passed).
+    pub fn stop(&self) {
+        self.stop.cancel();
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut conn: Option<Conn> = None;
+        let mut failures = 0u32;
+        let mut dropped_seen = 0;
+        let mut flush_until = None;
+        let mut connected_at = tokio::time::Instant::now();
+        loop {
+            // Connected before the first record, so that a collector that refuses us shows
+            // (`audit_sink_up` 0, a warning) at once; and a connection the collector closed
+            // (a restart) is replaced before a write into it would be lost.
+            if conn.as_mut().is_some_and(Conn::closed) {
+                conn = None;
+                if connected_at.elapsed() < REFUSAL_WINDOW {
+                    // Under TLS 1.3 a collector refuses our certificate after our side of the
+                    // handshake completed: a failure, not a connection that came and went.
+                    let why = "the collector closed the connection right after the handshake (does it accept our certificate, audit.syslog[].tls.certificate?)";
+                    self.down(&mut failures, why).await;
+                    continue;
+                }
+            }
+            if conn.is_none() && !self.stop.is_cancelled() {
+                match self.connect().await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        connected_at = tokio::time::Instant::now();
+                    }
+                    Err(e) => {
+                        self.down(&mut failures, &e).await;
+                        continue;
+                    }
+                }
+            }
+            if conn.is_some() && connected_at.elapsed() >= REFUSAL_WINDOW {
+                // Connected, and not refused: up.
+                self.reachable(&mut failures);
+            }
+            let batch = self.take();
+            if batch.is_empty() {
+                if self.stop.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = self.stop.cancelled() => {}
+                    // A look at the connection now and then: a collector that went away
+                    // while nothing was sent is noticed, and `up` tells the truth.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            if self.stop.is_cancelled() {
+                let until =
+                    *flush_until.get_or_insert_with(|| tokio::time::Instant::now() + STOP_FLUSH);
+                if tokio::time::Instant::now() >= until {
+                    return;
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                // Stopping while the collector is down: what it holds is not sent.
+                return;
+            };
+            let young = REFUSAL_WINDOW.saturating_sub(connected_at.elapsed());
+            if !young.is_zero() {
+                // Nothing is written before the collector had its chance to refuse us: what
+                // a refused connection took would be lost.
+                self.put_back(batch);
+                tokio::time::sleep(young).await;
+                continue;
+            }
+            let frames = self.frames(&batch);
+            match tokio::time::timeout(IO_TIMEOUT, c.send(&frames)).await {
+                Ok(Ok(())) => {
+                    self.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.reachable(&mut failures);
+                    let dropped = self.dropped.load(Ordering::Relaxed);
+                    if dropped > dropped_seen {
+                        tracing::warn!(sink = %self.cfg.name, dropped = dropped - dropped_seen, queue_bytes = self.cfg.queue_bytes, "audit records dropped while the collector was unreachable: more than queue_bytes were waiting");
+                        dropped_seen = dropped;
+                    }
+                }
+                Ok(Err(e)) => {
+                    conn = None;
+                    self.put_back(batch);
+                    self.down(&mut failures, &e.to_string()).await;
+                }
+                Err(_) => {
+                    conn = None;
+                    self.put_back(batch);
+                    self.down(&mut failures, "write timed out").await;
+                }
+            }
+        }
+    }
+
+    /// Up to [`BATCH`] records from the front of the outbox.
+    fn take(&self) -> Vec<Vec<u8>> {
+        let Ok(mut out) = self.outbox.lock() else {
+            return Vec::new();
+        };
+        let n = out.records.len().min(BATCH);
+        let batch: Vec<Vec<u8>> = out.records.drain(..n).collect();
+        out.bytes -= batch.iter().map(Vec::len).sum::<usize>();
+        batch
+    }
+
+    /// A batch not sent goes back to the front, in order.
+    fn put_back(&self, batch: Vec<Vec<u8>>) {
+        if let Ok(mut out) = self.outbox.lock() {
+            for r in batch.into_iter().rev() {
+                out.bytes += r.len();
+                out.records.push_front(r);
+            }
+        }
+    }
+
+    /// Notes that the collector takes records (after an outage: logged).
+    fn reachable(&self, failures: &mut u32) {
+        self.up.store(true, Ordering::Relaxed);
+        if *failures > 0 {
+            tracing::info!(sink = %self.cfg.name, address = %self.cfg.address, "audit collector reachable again; sending the records held");
+            *failures = 0;
+        }
+    }
+
+    /// Notes a failure (logged once per outage) and waits out the back-off.
+    async fn down(&self, failures: &mut u32, why: &str) {
+        self.up.store(false, Ordering::Relaxed);
+        *failures = failures.saturating_add(1);
+        if *failures == 1 {
+            tracing::warn!(sink = %self.cfg.name, address = %self.cfg.address, error = %why, "audit collector unreachable; records are held (up to queue_bytes) and sent when it is back");
+        }
+        let doublings = failures.saturating_sub(1).min(5);
+        let pause = FIRST_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(MAX_BACKOFF)
+            .mul_f64(jitter());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let addr = &self.cfg.address;
+        if self.cfg.transport == SyslogTransport::Udp {
+            let local = if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+            socket.connect(addr).await.map_err(|e| e.to_string())?;
+            return Ok(Conn::Udp(socket));
+        }
+        let tcp = match tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("connect timed out after {IO_TIMEOUT:?}")),
+        };
+        let _ = tcp.set_nodelay(true);
+        match &self.partner {
+            None => Ok(Conn::Tcp(tcp)),
+            Some(p) => crate::tls::establish_tls(tcp, addr, p, IO_TIMEOUT)
+                .await
+                .map(Conn::Tls)
+                .map_err(|r| format!("TLS: {} ({})", r.reason.words(), r.detail)),
+        }
+    }
+
+    /// The batch as the transport sends it: octet-counted frames (stream), or one datagram
+    /// per record, each cut to `max_message_bytes`.
+    fn frames(&self, batch: &[Vec<u8>]) -> Frames {
+        let stream = self.cfg.transport != SyslogTransport::Udp;
+        let mut frames = Frames::default();
+        for record in batch {
+            let mut msg = format_record(&self.cfg, record);
+            cut(&mut msg, self.cfg.max_message_bytes);
+            if stream {
+                let _ = write!(frames.stream, "{} ", msg.len());
+                frames.stream.extend_from_slice(&msg);
+            } else {
+                frames.datagrams.push(msg);
+            }
+        }
+        frames
+    }
+}
+
+/// A batch ready to send.
+#[derive(Default)]
+struct Frames {
+    stream: Vec<u8>,
+    datagrams: Vec<Vec<u8>>,
+}
+
+/// A connection to a collector.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Udp(UdpSocket),
+}
+
+impl Conn {
+    /// Whether the collector closed or reset the connection (it never sends anything else).
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 64];
+        match self {
+            Conn::Tcp(s) => match s.try_read(&mut byte) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            },
+            Conn::Tls(s) => {
+                use tokio::io::AsyncRead;
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                !matches!(
+                    std::pin::Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf),
+                    std::task::Poll::Pending
+                )
+            }
+            Conn::Udp(_) => false,
+        }
+    }
+
+    async fn send(&mut self, frames: &Frames) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => {
+                s.write_all(&frames.stream).await?;
+                s.flush().await
+            }
+            Conn::Tls(s) => {
+                s.write_all(&frames.stream).await?;
+                s.flush().await
+            }
+            Conn::Udp(s) => {
+                for d in &frames.datagrams {
+                    s.send(d).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Cuts `msg` to at most `max` bytes, on a UTF-8 character boundary.
+fn cut(msg: &mut Vec<u8>, max: usize) {
+    if msg.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while end > 0 && (msg[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    msg.truncate(end);
+}
+
+/// A factor in 0.8 … 1.2, so that replicas do not retry in step.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    0.8 + 0.4 * ((r >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// The machine's host name, for the HOSTNAME field.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| (33..=126).contains(&b)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One audit record line (the log's text or JSON form) as an RFC 5424 message.
+pub fn format_record(cfg: &SyslogConfig, line: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(line);
+    let record = Parsed::of(text.trim_end());
+    let event = record.get("event").unwrap_or("audit");
+    let pri = u16::from(cfg.facility) * 8 + u16::from(cfg.severity_of(event));
+    let host = if cfg.hostname.is_empty() {
+        hostname()
+    } else {
+        cfg.hostname.clone()
+    };
+    let msgid: String = event
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(32)
+        .collect();
+    let mut out = format!(
+        "<{pri}>1 {} {host} mllp-proxy {} {} [{}",
+        record.timestamp.as_deref().unwrap_or("-"),
+        std::process::id(),
+        if msgid.is_empty() { "-" } else { &msgid },
+        cfg.sd_id
+    );
+    for (k, v) in &record.fields {
+        let name: String = k
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && !"=]\"".contains(*c))
+            .take(32)
+            .collect();
+        out.push(' ');
+        out.push_str(&name);
+        out.push_str("=\"");
+        for c in v.chars() {
+            if matches!(c, '"' | '\\' | ']') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push_str("] ");
+    match cfg.format {
+        SyslogFormat::Rfc5424 => out.push_str(&record.logfmt()),
+        SyslogFormat::Json => out.push_str(&record.json()),
+    }
+    out.into_bytes()
+}
+
+/// An audit record's timestamp and fields, in their order.
+struct Parsed {
+    timestamp: Option<String>,
+    fields: Vec<(String, String)>,
+}
+
+impl Parsed {
+    /// Reads a record in either of the log's formats.
+    fn of(line: &str) -> Parsed {
+        if line.starts_with('{') {
+            return Parsed::json_line(line);
+        }
+        // `TIMESTAMP  INFO audit: key=value …`
+        let (head, body) = line.split_once(" audit: ").unwrap_or(("", line));
+        let timestamp = head.split_whitespace().next().map(str::to_string);
+        Parsed {
+            timestamp,
+            fields: logfmt_fields(body),
+        }
+    }
+
+    fn json_line(line: &str) -> Parsed {
+        let fields: Vec<(String, serde_json::Value)> = serde_json::from_str::<OrderedObject>(line)
+            .map(|o| o.0)
+            .unwrap_or_default();
+        let mut timestamp = None;
+        let mut out = Vec::new();
+        for (k, v) in fields {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            match k.as_str() {
+                "timestamp" => timestamp = Some(text),
+                "level" | "target" => {}
+                _ => out.push((k, text)),
+            }
+        }
+        Parsed {
+            timestamp,
+            fields: out,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The fields as logfmt: quoted where a value has a space, `=`, `"` or nothing.
+    fn logfmt(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.fields {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(k);
+            out.push('=');
+            if v.is_empty() || v.contains([' ', '=', '"', ',']) {
+                out.push('"');
+                out.push_str(&v.replace('\\', "\\\\").replace('"', "\\\""));
+                out.push('"');
+            } else {
+                out.push_str(v);
+            }
+        }
+        out
+    }
+
+    /// The fields as one JSON object, in order.
+    fn json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::Value::from(k.as_str()).to_string());
+            out.push(':');
+            out.push_str(&serde_json::Value::from(v.as_str()).to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// `key=value` pairs of a logfmt line; a quoted value may hold spaces and `\"`.
+fn logfmt_fields(body: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = body.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().to_string();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(q) => {
+                let mut value = String::new();
+                let mut chars = q.char_indices();
+                let mut end = q.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, e)) = chars.next() {
+                                value.push(e);
+                            }
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        _ => value.push(c),
+                    }
+                }
+                (value, &q[end.min(q.len())..])
+            }
+            None => {
+                let end = after.find(' ').unwrap_or(after.len());
+                (after[..end].to_string(), &after[end..])
+            }
+        };
+        out.push((key, value));
+        rest = next.trim_start();
+    }
+    out
+}
+
+/// A JSON object's members in their order (serde_json's map sorts them).
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<OrderedObject, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push(kv);
+                }
+                Ok(OrderedObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(format: SyslogFormat) -> SyslogConfig {
+        SyslogConfig {
+            name: "siem".into(),
+            address: "127.0.0.1:6514".into(),
+            transport: SyslogTransport::Tcp,
+            format,
+            facility: 10,
+            severity: vec![],
+            hostname: "proxy-1".into(),
+            sd_id: "mllp-proxy@32473".into(),
+            queue_bytes: 1 << 20,
+            max_message_bytes: 65536,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_text_record_becomes_rfc5424_with_its_fields_as_structured_data() {
+        let line = br#"2026-12-07T12:29:08.982396Z  INFO audit: event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#;
+        let out = String::from_utf8(format_record(&cfg(SyslogFormat::Rfc5424), line)).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            out,
+            format!(
+                r#"<84>1 2026-12-07T12:29:08.982396Z proxy-1 mllp-proxy {pid} handshake_refused [mllp-proxy@32473 event="handshake_refused" route="lab" peer="127.0.0.1:54442" conn="6" subject="O=General Hospital, CN=billing\] \"x\""] event=handshake_refused route=lab peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#
+            )
+        );
+    }
+
+    #[test]
+    fn a_json_record_keeps_its_field_order_and_its_severity_is_notice() {
+        let line = br#"{"timestamp":"2026-12-07T12:00:00.000001Z","level":"INFO","event":"message","route":"lab","conn":7,"ack":"AA"}"#;
+        let out = String::from_utf8(format_record(&cfg(SyslogFormat::Json), line)).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            out,
+            format!(
+                r#"<85>1 2026-12-07T12:00:00.000001Z proxy-1 mllp-proxy {pid} message [mllp-proxy@32473 event="message" route="lab" conn="7" ack="AA"] {{"event":"message","route":"lab","conn":"7","ack":"AA"}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn a_long_record_is_cut_on_a_character_boundary() {
+        let mut msg = "aé".repeat(10).into_bytes();
+        cut(&mut msg, 4);
+        assert_eq!(
+            msg,
+            "aé"
+                .as_bytes()
+                .iter()
+                .chain(b"a")
+                .copied()
+                .collect::<Vec<_>>()
+        );
+    }
+}
