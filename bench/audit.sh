@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The cost of the audit trail: the same proxy with audit.messages true (a record per message,
-# into the log, or into audit.file) and false, 64 mutual-TLS senders, one engine, medians of 3
-# interleaved rounds, reported as throughput and proxy CPU per message.
+# into the log, into audit.file, or into audit.file and over mutual TLS to an rsyslog
+# collector on loopback, when rsyslogd with rsyslog-gnutls is installed) and false, 64
+# mutual-TLS senders, one engine, medians of 3 interleaved rounds, reported as throughput and
+# proxy CPU per message (the syslog sender's thread is in the proxy's CPU).
 #
 #   bash bench/audit.sh [MESSAGES_PER_SENDER] [SIZE]
 n=${1:-1000}
@@ -35,9 +37,23 @@ YAML
 proxy off "{ messages: false }"
 proxy log "{ messages: true }"
 proxy file "{ messages: true, file: $work/audit.log }"
+names=(off log file)
+if command -v rsyslogd >/dev/null && dpkg -s rsyslog-gnutls >/dev/null 2>&1; then
+    syslog_port=$(free_port)
+    mkdir -p "$work/rsyslog"
+    cat > "$work/rsyslog.conf" <<CONF
+global(workDirectory="$work/rsyslog" DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="$certs/ca.crt" DefaultNetstreamDriverCertFile="$certs/server.crt" DefaultNetstreamDriverKeyFile="$certs/server.key")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/name" PermittedPeer=["sender.example.org"])
+input(type="imtcp" port="$syslog_port" address="127.0.0.1")
+*.* action(type="omfile" file="$work/syslog.log")
+CONF
+    rsyslogd -n -f "$work/rsyslog.conf" -i "$work/rsyslog.pid" 2>/dev/null & pids+=($!)
+    proxy syslog "{ messages: true, file: $work/audit-syslog.log, syslog: [{ name: bench, address: \"127.0.0.1:$syslog_port\", tls: { ca: $certs/ca.crt, certificate: $certs/client.crt, private_key: $certs/client.key, server_name: localhost } }] }"
+    names+=(syslog)
+fi
 
 declare -A r cpu
-order=(off log file)
+order=("${names[@]}")
 for round in 1 2 3; do
     order=("${order[@]:1}" "${order[0]}")
     for name in "${order[@]}"; do
@@ -50,7 +66,7 @@ done
 
 echo "| audit | msg/s (median of 3) | vs off | p99 µs | proxy CPU µs/msg |"
 echo "|---|---|---|---|---|"
-for name in off log file; do
+for name in "${names[@]}"; do
     python3 - "$name" "${r[$name,1]}" "${r[$name,2]}" "${r[$name,3]}" "${r[off,1]}" "${r[off,2]}" "${r[off,3]}" \
         "${cpu[$name,1]}" "${cpu[$name,2]}" "${cpu[$name,3]}" <<'PY'
 import re, statistics, sys
@@ -58,8 +74,11 @@ name, *rest = sys.argv[1:]
 mine, base, cpu = rest[:3], rest[3:6], [float(c) for c in rest[6:]]
 f = lambda l, k: float(re.search(k + r"=([0-9.]+)", l).group(1))
 med = lambda ls, k: statistics.median(f(l, k) for l in ls)
-label = {"off": "messages: false", "log": "messages: true, into the log", "file": "messages: true, audit.file"}[name]
+label = {"off": "messages: false", "log": "messages: true, into the log", "file": "messages: true, audit.file", "syslog": "messages: true, audit.file and syslog over mutual TLS"}[name]
 print(f"| {label} | {med(mine, 'msgs_per_sec'):.0f} | {med(mine, 'msgs_per_sec') / med(base, 'msgs_per_sec'):.2f} | {med(mine, 'p99_us'):.0f} | {statistics.median(cpu):.1f} |")
 PY
 done
 echo "audit file: $(wc -l < "$work/audit.log") records"
+if [ -n "${syslog_port:-}" ]; then
+    echo "syslog: $(wc -l < "$work/audit-syslog.log") records written, $(wc -l < "$work/syslog.log") received by rsyslog"
+fi

@@ -256,7 +256,12 @@ fn handle(
                 u.refresh_gauges();
             }
             state.metrics.audit_dropped(state.audit.records_dropped());
-            state.metrics.audit_syslog(&state.audit.syslog_stats());
+            let sinks = state.audit.syslog_stats();
+            let sinks: Vec<_> = sinks
+                .iter()
+                .map(|s| (s.name.as_str(), s.up, s.sent, s.dropped))
+                .collect();
+            state.metrics.audit_syslog(&sinks);
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

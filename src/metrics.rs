@@ -308,14 +308,15 @@ impl Metrics {
 
     /// Sets the syslog collectors' series from their own counts, before a scrape; the series
     /// of collectors no longer configured are removed.
-    pub fn audit_syslog(&self, sinks: &[crate::audit::SinkStats]) {
+    /// `sinks`: each collector's name, whether it is up, records sent and records dropped.
+    pub fn audit_syslog(&self, sinks: &[(&str, bool, u64, u64)]) {
         let gone: Vec<String> = self
             .audit_up
             .collect()
             .iter()
             .flat_map(|f| f.get_metric())
             .flat_map(|m| m.get_label())
-            .filter(|l| l.name() == "sink" && !sinks.iter().any(|s| s.name == l.value()))
+            .filter(|l| l.name() == "sink" && !sinks.iter().any(|s| s.0 == l.value()))
             .map(|l| l.value().to_string())
             .collect();
         for name in gone {
@@ -323,13 +324,13 @@ impl Metrics {
             let _ = self.audit_up.remove_label_values(&[&name]);
             let _ = self.audit_dropped.remove_label_values(&[&name]);
         }
-        for s in sinks {
-            let sink = [s.name.as_str()];
-            let sent = self.audit_sent.with_label_values(&sink);
-            sent.inc_by(s.sent.saturating_sub(sent.get()));
-            let dropped = self.audit_dropped.with_label_values(&sink);
-            dropped.inc_by(s.dropped.saturating_sub(dropped.get()));
-            self.audit_up.with_label_values(&sink).set(i64::from(s.up));
+        for &(name, up, sent, dropped) in sinks {
+            let sink = [name];
+            let c = self.audit_sent.with_label_values(&sink);
+            c.inc_by(sent.saturating_sub(c.get()));
+            let c = self.audit_dropped.with_label_values(&sink);
+            c.inc_by(dropped.saturating_sub(c.get()));
+            self.audit_up.with_label_values(&sink).set(i64::from(up));
         }
     }
 
