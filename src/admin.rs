@@ -259,7 +259,13 @@ fn handle(
             let sinks = state.audit.syslog_stats();
             let sinks: Vec<_> = sinks
                 .iter()
-                .map(|s| (s.name.as_str(), s.up, s.sent, s.dropped))
+                .map(|s| crate::metrics::SinkFigures {
+                    name: &s.name,
+                    up: s.up,
+                    sent: s.sent,
+                    dropped: s.dropped,
+                    not_after: s.not_after,
+                })
                 .collect();
             state.metrics.audit_syslog(&sinks);
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));

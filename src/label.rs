@@ -134,6 +134,11 @@ labels! {
         Client => "client",
         /// The earliest-expiring certificate of `upstream.tls.ca`.
         UpstreamCa => "upstream_ca",
+        /// Our client certificate toward a syslog collector (`audit.syslog[].tls`); its
+        /// `route` label is `audit:NAME`.
+        SyslogClient => "syslog_client",
+        /// The earliest-expiring certificate of a syslog collector's CA.
+        SyslogCa => "syslog_ca",
     }
 }
 

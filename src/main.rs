@@ -336,7 +336,7 @@ impl LiveLogging {
                 })?;
             s.audit_file = cfg.audit.file.clone();
         }
-        if cfg.audit.syslog != s.syslog {
+        if cfg.audit.syslog != s.syslog || self.writer.syslog_tls_changed() {
             self.writer.syslog_to(&cfg.audit.syslog)?;
             s.syslog = cfg.audit.syslog.clone();
         }

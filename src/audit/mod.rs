@@ -38,6 +38,8 @@ pub struct SinkStats {
     pub sent: u64,
     /// Records dropped past its `queue_bytes`.
     pub dropped: u64,
+    /// notAfter (Unix seconds) of our client certificate and of the collector's earliest CA.
+    pub not_after: (Option<i64>, Option<i64>),
 }
 
 /// The tracing target of audit records.
@@ -114,6 +116,7 @@ impl AuditLog {
         collectors
             .iter()
             .map(|c| SinkStats {
+                not_after: c.not_after(),
                 name: c.name().to_string(),
                 up: c.up.load(Ordering::Relaxed),
                 sent: c.sent.load(Ordering::Relaxed),

@@ -35,6 +35,8 @@ const STOP_FLUSH: Duration = Duration::from_secs(2);
 /// One collector: its settings, what it holds, and how it fares.
 pub struct Collector {
     cfg: SyslogConfig,
+    /// The HOSTNAME field: `hostname`, or the machine's, read once.
+    host: String,
     /// The collector's TLS (transport `tls`), loaded when the collector was configured.
     partner: Option<Arc<PartnerTls>>,
     outbox: Mutex<Outbox>,
@@ -66,6 +68,11 @@ impl Collector {
             None => None,
         };
         let collector = Arc::new(Collector {
+            host: if cfg.hostname.is_empty() {
+                hostname()
+            } else {
+                cfg.hostname.clone()
+            },
             cfg: cfg.clone(),
             partner,
             outbox: Mutex::new(Outbox::default()),
@@ -90,6 +97,24 @@ impl Collector {
     /// The collector's name (its metrics' `sink` label).
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// notAfter (Unix seconds) of our client certificate and of the collector's earliest CA.
+    pub fn not_after(&self) -> (Option<i64>, Option<i64>) {
+        match &self.partner {
+            Some(p) => (p.client_not_after, Some(p.ca_not_after)),
+            None => (None, None),
+        }
+    }
+
+    /// Whether the collector's TLS files now hold other material than this collector loaded
+    /// (read again on a reload, SIGHUP included, whose configuration is otherwise the same).
+    pub fn tls_changed(&self) -> bool {
+        use crate::tls::Material;
+        match (&self.partner, &self.cfg.tls) {
+            (Some(p), Some(cfg)) => PartnerTls::read(cfg).is_ok_and(|now| &now != p.contents()),
+            _ => false,
+        }
     }
 
     /// Takes the records of `lines` (each ending in `\n`), as many as `queue_bytes` holds.
@@ -297,7 +322,7 @@ impl Collector {
         let stream = self.cfg.transport != SyslogTransport::Udp;
         let mut frames = Frames::default();
         for record in batch {
-            let mut msg = format_record(&self.cfg, record);
+            let mut msg = format_record(&self.cfg, &self.host, record);
             cut(&mut msg, self.cfg.max_message_bytes);
             if stream {
                 let _ = write!(frames.stream, "{} ", msg.len());
@@ -397,16 +422,11 @@ fn hostname() -> String {
 }
 
 /// One audit record line (the log's text or JSON form) as an RFC 5424 message.
-pub fn format_record(cfg: &SyslogConfig, line: &[u8]) -> Vec<u8> {
+pub fn format_record(cfg: &SyslogConfig, host: &str, line: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(line);
     let record = Parsed::of(text.trim_end());
     let event = record.get("event").unwrap_or("audit");
     let pri = u16::from(cfg.facility) * 8 + u16::from(cfg.severity_of(event));
-    let host = if cfg.hostname.is_empty() {
-        hostname()
-    } else {
-        cfg.hostname.clone()
-    };
     let msgid: String = event
         .chars()
         .filter(|c| c.is_ascii_graphic())
@@ -618,7 +638,8 @@ mod tests {
     #[test]
     fn a_text_record_becomes_rfc5424_with_its_fields_as_structured_data() {
         let line = br#"2026-12-07T12:29:08.982396Z  INFO audit: event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#;
-        let out = String::from_utf8(format_record(&cfg(SyslogFormat::Rfc5424), line)).unwrap();
+        let out =
+            String::from_utf8(format_record(&cfg(SyslogFormat::Rfc5424), "proxy-1", line)).unwrap();
         let pid = std::process::id();
         assert_eq!(
             out,
@@ -631,7 +652,8 @@ mod tests {
     #[test]
     fn a_json_record_keeps_its_field_order_and_its_severity_is_notice() {
         let line = br#"{"timestamp":"2026-12-07T12:00:00.000001Z","level":"INFO","event":"message","route":"lab","conn":7,"ack":"AA"}"#;
-        let out = String::from_utf8(format_record(&cfg(SyslogFormat::Json), line)).unwrap();
+        let out =
+            String::from_utf8(format_record(&cfg(SyslogFormat::Json), "proxy-1", line)).unwrap();
         let pid = std::process::id();
         assert_eq!(
             out,

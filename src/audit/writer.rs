@@ -162,6 +162,18 @@ impl LineWriter {
     /// collectors' TLS material is loaded here, so that a reload naming a file that cannot
     /// be read is refused.
     pub fn syslog_to(&self, collectors: &[SyslogConfig]) -> Result<(), String> {
+        self.restart_syslog(collectors)
+    }
+
+    /// Whether a collector's TLS files changed since it loaded them.
+    pub fn syslog_tls_changed(&self) -> bool {
+        self.queue
+            .collectors
+            .lock()
+            .is_ok_and(|c| c.iter().any(|c| c.tls_changed()))
+    }
+
+    fn restart_syslog(&self, collectors: &[SyslogConfig]) -> Result<(), String> {
         let started = collectors
             .iter()
             .map(Collector::start)

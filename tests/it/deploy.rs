@@ -107,7 +107,13 @@ fn metric_names() -> BTreeSet<String> {
     let _target = r.target("t:1");
     r.partner("t:1");
     r.set_expiry(mllp_proxy::label::CertRole::Server, 0);
-    m.audit_syslog(&[("siem", true, 0, 0)]);
+    m.audit_syslog(&[mllp_proxy::metrics::SinkFigures {
+        name: "siem",
+        up: true,
+        sent: 0,
+        dropped: 0,
+        not_after: (Some(0), Some(0)),
+    }]);
     m.encode()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -269,6 +269,26 @@ async fn rsyslog_over_mutual_tls_receives_every_audit_record_the_file_has_in_ord
     assert_eq!(scrape_binary(&proxy, sent).await, Some(file.len() as f64));
     let up = "mllp_proxy_audit_sink_up{sink=\"siem\"}";
     assert_eq!(scrape_binary(&proxy, up).await, Some(1.0));
+
+    // Our certificate toward the collector, in the expiry gauge; a new one is taken on SIGHUP.
+    let expiry = "mllp_proxy_certificate_expiry_timestamp_seconds{role=\"syslog_client\",route=\"audit:siem\"}";
+    let was = not_after(&pki.path("client.crt")) as f64;
+    assert_eq!(scrape_binary(&proxy, expiry).await, Some(was));
+    pki.issue_client_with("client", |p| {
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "lab-sender");
+        p.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "lab.example.org".try_into().expect("dns"),
+        )];
+        p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+    });
+    let renewed = not_after(&pki.path("client.crt")) as f64;
+    assert_ne!(renewed, was);
+    proxy.hup();
+    let taken = eventually(T, || async {
+        scrape_binary(&proxy, expiry).await == Some(renewed)
+    });
+    assert!(taken.await, "{:?}", scrape_binary(&proxy, expiry).await);
     assert!(proxy.terminate().success());
 }
 
