@@ -204,7 +204,10 @@ async fn run(path: PathBuf) -> ExitCode {
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mllp-proxy ready");
     systemd(&[NotifyState::Ready]);
-    serve(proxy, signals, &logging).await
+    logging.audit.application(true);
+    let status = serve(proxy, signals, &logging).await;
+    logging.audit.application(false);
+    status
 }
 
 /// Reloads on SIGHUP until SIGTERM/SIGINT, then stops: the exit status says whether the drain

@@ -234,6 +234,7 @@ impl Control {
                 state.last_error = None;
                 self.shared.metrics.config_reloaded(true);
                 self.shared.admin.reloaded(Ok(()));
+                self.shared.audit.configuration_reload(None);
                 Reload::Applied
             }
             Err(error) => {
@@ -241,6 +242,9 @@ impl Control {
                 let text = error.to_string();
                 self.shared.admin.reloaded(Err(text.clone()));
                 if state.last_error.as_ref() != Some(&text) {
+                    // Once per distinct refusal, like the log line: the poll retries a refused
+                    // file every config_reload_interval.
+                    self.shared.audit.configuration_reload(Some(&text));
                     tracing::error!(side = Side::Proxy.label(), error = %text, "configuration reload refused; the running configuration stays in service");
                     state.last_error = Some(text);
                 }

@@ -28,6 +28,8 @@ command -v curl >/dev/null || missing+=(curl)
 # rsyslog with its GnuTLS driver: the real syslog collector of the audit trail's tests.
 command -v rsyslogd >/dev/null || missing+=(rsyslog)
 dpkg -s rsyslog-gnutls >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
+# xmllint: the ATNA audit messages are well-formed and in the schema's order.
+command -v xmllint >/dev/null || missing+=(libxml2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

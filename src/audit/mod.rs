@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod atna;
 mod syslog;
 mod writer;
 
@@ -181,6 +182,44 @@ impl AuditLog {
         r.label("reason", reason);
         r.number("idle_closed", idle as u64);
         r.number("busy_closing", busy as u64);
+        r.send();
+    }
+
+    /// The proxy started serving (`true`) or is stopping: for an audit repository, the
+    /// application's activity (IHE ATNA: Application Start, Application Stop).
+    pub fn application(&self, started: bool) {
+        let Some(mut r) = self.begin() else {
+            return;
+        };
+        let event = if started {
+            "application_start"
+        } else {
+            "application_stop"
+        };
+        r.label("event", event);
+        r.label("version", env!("CARGO_PKG_VERSION"));
+        r.number("pid", u64::from(std::process::id()));
+        r.send();
+    }
+
+    /// A reload of the configuration file, applied or refused (`error`: why, with the key
+    /// and line): a change of the node's configuration, for the audit trail.
+    pub fn configuration_reload(&self, error: Option<&str>) {
+        let Some(mut r) = self.begin() else {
+            return;
+        };
+        r.label("event", "configuration_reload");
+        r.label(
+            "result",
+            if error.is_none() {
+                "applied"
+            } else {
+                "refused"
+            },
+        );
+        if let Some(e) = error {
+            r.text("error", &escape_str(e));
+        }
         r.send();
     }
 

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
+use super::atna;
 use crate::config::{SyslogConfig, SyslogFormat, SyslogTransport};
 use crate::tls::PartnerTls;
 
@@ -48,6 +49,8 @@ pub struct Collector {
     pub dropped: AtomicU64,
     /// Whether the last connection attempt or write succeeded.
     pub up: AtomicBool,
+    /// Whether its sending thread has ended.
+    finished: AtomicBool,
 }
 
 /// Records waiting for a collector, oldest first.
@@ -81,6 +84,7 @@ impl Collector {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,7 +93,10 @@ impl Collector {
         let c = collector.clone();
         std::thread::Builder::new()
             .name(format!("syslog-{}", cfg.name))
-            .spawn(move || runtime.block_on(c.run()))
+            .spawn(move || {
+                runtime.block_on(c.clone().run());
+                c.finished.store(true, Ordering::Release);
+            })
             .map_err(|e| format!("audit.syslog {}: {e}", cfg.name))?;
         Ok(collector)
     }
@@ -147,12 +154,24 @@ impl Collector {
         self.wake.notify_one();
     }
 
+    /// Stops the sending thread and waits for it (at most [`STOP_FLUSH`] and a little): at
+    /// exit, the last records (`application_stop`) reach the collector before the process
+    /// ends.
+    pub fn stop_and_wait(&self) {
+        self.stop();
+        let deadline = std::time::Instant::now() + STOP_FLUSH + Duration::from_millis(500);
+        while !self.finished.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     async fn run(self: Arc<Self>) {
         let mut conn: Option<Conn> = None;
         let mut failures = 0u32;
         let mut dropped_seen = 0;
         let mut flush_until = None;
         let mut connected_at = tokio::time::Instant::now();
+        let mut sessions = atna::Sessions::default();
         loop {
             // Connected before the first record, so that a collector that refuses us shows
             // (`audit_sink_up` 0, a warning) at once; and a connection the collector closed
@@ -216,10 +235,11 @@ impl Collector {
                 tokio::time::sleep(young).await;
                 continue;
             }
-            let frames = self.frames(&batch);
+            let frames = self.frames(&batch, &mut sessions);
             match tokio::time::timeout(IO_TIMEOUT, c.send(&frames)).await {
                 Ok(Ok(())) => {
-                    self.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    let sent = batch.len() as u64 - frames.skipped;
+                    self.sent.fetch_add(sent, Ordering::Relaxed);
                     self.reachable(&mut failures);
                     let dropped = self.dropped.load(Ordering::Relaxed);
                     if dropped > dropped_seen {
@@ -318,11 +338,15 @@ impl Collector {
 
     /// The batch as the transport sends it: octet-counted frames (stream), or one datagram
     /// per record, each cut to `max_message_bytes`.
-    fn frames(&self, batch: &[Vec<u8>]) -> Frames {
+    fn frames(&self, batch: &[Vec<u8>], sessions: &mut atna::Sessions) -> Frames {
         let stream = self.cfg.transport != SyslogTransport::Udp;
         let mut frames = Frames::default();
         for record in batch {
-            let mut msg = format_record(&self.cfg, &self.host, record);
+            let Some(mut msg) = format_record(&self.cfg, &self.host, record, sessions) else {
+                // An ATNA collector gets the records an ATNA event covers.
+                frames.skipped += 1;
+                continue;
+            };
             cut(&mut msg, self.cfg.max_message_bytes);
             if stream {
                 let _ = write!(frames.stream, "{} ", msg.len());
@@ -340,6 +364,8 @@ impl Collector {
 struct Frames {
     stream: Vec<u8>,
     datagrams: Vec<Vec<u8>>,
+    /// Records with no message in the collector's format.
+    skipped: u64,
 }
 
 /// A connection to a collector.
@@ -421,20 +447,42 @@ fn hostname() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// One audit record line (the log's text or JSON form) as an RFC 5424 message.
-pub fn format_record(cfg: &SyslogConfig, host: &str, line: &[u8]) -> Vec<u8> {
+/// One audit record line (the log's text or JSON form) as an RFC 5424 message; `None` when
+/// the collector's format has no message for it (`atna`).
+fn format_record(
+    cfg: &SyslogConfig,
+    host: &str,
+    line: &[u8],
+    sessions: &mut atna::Sessions,
+) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(line);
     let record = Parsed::of(text.trim_end());
     let event = record.get("event").unwrap_or("audit");
     let pri = u16::from(cfg.facility) * 8 + u16::from(cfg.severity_of(event));
+    let timestamp = record.timestamp.as_deref().unwrap_or("-");
+    if cfg.format == SyslogFormat::Atna {
+        sessions.follow(&record.fields);
+        let pri = u16::from(cfg.facility) * 8 + u16::from(atna::severity(&record.fields));
+        let source = atna::Source {
+            host,
+            messages: cfg.atna_messages,
+        };
+        let xml = atna::message(timestamp, &record.fields, &source, sessions)?;
+        let head = format!(
+            "<{pri}>1 {timestamp} {host} mllp-proxy {} IHE+RFC-3881 - ",
+            std::process::id()
+        );
+        let mut out = head.into_bytes();
+        atna::body(&mut out, &xml);
+        return Some(out);
+    }
     let msgid: String = event
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(32)
         .collect();
     let mut out = format!(
-        "<{pri}>1 {} {host} mllp-proxy {} {} [{}",
-        record.timestamp.as_deref().unwrap_or("-"),
+        "<{pri}>1 {timestamp} {host} mllp-proxy {} {} [{}",
         std::process::id(),
         if msgid.is_empty() { "-" } else { &msgid },
         cfg.sd_id
@@ -458,10 +506,10 @@ pub fn format_record(cfg: &SyslogConfig, host: &str, line: &[u8]) -> Vec<u8> {
     }
     out.push_str("] ");
     match cfg.format {
-        SyslogFormat::Rfc5424 => out.push_str(&record.logfmt()),
         SyslogFormat::Json => out.push_str(&record.json()),
+        SyslogFormat::Rfc5424 | SyslogFormat::Atna => out.push_str(&record.logfmt()),
     }
-    out.into_bytes()
+    Some(out.into_bytes())
 }
 
 /// An audit record's timestamp and fields, in their order.
@@ -632,14 +680,23 @@ mod tests {
             queue_bytes: 1 << 20,
             max_message_bytes: 65536,
             tls: None,
+            atna_messages: false,
         }
     }
 
     #[test]
     fn a_text_record_becomes_rfc5424_with_its_fields_as_structured_data() {
         let line = br#"2026-12-07T12:29:08.982396Z  INFO audit: event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#;
-        let out =
-            String::from_utf8(format_record(&cfg(SyslogFormat::Rfc5424), "proxy-1", line)).unwrap();
+        let out = String::from_utf8(
+            format_record(
+                &cfg(SyslogFormat::Rfc5424),
+                "proxy-1",
+                line,
+                &mut Default::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let pid = std::process::id();
         assert_eq!(
             out,
@@ -652,8 +709,16 @@ mod tests {
     #[test]
     fn a_json_record_keeps_its_field_order_and_its_severity_is_notice() {
         let line = br#"{"timestamp":"2026-12-07T12:00:00.000001Z","level":"INFO","event":"message","route":"lab","conn":7,"ack":"AA"}"#;
-        let out =
-            String::from_utf8(format_record(&cfg(SyslogFormat::Json), "proxy-1", line)).unwrap();
+        let out = String::from_utf8(
+            format_record(
+                &cfg(SyslogFormat::Json),
+                "proxy-1",
+                line,
+                &mut Default::default(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let pid = std::process::id();
         assert_eq!(
             out,

@@ -288,10 +288,16 @@ fn write_lines(queue: &Queue, mut audit: Option<AuditFile>, reopen: &Reopen) {
             }
         }
         if batch.stop {
-            if let Ok(collectors) = queue.collectors.lock() {
-                for c in collectors.iter() {
-                    c.stop();
-                }
+            let collectors = queue
+                .collectors
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
+            for c in &collectors {
+                c.stop();
+            }
+            for c in &collectors {
+                c.stop_and_wait();
             }
             return;
         }
@@ -319,8 +325,9 @@ impl Drop for WriterGuard {
             self.queue.wake(&mut p);
         }
         if let Some(t) = self.thread.take() {
-            // Bounded: a blocked disk must not hold the exit forever.
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            // Bounded: a blocked disk or collector must not hold the exit forever (the
+            // collectors' own flush is bounded too).
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
             while !t.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }

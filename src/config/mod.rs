@@ -107,6 +107,8 @@ pub struct SyslogConfig {
     pub max_message_bytes: usize,
     /// The collector's TLS (transport `tls`): its CA and name, our certificate.
     pub tls: Option<UpstreamTlsConfig>,
+    /// With `format: atna`, an Import message for every message record too.
+    pub atna_messages: bool,
 }
 
 impl SyslogConfig {
@@ -139,6 +141,9 @@ pub enum SyslogFormat {
     Rfc5424,
     /// The record as one JSON object in MSG, and its fields as structured data.
     Json,
+    /// IHE ATNA (ITI-20): a DICOM PS3.15 audit message in MSG, MSGID `IHE+RFC-3881`, for
+    /// the records an ATNA event covers.
+    Atna,
 }
 
 /// The admin HTTP server.

@@ -66,6 +66,8 @@ pub(super) struct RawSyslog {
     #[serde(default)]
     pub(super) max_message_bytes: u64,
     pub(super) tls: Option<RawUpstreamTls>,
+    #[serde(default)]
+    pub(super) atna_messages: bool,
 }
 
 impl RawSyslog {

@@ -346,13 +346,20 @@ impl RawSyslog {
         let format = match self.format.as_str() {
             "rfc5424" => SyslogFormat::Rfc5424,
             "json" => SyslogFormat::Json,
+            "atna" => SyslogFormat::Atna,
             other => {
                 return Err(invalid(
                     format!("{k}.format"),
-                    format!("`{other}` is not rfc5424 or json"),
+                    format!("`{other}` is not rfc5424, json or atna"),
                 ));
             }
         };
+        if self.atna_messages && format != SyslogFormat::Atna {
+            return Err(invalid(
+                format!("{k}.atna_messages"),
+                "only with format: atna",
+            ));
+        }
         let tls = match (transport, self.tls) {
             (SyslogTransport::Tls, Some(t)) => Some(t.validate(&format!("{k}.tls"), base)?),
             (SyslogTransport::Tls, None) => {
@@ -398,7 +405,16 @@ impl RawSyslog {
                 "an RFC 5424 SD-ID: up to 32 printable characters, no `=`, `]`, `\"` or space (`name@PEN`)",
             ));
         }
+        // DICOM PS3.15 A.6: a receiver of audit messages takes at least 32,768 octets.
+        let atna = format == SyslogFormat::Atna;
         let max_message_bytes = match (self.max_message_bytes, transport) {
+            (n, _) if atna && n != 0 && n < 32_768 => {
+                return Err(invalid(
+                    format!("{k}.max_message_bytes"),
+                    "at least 32768 for format atna (DICOM PS3.15 A.6)",
+                ));
+            }
+            (0, SyslogTransport::Udp) if atna => 65_000,
             (0, SyslogTransport::Udp) => 2048,
             (0, _) => 64 << 10,
             (n, SyslogTransport::Udp) if n > 65_000 => {
@@ -427,6 +443,7 @@ impl RawSyslog {
             queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
             max_message_bytes,
             tls,
+            atna_messages: self.atna_messages,
         })
     }
 }

@@ -428,3 +428,162 @@ async fn send_for(d: Duration, client: &mut MllpClient, slowest: &mut Duration, 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `xmllint --xpath EXPR` on `xml`: the result as text.
+fn xpath(xml: &str, expr: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("m.xml");
+    std::fs::write(&file, xml).expect("write");
+    let out = Command::new("xmllint")
+        .args(["--xpath", expr])
+        .arg(&file)
+        .output()
+        .expect("xmllint");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atna_collector_gets_dicom_audit_messages_for_start_stop_refusals_reloads_and_messages()
+{
+    if required_tool("xmllint", "--version", "libxml2-utils").is_none() {
+        return;
+    }
+    let pki = Pki::new();
+    let Some(collector) = Rsyslog::start(&pki, "tcp", "").await else {
+        return;
+    };
+    let engine = Engine::start(Behaviour::Ack).await;
+    let syslog = format!(
+        "    - name: arr\n      address: \"{}\"\n      transport: tcp\n      format: atna\n      atna_messages: true\n",
+        collector.address()
+    );
+    let mut proxy = proxy_with(&pki, &engine, &syslog, "");
+    // A message whose PID-3 must never reach the repository, a refused handshake, a
+    // configuration reload refused and one applied, then the stop.
+    let mut c = MllpClient::connect(&pki.target(proxy.addr, ClientCert::Good), T)
+        .await
+        .expect("connect");
+    let msg = b"MSH|^~\\&|LAB|GH|EHR|GH|20261207||ADT^A01|ATNA-1|P|2.5.1\rPID|1||PHI-MRN-733911^^^GH||DOE^JANE\r";
+    assert_eq!(msa(&c.exchange(msg, T).await.expect("ACK")).0, "AA");
+    c.close().await;
+    if let Ok(mut c) = MllpClient::connect(&pki.target(proxy.addr, ClientCert::OtherCa), T).await {
+        let _ = c.exchange(&adt("NOPE"), T).await;
+    }
+    let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
+    std::fs::write(
+        pki.path("proxy.yaml"),
+        yaml.replace("drain_timeout: 10s", "drain_timeout: x"),
+    )
+    .expect("write");
+    proxy.hup();
+    let refused = eventually(T, || async {
+        audit_file(&pki)
+            .iter()
+            .any(|r| r["event"] == "configuration_reload")
+    });
+    assert!(refused.await);
+    std::fs::write(
+        pki.path("proxy.yaml"),
+        yaml.replace("drain_timeout: 10s", "drain_timeout: 9s"),
+    )
+    .expect("write");
+    proxy.hup();
+    let applied = eventually(T, || async {
+        audit_file(&pki).iter().any(|r| r["result"] == "applied")
+    });
+    assert!(applied.await);
+    assert!(proxy.terminate().success());
+    let arrived = eventually(T, || async {
+        collector.records().iter().any(|l| l.contains("110121"))
+    });
+    assert!(arrived.await, "{:#?}", collector.records());
+    let records = collector.records();
+    let mut kinds = Vec::new();
+    for line in &records {
+        assert!(
+            line.contains(" IHE+RFC-3881 - \u{feff}<AuditMessage>"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("PHI-MRN") && !line.contains("DOE"),
+            "patient data: {line}"
+        );
+        let xml = line.split_once('\u{feff}').map(|(_, x)| x).unwrap_or("");
+        let check = Command::new("xmllint")
+            .args(["--noout", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(xml.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("xmllint");
+        assert!(check.status.success(), "not well-formed: {xml}");
+        // The schema's order: EventIdentification, ActiveParticipant+, AuditSourceIdentification,
+        // ParticipantObjectIdentification*.
+        let count: usize = xpath(xml, "count(/AuditMessage/*)").parse().unwrap_or(0);
+        let names: Vec<String> = (1..=count)
+            .map(|i| xpath(xml, &format!("name(/AuditMessage/*[{i}])")))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let rank = |n: &str| match n {
+            "EventIdentification" => 0,
+            "ActiveParticipant" => 1,
+            "AuditSourceIdentification" => 2,
+            _ => 3,
+        };
+        assert!(
+            names.windows(2).all(|w| rank(w[0]) <= rank(w[1])),
+            "{names:?}"
+        );
+        assert_eq!(names.first(), Some(&"EventIdentification"), "{names:?}");
+        assert!(names.contains(&"AuditSourceIdentification"), "{names:?}");
+        let id = xpath(
+            xml,
+            "string(/AuditMessage/EventIdentification/EventID/@csd-code)",
+        );
+        let kind = xpath(
+            xml,
+            "string(/AuditMessage/EventIdentification/EventTypeCode/@csd-code)",
+        );
+        let outcome = xpath(
+            xml,
+            "string(/AuditMessage/EventIdentification/@EventOutcomeIndicator)",
+        );
+        kinds.push(format!("{id}/{kind}/{outcome}"));
+    }
+    assert_eq!(
+        kinds,
+        [
+            "110100/110120/0",
+            "110107//0",
+            "110113/110126/4",
+            "110113/110131/4",
+            "110113/110131/0",
+            "110100/110121/0",
+        ],
+        "{records:#?}"
+    );
+    let import = &records[1];
+    assert!(import.starts_with("<85>1 "), "authpriv.notice: {import}");
+    assert!(
+        import.contains(r#"ParticipantObjectID="ATNA-1""#),
+        "{import}"
+    );
+    assert!(
+        import.contains(r#"UserID="uri:spiffe://hospital.test/lab""#),
+        "{import}"
+    );
+    assert!(
+        records[2].starts_with("<84>1 "),
+        "authpriv.warning: {}",
+        records[2]
+    );
+}
