@@ -13,6 +13,7 @@
 //! every value. Nothing from message content but the control ID and type is ever in a record,
 //! so nothing else can reach an ATNA message: PID-3 is never read.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -21,7 +22,7 @@ use quick_xml::Writer;
 use quick_xml::events::BytesText;
 
 /// A record's fields, as [`super::syslog`] read them.
-pub(super) type Fields = [(String, String)];
+pub(super) type Fields<'a> = [(Cow<'a, str>, Cow<'a, str>)];
 
 /// What an ATNA message needs beyond the record.
 pub(super) struct Source<'a> {
@@ -38,7 +39,7 @@ pub(super) struct Sessions(HashMap<(String, String), String>);
 
 impl Sessions {
     /// Notes a session's start or end.
-    pub(super) fn follow(&mut self, fields: &Fields) {
+    pub(super) fn follow(&mut self, fields: &Fields<'_>) {
         let get = |k: &str| field(fields, k);
         let key = (get("route").to_string(), get("conn").to_string());
         match get("event") {
@@ -57,17 +58,17 @@ impl Sessions {
     }
 }
 
-fn field<'a>(fields: &'a Fields, key: &str) -> &'a str {
+fn field<'a>(fields: &'a Fields<'_>, key: &str) -> &'a str {
     fields
         .iter()
         .find(|(k, _)| k == key)
-        .map_or("", |(_, v)| v.as_str())
+        .map_or("", |(_, v)| v.as_ref())
 }
 
 /// The ATNA message of a record at `timestamp`, or `None` for a record no ATNA event covers.
 pub(super) fn message(
     timestamp: &str,
-    fields: &Fields,
+    fields: &Fields<'_>,
     source: &Source<'_>,
     sessions: &Sessions,
 ) -> Option<Vec<u8>> {
@@ -200,7 +201,7 @@ pub(super) fn message(
 
 /// The syslog severity of a record's ATNA message (ITI-20): warning (4) for a failure,
 /// notice (5) otherwise.
-pub(super) fn severity(fields: &Fields) -> u8 {
+pub(super) fn severity(fields: &Fields<'_>) -> u8 {
     let get = |k: &str| field(fields, k);
     let failed = match get("event") {
         "handshake_refused" => true,
@@ -363,10 +364,12 @@ pub(super) fn body(out: &mut Vec<u8>, xml: &[u8]) {
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn fields(
+        pairs: &[(&'static str, &'static str)],
+    ) -> Vec<(Cow<'static, str>, Cow<'static, str>)> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
             .collect()
     }
 

@@ -6,6 +6,7 @@
 //! collector has a thread of its own that connects, reconnects with back-off and jitter, and
 //! sends in order. A collector that is down, slow or refuses TLS delays nothing but itself.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -513,27 +514,30 @@ fn format_record(
 }
 
 /// An audit record's timestamp and fields, in their order.
-struct Parsed {
-    timestamp: Option<String>,
-    fields: Vec<(String, String)>,
+struct Parsed<'a> {
+    timestamp: Option<Cow<'a, str>>,
+    fields: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// A text record's fields as the audit trail wrote them: already logfmt.
+    body: Option<&'a str>,
 }
 
-impl Parsed {
-    /// Reads a record in either of the log's formats.
-    fn of(line: &str) -> Parsed {
+impl<'a> Parsed<'a> {
+    /// Reads a record in either of the log's formats; a text one without copying its values.
+    fn of(line: &'a str) -> Parsed<'a> {
         if line.starts_with('{') {
             return Parsed::json_line(line);
         }
         // `TIMESTAMP  INFO audit: key=value …`
         let (head, body) = line.split_once(" audit: ").unwrap_or(("", line));
-        let timestamp = head.split_whitespace().next().map(str::to_string);
+        let timestamp = head.split_whitespace().next().map(Cow::Borrowed);
         Parsed {
             timestamp,
             fields: logfmt_fields(body),
+            body: Some(body),
         }
     }
 
-    fn json_line(line: &str) -> Parsed {
+    fn json_line(line: &str) -> Parsed<'a> {
         let fields: Vec<(String, serde_json::Value)> = serde_json::from_str::<OrderedObject>(line)
             .map(|o| o.0)
             .unwrap_or_default();
@@ -545,14 +549,15 @@ impl Parsed {
                 other => other.to_string(),
             };
             match k.as_str() {
-                "timestamp" => timestamp = Some(text),
+                "timestamp" => timestamp = Some(Cow::Owned(text)),
                 "level" | "target" => {}
-                _ => out.push((k, text)),
+                _ => out.push((Cow::Owned(k), Cow::Owned(text))),
             }
         }
         Parsed {
             timestamp,
             fields: out,
+            body: None,
         }
     }
 
@@ -560,11 +565,15 @@ impl Parsed {
         self.fields
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
-    /// The fields as logfmt: quoted where a value has a space, `=`, `"` or nothing.
-    fn logfmt(&self) -> String {
+    /// The fields as logfmt: a text record's as written; else quoted where a value has a
+    /// space, `=`, `"` or nothing.
+    fn logfmt(&self) -> Cow<'a, str> {
+        if let Some(body) = self.body {
+            return Cow::Borrowed(body);
+        }
         let mut out = String::new();
         for (k, v) in &self.fields {
             if !out.is_empty() {
@@ -580,7 +589,7 @@ impl Parsed {
                 out.push_str(v);
             }
         }
-        out
+        Cow::Owned(out)
     }
 
     /// The fields as one JSON object, in order.
@@ -590,51 +599,65 @@ impl Parsed {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&serde_json::Value::from(k.as_str()).to_string());
+            out.push_str(&serde_json::Value::from(k.as_ref()).to_string());
             out.push(':');
-            out.push_str(&serde_json::Value::from(v.as_str()).to_string());
+            out.push_str(&serde_json::Value::from(v.as_ref()).to_string());
         }
         out.push('}');
         out
     }
 }
 
-/// `key=value` pairs of a logfmt line; a quoted value may hold spaces and `\"`.
-fn logfmt_fields(body: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+/// `key=value` pairs of a logfmt line; a quoted value may hold spaces and `\"` (copied only
+/// then).
+fn logfmt_fields(body: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut out = Vec::with_capacity(16);
     let mut rest = body.trim();
     while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().to_string();
+        let key = Cow::Borrowed(key.trim());
         let (value, next) = match after.strip_prefix('"') {
             Some(q) => {
-                let mut value = String::new();
-                let mut chars = q.char_indices();
-                let mut end = q.len();
-                while let Some((i, c)) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some((_, e)) = chars.next() {
-                                value.push(e);
-                            }
+                let end = closing_quote(q);
+                let raw = &q[..end];
+                let value = if raw.contains('\\') {
+                    let mut v = String::with_capacity(raw.len());
+                    let mut chars = raw.chars();
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '\\' => v.extend(chars.next()),
+                            _ => v.push(c),
                         }
-                        '"' => {
-                            end = i + 1;
-                            break;
-                        }
-                        _ => value.push(c),
                     }
-                }
-                (value, &q[end.min(q.len())..])
+                    Cow::Owned(v)
+                } else {
+                    Cow::Borrowed(raw)
+                };
+                (value, &q[(end + 1).min(q.len())..])
             }
             None => {
                 let end = after.find(' ').unwrap_or(after.len());
-                (after[..end].to_string(), &after[end..])
+                (Cow::Borrowed(&after[..end]), &after[end..])
             }
         };
         out.push((key, value));
         rest = next.trim_start();
     }
     out
+}
+
+/// Where the quoted value that `q` starts (after its opening quote) ends: the first `"` not
+/// escaped by a backslash, or the end.
+fn closing_quote(q: &str) -> usize {
+    let bytes = q.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    q.len()
 }
 
 /// A JSON object's members in their order (serde_json's map sorts them).
@@ -701,7 +724,7 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                r#"<84>1 2026-12-07T12:29:08.982396Z proxy-1 mllp-proxy {pid} handshake_refused [mllp-proxy@32473 event="handshake_refused" route="lab" peer="127.0.0.1:54442" conn="6" subject="O=General Hospital, CN=billing\] \"x\""] event=handshake_refused route=lab peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#
+                r#"<84>1 2026-12-07T12:29:08.982396Z proxy-1 mllp-proxy {pid} handshake_refused [mllp-proxy@32473 event="handshake_refused" route="lab" peer="127.0.0.1:54442" conn="6" subject="O=General Hospital, CN=billing\] \"x\""] event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#
             )
         );
     }
