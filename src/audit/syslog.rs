@@ -482,26 +482,42 @@ fn format_record(
         .filter(|c| c.is_ascii_graphic())
         .take(32)
         .collect();
-    let mut out = format!(
-        "<{pri}>1 {timestamp} {host} mllp-proxy {} {} [{}",
-        std::process::id(),
-        if msgid.is_empty() { "-" } else { &msgid },
-        cfg.sd_id
+    // Header, the fields twice (structured data and MSG), and their quoting.
+    let mut out = String::with_capacity(96 + 2 * line.len());
+    let _ = std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "<{pri}>1 {timestamp} {host} mllp-proxy {} {} [{}",
+            std::process::id(),
+            if msgid.is_empty() { "-" } else { &msgid },
+            cfg.sd_id
+        ),
     );
+    let plain_name = |k: &str| {
+        k.len() <= 32
+            && k.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=]\"".contains(&b))
+    };
     for (k, v) in &record.fields {
-        let name: String = k
-            .chars()
-            .filter(|c| c.is_ascii_graphic() && !"=]\"".contains(*c))
-            .take(32)
-            .collect();
         out.push(' ');
-        out.push_str(&name);
+        if plain_name(k) {
+            out.push_str(k);
+        } else {
+            let name = k
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && !"=]\"".contains(*c));
+            out.extend(name.take(32));
+        }
         out.push_str("=\"");
-        for c in v.chars() {
-            if matches!(c, '"' | '\\' | ']') {
-                out.push('\\');
+        if v.bytes().any(|b| matches!(b, b'"' | b'\\' | b']')) {
+            for c in v.chars() {
+                if matches!(c, '"' | '\\' | ']') {
+                    out.push('\\');
+                }
+                out.push(c);
             }
-            out.push(c);
+        } else {
+            out.push_str(v);
         }
         out.push('"');
     }

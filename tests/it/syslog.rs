@@ -384,7 +384,7 @@ async fn a_collector_of_the_wrong_name_or_ca_is_refused_and_plain_tcp_and_udp_co
     client.close().await;
     let up = |sink: &str| format!("mllp_proxy_audit_sink_up{{sink=\"{sink}\"}}");
     let both = eventually(T, || async {
-        tcp.records().len() == 3 && udp.records().len() == 3
+        tcp.records().len() == 4 && udp.records().len() == 4
     });
     assert!(
         both.await,
@@ -392,12 +392,13 @@ async fn a_collector_of_the_wrong_name_or_ca_is_refused_and_plain_tcp_and_udp_co
         tcp.records(),
         udp.records()
     );
+    // The proxy's start, then the session's three records.
     assert!(
-        tcp.records()[1].contains(r#"] {"event":"message","#),
+        tcp.records()[2].contains(r#"] {"event":"message","#),
         "{:?}",
         tcp.records()
     );
-    assert!(rfc5424(&udp.records()[1]).is_some_and(|r| r.2 == "message"));
+    assert!(rfc5424(&udp.records()[2]).is_some_and(|r| r.2 == "message"));
     for sink in ["plain", "datagram"] {
         assert_eq!(scrape_binary(&proxy, &up(sink)).await, Some(1.0), "{sink}");
     }
