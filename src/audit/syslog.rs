@@ -39,8 +39,9 @@ pub struct Collector {
     cfg: SyslogConfig,
     /// The HOSTNAME field: `hostname`, or the machine's, read once.
     host: String,
-    /// The collector's TLS (transport `tls`), loaded when the collector was configured.
-    partner: Option<Arc<PartnerTls>>,
+    /// The collector's TLS (transport `tls`): loaded when the collector was configured, and
+    /// again when its files change (polled every `tls.reload_interval`).
+    partner: Mutex<Option<Arc<PartnerTls>>>,
     outbox: Mutex<Outbox>,
     wake: tokio::sync::Notify,
     stop: CancellationToken,
@@ -78,7 +79,7 @@ impl Collector {
                 cfg.hostname.clone()
             },
             cfg: cfg.clone(),
-            partner,
+            partner: Mutex::new(partner),
             outbox: Mutex::new(Outbox::default()),
             wake: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
@@ -109,19 +110,48 @@ impl Collector {
 
     /// notAfter (Unix seconds) of our client certificate and of the collector's earliest CA.
     pub fn not_after(&self) -> (Option<i64>, Option<i64>) {
-        match &self.partner {
+        match self.partner() {
             Some(p) => (p.client_not_after, Some(p.ca_not_after)),
             None => (None, None),
         }
     }
 
-    /// Whether the collector's TLS files now hold other material than this collector loaded
+    fn partner(&self) -> Option<Arc<PartnerTls>> {
+        self.partner.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Whether the collector's TLS files now hold other material than the collector uses
     /// (read again on a reload, SIGHUP included, whose configuration is otherwise the same).
     pub fn tls_changed(&self) -> bool {
         use crate::tls::Material;
-        match (&self.partner, &self.cfg.tls) {
+        match (self.partner(), &self.cfg.tls) {
             (Some(p), Some(cfg)) => PartnerTls::read(cfg).is_ok_and(|now| &now != p.contents()),
             _ => false,
+        }
+    }
+
+    /// Loads the collector's TLS files again when they changed (cert-manager renewed our
+    /// certificate): `true` when new material is in service, for the next connection. Files
+    /// that do not load keep the material in service, with a warning.
+    fn renew_tls(&self) -> bool {
+        let Some(cfg) = &self.cfg.tls else {
+            return false;
+        };
+        if !self.tls_changed() {
+            return false;
+        }
+        match PartnerTls::load(cfg) {
+            Ok(p) => {
+                if let Ok(mut slot) = self.partner.lock() {
+                    *slot = Some(Arc::new(p));
+                }
+                tracing::info!(sink = %self.cfg.name, "audit collector TLS material reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sink = %self.cfg.name, error = %e, "audit collector TLS reload refused; previous material stays in service");
+                false
+            }
         }
     }
 
@@ -173,10 +203,19 @@ impl Collector {
         let mut flush_until = None;
         let mut connected_at = tokio::time::Instant::now();
         let mut sessions = atna::Sessions::default();
+        let poll_every = self.cfg.tls.as_ref().map(|t| t.policy.reload_interval);
+        let mut next_poll = poll_every.map(|every| tokio::time::Instant::now() + every);
         loop {
             // Connected before the first record, so that a collector that refuses us shows
             // (`audit_sink_up` 0, a warning) at once; and a connection the collector closed
             // (a restart) is replaced before a write into it would be lost.
+            if next_poll.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                next_poll = poll_every.map(|every| tokio::time::Instant::now() + every);
+                if self.renew_tls() {
+                    // The next connection presents the renewed material.
+                    conn = None;
+                }
+            }
             if conn.as_mut().is_some_and(Conn::closed) {
                 conn = None;
                 if connected_at.elapsed() < REFUSAL_WINDOW {
@@ -328,9 +367,9 @@ impl Collector {
             Err(_) => return Err(format!("connect timed out after {IO_TIMEOUT:?}")),
         };
         let _ = tcp.set_nodelay(true);
-        match &self.partner {
+        match self.partner() {
             None => Ok(Conn::Tcp(tcp)),
-            Some(p) => crate::tls::establish_tls(tcp, addr, p, IO_TIMEOUT)
+            Some(p) => crate::tls::establish_tls(tcp, addr, &p, IO_TIMEOUT)
                 .await
                 .map(Conn::Tls)
                 .map_err(|r| format!("TLS: {} ({})", r.reason.words(), r.detail)),

@@ -174,7 +174,7 @@ fn proxy_with(pki: &Pki, engine: &Engine, syslog: &str, tls: &str) -> ProxyProce
 
 fn tls_collector(name: &str, address: &str, ca: &str, server_name: &str) -> String {
     format!(
-        "    - name: {name}\n      address: \"{address}\"\n      tls:\n        ca: {ca}\n        certificate: client.crt\n        private_key: client.key\n        server_name: {server_name}\n"
+        "    - name: {name}\n      address: \"{address}\"\n      tls:\n        ca: {ca}\n        certificate: client.crt\n        private_key: client.key\n        server_name: {server_name}\n        reload_interval: 300ms\n"
     )
 }
 
@@ -270,7 +270,8 @@ async fn rsyslog_over_mutual_tls_receives_every_audit_record_the_file_has_in_ord
     let up = "mllp_proxy_audit_sink_up{sink=\"siem\"}";
     assert_eq!(scrape_binary(&proxy, up).await, Some(1.0));
 
-    // Our certificate toward the collector, in the expiry gauge; a new one is taken on SIGHUP.
+    // Our certificate toward the collector, in the expiry gauge; a renewed one (as cert-manager
+    // writes it) is taken at the next poll of the files, without a reload.
     let expiry = "mllp_proxy_certificate_expiry_timestamp_seconds{role=\"syslog_client\",route=\"audit:siem\"}";
     let was = not_after(&pki.path("client.crt")) as f64;
     assert_eq!(scrape_binary(&proxy, expiry).await, Some(was));
@@ -284,7 +285,6 @@ async fn rsyslog_over_mutual_tls_receives_every_audit_record_the_file_has_in_ord
     });
     let renewed = not_after(&pki.path("client.crt")) as f64;
     assert_ne!(renewed, was);
-    proxy.hup();
     let taken = eventually(T, || async {
         scrape_binary(&proxy, expiry).await == Some(renewed)
     });
@@ -309,11 +309,13 @@ async fn a_collector_down_for_ten_seconds_delays_no_exchange_and_every_record_is
         .await
         .expect("connect");
     let (mut slowest, mut n) = (Duration::ZERO, 0);
-    send_for(Duration::from_secs(2), &mut client, &mut slowest, &mut n).await;
+    let before = send_for(Duration::from_secs(2), &mut client, &mut slowest, &mut n).await;
     collector.stop();
-    send_for(Duration::from_secs(10), &mut client, &mut slowest, &mut n).await;
+    let during = send_for(Duration::from_secs(10), &mut client, &mut slowest, &mut n).await;
     collector.run();
-    send_for(Duration::from_secs(2), &mut client, &mut slowest, &mut n).await;
+    let after = send_for(Duration::from_secs(2), &mut client, &mut slowest, &mut n).await;
+    // Reported, not asserted (a timing): the bound asserted below is that nothing waits.
+    eprintln!("p99 of exchanges: before {before:?}, collector down {during:?}, after {after:?}");
     client.close().await;
     // A blocking sink would have held an exchange for its 10 s connect timeout at least.
     assert!(
@@ -418,16 +420,28 @@ async fn a_collector_of_the_wrong_name_or_ca_is_refused_and_plain_tcp_and_udp_co
 }
 
 /// Sends a message every 20 ms for `d`, noting the slowest exchange.
-async fn send_for(d: Duration, client: &mut MllpClient, slowest: &mut Duration, n: &mut usize) {
+async fn send_for(
+    d: Duration,
+    client: &mut MllpClient,
+    slowest: &mut Duration,
+    n: &mut usize,
+) -> Duration {
     let until = Instant::now() + d;
+    let mut took = Vec::new();
     while Instant::now() < until {
         *n += 1;
         let started = Instant::now();
         let ack = client.exchange(&adt(&format!("OUT-{n}")), T).await;
+        took.push(started.elapsed());
         *slowest = (*slowest).max(started.elapsed());
         assert_eq!(msa(&ack.expect("ACK")).0, "AA");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    took.sort();
+    // The 99th percentile of this phase's exchanges.
+    took.get(took.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// `xmllint --xpath EXPR` on `xml`: the result as text.
