@@ -72,131 +72,144 @@ pub(super) fn message(
     source: &Source<'_>,
     sessions: &Sessions,
 ) -> Option<Vec<u8>> {
-    let get = |k: &str| field(fields, k);
-    let mut w = Writer::new(Vec::with_capacity(1024));
-    let event = get("event");
-    let result = match event {
-        "application_start" | "application_stop" => {
-            let start = event == "application_start";
-            let kind = if start {
-                ("110120", "Application Start")
-            } else {
-                ("110121", "Application Stop")
-            };
-            w.create_element("AuditMessage").write_inner_content(|w| {
-                identification(
-                    w,
-                    timestamp,
-                    "0",
-                    ("110100", "Application Activity"),
-                    Some(kind),
-                    None,
-                )?;
-                application(w, source)?;
-                audit_source(w, source)
-            })
-        }
-        "handshake_refused" => {
-            let subject = [get("subject"), get("presented_subject")]
-                .into_iter()
-                .find(|s| !s.is_empty());
-            let identities = [get("identities"), get("presented_identities")]
-                .into_iter()
-                .find(|s| !s.is_empty());
-            let peer = get("peer");
-            w.create_element("AuditMessage").write_inner_content(|w| {
-                let why = format!("TLS node authentication refused: {}", get("reason"));
-                let kind = ("110126", "Node Authentication");
-                identification(
-                    w,
-                    timestamp,
-                    "4",
-                    ("110113", "Security Alert"),
-                    Some(kind),
-                    Some(&why),
-                )?;
-                participant(w, subject.unwrap_or(peer), true, host_of(peer), None)?;
-                application(w, source)?;
-                audit_source(w, source)?;
-                let mut details = vec![("reason", get("reason")), ("verified", get("verified"))];
-                details.extend(identities.map(|i| ("identities", i)));
-                details.extend(
-                    [
-                        ("issuer", get("issuer")),
-                        ("presented_issuer", get("presented_issuer")),
-                    ]
-                    .into_iter()
-                    .filter(|(_, v)| !v.is_empty()),
-                );
-                let name = subject.unwrap_or("(no certificate presented)");
-                object(w, peer, ("110182", "DCM", "Node ID"), name, &details)
-            })
-        }
-        "configuration_reload" => {
-            let refused = get("result") == "refused";
-            w.create_element("AuditMessage").write_inner_content(|w| {
-                let error = get("error");
-                let why = refused.then_some(error);
-                let outcome = if refused { "4" } else { "0" };
-                let kind = ("110131", "Software Configuration");
-                identification(
-                    w,
-                    timestamp,
-                    outcome,
-                    ("110113", "Security Alert"),
-                    Some(kind),
-                    why,
-                )?;
-                application(w, source)?;
-                audit_source(w, source)
-            })
-        }
-        "message" if source.messages => {
-            let outcome = match get("ack") {
-                "AA" | "CA" => "0",
-                "" if get("nak").is_empty() => "8",
-                _ => "4",
-            };
-            let key = (get("route").to_string(), get("conn").to_string());
-            let sender = sessions.0.get(&key).map_or(get("peer"), String::as_str);
-            let engine = get("engine");
-            w.create_element("AuditMessage").write_inner_content(|w| {
-                let detail = [get("nak"), get("answer")]
-                    .into_iter()
-                    .find(|s| !s.is_empty());
-                identification(w, timestamp, outcome, ("110107", "Import"), None, detail)?;
-                participant(
-                    w,
-                    sender,
-                    true,
-                    host_of(get("peer")),
-                    Some(("110153", "Source")),
-                )?;
-                if !engine.is_empty() {
-                    participant(
-                        w,
-                        engine,
-                        false,
-                        host_of(engine),
-                        Some(("110152", "Destination")),
-                    )?;
-                }
-                application(w, source)?;
-                audit_source(w, source)?;
-                let details = [
-                    ("route", get("route")),
-                    ("ack", get("ack")),
-                    ("bytes", get("bytes")),
-                ];
-                let details: Vec<_> = details.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                let id_type = ("MSH-10", "HL7v2", "Message Control ID");
-                object(w, get("control_id"), id_type, get("message_type"), &details)
-            })
-        }
-        _ => return None,
+    let r = Record {
+        at: timestamp,
+        fields,
+        source,
     };
-    result.ok()?;
+    let mut w = Writer::new(Vec::with_capacity(1024));
+    let event = r.get("event");
+    let body = |w: &mut Out| match event {
+        "application_start" | "application_stop" => r.application_activity(w),
+        "handshake_refused" => r.node_authentication(w),
+        "configuration_reload" => r.configuration(w),
+        _ => r.import(w, sessions),
+    };
+    let covered = matches!(
+        event,
+        "application_start" | "application_stop" | "handshake_refused" | "configuration_reload"
+    ) || (event == "message" && source.messages);
+    if !covered {
+        return None;
+    }
+    w.create_element("AuditMessage")
+        .write_inner_content(body)
+        .ok()?;
     Some(w.into_inner())
+}
+
+/// A record being written as an ATNA message.
+struct Record<'a> {
+    at: &'a str,
+    fields: &'a Fields<'a>,
+    source: &'a Source<'a>,
+}
+
+impl Record<'_> {
+    fn get(&self, key: &str) -> &str {
+        field(self.fields, key)
+    }
+
+    /// 110100 Application Activity: 110120 Application Start or 110121 Application Stop.
+    fn application_activity(&self, w: &mut Out) -> std::io::Result<()> {
+        let kind = if self.get("event") == "application_start" {
+            ("110120", "Application Start")
+        } else {
+            ("110121", "Application Stop")
+        };
+        let id = ("110100", "Application Activity");
+        identification(w, self.at, "0", id, Some(kind), None)?;
+        application(w, self.source)?;
+        audit_source(w, self.source)
+    }
+
+    /// 110113 Security Alert, 110126 Node Authentication: the peer (its certificate's subject
+    /// when it presented one) refused.
+    fn node_authentication(&self, w: &mut Out) -> std::io::Result<()> {
+        let first = |keys: [&str; 2]| {
+            keys.into_iter()
+                .map(|k| self.get(k))
+                .find(|s| !s.is_empty())
+        };
+        let subject = first(["subject", "presented_subject"]);
+        let identities = first(["identities", "presented_identities"]);
+        let peer = self.get("peer");
+        let why = format!("TLS node authentication refused: {}", self.get("reason"));
+        let (id, kind) = (
+            ("110113", "Security Alert"),
+            ("110126", "Node Authentication"),
+        );
+        identification(w, self.at, "4", id, Some(kind), Some(&why))?;
+        participant(w, subject.unwrap_or(peer), true, host_of(peer), None)?;
+        application(w, self.source)?;
+        audit_source(w, self.source)?;
+        let mut details = vec![
+            ("reason", self.get("reason")),
+            ("verified", self.get("verified")),
+        ];
+        details.extend(identities.map(|i| ("identities", i)));
+        for key in ["issuer", "presented_issuer"] {
+            if !self.get(key).is_empty() {
+                details.push((key, self.get(key)));
+            }
+        }
+        let name = subject.unwrap_or("(no certificate presented)");
+        object(w, peer, ("110182", "DCM", "Node ID"), name, &details)
+    }
+
+    /// 110113 Security Alert, 110131 Software Configuration: a reload applied or refused.
+    fn configuration(&self, w: &mut Out) -> std::io::Result<()> {
+        let refused = self.get("result") == "refused";
+        let why = refused.then(|| self.get("error"));
+        let outcome = if refused { "4" } else { "0" };
+        let (id, kind) = (
+            ("110113", "Security Alert"),
+            ("110131", "Software Configuration"),
+        );
+        identification(w, self.at, outcome, id, Some(kind), why)?;
+        application(w, self.source)?;
+        audit_source(w, self.source)
+    }
+
+    /// 110107 Import: a message from the sender (its session's identity) to the engine.
+    fn import(&self, w: &mut Out, sessions: &Sessions) -> std::io::Result<()> {
+        let outcome = match self.get("ack") {
+            "AA" | "CA" => "0",
+            "" if self.get("nak").is_empty() => "8",
+            _ => "4",
+        };
+        let key = (self.get("route").to_string(), self.get("conn").to_string());
+        let sender = sessions
+            .0
+            .get(&key)
+            .map_or(self.get("peer"), String::as_str);
+        let engine = self.get("engine");
+        let detail = [self.get("nak"), self.get("answer")]
+            .into_iter()
+            .find(|s| !s.is_empty());
+        identification(w, self.at, outcome, ("110107", "Import"), None, detail)?;
+        let source_role = Some(("110153", "Source"));
+        participant(w, sender, true, host_of(self.get("peer")), source_role)?;
+        if !engine.is_empty() {
+            let role = Some(("110152", "Destination"));
+            participant(w, engine, false, host_of(engine), role)?;
+        }
+        application(w, self.source)?;
+        audit_source(w, self.source)?;
+        let details: Vec<_> = ["route", "ack", "bytes"]
+            .into_iter()
+            .map(|k| (k, self.get(k)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let id_type = ("MSH-10", "HL7v2", "Message Control ID");
+        object(
+            w,
+            self.get("control_id"),
+            id_type,
+            self.get("message_type"),
+            &details,
+        )
+    }
 }
 
 /// The syslog severity of a record's ATNA message (ITI-20): warning (4) for a failure,

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod atna;
+mod rfc5424;
 mod syslog;
 mod writer;
 

@@ -6,7 +6,6 @@
 //! collector has a thread of its own that connects, reconnects with back-off and jitter, and
 //! sends in order. A collector that is down, slow or refuses TLS delays nothing but itself.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +17,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::atna;
-use crate::config::{SyslogConfig, SyslogFormat, SyslogTransport};
+use super::rfc5424::{cut, format_record};
+use crate::config::{SyslogConfig, SyslogTransport};
 use crate::tls::PartnerTls;
 
 /// Bound on one connect (and TLS handshake), and on one batch's write.
@@ -197,50 +197,13 @@ impl Collector {
     }
 
     async fn run(self: Arc<Self>) {
-        let mut conn: Option<Conn> = None;
-        let mut failures = 0u32;
+        let mut link = Link::new(&self.cfg);
         let mut dropped_seen = 0;
         let mut flush_until = None;
-        let mut connected_at = tokio::time::Instant::now();
         let mut sessions = atna::Sessions::default();
-        let poll_every = self.cfg.tls.as_ref().map(|t| t.policy.reload_interval);
-        let mut next_poll = poll_every.map(|every| tokio::time::Instant::now() + every);
         loop {
-            // Connected before the first record, so that a collector that refuses us shows
-            // (`audit_sink_up` 0, a warning) at once; and a connection the collector closed
-            // (a restart) is replaced before a write into it would be lost.
-            if next_poll.is_some_and(|at| tokio::time::Instant::now() >= at) {
-                next_poll = poll_every.map(|every| tokio::time::Instant::now() + every);
-                if self.renew_tls() {
-                    // The next connection presents the renewed material.
-                    conn = None;
-                }
-            }
-            if conn.as_mut().is_some_and(Conn::closed) {
-                conn = None;
-                if connected_at.elapsed() < REFUSAL_WINDOW {
-                    // Under TLS 1.3 a collector refuses our certificate after our side of the
-                    // handshake completed: a failure, not a connection that came and went.
-                    let why = "the collector closed the connection right after the handshake (does it accept our certificate, audit.syslog[].tls.certificate?)";
-                    self.down(&mut failures, why).await;
-                    continue;
-                }
-            }
-            if conn.is_none() && !self.stop.is_cancelled() {
-                match self.connect().await {
-                    Ok(c) => {
-                        conn = Some(c);
-                        connected_at = tokio::time::Instant::now();
-                    }
-                    Err(e) => {
-                        self.down(&mut failures, &e).await;
-                        continue;
-                    }
-                }
-            }
-            if conn.is_some() && connected_at.elapsed() >= REFUSAL_WINDOW {
-                // Connected, and not refused: up.
-                self.reachable(&mut failures);
+            if !self.keep_connected(&mut link).await {
+                continue;
             }
             let batch = self.take();
             if batch.is_empty() {
@@ -263,11 +226,11 @@ impl Collector {
                     return;
                 }
             }
-            let Some(c) = conn.as_mut() else {
+            if link.conn.is_none() {
                 // Stopping while the collector is down: what it holds is not sent.
                 return;
-            };
-            let young = REFUSAL_WINDOW.saturating_sub(connected_at.elapsed());
+            }
+            let young = REFUSAL_WINDOW.saturating_sub(link.connected_at.elapsed());
             if !young.is_zero() {
                 // Nothing is written before the collector had its chance to refuse us: what
                 // a refused connection took would be lost.
@@ -275,30 +238,87 @@ impl Collector {
                 tokio::time::sleep(young).await;
                 continue;
             }
-            let frames = self.frames(&batch, &mut sessions);
-            match tokio::time::timeout(IO_TIMEOUT, c.send(&frames)).await {
-                Ok(Ok(())) => {
-                    let sent = batch.len() as u64 - frames.skipped;
-                    self.sent.fetch_add(sent, Ordering::Relaxed);
-                    self.reachable(&mut failures);
-                    let dropped = self.dropped.load(Ordering::Relaxed);
-                    if dropped > dropped_seen {
-                        tracing::warn!(sink = %self.cfg.name, dropped = dropped - dropped_seen, queue_bytes = self.cfg.queue_bytes, "audit records dropped while the collector was unreachable: more than queue_bytes were waiting");
-                        dropped_seen = dropped;
-                    }
-                }
-                Ok(Err(e)) => {
-                    conn = None;
-                    self.put_back(batch);
-                    self.down(&mut failures, &e.to_string()).await;
-                }
-                Err(_) => {
-                    conn = None;
-                    self.put_back(batch);
-                    self.down(&mut failures, "write timed out").await;
+            if self.send(&mut link, batch, &mut sessions).await {
+                let dropped = self.dropped.load(Ordering::Relaxed);
+                if dropped > dropped_seen {
+                    tracing::warn!(sink = %self.cfg.name, dropped = dropped - dropped_seen, queue_bytes = self.cfg.queue_bytes, "audit records dropped while the collector was unreachable: more than queue_bytes were waiting");
+                    dropped_seen = dropped;
                 }
             }
         }
+    }
+
+    /// Keeps `link` connected: renewed TLS material polled for, a connection the collector
+    /// closed (a restart, or a refusal of our certificate) replaced, one made before the first
+    /// record so that a collector that refuses us shows (`audit_sink_up` 0, a warning) at once.
+    /// `false`: not connected now (the back-off was waited out).
+    async fn keep_connected(&self, link: &mut Link) -> bool {
+        if link
+            .next_poll
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            link.next_poll = link.poll_every.map(|e| tokio::time::Instant::now() + e);
+            if self.renew_tls() {
+                // The next connection presents the renewed material.
+                link.conn = None;
+            }
+        }
+        if link.conn.as_mut().is_some_and(Conn::closed) {
+            link.conn = None;
+            if link.connected_at.elapsed() < REFUSAL_WINDOW {
+                // Under TLS 1.3 a collector refuses our certificate after our side of the
+                // handshake completed: a failure, not a connection that came and went.
+                let why = "the collector closed the connection right after the handshake (does it accept our certificate, audit.syslog[].tls.certificate?)";
+                self.down(&mut link.failures, why).await;
+                return false;
+            }
+        }
+        if link.conn.is_none() && !self.stop.is_cancelled() {
+            match self.connect().await {
+                Ok(c) => {
+                    link.conn = Some(c);
+                    link.connected_at = tokio::time::Instant::now();
+                }
+                Err(e) => {
+                    self.down(&mut link.failures, &e).await;
+                    return false;
+                }
+            }
+        }
+        if link.conn.is_some() && link.connected_at.elapsed() >= REFUSAL_WINDOW {
+            // Connected, and not refused: up.
+            self.reachable(&mut link.failures);
+        }
+        true
+    }
+
+    /// Writes `batch`; on failure it goes back to the front of the outbox and the link is
+    /// dropped. `true` when it was written.
+    async fn send(
+        &self,
+        link: &mut Link,
+        batch: Vec<Vec<u8>>,
+        sessions: &mut atna::Sessions,
+    ) -> bool {
+        let Some(c) = link.conn.as_mut() else {
+            self.put_back(batch);
+            return false;
+        };
+        let frames = self.frames(&batch, sessions);
+        let why = match tokio::time::timeout(IO_TIMEOUT, c.send(&frames)).await {
+            Ok(Ok(())) => {
+                let sent = batch.len() as u64 - frames.skipped;
+                self.sent.fetch_add(sent, Ordering::Relaxed);
+                self.reachable(&mut link.failures);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "write timed out".to_string(),
+        };
+        link.conn = None;
+        self.put_back(batch);
+        self.down(&mut link.failures, &why).await;
+        false
     }
 
     /// Up to [`BATCH`] records from the front of the outbox.
@@ -399,6 +419,31 @@ impl Collector {
     }
 }
 
+/// A collector's connection and what is known of it.
+struct Link {
+    conn: Option<Conn>,
+    /// Consecutive failures: the back-off, and one warning per outage.
+    failures: u32,
+    connected_at: tokio::time::Instant,
+    /// `tls.reload_interval`, when the collector has TLS files to poll.
+    poll_every: Option<Duration>,
+    next_poll: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    fn new(cfg: &SyslogConfig) -> Link {
+        let poll_every = cfg.tls.as_ref().map(|t| t.policy.reload_interval);
+        let now = tokio::time::Instant::now();
+        Link {
+            conn: None,
+            failures: 0,
+            connected_at: now,
+            poll_every,
+            next_poll: poll_every.map(|e| now + e),
+        }
+    }
+}
+
 /// A batch ready to send.
 #[derive(Default)]
 struct Frames {
@@ -457,18 +502,6 @@ impl Conn {
     }
 }
 
-/// Cuts `msg` to at most `max` bytes, on a UTF-8 character boundary.
-fn cut(msg: &mut Vec<u8>, max: usize) {
-    if msg.len() <= max {
-        return;
-    }
-    let mut end = max;
-    while end > 0 && (msg[end] & 0xC0) == 0x80 {
-        end -= 1;
-    }
-    msg.truncate(end);
-}
-
 /// A factor in 0.8 … 1.2, so that replicas do not retry in step.
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
@@ -485,339 +518,4 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty() && h.bytes().all(|b| (33..=126).contains(&b)))
         .unwrap_or_else(|| "-".into())
-}
-
-/// One audit record line (the log's text or JSON form) as an RFC 5424 message; `None` when
-/// the collector's format has no message for it (`atna`).
-fn format_record(
-    cfg: &SyslogConfig,
-    host: &str,
-    line: &[u8],
-    sessions: &mut atna::Sessions,
-) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(line);
-    let record = Parsed::of(text.trim_end());
-    let event = record.get("event").unwrap_or("audit");
-    let pri = u16::from(cfg.facility) * 8 + u16::from(cfg.severity_of(event));
-    let timestamp = record.timestamp.as_deref().unwrap_or("-");
-    if cfg.format == SyslogFormat::Atna {
-        sessions.follow(&record.fields);
-        let pri = u16::from(cfg.facility) * 8 + u16::from(atna::severity(&record.fields));
-        let source = atna::Source {
-            host,
-            messages: cfg.atna_messages,
-        };
-        let xml = atna::message(timestamp, &record.fields, &source, sessions)?;
-        let head = format!(
-            "<{pri}>1 {timestamp} {host} mllp-proxy {} IHE+RFC-3881 - ",
-            std::process::id()
-        );
-        let mut out = head.into_bytes();
-        atna::body(&mut out, &xml);
-        return Some(out);
-    }
-    let msgid: String = event
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(32)
-        .collect();
-    // Header, the fields twice (structured data and MSG), and their quoting.
-    let mut out = String::with_capacity(96 + 2 * line.len());
-    let _ = std::fmt::Write::write_fmt(
-        &mut out,
-        format_args!(
-            "<{pri}>1 {timestamp} {host} mllp-proxy {} {} [{}",
-            std::process::id(),
-            if msgid.is_empty() { "-" } else { &msgid },
-            cfg.sd_id
-        ),
-    );
-    let plain_name = |k: &str| {
-        k.len() <= 32
-            && k.bytes()
-                .all(|b| b.is_ascii_graphic() && !b"=]\"".contains(&b))
-    };
-    for (k, v) in &record.fields {
-        out.push(' ');
-        if plain_name(k) {
-            out.push_str(k);
-        } else {
-            let name = k
-                .chars()
-                .filter(|c| c.is_ascii_graphic() && !"=]\"".contains(*c));
-            out.extend(name.take(32));
-        }
-        out.push_str("=\"");
-        if v.bytes().any(|b| matches!(b, b'"' | b'\\' | b']')) {
-            for c in v.chars() {
-                if matches!(c, '"' | '\\' | ']') {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-        } else {
-            out.push_str(v);
-        }
-        out.push('"');
-    }
-    out.push_str("] ");
-    match cfg.format {
-        SyslogFormat::Json => out.push_str(&record.json()),
-        SyslogFormat::Rfc5424 | SyslogFormat::Atna => out.push_str(&record.logfmt()),
-    }
-    Some(out.into_bytes())
-}
-
-/// An audit record's timestamp and fields, in their order.
-struct Parsed<'a> {
-    timestamp: Option<Cow<'a, str>>,
-    fields: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    /// A text record's fields as the audit trail wrote them: already logfmt.
-    body: Option<&'a str>,
-}
-
-impl<'a> Parsed<'a> {
-    /// Reads a record in either of the log's formats; a text one without copying its values.
-    fn of(line: &'a str) -> Parsed<'a> {
-        if line.starts_with('{') {
-            return Parsed::json_line(line);
-        }
-        // `TIMESTAMP  INFO audit: key=value …`
-        let (head, body) = line.split_once(" audit: ").unwrap_or(("", line));
-        let timestamp = head.split_whitespace().next().map(Cow::Borrowed);
-        Parsed {
-            timestamp,
-            fields: logfmt_fields(body),
-            body: Some(body),
-        }
-    }
-
-    fn json_line(line: &str) -> Parsed<'a> {
-        let fields: Vec<(String, serde_json::Value)> = serde_json::from_str::<OrderedObject>(line)
-            .map(|o| o.0)
-            .unwrap_or_default();
-        let mut timestamp = None;
-        let mut out = Vec::new();
-        for (k, v) in fields {
-            let text = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            match k.as_str() {
-                "timestamp" => timestamp = Some(Cow::Owned(text)),
-                "level" | "target" => {}
-                _ => out.push((Cow::Owned(k), Cow::Owned(text))),
-            }
-        }
-        Parsed {
-            timestamp,
-            fields: out,
-            body: None,
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
-    }
-
-    /// The fields as logfmt: a text record's as written; else quoted where a value has a
-    /// space, `=`, `"` or nothing.
-    fn logfmt(&self) -> Cow<'a, str> {
-        if let Some(body) = self.body {
-            return Cow::Borrowed(body);
-        }
-        let mut out = String::new();
-        for (k, v) in &self.fields {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(k);
-            out.push('=');
-            if v.is_empty() || v.contains([' ', '=', '"', ',']) {
-                out.push('"');
-                out.push_str(&v.replace('\\', "\\\\").replace('"', "\\\""));
-                out.push('"');
-            } else {
-                out.push_str(v);
-            }
-        }
-        Cow::Owned(out)
-    }
-
-    /// The fields as one JSON object, in order.
-    fn json(&self) -> String {
-        let mut out = String::from("{");
-        for (i, (k, v)) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&serde_json::Value::from(k.as_ref()).to_string());
-            out.push(':');
-            out.push_str(&serde_json::Value::from(v.as_ref()).to_string());
-        }
-        out.push('}');
-        out
-    }
-}
-
-/// `key=value` pairs of a logfmt line; a quoted value may hold spaces and `\"` (copied only
-/// then).
-fn logfmt_fields(body: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    let mut out = Vec::with_capacity(16);
-    let mut rest = body.trim();
-    while let Some((key, after)) = rest.split_once('=') {
-        let key = Cow::Borrowed(key.trim());
-        let (value, next) = match after.strip_prefix('"') {
-            Some(q) => {
-                let end = closing_quote(q);
-                let raw = &q[..end];
-                let value = if raw.contains('\\') {
-                    let mut v = String::with_capacity(raw.len());
-                    let mut chars = raw.chars();
-                    while let Some(c) = chars.next() {
-                        match c {
-                            '\\' => v.extend(chars.next()),
-                            _ => v.push(c),
-                        }
-                    }
-                    Cow::Owned(v)
-                } else {
-                    Cow::Borrowed(raw)
-                };
-                (value, &q[(end + 1).min(q.len())..])
-            }
-            None => {
-                let end = after.find(' ').unwrap_or(after.len());
-                (Cow::Borrowed(&after[..end]), &after[end..])
-            }
-        };
-        out.push((key, value));
-        rest = next.trim_start();
-    }
-    out
-}
-
-/// Where the quoted value that `q` starts (after its opening quote) ends: the first `"` not
-/// escaped by a backslash, or the end.
-fn closing_quote(q: &str) -> usize {
-    let bytes = q.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return i,
-            _ => i += 1,
-        }
-    }
-    q.len()
-}
-
-/// A JSON object's members in their order (serde_json's map sorts them).
-struct OrderedObject(Vec<(String, serde_json::Value)>);
-
-impl<'de> serde::Deserialize<'de> for OrderedObject {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = OrderedObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<OrderedObject, A::Error> {
-                let mut out = Vec::new();
-                while let Some(kv) = m.next_entry::<String, serde_json::Value>()? {
-                    out.push(kv);
-                }
-                Ok(OrderedObject(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(format: SyslogFormat) -> SyslogConfig {
-        SyslogConfig {
-            name: "siem".into(),
-            address: "127.0.0.1:6514".into(),
-            transport: SyslogTransport::Tcp,
-            format,
-            facility: 10,
-            severity: vec![],
-            hostname: "proxy-1".into(),
-            sd_id: "mllp-proxy@32473".into(),
-            queue_bytes: 1 << 20,
-            max_message_bytes: 65536,
-            tls: None,
-            atna_messages: false,
-        }
-    }
-
-    #[test]
-    fn a_text_record_becomes_rfc5424_with_its_fields_as_structured_data() {
-        let line = br#"2026-12-07T12:29:08.982396Z  INFO audit: event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#;
-        let out = String::from_utf8(
-            format_record(
-                &cfg(SyslogFormat::Rfc5424),
-                "proxy-1",
-                line,
-                &mut Default::default(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let pid = std::process::id();
-        assert_eq!(
-            out,
-            format!(
-                r#"<84>1 2026-12-07T12:29:08.982396Z proxy-1 mllp-proxy {pid} handshake_refused [mllp-proxy@32473 event="handshake_refused" route="lab" peer="127.0.0.1:54442" conn="6" subject="O=General Hospital, CN=billing\] \"x\""] event="handshake_refused" route="lab" peer=127.0.0.1:54442 conn=6 subject="O=General Hospital, CN=billing] \"x\"""#
-            )
-        );
-    }
-
-    #[test]
-    fn a_json_record_keeps_its_field_order_and_its_severity_is_notice() {
-        let line = br#"{"timestamp":"2026-12-07T12:00:00.000001Z","level":"INFO","event":"message","route":"lab","conn":7,"ack":"AA"}"#;
-        let out = String::from_utf8(
-            format_record(
-                &cfg(SyslogFormat::Json),
-                "proxy-1",
-                line,
-                &mut Default::default(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let pid = std::process::id();
-        assert_eq!(
-            out,
-            format!(
-                r#"<85>1 2026-12-07T12:00:00.000001Z proxy-1 mllp-proxy {pid} message [mllp-proxy@32473 event="message" route="lab" conn="7" ack="AA"] {{"event":"message","route":"lab","conn":"7","ack":"AA"}}"#
-            )
-        );
-    }
-
-    #[test]
-    fn a_long_record_is_cut_on_a_character_boundary() {
-        let mut msg = "aé".repeat(10).into_bytes();
-        cut(&mut msg, 4);
-        assert_eq!(
-            msg,
-            "aé"
-                .as_bytes()
-                .iter()
-                .chain(b"a")
-                .copied()
-                .collect::<Vec<_>>()
-        );
-    }
 }

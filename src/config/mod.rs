@@ -20,6 +20,7 @@ use raw::RawConfig;
 
 mod locate;
 mod raw;
+mod syslog;
 #[cfg(test)]
 mod tests;
 mod validate;

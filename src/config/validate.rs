@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::raw::*;
 use super::*;
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -62,7 +62,7 @@ fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-fn file(key: &str, text: &str, base: &Path) -> Result<PathBuf, ConfigError> {
+pub(super) fn file(key: &str, text: &str, base: &Path) -> Result<PathBuf, ConfigError> {
     if text.trim().is_empty() {
         return Err(invalid(key, "must name a file"));
     }
@@ -143,17 +143,7 @@ impl RawConfig {
             }
             routes.push(route);
         }
-        let mut syslog: Vec<SyslogConfig> = Vec::new();
-        for (i, raw) in self.audit.syslog.into_iter().enumerate() {
-            let c = raw.validate(&format!("audit.syslog[{i}]"), base)?;
-            if syslog.iter().any(|s| s.name == c.name) {
-                return Err(invalid(
-                    format!("audit.syslog[{i}].name"),
-                    format!("`{}` is used by another collector", c.name),
-                ));
-            }
-            syslog.push(c);
-        }
+        let syslog = super::syslog::collectors(self.audit.syslog, base)?;
         let audit = AuditConfig {
             messages: self.audit.messages,
             file: match self.audit.file.trim() {
@@ -310,172 +300,6 @@ fn matchers(k: &str, raw: Vec<RawClientMatcher>) -> Result<Vec<ClientMatcher>, C
         .collect()
 }
 
-impl RawSyslog {
-    fn validate(self, k: &str, base: &Path) -> Result<SyslogConfig, ConfigError> {
-        let name = self.name.trim();
-        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if name.is_empty() || !name.chars().all(plain) || name == "log" || name == "file" {
-            return Err(invalid(
-                format!("{k}.name"),
-                format!(
-                    "`{name}` is not a name of letters, digits, `-` and `_` (and not `log` or `file`, the other sinks)"
-                ),
-            ));
-        }
-        let ok = self
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !ok {
-            return Err(invalid(
-                format!("{k}.address"),
-                format!("`{}` is not host:port", self.address),
-            ));
-        }
-        let transport = match self.transport.as_str() {
-            "tls" => SyslogTransport::Tls,
-            "tcp" => SyslogTransport::Tcp,
-            "udp" => SyslogTransport::Udp,
-            other => {
-                return Err(invalid(
-                    format!("{k}.transport"),
-                    format!("`{other}` is not tls, tcp or udp"),
-                ));
-            }
-        };
-        let format = match self.format.as_str() {
-            "rfc5424" => SyslogFormat::Rfc5424,
-            "json" => SyslogFormat::Json,
-            "atna" => SyslogFormat::Atna,
-            other => {
-                return Err(invalid(
-                    format!("{k}.format"),
-                    format!("`{other}` is not rfc5424, json or atna"),
-                ));
-            }
-        };
-        if self.atna_messages && format != SyslogFormat::Atna {
-            return Err(invalid(
-                format!("{k}.atna_messages"),
-                "only with format: atna",
-            ));
-        }
-        let tls = match (transport, self.tls) {
-            (SyslogTransport::Tls, Some(t)) => Some(t.validate(&format!("{k}.tls"), base)?),
-            (SyslogTransport::Tls, None) => {
-                return Err(invalid(
-                    format!("{k}.tls"),
-                    "transport tls needs the collector's CA (tls.ca) and, for mutual TLS, our certificate and key",
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(invalid(format!("{k}.tls"), "only for transport tls"));
-            }
-            (_, None) => None,
-        };
-        let facility = syslog_facility(&self.facility).ok_or_else(|| {
-            invalid(
-                format!("{k}.facility"),
-                format!(
-                    "`{}` is not a syslog facility (kern … local7, or 0 … 23)",
-                    self.facility
-                ),
-            )
-        })?;
-        let mut severity = Vec::new();
-        for (event, level) in self.severity {
-            let s = syslog_severity(&level).ok_or_else(|| {
-                invalid(
-                    format!("{k}.severity.{event}"),
-                    format!("`{level}` is not a syslog severity (emerg … debug, or 0 … 7)"),
-                )
-            })?;
-            severity.push((event, s));
-        }
-        let sd_ok = |id: &str| {
-            !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .bytes()
-                    .all(|b| (33..=126).contains(&b) && !b"=]\" \\".contains(&b))
-        };
-        if !sd_ok(&self.sd_id) {
-            return Err(invalid(
-                format!("{k}.sd_id"),
-                "an RFC 5424 SD-ID: up to 32 printable characters, no `=`, `]`, `\"` or space (`name@PEN`)",
-            ));
-        }
-        // DICOM PS3.15 A.6: a receiver of audit messages takes at least 32,768 octets.
-        let atna = format == SyslogFormat::Atna;
-        let max_message_bytes = match (self.max_message_bytes, transport) {
-            (n, _) if atna && n != 0 && n < 32_768 => {
-                return Err(invalid(
-                    format!("{k}.max_message_bytes"),
-                    "at least 32768 for format atna (DICOM PS3.15 A.6)",
-                ));
-            }
-            (0, SyslogTransport::Udp) if atna => 65_000,
-            (0, SyslogTransport::Udp) => 2048,
-            (0, _) => 64 << 10,
-            (n, SyslogTransport::Udp) if n > 65_000 => {
-                return Err(invalid(
-                    format!("{k}.max_message_bytes"),
-                    "at most 65000 for udp (one datagram)",
-                ));
-            }
-            (n, _) if n < 480 => {
-                return Err(invalid(
-                    format!("{k}.max_message_bytes"),
-                    "at least 480 (RFC 5424)",
-                ));
-            }
-            (n, _) => n as usize,
-        };
-        Ok(SyslogConfig {
-            name: name.to_string(),
-            address: self.address,
-            transport,
-            format,
-            facility,
-            severity,
-            hostname: self.hostname.trim().to_string(),
-            sd_id: self.sd_id,
-            queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
-            max_message_bytes,
-            tls,
-            atna_messages: self.atna_messages,
-        })
-    }
-}
-
-/// An RFC 5424 facility by name or number.
-fn syslog_facility(text: &str) -> Option<u8> {
-    const NAMES: [&str; 24] = [
-        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-        "authpriv", "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2",
-        "local3", "local4", "local5", "local6", "local7",
-    ];
-    let text = text.trim();
-    NAMES
-        .iter()
-        .position(|n| *n == text)
-        .and_then(|i| u8::try_from(i).ok())
-        .or_else(|| text.parse::<u8>().ok().filter(|n| *n < 24))
-}
-
-/// An RFC 5424 severity by name or number.
-fn syslog_severity(text: &str) -> Option<u8> {
-    const NAMES: [&str; 8] = [
-        "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-    ];
-    let text = text.trim();
-    NAMES
-        .iter()
-        .position(|n| *n == text)
-        .and_then(|i| u8::try_from(i).ok())
-        .or_else(|| text.parse::<u8>().ok().filter(|n| *n < 8))
-}
-
 fn min_version(k: &str, text: &str) -> Result<TlsVersion, ConfigError> {
     match text {
         "1.2" => Ok(TlsVersion::Tls12),
@@ -488,7 +312,11 @@ fn min_version(k: &str, text: &str) -> Result<TlsVersion, ConfigError> {
 }
 
 impl RawUpstreamTls {
-    fn validate(mut self, k: &str, base: &Path) -> Result<UpstreamTlsConfig, ConfigError> {
+    pub(super) fn validate(
+        mut self,
+        k: &str,
+        base: &Path,
+    ) -> Result<UpstreamTlsConfig, ConfigError> {
         let policy = self.policy().validate(k, base)?;
         let client = match (self.certificate.trim(), self.private_key.trim()) {
             ("", "") => None,

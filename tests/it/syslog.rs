@@ -242,28 +242,7 @@ async fn rsyslog_over_mutual_tls_receives_every_audit_record_the_file_has_in_ord
     let file = audit_file(&pki);
     let received = collector.records();
     for (want, got) in file.iter().zip(&received) {
-        let (pri, timestamp, msgid, fields) =
-            rfc5424(got).unwrap_or_else(|| panic!("not RFC 5424: {got}"));
-        assert_eq!(timestamp, want["timestamp"].as_str().unwrap_or(""), "{got}");
-        assert_eq!(msgid, want["event"].as_str().unwrap_or(""), "{got}");
-        let refused = want["event"] == "handshake_refused";
-        assert_eq!(
-            pri,
-            if refused { 84 } else { 85 },
-            "authpriv, warning or notice: {got}"
-        );
-        let want: BTreeMap<String, String> = want
-            .as_object()
-            .expect("object")
-            .iter()
-            .filter(|(k, _)| !["timestamp", "level", "target"].contains(&k.as_str()))
-            .map(|(k, v)| {
-                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                (k.clone(), text)
-            })
-            .collect();
-        let got: BTreeMap<String, String> = fields.into_iter().collect();
-        assert_eq!(got, want);
+        assert_same_record(want, got);
     }
     let sent = "mllp_proxy_audit_records_sent_total{sink=\"siem\"}";
     assert_eq!(scrape_binary(&proxy, sent).await, Some(file.len() as f64));
@@ -484,96 +463,14 @@ async fn an_atna_collector_gets_dicom_audit_messages_for_start_stop_refusals_rel
     if let Ok(mut c) = MllpClient::connect(&pki.target(proxy.addr, ClientCert::OtherCa), T).await {
         let _ = c.exchange(&adt("NOPE"), T).await;
     }
-    let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
-    std::fs::write(
-        pki.path("proxy.yaml"),
-        yaml.replace("drain_timeout: 10s", "drain_timeout: x"),
-    )
-    .expect("write");
-    proxy.hup();
-    let refused = eventually(T, || async {
-        audit_file(&pki)
-            .iter()
-            .any(|r| r["event"] == "configuration_reload")
-    });
-    assert!(refused.await);
-    std::fs::write(
-        pki.path("proxy.yaml"),
-        yaml.replace("drain_timeout: 10s", "drain_timeout: 9s"),
-    )
-    .expect("write");
-    proxy.hup();
-    let applied = eventually(T, || async {
-        audit_file(&pki).iter().any(|r| r["result"] == "applied")
-    });
-    assert!(applied.await);
+    refuse_then_apply_a_reload(&pki, &proxy).await;
     assert!(proxy.terminate().success());
     let arrived = eventually(T, || async {
         collector.records().iter().any(|l| l.contains("110121"))
     });
     assert!(arrived.await, "{:#?}", collector.records());
     let records = collector.records();
-    let mut kinds = Vec::new();
-    for line in &records {
-        assert!(
-            line.contains(" IHE+RFC-3881 - \u{feff}<AuditMessage>"),
-            "{line}"
-        );
-        assert!(
-            !line.contains("PHI-MRN") && !line.contains("DOE"),
-            "patient data: {line}"
-        );
-        let xml = line.split_once('\u{feff}').map(|(_, x)| x).unwrap_or("");
-        let check = Command::new("xmllint")
-            .args(["--noout", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(xml.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("xmllint");
-        assert!(check.status.success(), "not well-formed: {xml}");
-        // The schema's order: EventIdentification, ActiveParticipant+, AuditSourceIdentification,
-        // ParticipantObjectIdentification*.
-        let count: usize = xpath(xml, "count(/AuditMessage/*)").parse().unwrap_or(0);
-        let names: Vec<String> = (1..=count)
-            .map(|i| xpath(xml, &format!("name(/AuditMessage/*[{i}])")))
-            .collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let rank = |n: &str| match n {
-            "EventIdentification" => 0,
-            "ActiveParticipant" => 1,
-            "AuditSourceIdentification" => 2,
-            _ => 3,
-        };
-        assert!(
-            names.windows(2).all(|w| rank(w[0]) <= rank(w[1])),
-            "{names:?}"
-        );
-        assert_eq!(names.first(), Some(&"EventIdentification"), "{names:?}");
-        assert!(names.contains(&"AuditSourceIdentification"), "{names:?}");
-        let id = xpath(
-            xml,
-            "string(/AuditMessage/EventIdentification/EventID/@csd-code)",
-        );
-        let kind = xpath(
-            xml,
-            "string(/AuditMessage/EventIdentification/EventTypeCode/@csd-code)",
-        );
-        let outcome = xpath(
-            xml,
-            "string(/AuditMessage/EventIdentification/@EventOutcomeIndicator)",
-        );
-        kinds.push(format!("{id}/{kind}/{outcome}"));
-    }
+    let kinds: Vec<String> = records.iter().map(|line| atna_kind(line)).collect();
     assert_eq!(
         kinds,
         [
@@ -601,4 +498,123 @@ async fn an_atna_collector_gets_dicom_audit_messages_for_start_stop_refusals_rel
         "authpriv.warning: {}",
         records[2]
     );
+}
+
+/// Checks one ATNA record as a repository receives it (ITI-20 header, no patient data,
+/// well-formed, top-level elements in the schema's order) and returns
+/// `EventID/EventTypeCode/EventOutcomeIndicator`.
+fn atna_kind(line: &str) -> String {
+    assert!(
+        line.contains(" IHE+RFC-3881 - \u{feff}<AuditMessage>"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("PHI-MRN") && !line.contains("DOE"),
+        "patient data: {line}"
+    );
+    let xml = line.split_once('\u{feff}').map(|(_, x)| x).unwrap_or("");
+    let check = Command::new("xmllint")
+        .args(["--noout", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(xml.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("xmllint");
+    assert!(check.status.success(), "not well-formed: {xml}");
+    // The schema's order: EventIdentification, ActiveParticipant+, AuditSourceIdentification,
+    // ParticipantObjectIdentification*.
+    let count: usize = xpath(xml, "count(/AuditMessage/*)").parse().unwrap_or(0);
+    let names: Vec<String> = (1..=count)
+        .map(|i| xpath(xml, &format!("name(/AuditMessage/*[{i}])")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rank = |n: &str| match n {
+        "EventIdentification" => 0,
+        "ActiveParticipant" => 1,
+        "AuditSourceIdentification" => 2,
+        _ => 3,
+    };
+    assert!(
+        names.windows(2).all(|w| rank(w[0]) <= rank(w[1])),
+        "{names:?}"
+    );
+    assert_eq!(names.first(), Some(&"EventIdentification"), "{names:?}");
+    assert!(names.contains(&"AuditSourceIdentification"), "{names:?}");
+    let id = xpath(
+        xml,
+        "string(/AuditMessage/EventIdentification/EventID/@csd-code)",
+    );
+    let kind = xpath(
+        xml,
+        "string(/AuditMessage/EventIdentification/EventTypeCode/@csd-code)",
+    );
+    let outcome = xpath(
+        xml,
+        "string(/AuditMessage/EventIdentification/@EventOutcomeIndicator)",
+    );
+    format!("{id}/{kind}/{outcome}")
+}
+
+/// `got`, a record as rsyslog wrote it, is RFC 5424 with `want`'s (a JSON audit record's)
+/// timestamp, event and fields, and its severity.
+fn assert_same_record(want: &serde_json::Value, got: &str) {
+    let (pri, timestamp, msgid, fields) =
+        rfc5424(got).unwrap_or_else(|| panic!("not RFC 5424: {got}"));
+    assert_eq!(timestamp, want["timestamp"].as_str().unwrap_or(""), "{got}");
+    assert_eq!(msgid, want["event"].as_str().unwrap_or(""), "{got}");
+    let refused = want["event"] == "handshake_refused";
+    assert_eq!(
+        pri,
+        if refused { 84 } else { 85 },
+        "authpriv, warning or notice: {got}"
+    );
+    let want: BTreeMap<String, String> = want
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(k, _)| !["timestamp", "level", "target"].contains(&k.as_str()))
+        .map(|(k, v)| {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            (k.clone(), text)
+        })
+        .collect();
+    let got: BTreeMap<String, String> = fields.into_iter().collect();
+    assert_eq!(got, want);
+}
+
+/// Edits the configuration file into one the proxy refuses, then into one it applies, with a
+/// SIGHUP each time, waiting for each reload's audit record.
+async fn refuse_then_apply_a_reload(pki: &Pki, proxy: &ProxyProcess) {
+    let yaml = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
+    std::fs::write(
+        pki.path("proxy.yaml"),
+        yaml.replace("drain_timeout: 10s", "drain_timeout: x"),
+    )
+    .expect("write");
+    proxy.hup();
+    let refused = eventually(T, || async {
+        audit_file(pki)
+            .iter()
+            .any(|r| r["event"] == "configuration_reload")
+    });
+    assert!(refused.await);
+    std::fs::write(
+        pki.path("proxy.yaml"),
+        yaml.replace("drain_timeout: 10s", "drain_timeout: 9s"),
+    )
+    .expect("write");
+    proxy.hup();
+    let applied = eventually(T, || async {
+        audit_file(pki).iter().any(|r| r["result"] == "applied")
+    });
+    assert!(applied.await);
 }
