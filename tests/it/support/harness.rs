@@ -158,19 +158,30 @@ impl Harness {
     }
 
     /// Starts the engine and the proxy in-process.
-    pub async fn start(self) -> World {
+    pub async fn start(mut self) -> World {
         let (engine, yaml) = self.engine_and_yaml("").await;
         let mut cfg = Config::from_yaml(&yaml, self.pki.dir.path()).expect("test config");
-        for edit in self.edits {
+        for edit in std::mem::take(&mut self.edits) {
             edit(&mut cfg);
         }
-        let config = cfg.clone();
-        let mut options = mllp_proxy::proxy::Options {
+        let options = mllp_proxy::proxy::Options {
             cores: self
                 .threads
                 .map(|n| mllp_proxy::cores::Cores::start(n).expect("session threads")),
             ..Default::default()
         };
+        self.world(engine, cfg, options).await
+    }
+
+    /// The proxy on `cfg` with `options`, its audit trail in `audit.jsonl` with
+    /// [`Harness::audit`], in front of `engine`.
+    async fn world(
+        self,
+        engine: Engine,
+        cfg: Config,
+        mut options: mllp_proxy::proxy::Options,
+    ) -> World {
+        let config = cfg.clone();
         let mut guard = None;
         if self.audit {
             let (audit, g) = audit_log(&self.pki.path("audit.jsonl"));
@@ -199,25 +210,11 @@ impl Harness {
         let path = self.pki.path("proxy.yaml");
         std::fs::write(&path, &yaml).expect("write config");
         let (cfg, text) = Config::load_with_text(&path).expect("test config");
-        let config = cfg.clone();
-        let mut options = mllp_proxy::proxy::Options {
+        let options = mllp_proxy::proxy::Options {
             source: Some(mllp_proxy::proxy::Source { path, text }),
             ..Default::default()
         };
-        let mut guard = None;
-        if self.audit {
-            let (audit, g) = audit_log(&self.pki.path("audit.jsonl"));
-            options.audit = audit;
-            guard = Some(g);
-        }
-        let proxy = start_options(cfg, options).await;
-        World {
-            pki: self.pki,
-            engine,
-            proxy,
-            config,
-            _audit_writer: guard,
-        }
+        self.world(engine, cfg, options).await
     }
 
     /// Starts the engine and the proxy binary with JSON logs at level info (configuration
