@@ -1,5 +1,6 @@
 //! Deadlines that move forward on every message without touching the runtime's timer wheel
-//! each time.
+//! each time; and the one back-off with jitter of everything that retries (engine targets,
+//! syslog collectors).
 //!
 //! A session's idle deadline and a connection's ACK deadline are pushed back by every message.
 //! Resetting a tokio `Sleep` each time costs a wheel insertion and removal under the driver's
@@ -8,6 +9,7 @@
 //! operation per timeout period instead of one per message.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
@@ -34,6 +36,31 @@ impl Deadline {
             }
         }
     }
+}
+
+/// First back-off after a failure (a target down, a collector unreachable); doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest back-off between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The back-off after `failures` consecutive failures: 1 s doubling to 30 s, times `jitter`
+/// (0.8 … 1.2) so that replicas do not retry in step.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let base = FIRST_BACKOFF
+        .saturating_mul(1u32 << doublings)
+        .min(MAX_BACKOFF);
+    base.mul_f64(jitter)
+}
+
+/// A factor in 0.8 … 1.2, from the OS-seeded hasher: no randomness crate for one number.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    0.8 + 0.4 * ((r >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]
@@ -78,5 +105,19 @@ mod tests {
         // After firing, a new deadline arms it again.
         d.until(start + Duration::from_secs(7)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_thirty_within_the_jitter() {
+        let secs = |n| backoff(n, 1.0).as_secs_f64();
+        assert_eq!(
+            [secs(1), secs(2), secs(3), secs(5), secs(6), secs(40)],
+            [1.0, 2.0, 4.0, 16.0, 30.0, 30.0]
+        );
+        assert_eq!(backoff(1, 0.8), Duration::from_millis(800));
+        assert_eq!(backoff(6, 1.2), Duration::from_secs(36));
+        for _ in 0..100 {
+            assert!((0.8..1.2).contains(&jitter()));
+        }
     }
 }

@@ -25,9 +25,6 @@ use crate::tls::PartnerTls;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records sent in one write.
 const BATCH: usize = 256;
-/// The back-off between connection attempts: 1 s doubling to 30 s, ±20%.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection the collector closes this soon after it was made was refused, not used; the
 /// first write waits this long.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
@@ -358,11 +355,7 @@ impl Collector {
         if *failures == 1 {
             tracing::warn!(sink = %self.cfg.name, address = %self.cfg.address, error = %why, "audit collector unreachable; records are held (up to queue_bytes) and sent when it is back");
         }
-        let doublings = failures.saturating_sub(1).min(5);
-        let pause = FIRST_BACKOFF
-            .saturating_mul(1 << doublings)
-            .min(MAX_BACKOFF)
-            .mul_f64(jitter());
+        let pause = crate::timer::backoff(*failures, crate::timer::jitter());
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = self.stop.cancelled() => {}
@@ -500,15 +493,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// A factor in 0.8 … 1.2, so that replicas do not retry in step.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    0.8 + 0.4 * ((r >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 /// The machine's host name, for the HOSTNAME field.

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use super::conn::Wire;
 use crate::config::Keepalive;
 use crate::label::{Label, PartnerRefusal, Side};
+use crate::timer::{backoff, jitter};
 use crate::tls::PartnerTls;
 use crate::tls::establish_tls;
 use tokio::sync::Mutex as AsyncMutex;
@@ -24,10 +25,6 @@ use tokio::time::Instant;
 
 use crate::metrics::TargetMetrics;
 
-/// First back-off after a target goes down; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest back-off between passive retries of a down target.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest down reason kept for `/status` (rustls' words on a certificate can be long).
 const REASON_CHARS: usize = 300;
 
@@ -390,44 +387,6 @@ impl ConnectFailure {
         Self {
             reason,
             refused: None,
-        }
-    }
-}
-
-/// The back-off after `failures` consecutive failures: 1 s doubling to 30 s, times `jitter`
-/// (0.8 … 1.2) so that replicas do not retry in step.
-fn backoff(failures: u32, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let base = FIRST_BACKOFF
-        .saturating_mul(1u32 << doublings)
-        .min(MAX_BACKOFF);
-    base.mul_f64(jitter)
-}
-
-/// A factor in 0.8 … 1.2, from the OS-seeded hasher: no randomness crate for one number.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    0.8 + 0.4 * ((r >> 11) as f64 / (1u64 << 53) as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_one_second_to_thirty_within_the_jitter() {
-        let secs = |n| backoff(n, 1.0).as_secs_f64();
-        assert_eq!(
-            [secs(1), secs(2), secs(3), secs(5), secs(6), secs(40)],
-            [1.0, 2.0, 4.0, 16.0, 30.0, 30.0]
-        );
-        assert_eq!(backoff(1, 0.8), Duration::from_millis(800));
-        assert_eq!(backoff(6, 1.2), Duration::from_secs(36));
-        for _ in 0..100 {
-            assert!((0.8..1.2).contains(&jitter()));
         }
     }
 }
