@@ -9,12 +9,12 @@ use std::fmt::{self, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use prometheus::IntCounter;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 
 use crate::label::LogEvent;
+use crate::metrics::LazyCounter;
 
 /// Longest message field (control ID, message type) written to a log line, in bytes.
 pub const MAX_LOGGED: usize = 64;
@@ -116,7 +116,7 @@ fn escape_bounded(bytes: &[u8], max: usize) -> String {
 /// counted and reported on the next line that is written.
 pub struct EventLog {
     state: Mutex<Bucket>,
-    suppressed_total: IntCounter,
+    suppressed_total: LazyCounter,
 }
 
 struct Bucket {
@@ -132,7 +132,7 @@ const PER_SECOND: f64 = 2.0;
 
 impl EventLog {
     /// A limiter counting what it holds back in `suppressed_total`.
-    pub fn new(suppressed_total: IntCounter) -> Self {
+    pub fn new(suppressed_total: LazyCounter) -> Self {
         Self {
             state: Mutex::new(Bucket {
                 tokens: BURST,
@@ -459,17 +459,27 @@ mod tests {
 
     #[test]
     fn a_flood_gets_a_burst_then_a_steady_rate_and_the_rest_is_counted() {
-        let counter = IntCounter::new("t", "t").unwrap();
-        let log = EventLog::new(counter.clone());
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let log = EventLog::new(
+            metrics
+                .route("t", Default::default())
+                .suppressed(LogEvent::SessionError),
+        );
+        let suppressed = || {
+            let series =
+                "mllp_proxy_log_events_suppressed_total{event=\"session_error\",route=\"t\"}";
+            crate::metrics::sample_value(&metrics.encode(), series)
+        };
+        assert_eq!(suppressed(), None, "created by the first event");
         let start = Instant::now();
         let written = (0..5000).filter(|_| log.admit_at(start).is_some()).count();
         assert_eq!(written, 20);
-        assert_eq!(counter.get(), 4980);
+        assert_eq!(suppressed(), Some(4980.0));
         // One second later two more lines, the first reporting what was held back.
         let later = start + Duration::from_secs(1);
         assert_eq!(log.admit_at(later), Some(4980));
         assert_eq!(log.admit_at(later), Some(0));
         assert_eq!(log.admit_at(later), None);
-        assert_eq!(counter.get(), 4981);
+        assert_eq!(suppressed(), Some(4981.0));
     }
 }

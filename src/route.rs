@@ -129,7 +129,9 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
     let (key, cfg, material, partner) = (spec.key, spec.cfg, spec.material, spec.partner);
     let audit_messages = spec.audit_messages;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
-    let metrics = shared.metrics.route(&cfg.name);
+    let metrics = shared
+        .metrics
+        .route(&cfg.name, crate::metrics::RouteShape::of(&cfg));
     let tls = cfg
         .tls
         .clone()
@@ -261,6 +263,8 @@ impl Route {
             (shared.audit.clone(), audit_messages),
             Some(&current),
         );
+        self.metrics
+            .reshape(crate::metrics::RouteShape::of(&ctx.cfg));
         let became_plain = ctx.tls.is_none() && current.tls.is_some();
         self.ctx.send_replace(Arc::new(ctx));
         if became_plain && listener.is_none() {

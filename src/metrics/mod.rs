@@ -25,26 +25,19 @@ mod audit;
 
 pub use audit::SinkFigures;
 
-/// Buckets for exchange latency: 100 µs to 60 s, roughly ×2.5 per step.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
+/// Buckets of the engine's ACK time, ×5 apart: a local engine answers in about a millisecond,
+/// a busy one in tens to hundreds; 2.5 s and 10 s are where senders' own timeouts start to bite.
+/// Operators read the median and p99 from them and the share above 1 s.
+const ACK_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0];
 
-/// Buckets for message sizes: 128 B to 64 MiB.
-const BYTES_BUCKETS: &[f64] = &[
-    128.0,
-    512.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262_144.0,
-    1_048_576.0,
-    4_194_304.0,
-    16_777_216.0,
-    67_108_864.0,
-];
+/// Buckets of the wait for a pooled connection: none at all is the normal case; the alert reads
+/// p99 above 1 s.
+const QUEUE_BUCKETS: &[f64] = &[0.01, 0.1, 1.0, 10.0];
+
+/// Buckets of message sizes, ×16 apart: orders and admissions (under 4 KiB), results with text
+/// (under 64 KiB), embedded documents (up to 1 MiB, the default `max_message_bytes`) and the
+/// larger ones of routes that raise it (to 16 MiB, and above).
+const BYTES_BUCKETS: &[f64] = &[4096.0, 65536.0, 1_048_576.0, 16_777_216.0];
 
 /// All metrics of one proxy process.
 #[derive(Clone)]
@@ -105,6 +98,51 @@ struct UpstreamFamilies {
     ack_seconds: HistogramVec,
 }
 
+/// What a route is configured with, which decides the series it has: a series exists only
+/// where it can move (docs/metrics.md lists them per kind of route).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteShape {
+    /// A TLS listener (`tls`): handshakes, its certificates, TLS reloads.
+    pub tls: bool,
+    /// `allowed_clients` is set: verified clients can be denied.
+    pub allowed_clients: bool,
+    /// `proxy_protocol` is set.
+    pub proxy_protocol: bool,
+    /// `upstream.tls`: a partner whose TLS can refuse us (an egress route).
+    pub partner: bool,
+}
+
+impl RouteShape {
+    /// The shape of route `cfg`.
+    pub fn of(cfg: &crate::config::RouteConfig) -> Self {
+        Self {
+            tls: cfg.tls.is_some(),
+            allowed_clients: !cfg.allowed_clients.is_empty(),
+            proxy_protocol: cfg.proxy_protocol.is_some(),
+            partner: cfg.upstream.tls.is_some(),
+        }
+    }
+}
+
+/// A counter whose series is created by its first event: the breakdowns of refusals by reason,
+/// whose values are many and whose alerts read rates over minutes (one uncounted first event
+/// does not move them), so that a quiet route does not carry a dozen zeros for each.
+#[derive(Clone)]
+pub struct LazyCounter {
+    family: IntCounterVec,
+    labels: [String; 2],
+}
+
+impl LazyCounter {
+    /// Counts one event.
+    pub fn inc(&self) {
+        let [a, b] = &self.labels;
+        self.family
+            .with_label_values(&[a.as_str(), b.as_str()])
+            .inc();
+    }
+}
+
 /// Handles of one route, bound once so the per-message path does no label lookups.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -114,8 +152,6 @@ pub struct RouteMetrics {
     pub connections_accepted: IntCounter,
     /// Sender connections open now.
     pub connections_active: IntGauge,
-    /// Verified clients refused by `allowed_clients`.
-    pub clients_denied: IntCounter,
     /// Frames received from senders.
     pub messages_received: IntCounter,
     /// Messages written to the engine.
@@ -214,23 +250,15 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Handles bound to one route's label. Every series of the route's bounded label sets is
-    /// created at zero, so `rate()` and alerts see a series before its first event.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    /// Handles bound to one route's label, its series created at zero as far as they can move
+    /// on a route of `shape` ([`RouteMetrics::reshape`]), so `rate()` and alerts see a series
+    /// before its first event.
+    pub fn route(&self, route: &str, shape: RouteShape) -> RouteMetrics {
         let r = [route];
-        zero::<RejectReason>(&self.msg.rejected, &r);
-        zero::<HandshakeReason>(&self.conn.handshake_failures, &r);
-        zero::<Verdict>(&self.conn.tls_reloads, &r);
-        zero::<LogEvent>(&self.conn.log_events_suppressed, &r);
-        zero::<Refusal>(&self.conn.rejected, &r);
-        zero::<FailureKind>(&self.up.exchanges_failed, &r);
-        zero::<ProxyResult>(&self.conn.proxy_protocol, &r);
-        zero::<Offboarded>(&self.conn.closed_on_reload, &r);
-        RouteMetrics {
+        let m = RouteMetrics {
             route: route.to_string(),
             connections_accepted: self.conn.accepted.with_label_values(&r),
             connections_active: self.conn.active.with_label_values(&r),
-            clients_denied: self.conn.clients_denied.with_label_values(&r),
             messages_received: self.msg.received.with_label_values(&r),
             messages_forwarded: self.msg.forwarded.with_label_values(&r),
             upstream_ack_seconds: self.up.ack_seconds.with_label_values(&r),
@@ -244,7 +272,14 @@ impl Metrics {
                 .map(|c| self.msg.acks.with_label_values(&[route, c.label()]))
                 .collect(),
             all: self.clone(),
+        };
+        for kind in FailureKind::ALL.iter().filter(|k| **k != FailureKind::Tls) {
+            self.up
+                .exchanges_failed
+                .with_label_values(&[route, kind.label()]);
         }
+        m.reshape(shape);
+        m
     }
 
     /// Counts a reload of the configuration file; an accepted one is the configuration now in
@@ -515,7 +550,7 @@ impl UpstreamFamilies {
             queue_seconds: reg.histogram(
                 "mllp_proxy_upstream_queue_seconds",
                 "Time an exchange waited for a pooled upstream connection.",
-                SECONDS_BUCKETS,
+                QUEUE_BUCKETS,
             )?,
             health_checks: reg.counter(
                 "mllp_proxy_upstream_health_checks_total",
@@ -530,19 +565,77 @@ impl UpstreamFamilies {
             ack_seconds: reg.histogram(
                 "mllp_proxy_upstream_ack_seconds",
                 "Time from forwarding a message to receiving the engine's ACK.",
-                SECONDS_BUCKETS,
+                ACK_BUCKETS,
             )?,
         })
     }
 }
 
 impl RouteMetrics {
+    /// Creates at zero the series a route of `shape` can move, and removes those of what a
+    /// reload took away (a listener that became plain, `proxy_protocol` or `upstream.tls`
+    /// removed): called at start and on every reload.
+    pub fn reshape(&self, shape: RouteShape) {
+        let (all, r) = (&self.all, self.route.as_str());
+        let only = |on: bool, family: &IntCounterVec, values: &[&str]| {
+            for v in values {
+                let labels = [r, *v];
+                if on {
+                    family.with_label_values(&labels);
+                } else {
+                    let _ = family.remove_label_values(&labels);
+                }
+            }
+        };
+        let results: Vec<&str> = Verdict::ALL.iter().map(|v| v.label()).collect();
+        only(shape.tls || shape.partner, &all.conn.tls_reloads, &results);
+        let admitted = [ProxyResult::Proxied.label(), ProxyResult::Local.label()];
+        only(shape.proxy_protocol, &all.conn.proxy_protocol, &admitted);
+        only(
+            shape.partner,
+            &all.up.exchanges_failed,
+            &[FailureKind::Tls.label()],
+        );
+        if shape.allowed_clients {
+            all.conn.clients_denied.with_label_values(&[r]);
+        } else {
+            let _ = all.conn.clients_denied.remove_label_values(&[r]);
+        }
+        let gone = |on: bool, family: &IntCounterVec| {
+            if !on {
+                remove_series(family, &[("route", r)]);
+            }
+        };
+        gone(shape.tls, &all.conn.handshake_failures);
+        gone(shape.proxy_protocol, &all.conn.proxy_protocol);
+        gone(shape.partner, &all.up.tls_failures);
+        let roles = |on: bool, which: &[CertRole]| {
+            for role in which.iter().filter(|_| !on) {
+                let _ = all
+                    .conn
+                    .certificate_expiry
+                    .remove_label_values(&[r, role.label()]);
+            }
+        };
+        roles(shape.tls, &[CertRole::Server, CertRole::ClientCa]);
+        roles(shape.partner, &[CertRole::Client, CertRole::UpstreamCa]);
+    }
+
     /// The suppression counter of one kind of peer-triggered log event.
-    pub fn suppressed(&self, event: LogEvent) -> IntCounter {
+    pub fn suppressed(&self, event: LogEvent) -> LazyCounter {
+        LazyCounter {
+            family: self.all.conn.log_events_suppressed.clone(),
+            labels: [self.route.clone(), event.label().to_string()],
+        }
+    }
+
+    /// Counts a verified client refused by `allowed_clients`.
+    pub fn client_denied(&self) {
         self.all
             .conn
-            .log_events_suppressed
-            .with_label_values(&[&self.route, event.label()])
+            .clients_denied
+            .with_label_values(&[&self.route])
+            .inc();
     }
 
     /// Counts a connection refused at accept.
@@ -595,10 +688,12 @@ impl RouteMetrics {
             .inc();
     }
 
-    /// Handles of one target, its series created at zero (and `upstream_up` 0 until known).
+    /// Handles of one target, its series created at zero (and `upstream_up` 0 until known);
+    /// the `tls` failures only with [`RouteMetrics::partner`].
     pub fn target(&self, target: &str) -> TargetMetrics {
         let up = &self.all.up;
-        for kind in FailureKind::ALL.iter().filter(|k| k.has_target()) {
+        let kinds = FailureKind::ALL.iter().filter(|k| k.has_target());
+        for kind in kinds.filter(|k| **k != FailureKind::Tls) {
             up.failures
                 .with_label_values(&[&self.route, target, kind.label()]);
         }
@@ -620,9 +715,11 @@ impl RouteMetrics {
         t
     }
 
-    /// Creates the TLS refusal series of a target of a route with `upstream.tls`, at zero.
+    /// Creates the `tls` failures of a target of a route with `upstream.tls`, at zero (the
+    /// refusals by reason appear with their first event).
     pub fn partner(&self, target: &str) {
-        zero::<PartnerRefusal>(&self.all.up.tls_failures, &[&self.route, target]);
+        let labels = [self.route.as_str(), target, FailureKind::Tls.label()];
+        self.all.up.failures.with_label_values(&labels);
     }
 
     /// Counts a partner's TLS refusal.
@@ -684,8 +781,16 @@ mod tests {
         }
     }
 
+    /// The series of route `lab` in a scrape, by name, as `name{labels}`.
+    fn series_of(text: &str) -> Vec<String> {
+        samples(text)
+            .filter(|s| s.has("route", "lab"))
+            .map(|s| format!("{}{}", s.name, s.labels))
+            .collect()
+    }
+
     #[test]
-    fn every_label_set_is_well_formed_and_pre_created_from_its_enum() {
+    fn every_label_set_is_well_formed_and_only_what_can_move_is_pre_created() {
         assert_well_formed::<AckCode>();
         assert_well_formed::<RejectReason>();
         assert_well_formed::<HandshakeReason>();
@@ -697,22 +802,31 @@ mod tests {
         assert_well_formed::<CertRole>();
         assert_well_formed::<ProxyResult>();
         let m = Metrics::new().unwrap();
-        let r = m.route("lab");
+        let r = m.route(
+            "lab",
+            RouteShape {
+                tls: true,
+                ..Default::default()
+            },
+        );
         let _t = r.target("engine:2575");
         let text = m.encode();
         all_at_zero::<AckCode>(&text, "mllp_proxy_acks_total", "code");
-        all_at_zero::<RejectReason>(&text, "mllp_proxy_messages_rejected_total", "reason");
-        all_at_zero::<HandshakeReason>(&text, "mllp_proxy_tls_handshake_failures_total", "reason");
-        all_at_zero::<FailureKind>(&text, "mllp_proxy_upstream_exchanges_failed_total", "kind");
-        all_at_zero::<Refusal>(&text, "mllp_proxy_connections_rejected_total", "reason");
-        all_at_zero::<LogEvent>(&text, "mllp_proxy_log_events_suppressed_total", "event");
         all_at_zero::<Verdict>(&text, "mllp_proxy_tls_reloads_total", "result");
-        all_at_zero::<ProxyResult>(&text, "mllp_proxy_proxy_protocol_total", "result");
         for kind in FailureKind::ALL {
             let series = format!(
                 "mllp_proxy_upstream_failures_total{{kind=\"{kind}\",route=\"lab\",target=\"engine:2575\"}} 0"
             );
-            assert_eq!(text.contains(&series), kind.has_target(), "{series}");
+            let want = kind.has_target() && *kind != FailureKind::Tls;
+            assert_eq!(text.contains(&series), want, "{series}");
+            let series = format!(
+                "mllp_proxy_upstream_exchanges_failed_total{{kind=\"{kind}\",route=\"lab\"}} 0"
+            );
+            assert_eq!(
+                text.contains(&series),
+                *kind != FailureKind::Tls,
+                "{series}"
+            );
         }
         for state in ConnState::ALL {
             let series = format!(
@@ -722,12 +836,63 @@ mod tests {
         }
         assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
         assert!(text.contains("mllp_proxy_build_info{version="));
+        // Breakdowns of refusals appear with their first event; what the route cannot do
+        // (PROXY protocol, a partner, allowed_clients) has no series.
+        for absent in [
+            "mllp_proxy_tls_handshake_failures_total",
+            "mllp_proxy_messages_rejected_total",
+            "mllp_proxy_connections_rejected_total",
+            "mllp_proxy_log_events_suppressed_total",
+            "mllp_proxy_sessions_closed_on_reload_total",
+            "mllp_proxy_proxy_protocol_total",
+            "mllp_proxy_clients_denied_total",
+            "mllp_proxy_upstream_tls_handshake_failures_total",
+        ] {
+            assert!(!text.contains(absent), "{absent} before any event");
+        }
+        r.handshake_failed(HandshakeReason::UnknownCa);
+        r.rejected(RejectReason::Segment);
+        let text = m.encode();
+        let unknown_ca =
+            "mllp_proxy_tls_handshake_failures_total{reason=\"unknown_ca\",route=\"lab\"}";
+        assert_eq!(sample_value(&text, unknown_ca), Some(1.0));
+        let segment = "mllp_proxy_messages_rejected_total{reason=\"segment\",route=\"lab\"}";
+        assert_eq!(sample_value(&text, segment), Some(1.0));
+    }
+
+    #[test]
+    fn a_reload_adds_and_removes_the_series_of_what_it_changed() {
+        let m = Metrics::new().unwrap();
+        let plain = RouteShape::default();
+        let r = m.route("lab", plain);
+        let before = series_of(&m.encode());
+        let all = RouteShape {
+            tls: true,
+            allowed_clients: true,
+            proxy_protocol: true,
+            partner: true,
+        };
+        r.reshape(all);
+        r.handshake_failed(HandshakeReason::Eof);
+        r.proxy_protocol(ProxyResult::Untrusted);
+        r.partner_refused("p:1", PartnerRefusal::UnknownCa);
+        let text = m.encode();
+        for added in [
+            "mllp_proxy_tls_reloads_total{result=\"failure\",route=\"lab\"}",
+            "mllp_proxy_clients_denied_total{route=\"lab\"}",
+            "mllp_proxy_proxy_protocol_total{result=\"local\",route=\"lab\"}",
+            "mllp_proxy_upstream_exchanges_failed_total{kind=\"tls\",route=\"lab\"}",
+        ] {
+            assert_eq!(sample_value(&text, added), Some(0.0), "{added}");
+        }
+        r.reshape(plain);
+        assert_eq!(series_of(&m.encode()), before);
     }
 
     #[test]
     fn a_scrape_reads_back_as_samples() {
         let m = Metrics::new().unwrap();
-        let r = m.route("lab");
+        let r = m.route("lab", RouteShape::default());
         r.ack(AckCode::AA);
         r.ack(AckCode::AA);
         let text = m.encode();
@@ -752,7 +917,7 @@ mod tests {
             assert_eq!(*code as usize, i);
         }
         let m = Metrics::new().unwrap();
-        m.route("lab").ack(AckCode::CE);
+        m.route("lab", RouteShape::default()).ack(AckCode::CE);
         assert!(
             m.encode()
                 .contains("mllp_proxy_acks_total{code=\"CE\",route=\"lab\"} 1")

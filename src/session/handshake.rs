@@ -158,7 +158,7 @@ pub(super) async fn admit(
 /// A verified client outside `allowed_clients`: counted, audited with every identity its
 /// certificate carries, and logged (rate-limited).
 fn denied(ctx: &RouteContext, who: audit::Who<'_>, identity: &ClientIdentity) {
-    ctx.metrics.clients_denied.inc();
+    ctx.metrics.client_denied();
     ctx.audit
         .handshake_refused(who, "not_allowed", audit::Presented::Verified(identity));
     if let Some(suppressed) = ctx.events.denied.admit() {

@@ -42,7 +42,7 @@ routes:
     )
     .build()
     .unwrap();
-    let metrics = Metrics::new().unwrap().route("t");
+    let metrics = Metrics::new().unwrap().route("t", Default::default());
     let audit = crate::audit::AuditLog::default();
     let upstream = Upstream::new(
         cfg.upstream.clone(),

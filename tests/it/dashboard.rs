@@ -145,7 +145,17 @@ fn encode(q: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_runs_on_a_real_prometheus_and_the_traffic_panels_have_data() {
-    let world = Harness::new().health_checks("1s").start().await;
+    let world = Harness::new()
+        .health_checks("1s")
+        .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
+        .start()
+        .await;
+    // One NAK (an order where only ADT is allowed): the NAK panel's series exists from it.
+    let mut c = connect(&world.pki, &world.proxy, ClientCert::Good).await;
+    let bad = b"MSH|^~\\&|A|B|C|D|20261126||ORM^O01|NAK-1|P|2.5.1\rPID|1\r";
+    let nak = c.exchange(bad, Duration::from_secs(10)).await.expect("NAK");
+    assert_eq!(msa(&nak).0, "AR");
+    c.close().await;
     let sending = keep_sending(
         world
             .pki

@@ -103,9 +103,23 @@ fn kubernetes_configurations_are_valid_proxy_configurations() {
 
 fn metric_names() -> BTreeSet<String> {
     let m = Metrics::new().expect("metrics");
-    let r = m.route("x");
+    let every = mllp_proxy::metrics::RouteShape {
+        tls: true,
+        allowed_clients: true,
+        proxy_protocol: true,
+        partner: true,
+    };
+    let r = m.route("x", every);
     let _target = r.target("t:1");
     r.partner("t:1");
+    // The breakdowns of refusals exist from their first event.
+    use mllp_proxy::label::*;
+    r.handshake_failed(HandshakeReason::Eof);
+    r.rejected(mllp_proxy::hl7::RejectReason::Segment);
+    r.refused(Refusal::Limit);
+    r.closed_on_reload(Offboarded::Revoked);
+    r.partner_refused("t:1", PartnerRefusal::Expired);
+    r.suppressed(LogEvent::SessionError).inc();
     r.set_expiry(mllp_proxy::label::CertRole::Server, 0);
     m.audit_syslog(&[mllp_proxy::metrics::SinkFigures {
         name: "siem",

@@ -20,6 +20,7 @@ mod observability;
 mod offboarding;
 mod reliability;
 mod reload;
+mod scrape;
 mod security;
 mod status;
 mod support;

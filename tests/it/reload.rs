@@ -75,7 +75,7 @@ async fn a_sender_added_is_admitted_and_one_removed_is_closed_after_a_reload() {
         "mllp_proxy_sessions_closed_on_reload_total{reason=\"not_allowed\",route=\"test\"}";
     assert_eq!(metric(p, closed).await, 1.0);
     let revoked = "mllp_proxy_sessions_closed_on_reload_total{reason=\"revoked\",route=\"test\"}";
-    assert_eq!(metric(p, revoked).await, 0.0);
+    assert_eq!(count(p, revoked).await, 0.0);
     let ok = "mllp_proxy_config_reloads_total{result=\"success\"}";
     assert_eq!(metric(p, ok).await, 2.0);
     assert_eq!(world.engine.received_ids(), vec!["ON-1"]);

@@ -47,6 +47,12 @@ pub async fn metric(proxy: &RunningProxy, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {sample} in the scrape"))
 }
 
+/// The value of a refusal's breakdown series (`reason=…`), which exists from its first event
+/// (docs/metrics.md): 0 while absent.
+pub async fn count(proxy: &RunningProxy, sample: &str) -> f64 {
+    scrape(proxy, sample).await.unwrap_or(0.0)
+}
+
 /// Polls `check` until it is true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
