@@ -43,6 +43,11 @@ pub fn give_back(mut buf: BytesMut) {
     if !buf.try_reclaim(READ_BUFFER) {
         return;
     }
+    // One that grew for a large message is freed: a spare of its size would keep megabytes
+    // per thread after a burst of embedded documents.
+    if buf.capacity() > 8 * READ_BUFFER {
+        return;
+    }
     SPARE.with(|s| {
         let mut spare = s.borrow_mut();
         if spare.len() < SPARE_BUFFERS {

@@ -97,6 +97,11 @@ impl MllpCodec {
         dst.put_slice(&[EB, CR]);
     }
 
+    /// The bytes before and after a message in its frame.
+    pub fn frame_ends() -> (&'static [u8], &'static [u8]) {
+        (&[SB], &[EB, CR])
+    }
+
     /// A framed copy of `msg`.
     pub fn frame(msg: &[u8]) -> Bytes {
         let mut b = BytesMut::with_capacity(msg.len() + 3);

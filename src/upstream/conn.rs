@@ -186,6 +186,10 @@ pub struct UpstreamConn {
     ack_timer: Deadline,
 }
 
+/// Messages up to this size are copied into the connection's write buffer with their framing
+/// (one write call, the common case); larger ones are written in place ([`UpstreamConn`]).
+const COPY_LIMIT: usize = 64 * 1024;
+
 /// What the next frame read from the engine turned out to be.
 enum Answer {
     Ack(Ack),
@@ -262,14 +266,12 @@ impl UpstreamConn {
         control_id: &[u8],
         ack_timeout: Duration,
     ) -> Result<Ack, UpstreamError> {
-        self.out.clear();
-        MllpCodec::write_frame(msg, &mut self.out);
         let deadline = Instant::now() + ack_timeout;
         // Taken out for the exchange, which borrows the connection whole.
         let mut timer = std::mem::take(&mut self.ack_timer);
         let answer = tokio::select! {
             biased;
-            r = self.exchange_inner(control_id) => Some(r),
+            r = self.exchange_inner(msg, control_id) => Some(r),
             _ = timer.until(deadline) => None,
         };
         self.ack_timer = timer;
@@ -290,9 +292,7 @@ impl UpstreamConn {
 
     /// Writes `msg` framed, expecting no answer (an acknowledgment from the sender).
     pub async fn send_only(&mut self, msg: &[u8], timeout: Duration) -> Result<(), UpstreamError> {
-        self.out.clear();
-        MllpCodec::write_frame(msg, &mut self.out);
-        match tokio::time::timeout(timeout, self.stream.write_all(&self.out)).await {
+        match tokio::time::timeout(timeout, self.write_framed(msg)).await {
             Ok(Ok(())) => {
                 self.exchanges += 1;
                 Ok(())
@@ -305,8 +305,35 @@ impl UpstreamConn {
         }
     }
 
-    async fn exchange_inner(&mut self, control_id: &[u8]) -> Result<Ack, UpstreamError> {
-        if let Err(e) = self.stream.write_all(&self.out).await {
+    /// Writes `msg` in its MLLP frame. A small message is framed into one buffer and written in
+    /// one call; a larger one is written from where it is (start block, message, end block in
+    /// one vectored write), so that a multi-megabyte result is not copied once more and no
+    /// pooled connection keeps a buffer of its size.
+    async fn write_framed(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        if msg.len() <= COPY_LIMIT {
+            self.out.clear();
+            MllpCodec::write_frame(msg, &mut self.out);
+            return self.stream.write_all(&self.out).await;
+        }
+        let (start, end) = MllpCodec::frame_ends();
+        let mut parts = [IoSlice::new(start), IoSlice::new(msg), IoSlice::new(end)];
+        let mut rest: &mut [IoSlice<'_>] = &mut parts;
+        while !rest.is_empty() {
+            let n = self.stream.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(())
+    }
+
+    async fn exchange_inner(
+        &mut self,
+        msg: &[u8],
+        control_id: &[u8],
+    ) -> Result<Ack, UpstreamError> {
+        if let Err(e) = self.write_framed(msg).await {
             return Err(self.closed(false, e.to_string()));
         }
         let mut answered = false;

@@ -45,6 +45,46 @@ async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
     assert_eq!(engine.connections(), 1);
 }
 
+/// An ORU^R01 carrying a document of `len` base64 bytes in OBX-5 (ED), as results with PDFs do.
+fn oru_with_document(id: &str, len: usize) -> Vec<u8> {
+    let doc: String = (0..len).map(|i| (b'A' + (i % 26) as u8) as char).collect();
+    format!(
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261126120000||ORU^R01^ORU_R01|{id}|P|2.5.1\rPID|1||MRN1^^^HOSP^MR||DOE^JANE\rOBR|1|||PDF^Report\rOBX|1|ED|PDF^Report||^application^pdf^Base64^{doc}||||||F\r"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_documents_arrive_byte_identical_between_small_messages() {
+    // Messages above the size the proxy frames by copying are written in place: each arrives
+    // whole, and the small ones around them keep their framing.
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .route_yaml("    validation: { max_message_bytes: 4194304 }\n")
+        .start()
+        .await;
+    let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let mut sent = Vec::new();
+    for (i, len) in [70_000, 1 << 20, 3 << 20, 100].into_iter().enumerate() {
+        sent.push(oru_with_document(&format!("DOC-{i}"), len));
+        sent.push(adt(&format!("SMALL-{i}")));
+    }
+    for msg in &sent {
+        let ack = client.exchange(msg, T).await.expect("ACK");
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    let received = engine.received();
+    assert_eq!(received.len(), sent.len());
+    for (got, want) in received.iter().zip(&sent) {
+        assert!(
+            got.as_ref() == want.as_slice(),
+            "{} bytes differ",
+            want.len()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_senders_are_each_served_in_order() {
     // 20 senders × 50 messages at once: per connection, order and correlation hold.
