@@ -70,6 +70,25 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// a heap of 100 MB); about 5 MB of sessions.
 const RELEASE_AFTER: usize = 256;
 
+/// Bytes of large messages received since the last release.
+static LARGE: AtomicUsize = AtomicUsize::new(0);
+
+/// A message this size or larger counts towards [`LARGE_RELEASE`]: below glibc's largest
+/// mmap threshold its buffers come from the heap, which keeps them after they are freed.
+const LARGE_MESSAGE: usize = 256 * 1024;
+
+/// Bytes of large messages after which a quiet moment (no large message for
+/// [`CHECK_EVERY`]) releases free memory: a burst of embedded documents leaves megabytes of
+/// freed buffers in the heap that the allocator would otherwise keep.
+const LARGE_RELEASE: usize = 16 << 20;
+
+/// Notes a received message's size, for the release after a burst of large ones.
+pub fn large_message(len: usize) {
+    if len >= LARGE_MESSAGE {
+        LARGE.fetch_add(len, Ordering::Relaxed);
+    }
+}
+
 /// Counts one open sender connection while it lives.
 pub struct OpenConnection(());
 
@@ -95,23 +114,30 @@ impl Drop for OpenConnection {
 }
 
 /// Releases free memory to the system whenever at least [`RELEASE_AFTER`] connections have
-/// closed since the peak, until `shutdown`.
+/// closed since the peak, or a burst of large messages has ended, until `shutdown`.
 pub async fn release_after_bursts(shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
+    let mut large_seen = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let open = OPEN.load(Ordering::Relaxed);
-        if PEAK.load(Ordering::Relaxed).saturating_sub(open) >= RELEASE_AFTER {
+        let large = LARGE.load(Ordering::Relaxed);
+        let large_burst_ended = large >= LARGE_RELEASE && large == large_seen;
+        large_seen = large;
+        if PEAK.load(Ordering::Relaxed).saturating_sub(open) >= RELEASE_AFTER || large_burst_ended {
             PEAK.store(open, Ordering::Relaxed);
+            LARGE.fetch_sub(large, Ordering::Relaxed);
+            large_seen = 0;
             // The walk locks each arena in turn: off the runtime's workers.
             let released = tokio::task::spawn_blocking(release).await.unwrap_or(false);
             tracing::debug!(
                 open,
+                large_bytes = large,
                 released,
-                "free memory released after connections closed"
+                "free memory released after a burst"
             );
         }
     }

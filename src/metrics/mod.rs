@@ -168,9 +168,10 @@ pub struct RouteMetrics {
     pub upstream_queue_waiting: IntGauge,
     /// Time exchanges waited for a pooled connection.
     pub upstream_queue_seconds: Histogram,
-    /// `acks_total` per MSA-1 code, in the order of `AckCode::ALL`: counted for every relayed
-    /// ACK, so bound once rather than looked up by label each time.
-    acks: Vec<IntCounter>,
+    /// `acks_total` of AA, AE and AR, in the order of `AckCode::ALL`: counted for every
+    /// relayed ACK, so bound once rather than looked up by label each time. The other codes
+    /// (enhanced mode's CA, CE, CR and malformed ones) are rare and appear with their first.
+    acks: [IntCounter; 3],
     all: Metrics,
 }
 
@@ -267,10 +268,8 @@ impl Metrics {
             upstream_duplicate_acks: self.up.duplicate_acks.with_label_values(&r),
             upstream_queue_waiting: self.up.queue_waiting.with_label_values(&r),
             upstream_queue_seconds: self.up.queue_seconds.with_label_values(&r),
-            acks: AckCode::ALL
-                .iter()
-                .map(|c| self.msg.acks.with_label_values(&[route, c.label()]))
-                .collect(),
+            acks: [AckCode::AA, AckCode::AE, AckCode::AR]
+                .map(|c| self.msg.acks.with_label_values(&[route, c.label()])),
             all: self.clone(),
         };
         for kind in FailureKind::ALL.iter().filter(|k| **k != FailureKind::Tls) {
@@ -676,7 +675,15 @@ impl RouteMetrics {
 
     /// Counts a relayed upstream acknowledgment.
     pub fn ack(&self, code: AckCode) {
-        self.acks[code as usize].inc();
+        match self.acks.get(code as usize) {
+            Some(bound) => bound.inc(),
+            None => self
+                .all
+                .msg
+                .acks
+                .with_label_values(&[&self.route, code.label()])
+                .inc(),
+        }
     }
 
     /// Counts an exchange that ended without an engine ACK.
@@ -688,15 +695,14 @@ impl RouteMetrics {
             .inc();
     }
 
-    /// Handles of one target, its series created at zero (and `upstream_up` 0 until known);
-    /// the `tls` failures only with [`RouteMetrics::partner`].
+    /// Handles of one target, its series created at zero (and `upstream_up` 0 until known):
+    /// the `connect` failures, which the down alerts count one by one, and the `tls` ones with
+    /// [`RouteMetrics::partner`]; the other kinds appear with their first (each is counted at
+    /// zero in `upstream_exchanges_failed_total` too).
     pub fn target(&self, target: &str) -> TargetMetrics {
         let up = &self.all.up;
-        let kinds = FailureKind::ALL.iter().filter(|k| k.has_target());
-        for kind in kinds.filter(|k| **k != FailureKind::Tls) {
-            up.failures
-                .with_label_values(&[&self.route, target, kind.label()]);
-        }
+        up.failures
+            .with_label_values(&[&self.route, target, FailureKind::Connect.label()]);
         let with = |family: &IntGaugeVec, state: ConnState| {
             family.with_label_values(&[&self.route, target, state.label()])
         };
@@ -811,13 +817,17 @@ mod tests {
         );
         let _t = r.target("engine:2575");
         let text = m.encode();
-        all_at_zero::<AckCode>(&text, "mllp_proxy_acks_total", "code");
+        for code in AckCode::ALL {
+            let series = format!("mllp_proxy_acks_total{{code=\"{code}\",route=\"lab\"}} 0");
+            let common = matches!(code, AckCode::AA | AckCode::AE | AckCode::AR);
+            assert_eq!(text.contains(&series), common, "{series}");
+        }
         all_at_zero::<Verdict>(&text, "mllp_proxy_tls_reloads_total", "result");
         for kind in FailureKind::ALL {
             let series = format!(
                 "mllp_proxy_upstream_failures_total{{kind=\"{kind}\",route=\"lab\",target=\"engine:2575\"}} 0"
             );
-            let want = kind.has_target() && *kind != FailureKind::Tls;
+            let want = *kind == FailureKind::Connect;
             assert_eq!(text.contains(&series), want, "{series}");
             let series = format!(
                 "mllp_proxy_upstream_exchanges_failed_total{{kind=\"{kind}\",route=\"lab\"}} 0"

@@ -34,6 +34,7 @@ impl Session<'_> {
             }
         };
         self.ctx.metrics.message_bytes.observe(msg.len() as f64);
+        crate::memory::large_message(msg.len());
         let checked = match self.ctx.validator.check(&msg) {
             Ok(checked) => checked,
             Err(rejection) => {

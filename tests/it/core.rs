@@ -345,7 +345,7 @@ async fn a_reused_connection_closed_before_answering_is_retried_once_on_a_new_on
         engine.target()
     );
     assert_eq!(
-        metric(&proxy, &closed).await,
+        count(&proxy, &closed).await,
         0.0,
         "a retried close is not a failure"
     );
@@ -385,7 +385,7 @@ async fn stray_bytes_and_repeated_acks_are_dropped_and_an_unsolicited_ack_replac
             engine.target()
         );
         assert!(
-            metric_reaches(&proxy, &sample, protocol_failures).await,
+            count_reaches(&proxy, &sample, protocol_failures).await,
             "{quirk:?} {pause:?}: {:?}",
             scrape(&proxy, &sample).await
         );

@@ -132,7 +132,7 @@ fn expected_after_scenario(engine: &str) -> Vec<(String, f64)> {
         ),
         (
             format!(
-                "mllp_proxy_upstream_failures_total{{kind=\"timeout\",{r},target=\"{}\"}}",
+                "mllp_proxy_upstream_failures_total{{kind=\"connect\",{r},target=\"{}\"}}",
                 engine
             ),
             0.0,

@@ -97,6 +97,14 @@ pub fn replace_file(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// Whether the breakdown series `sample` ([`count`]: 0 while absent) reaches `want` within 10 s.
+pub async fn count_reaches(proxy: &RunningProxy, sample: &str, want: f64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        count(proxy, sample).await == want
+    })
+    .await
+}
+
 /// Whether the scraped `sample` reaches `want` within 10 s.
 pub async fn metric_reaches(proxy: &RunningProxy, sample: &str, want: f64) -> bool {
     eventually(Duration::from_secs(10), || async {
