@@ -70,6 +70,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    mllp_proxy::memory::one_heap();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
