@@ -36,10 +36,10 @@ sleep 0.5
 
 # threads PID: one line per thread: "name run_ns wait_ns voluntary involuntary".
 threads() {
-    local t
+    local t on_cpu waiting
     for t in /proc/"$1"/task/*; do
-        read -r run wait _ < "$t/schedstat" || continue
-        echo "$(tr ' ' '_' < "$t/comm") $run $wait $(awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { print v, n }' "$t/status")"
+        read -r on_cpu waiting _ < "$t/schedstat" || continue
+        echo "$(tr ' ' '_' < "$t/comm") $on_cpu $waiting $(awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { print v, n }' "$t/status")"
     done
 }
 
