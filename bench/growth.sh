@@ -34,16 +34,9 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 # (sets $haproxy_pid, $haproxy_port) in front of $engine_port.
 start_pair() {
     admin_port=$(free_port); proxy_port=$(free_port); haproxy_port=$(free_port)
-    cat > "$work/proxy.yaml" <<YAML
-admin: { listen: "127.0.0.1:$admin_port" }
-routes:
-  - name: bench
-    listen: "127.0.0.1:$proxy_port"
-    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"] }
-    validation: { mode: strict, max_message_bytes: 16777216 }
-    limits: { max_connections: $(( $1 + 200 )), max_connections_per_source: 0 }
-YAML
+    ROUTE_YAML="    validation: { mode: strict, max_message_bytes: 16777216 }
+    limits: { max_connections: $(( $1 + 200 )), max_connections_per_source: 0 }" \
+        write_proxy_yaml "$work/proxy.yaml" "$proxy_port" "$admin_port"
     "$bin" run -c "$work/proxy.yaml" 2>"$work/proxy.log" & pids+=($!); proxy_pid=$!
     start_haproxy "$haproxy_port" $(( $1 + 100 ))
     wait_port "$proxy_port"; wait_port "$haproxy_port"

@@ -53,7 +53,7 @@ def cpu_s(pid):
     return (int(f[11]) + int(f[12])) / HZ
 
 
-def proxy_yaml(n, admin, ports, ack_timeout="30s"):
+def proxy_yaml(n, admin, ports, ack_timeout="30s", probes=True):
     out = [f'admin: {{ listen: "127.0.0.1:{admin}" }}', "routes:"]
     for i, port in enumerate(ports):
         ack = ack_timeout if i == 0 else "30s"
@@ -61,7 +61,8 @@ def proxy_yaml(n, admin, ports, ack_timeout="30s"):
             f"  - name: r{i:03}",
             f'    listen: "127.0.0.1:{port}"',
             f"    tls: {{ certificate: {CERTS}/server.crt, private_key: {CERTS}/server.key, client_ca: {CERTS}/ca.crt }}",
-            f'    upstream: {{ targets: ["127.0.0.1:{ENGINE}"], ack_timeout: {ack} }}',
+            f'    upstream: {{ targets: ["127.0.0.1:{ENGINE}"], ack_timeout: {ack}'
+            + ("" if probes else ", health_check_interval: 0") + " }",
         ]
     return "\n".join(out) + "\n"
 
@@ -118,6 +119,23 @@ def reload_seconds(proc, admin):
     raise SystemExit("reload not applied within 10 s")
 
 
+def idle_without_probes(n):
+    """Idle CPU % of a core with health probes off: the proxy's own cost of quiet routes."""
+    admin, *ports = free_ports(n + 1)
+    cfg = f"{WORK}/quiet{n}.yaml"
+    open(cfg, "w").write(proxy_yaml(n, admin, ports, probes=False))
+    proc = subprocess.Popen([BIN, "run", "-c", cfg], stderr=subprocess.DEVNULL)
+    try:
+        ready_after(proc, lambda: listening(admin) and http_get(admin, "/readyz")[0] == 200)
+        time.sleep(1)
+        c0 = cpu_s(proc.pid)
+        time.sleep(IDLE_SECONDS)
+        return (cpu_s(proc.pid) - c0) / IDLE_SECONDS * 100
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def proxy_row(n):
     admin, *ports = free_ports(n + 1)
     cfg = f"{WORK}/routes{n}.yaml"
@@ -148,7 +166,8 @@ def proxy_row(n):
               f"metrics_gzip_bytes={len(gz[-1][1])} series={series} route_series={route_series} "
               f"scrape_ms={statistics.median(p[2] for p in plain) * 1e3:.2f} "
               f"scrape_gzip_ms={statistics.median(g[2] for g in gz) * 1e3:.2f} "
-              f"reload_noop_ms={noop * 1e3:.1f} reload_change_ms={change * 1e3:.1f}", flush=True)
+              f"reload_noop_ms={noop * 1e3:.1f} reload_change_ms={change * 1e3:.1f} "
+              f"idle_cpu_noprobe_pct={idle_without_probes(n):.3f}", flush=True)
     finally:
         proc.terminate()
         proc.wait()

@@ -67,7 +67,7 @@ for r in rows:
         routes[(r[1], int(kv([r[2]])["n"]))] = kv(r[3:])
 if routes:
     print("\nRoutes (each its own mutual-TLS listener and engine target); ratio = ÷ HAProxy\n")
-    print("| routes | ready ms | ratio | RSS MiB | ratio | KiB per route beyond the first | idle CPU % of a core | "
+    print("| routes | ready ms | ratio | RSS MiB | ratio | KiB per route beyond the first | idle CPU % of a core (probes off) | "
           "HAProxy's | /metrics KB | gzip KB | series per route | scrape ms (gzip) | no-op reload ms | one-route change ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     one = routes.get(("mllp-proxy", 1), {})
@@ -78,7 +78,8 @@ if routes:
         per = (p["rss_kib"] - one["rss_kib"]) / (n - 1) if n > 1 else float("nan")
         print(f"| {n} | {p['ready_ms']:.0f} | {ratio(p['ready_ms'], h.get('ready_ms', 0))} | "
               f"{p['rss_kib'] / 1024:.1f} | {ratio(p['rss_kib'], h.get('rss_kib', 0))} | {per:.1f} | "
-              f"{p['idle_cpu_pct']:.3f} | {h.get('idle_cpu_pct', float('nan')):.3f} | "
+              f"{p['idle_cpu_pct']:.3f} ({p.get('idle_cpu_noprobe_pct', float('nan')):.3f}) | "
+              f"{h.get('idle_cpu_pct', float('nan')):.3f} | "
               f"{p['metrics_bytes'] / 1000:.0f} | {p['metrics_gzip_bytes'] / 1000:.1f} | "
               f"{p['route_series'] / n:.0f} | {p['scrape_ms']:.1f} ({p['scrape_gzip_ms']:.1f}) | "
               f"{p['reload_noop_ms']:.1f} | {p['reload_change_ms']:.1f} |")

@@ -19,16 +19,8 @@ start_engine
 engine_pid=${pids[-1]}
 declare -A port pid
 admin=$(free_port); port[mllp-proxy]=$(free_port); port[haproxy]=$(free_port)
-cat > "$work/proxy.yaml" <<YAML
-admin: { listen: "127.0.0.1:$admin" }
-routes:
-  - name: bench
-    listen: "127.0.0.1:${port[mllp-proxy]}"
-    tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
-    upstream: { targets: ["127.0.0.1:$engine_port"] }
-    validation: { mode: strict }
-    limits: { max_connections_per_source: 0 }
-YAML
+ROUTE_YAML="    validation: { mode: strict }
+    limits: { max_connections_per_source: 0 }" write_proxy_yaml "$work/proxy.yaml" "${port[mllp-proxy]}" "$admin"
 "$bin" run -c "$work/proxy.yaml" 2>"$work/proxy.log" & pids+=($!); pid[mllp-proxy]=$!
 start_haproxy "${port[haproxy]}" 1000; pid[haproxy]=$haproxy_pid
 wait_port "${port[mllp-proxy]}"; wait_port "${port[haproxy]}"

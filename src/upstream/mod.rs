@@ -583,9 +583,13 @@ impl Upstream {
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = self.cfg.health_check_interval.map(tokio::time::interval);
         loop {
+            // Nothing pooled, nothing to watch: a route without traffic waits instead of
+            // waking every second (200 quiet routes: 200 wake-ups a second).
+            let pooled = self.pool.has_idle();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = watch.tick() => {
+                _ = self.pool.until_idle(), if !pooled => watch.reset(),
+                _ = watch.tick(), if pooled => {
                     // A partner's newest idle connection is its health signal while probes
                     // are on ([`Probe::Passed`]).
                     let keep_newest = self.partner.is_some() && probe.is_some();

@@ -82,6 +82,11 @@ pub(super) struct Pool {
     /// Bumped when the partner's TLS material changes ([`Pool::renew`]): connections of an
     /// earlier generation were verified under material no longer in service.
     generation: AtomicU64,
+    /// Set while the route's maintenance waits for the pool's first idle connection
+    /// ([`Pool::until_idle`]) instead of ticking: a route without traffic costs no wake-ups.
+    sleeping: AtomicBool,
+    /// Wakes that wait.
+    became_idle: Notify,
 }
 
 /// Idle connections and the exchange limit of one share of the pool.
@@ -160,6 +165,38 @@ impl Pool {
             shards,
             retired: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            sleeping: AtomicBool::new(false),
+            became_idle: Notify::new(),
+        }
+    }
+
+    /// Whether any share holds an idle connection.
+    pub(super) fn has_idle(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|s| s.idle.lock().is_ok_and(|i| !i.is_empty()))
+    }
+
+    /// Returns once the pool holds an idle connection (at once if it does).
+    pub(super) async fn until_idle(&self) {
+        loop {
+            let woken = self.became_idle.notified();
+            // Set before looking: a connection put back after the look sees the flag and
+            // wakes this wait (SeqCst on both sides; the idle lists are read under their lock).
+            self.sleeping.store(true, Ordering::SeqCst);
+            if self.has_idle() {
+                self.sleeping.store(false, Ordering::SeqCst);
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// After a connection became idle: wakes [`Pool::until_idle`] if it waits. One load per
+    /// exchange while it does not.
+    fn idle_now(&self) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.became_idle.notify_one();
         }
     }
 
@@ -195,6 +232,7 @@ impl Pool {
     pub(super) fn put_idle(&self, shard: &Shard, c: PooledConn) {
         if !self.retired.load(Ordering::Acquire) {
             shard.put_idle(c, &self.generation);
+            self.idle_now();
         }
     }
 
@@ -365,6 +403,7 @@ impl Pool {
                 .is_ok_and(|i| i.len() + in_flight < shard.max);
         if room {
             shard.put_idle(c, &self.generation);
+            self.idle_now();
         }
     }
 }
