@@ -25,12 +25,13 @@ source "$(dirname "$0")/lib.sh"
 command -v haproxy >/dev/null || { echo "needs haproxy (apt-get install haproxy)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 start_engine
-results=$work/results
+# GROWTH_RESULTS keeps the raw lines (they are in the work directory otherwise, removed at exit).
+results=${GROWTH_RESULTS:-$work/results}
 : > "$results"
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-# start_pair MAX_CONNECTIONS: the proxy (sets $proxy_pid, $proxy_port, $admin_port) and HAProxy
+# start_pair MAX_CONNECTIONS [HAPROXY_MAXCONN]: the proxy (sets $proxy_pid, $proxy_port, $admin_port) and HAProxy
 # (sets $haproxy_pid, $haproxy_port) in front of $engine_port.
 start_pair() {
     admin_port=$(free_port); proxy_port=$(free_port); haproxy_port=$(free_port)
@@ -38,7 +39,7 @@ start_pair() {
     limits: { max_connections: $(( $1 + 200 )), max_connections_per_source: 0 }" \
         write_proxy_yaml "$work/proxy.yaml" "$proxy_port" "$admin_port"
     "$bin" run -c "$work/proxy.yaml" 2>"$work/proxy.log" & pids+=($!); proxy_pid=$!
-    start_haproxy "$haproxy_port" $(( $1 + 100 ))
+    start_haproxy "$haproxy_port" "${2:-$(( $1 + 100 ))}"
     wait_port "$proxy_port"; wait_port "$haproxy_port"
     sleep 0.5
 }
@@ -104,7 +105,7 @@ routes() {
 
 idle() {
     local held=10000 hheld=9000
-    start_pair "$held"
+    start_pair "$held" $(( hheld + 100 ))
     for s in mllp-proxy haproxy; do
         local port=$proxy_port pid=$proxy_pid n=$held
         [ "$s" = haproxy ] && { port=$haproxy_port; pid=$haproxy_pid; n=$hheld; }
@@ -129,5 +130,4 @@ for section in "${sections[@]}"; do
     echo "== $section" >&2
     "$section"
 done
-cp "$results" "${GROWTH_RESULTS:-/dev/null}" 2>/dev/null || true
 python3 "$(dirname "$0")/growth_table.py" "$results"

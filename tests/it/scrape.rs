@@ -58,6 +58,16 @@ routes:
     Config::from_yaml(&yaml, pki.dir.path()).expect("config of every kind")
 }
 
+/// A proxy with [`every_kind`] of route in front of `engine`.
+async fn start_every_kind(pki: &Pki, engine: &Engine) -> mllp_proxy::proxy::RunningProxy {
+    mllp_proxy::proxy::start(
+        every_kind(pki, &engine.target()),
+        Metrics::new().expect("metrics"),
+    )
+    .await
+    .expect("proxy starts")
+}
+
 /// Series per value of label `route` in a scrape.
 fn per_route(text: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -79,12 +89,7 @@ fn per_route(text: &str) -> BTreeMap<String, usize> {
 async fn each_kind_of_route_has_the_series_it_can_move_and_no_more() {
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = mllp_proxy::proxy::start(
-        every_kind(&pki, &engine.target()),
-        Metrics::new().expect("metrics"),
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_every_kind(&pki, &engine).await;
     let text = mllp_proxy::client::http_get(proxy.admin(), "/metrics")
         .await
         .expect("scrape");
@@ -161,12 +166,7 @@ fn names(text: &str) -> Vec<String> {
 async fn prometheus_gets_the_scrape_gzipped_and_others_plain() {
     let pki = Pki::new();
     let engine = Engine::start(Behaviour::Ack).await;
-    let proxy = mllp_proxy::proxy::start(
-        every_kind(&pki, &engine.target()),
-        Metrics::new().expect("metrics"),
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_every_kind(&pki, &engine).await;
     // What Prometheus 2.x sends.
     let (head, body) = get_metrics(&proxy, "gzip").await;
     assert!(head.contains("content-encoding: gzip"), "{head}");
