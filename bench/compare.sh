@@ -100,13 +100,7 @@ done
 
 for s in "${servers[@]}"; do
     before=$(rss_kib "${pid[$s]}")
-    "$bin" bench --to "127.0.0.1:${port[$s]}" "${tls[@]}" --size "$size" --hold "$held" --hold-for 600s \
-        > "$work/hold.$s" 2>&1 & holder=$!
-    for _ in $(seq 1200); do
-        grep -q '^HELD' "$work/hold.$s" && break
-        kill -0 "$holder" 2>/dev/null || { echo "holding $held connections to $s failed: $(tail -1 "$work/hold.$s")" >&2; exit 1; }
-        sleep 0.5
-    done
+    hold_idle "${port[$s]}" "$held" "$work/hold.$s" "$size"
     sleep 2
     during=$(rss_kib "${pid[$s]}")
     echo "idle $s before_kib=$before held_kib=$during per_conn_kib=$(python3 -c "print(($during - $before) / $held)")" >> "$results"

@@ -111,12 +111,7 @@ idle() {
         [ "$s" = haproxy ] && { port=$haproxy_port; pid=$haproxy_pid; n=$hheld; }
         local alone; alone=$(load "$port" "$pid" --connections 64 --messages 1000 --warmup 20)
         local before; before=$(rss_kib "$pid")
-        "$bin" bench --to "127.0.0.1:$port" "${tls[@]}" --hold "$n" --hold-for 600s > "$work/hold.$s" 2>&1 & local holder=$!
-        for _ in $(seq 1200); do
-            grep -q '^HELD' "$work/hold.$s" && break
-            kill -0 "$holder" 2>/dev/null || { echo "holding $n connections to $s failed: $(tail -1 "$work/hold.$s")" >&2; exit 1; }
-            sleep 0.5
-        done
+        hold_idle "$port" "$n" "$work/hold.$s"
         sleep 2
         local during; during=$(rss_kib "$pid")
         local busy; busy=$(load "$port" "$pid" --connections 64 --messages 1000 --warmup 20)

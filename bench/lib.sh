@@ -121,6 +121,19 @@ YAML
     echo "proxy $name did not become ready" >&2; exit 1
 }
 
+# hold_idle PORT N OUT [SIZE]: N mutual-TLS connections to PORT, one message each, then held idle
+# for up to 10 minutes by a load generator in the background (its output in OUT); returns once
+# all are open and sets $holder (kill it to close them). Exits when they cannot be opened.
+hold_idle() {
+    "$bin" bench --to "127.0.0.1:$1" "${tls[@]}" --size "${4:-1024}" --hold "$2" --hold-for 600s \
+        > "$3" 2>&1 & holder=$!
+    for _ in $(seq 1200); do
+        grep -q '^HELD' "$3" && return
+        kill -0 "$holder" 2>/dev/null || { echo "holding $2 connections to port $1 failed: $(tail -1 "$3")" >&2; exit 1; }
+        sleep 0.5
+    done
+}
+
 # bench_result ARGS…: runs the load generator, prints its RESULT line.
 bench_result() { "$bin" bench "$@" 2>/dev/null | grep '^RESULT'; }
 

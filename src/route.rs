@@ -263,8 +263,10 @@ impl Route {
             (shared.audit.clone(), audit_messages),
             Some(&current),
         );
-        self.metrics
-            .reshape(crate::metrics::RouteShape::of(&ctx.cfg));
+        self.metrics.reshape(
+            Some(crate::metrics::RouteShape::of(&current.cfg)),
+            crate::metrics::RouteShape::of(&ctx.cfg),
+        );
         let became_plain = ctx.tls.is_none() && current.tls.is_some();
         self.ctx.send_replace(Arc::new(ctx));
         if became_plain && listener.is_none() {

@@ -225,7 +225,7 @@ impl Metrics {
                 .exchanges_failed
                 .with_label_values(&[route, kind.label()]);
         }
-        m.reshape(shape);
+        m.reshape(None, shape);
         m
     }
 
@@ -330,53 +330,58 @@ fn zero<L: Label>(family: &IntCounterVec, prefix: &[&str]) {
 }
 
 impl RouteMetrics {
-    /// Creates at zero the series a route of `shape` can move, and removes those of what a
-    /// reload took away (a listener that became plain, `proxy_protocol` or `upstream.tls`
-    /// removed): called at start and on every reload.
-    pub fn reshape(&self, shape: RouteShape) {
+    /// Creates at zero the series a route of shape `to` can move and, after a reload from
+    /// shape `from`, removes those of what the reload took away (a listener that became plain,
+    /// `proxy_protocol`, `allowed_clients` or `upstream.tls` removed). Only a change walks the
+    /// families, so start-up and reloads stay linear in the number of routes.
+    pub fn reshape(&self, from: Option<RouteShape>, to: RouteShape) {
         let (all, r) = (&self.all, self.route.as_str());
-        let only = |on: bool, family: &IntCounterVec, values: &[&str]| {
-            for v in values {
-                let labels = [r, *v];
-                if on {
-                    family.with_label_values(&labels);
-                } else {
-                    let _ = family.remove_label_values(&labels);
-                }
+        let dropped = |had: fn(&RouteShape) -> bool| from.as_ref().is_some_and(had) && !had(&to);
+        let create = |on: bool, family: &IntCounterVec, values: &[&str]| {
+            for v in values.iter().filter(|_| on) {
+                family.with_label_values(&[r, v]);
             }
         };
-        let results: Vec<&str> = Verdict::ALL.iter().map(|v| v.label()).collect();
-        only(shape.tls || shape.partner, &all.conn.tls_reloads, &results);
+        let verdicts: Vec<&str> = Verdict::ALL.iter().map(|v| v.label()).collect();
+        create(to.tls || to.partner, &all.conn.tls_reloads, &verdicts);
         let admitted = [ProxyResult::Proxied.label(), ProxyResult::Local.label()];
-        only(shape.proxy_protocol, &all.conn.proxy_protocol, &admitted);
-        only(
-            shape.partner,
-            &all.up.exchanges_failed,
-            &[FailureKind::Tls.label()],
-        );
-        if shape.allowed_clients {
+        create(to.proxy_protocol, &all.conn.proxy_protocol, &admitted);
+        let tls_kind = FailureKind::Tls.label();
+        create(to.partner, &all.up.exchanges_failed, &[tls_kind]);
+        if to.allowed_clients {
             all.conn.clients_denied.with_label_values(&[r]);
-        } else {
-            let _ = all.conn.clients_denied.remove_label_values(&[r]);
         }
-        let gone = |on: bool, family: &IntCounterVec| {
-            if !on {
-                remove_series(family, &[("route", r)]);
-            }
-        };
-        gone(shape.tls, &all.conn.handshake_failures);
-        gone(shape.proxy_protocol, &all.conn.proxy_protocol);
-        gone(shape.partner, &all.up.tls_failures);
-        let roles = |on: bool, which: &[CertRole]| {
-            for role in which.iter().filter(|_| !on) {
-                let _ = all
-                    .conn
-                    .certificate_expiry
-                    .remove_label_values(&[r, role.label()]);
-            }
-        };
-        roles(shape.tls, &[CertRole::Server, CertRole::ClientCa]);
-        roles(shape.partner, &[CertRole::Client, CertRole::UpstreamCa]);
+        let route = [("route", r)];
+        if dropped(|s| s.tls || s.partner) {
+            remove_series(&all.conn.tls_reloads, &route);
+        }
+        if dropped(|s| s.tls) {
+            remove_series(&all.conn.handshake_failures, &route);
+            self.remove_roles(&[CertRole::Server, CertRole::ClientCa]);
+        }
+        if dropped(|s| s.proxy_protocol) {
+            remove_series(&all.conn.proxy_protocol, &route);
+        }
+        if dropped(|s| s.allowed_clients) {
+            remove_series(&all.conn.clients_denied, &route);
+        }
+        if dropped(|s| s.partner) {
+            remove_series(&all.up.tls_failures, &route);
+            remove_series(&all.up.exchanges_failed, &[route[0], ("kind", tls_kind)]);
+            remove_series(&all.up.failures, &[route[0], ("kind", tls_kind)]);
+            self.remove_roles(&[CertRole::Client, CertRole::UpstreamCa]);
+        }
+    }
+
+    fn remove_roles(&self, roles: &[CertRole]) {
+        for role in roles {
+            let labels = [self.route.as_str(), role.label()];
+            let _ = self
+                .all
+                .conn
+                .certificate_expiry
+                .remove_label_values(&labels);
+        }
     }
 
     /// The suppression counter of one kind of peer-triggered log event.
@@ -641,7 +646,8 @@ mod tests {
             proxy_protocol: true,
             partner: true,
         };
-        r.reshape(all);
+        r.reshape(Some(plain), all);
+        r.partner("p:1");
         r.handshake_failed(HandshakeReason::Eof);
         r.proxy_protocol(ProxyResult::Untrusted);
         r.partner_refused("p:1", PartnerRefusal::UnknownCa);
@@ -651,10 +657,11 @@ mod tests {
             "mllp_proxy_clients_denied_total{route=\"lab\"}",
             "mllp_proxy_proxy_protocol_total{result=\"local\",route=\"lab\"}",
             "mllp_proxy_upstream_exchanges_failed_total{kind=\"tls\",route=\"lab\"}",
+            "mllp_proxy_upstream_failures_total{kind=\"tls\",route=\"lab\",target=\"p:1\"}",
         ] {
             assert_eq!(sample_value(&text, added), Some(0.0), "{added}");
         }
-        r.reshape(plain);
+        r.reshape(Some(all), plain);
         assert_eq!(series_of(&m.encode()), before);
     }
 
