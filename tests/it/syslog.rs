@@ -289,6 +289,12 @@ async fn a_collector_down_for_ten_seconds_delays_no_exchange_and_every_record_is
         .expect("connect");
     let (mut slowest, mut n) = (Duration::ZERO, 0);
     let before = send_for(Duration::from_secs(2), &mut client, &mut slowest, &mut n).await;
+    // Stopped only once it holds every record: TCP syslog has no acknowledgement, so records
+    // written in the moment rsyslog shuts down (read by no one before it closes) are lost
+    // while counted as sent, a limit docs/operations.md states. The outage itself is what
+    // this test holds.
+    let all = settled(&pki, &proxy, &collector, Duration::from_secs(20)).await;
+    assert!(all.0, "before the outage: {}", all.1);
     collector.stop();
     let during = send_for(Duration::from_secs(10), &mut client, &mut slowest, &mut n).await;
     collector.run();
@@ -301,27 +307,10 @@ async fn a_collector_down_for_ten_seconds_delays_no_exchange_and_every_record_is
         slowest < Duration::from_secs(1),
         "slowest exchange {slowest:?}"
     );
-    let sent = "mllp_proxy_audit_records_sent_total{sink=\"siem\"}";
+    let all = settled(&pki, &proxy, &collector, Duration::from_secs(20)).await;
+    assert!(all.0, "after the outage: {}", all.1);
     let dropped = "mllp_proxy_audit_records_dropped_total{sink=\"siem\"}";
-    let settled = eventually(Duration::from_secs(20), || async {
-        let written = audit_file(&pki).len() as f64;
-        let (s, d) = (
-            scrape_binary(&proxy, sent).await,
-            scrape_binary(&proxy, dropped).await,
-        );
-        s.zip(d)
-            .is_some_and(|(s, d)| s + d == written && collector.records().len() as f64 == s)
-    });
-    let (s, d) = (
-        scrape_binary(&proxy, sent).await,
-        scrape_binary(&proxy, dropped).await,
-    );
-    assert!(
-        settled.await,
-        "written {}, sent {s:?}, dropped {d:?}, received {}",
-        audit_file(&pki).len(),
-        collector.records().len()
-    );
+    let d = scrape_binary(&proxy, dropped).await;
     assert!(
         d.unwrap_or(0.0) > 0.0,
         "the outage overflowed no queue: {d:?}"
@@ -331,6 +320,36 @@ async fn a_collector_down_for_ten_seconds_delays_no_exchange_and_every_record_is
     assert!(eventually(T, || async { said(dropped_line) == 1 }).await);
     assert_eq!(said("audit collector unreachable"), 1);
     assert!(proxy.terminate().success());
+}
+
+/// Waits (at most `within`) until every record the audit file has was sent to the collector
+/// `siem` or counted as dropped, and the collector wrote each one sent: whether it happened,
+/// and the counts last seen.
+async fn settled(
+    pki: &Pki,
+    proxy: &ProxyProcess,
+    collector: &Rsyslog,
+    within: Duration,
+) -> (bool, String) {
+    let sent = "mllp_proxy_audit_records_sent_total{sink=\"siem\"}";
+    let dropped = "mllp_proxy_audit_records_dropped_total{sink=\"siem\"}";
+    let deadline = Instant::now() + within;
+    loop {
+        let written = audit_file(pki).len() as f64;
+        let (s, d) = (
+            scrape_binary(proxy, sent).await,
+            scrape_binary(proxy, dropped).await,
+        );
+        let received = collector.records().len() as f64;
+        let all = s
+            .zip(d)
+            .is_some_and(|(s, d)| s + d == written && received == s);
+        if all || Instant::now() >= deadline {
+            let seen = format!("written {written}, sent {s:?}, dropped {d:?}, received {received}");
+            return (all, seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
