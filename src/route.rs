@@ -110,9 +110,9 @@ struct Route {
     name: String,
     ctx: watch::Sender<Arc<RouteContext>>,
     /// The listener's TLS files (none on a plain listener).
-    tls: Option<TlsFiles>,
+    tls: Option<Box<TlsFiles>>,
     /// The partner's TLS files (`upstream.tls`).
-    partner: Option<PartnerFiles>,
+    partner: Option<Box<PartnerFiles>>,
     metrics: RouteMetrics,
     /// The accept loop in service and, through child tokens, the sessions it accepted.
     listening: CancellationToken,
@@ -136,13 +136,13 @@ pub(crate) fn start(spec: RouteSpec, shared: &Arc<Shared>) -> Option<RouteHandle
         .tls
         .clone()
         .zip(material.as_ref())
-        .map(|(tls_cfg, m)| TlsFiles::new(key.clone(), tls_cfg, m, metrics.clone()));
+        .map(|(tls_cfg, m)| Box::new(TlsFiles::new(key.clone(), tls_cfg, m, metrics.clone())));
     let partner_files = cfg
         .upstream
         .tls
         .clone()
         .zip(partner.as_ref())
-        .map(|(c, m)| PartnerFiles::new(key.clone(), c, m, metrics.clone()));
+        .map(|(c, m)| Box::new(PartnerFiles::new(key.clone(), c, m, metrics.clone())));
     let upstream = Arc::new(Upstream::new(
         cfg.upstream.clone(),
         shared.threads,
@@ -191,15 +191,17 @@ impl Route {
                 _ = shared.stop.cancelled() => return,
                 _ = tick.tick() => self.poll_tls(false, &shared),
                 command = commands.recv() => match command {
-                    None => return self.remove(&shared).await,
+                    // Boxed, as is `apply`: their futures are several KiB that every
+                    // route's task would otherwise carry for its whole life.
+                    None => return Box::pin(self.remove(&shared)).await,
                     Some(Command::Remove(done)) => {
-                        self.remove(&shared).await;
+                        Box::pin(self.remove(&shared)).await;
                         let _ = done.send(());
                         return;
                     }
                     Some(Command::ReloadTls) => self.poll_tls(true, &shared),
                     Some(Command::Apply(spec, done)) => {
-                        self.apply(*spec, &shared).await;
+                        Box::pin(self.apply(*spec, &shared)).await;
                         let _ = done.send(());
                     }
                 },
@@ -246,7 +248,8 @@ impl Route {
                 },
                 None => {
                     let tls = ListenerTls::of(&m);
-                    self.tls = Some(TlsFiles::new(key, tls_cfg, &m, self.metrics.clone()));
+                    let files = TlsFiles::new(key, tls_cfg, &m, self.metrics.clone());
+                    self.tls = Some(Box::new(files));
                     Some(tls)
                 }
             },
@@ -311,12 +314,12 @@ impl Route {
                 None => current.upstream.partner(),
             },
             None => {
-                self.partner = Some(PartnerFiles::new(
+                self.partner = Some(Box::new(PartnerFiles::new(
                     key.to_string(),
                     section,
                     &loaded,
                     self.metrics.clone(),
-                ));
+                )));
                 Some(Arc::new(loaded))
             }
         }
