@@ -102,7 +102,7 @@ impl ListenerTls {
         Self {
             config: material.server_config.clone(),
             verifier: material.verifier.clone(),
-            subject: material.server_subject.as_str().into(),
+            subject: material.server_subject.clone(),
             expiry: material.expiry,
         }
     }

@@ -7,6 +7,7 @@
 
 mod identity;
 mod partner;
+mod shared;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -182,7 +183,9 @@ pub struct Expiry {
     pub client_ca_not_after: i64,
 }
 
-/// A loaded, consistent set of TLS material for one route.
+/// A loaded, consistent set of TLS material for one route; routes that name the same files
+/// with the same settings share one (see `shared`), so a clone is a few reference counts.
+#[derive(Clone)]
 pub struct TlsMaterial {
     /// The configuration new handshakes use.
     pub server_config: Arc<ServerConfig>,
@@ -191,13 +194,13 @@ pub struct TlsMaterial {
     /// Lifetimes of what was loaded.
     pub expiry: Expiry,
     /// Subject of the server certificate, for `check` and logs.
-    pub server_subject: String,
+    pub server_subject: Arc<str>,
     /// Number of client CA certificates and CRLs loaded.
     pub counts: (usize, usize),
     /// Next-update times of the CRLs (Unix seconds), for `check`.
-    pub crl_next_updates: Vec<(PathBuf, Option<i64>)>,
+    pub crl_next_updates: Arc<[(PathBuf, Option<i64>)]>,
     /// The files it was built from, compared on each poll to detect changes.
-    contents: Contents,
+    contents: Arc<Contents>,
 }
 
 /// The files of a listener's `tls`, as read.
@@ -369,19 +372,40 @@ impl TlsMaterial {
 
 impl Material for TlsMaterial {
     type Config = TlsConfig;
-    type Contents = Contents;
+    type Contents = Arc<Contents>;
     const WHAT: &'static str = "TLS";
 
-    fn read(cfg: &TlsConfig) -> Result<Contents, TlsError> {
-        Ok(Contents {
+    fn read(cfg: &TlsConfig) -> Result<Arc<Contents>, TlsError> {
+        Ok(Arc::new(Contents {
             certificate: read_file("tls.certificate", &cfg.certificate)?,
             private_key: read_file("tls.private_key", &cfg.private_key)?,
             client_ca: read_file("tls.client_ca", &cfg.client_ca)?,
             crls: read_crls(&cfg.policy.crl, "tls.crl")?,
-        })
+        }))
     }
 
-    fn build(cfg: &TlsConfig, files: Contents) -> Result<Self, TlsError> {
+    fn build(cfg: &TlsConfig, files: Arc<Contents>) -> Result<Self, TlsError> {
+        shared::share(cfg, files, Self::build_anew)
+    }
+
+    fn contents(&self) -> &Arc<Contents> {
+        &self.contents
+    }
+
+    fn set_expiry(&self, metrics: &crate::metrics::RouteMetrics) {
+        use crate::label::CertRole;
+        metrics.set_expiry(CertRole::Server, self.expiry.server_not_after);
+        metrics.set_expiry(CertRole::ClientCa, self.expiry.client_ca_not_after);
+    }
+
+    fn subject(&self) -> Option<&str> {
+        Some(&self.server_subject)
+    }
+}
+
+impl TlsMaterial {
+    /// Builds the material from the files' contents, sharing nothing.
+    fn build_anew(cfg: &TlsConfig, files: Arc<Contents>) -> Result<Self, TlsError> {
         let provider = route_provider(cfg)?;
         let err = |key: &str, path: &Path, reason: String| TlsError::new(key, path, reason);
 
@@ -429,25 +453,11 @@ impl Material for TlsMaterial {
                 server_not_after,
                 client_ca_not_after: cas.earliest_not_after,
             },
-            server_subject,
+            server_subject: server_subject.into(),
             counts: (cas.count, crl_count),
-            crl_next_updates,
+            crl_next_updates: crl_next_updates.into(),
             contents: files,
         })
-    }
-
-    fn contents(&self) -> &Contents {
-        &self.contents
-    }
-
-    fn set_expiry(&self, metrics: &crate::metrics::RouteMetrics) {
-        use crate::label::CertRole;
-        metrics.set_expiry(CertRole::Server, self.expiry.server_not_after);
-        metrics.set_expiry(CertRole::ClientCa, self.expiry.client_ca_not_after);
-    }
-
-    fn subject(&self) -> Option<&str> {
-        Some(&self.server_subject)
     }
 }
 

@@ -568,3 +568,80 @@ with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
     assert_eq!(metric(&world.proxy, denied).await, 1.0);
     assert!(world.engine.received().is_empty());
 }
+
+/// MSA-1 of one exchange with `addr` as the client `NAME.crt`; `None` when refused.
+async fn answer_as(pki: &Pki, addr: std::net::SocketAddr, name: &str, id: &str) -> Option<String> {
+    let mut client = MllpClient::connect(&pki.target_named(addr, name), T)
+        .await
+        .ok()?;
+    let ack = client.exchange(&adt(id), T).await.ok()?;
+    Some(msa(&ack).0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_on_the_same_files_share_them_yet_each_admits_only_its_own_senders() {
+    // A gateway's routes present one certificate, which the proxy builds once for all of them
+    // (src/tls/shared.rs). Each route still admits only its own senders, before and after a
+    // renewal that reaches every route.
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new()
+        .tls_yaml("      reload_interval: 200ms\n")
+        .route_yaml("    allowed_clients: [{ cn: lab-sender }]\n")
+        .edit(|cfg| {
+            let mut billing = cfg.routes[0].clone();
+            billing.name = "billing".into();
+            billing.allowed_clients = vec![mllp_proxy::config::ClientMatcher::Cn(
+                "billing-sender".into(),
+            )];
+            cfg.routes.push(billing);
+        })
+        .start()
+        .await;
+    pki.issue_client("billing", "billing-sender", &[], &[], false, false);
+    let addr = |name: &str| {
+        proxy
+            .routes()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+            .expect("route")
+    };
+    let (lab, billing) = (addr("test"), addr("billing"));
+    let both_ways = |round: &'static str| {
+        let pki = &pki;
+        async move {
+            [
+                answer_as(pki, lab, "client", &format!("LAB-{round}")).await,
+                answer_as(pki, lab, "billing", &format!("X-{round}")).await,
+                answer_as(pki, billing, "billing", &format!("BILL-{round}")).await,
+                answer_as(pki, billing, "client", &format!("Y-{round}")).await,
+            ]
+        }
+    };
+    let aa = || Some("AA".to_string());
+    assert_eq!(both_ways("1").await, [aa(), None, aa(), None]);
+
+    pki.issue_server_valid_for("renewed", "renewed-server", Some(400));
+    for f in ["crt", "key"] {
+        let pem = std::fs::read(pki.path(&format!("renewed.{f}"))).expect("read");
+        replace_file(&pki.path(&format!("server.{f}")), &pem);
+    }
+    let renewed = not_after(&pki.path("renewed.crt")) as f64;
+    for route in ["test", "billing"] {
+        let expiry = format!(
+            "mllp_proxy_certificate_expiry_timestamp_seconds{{role=\"server\",route=\"{route}\"}}"
+        );
+        assert!(metric_reaches(&proxy, &expiry, renewed).await, "{route}");
+    }
+    assert_eq!(served_cn(&pki, lab).await, "renewed-server");
+    assert_eq!(both_ways("2").await, [aa(), None, aa(), None]);
+
+    for route in ["test", "billing"] {
+        let denied = format!("mllp_proxy_clients_denied_total{{route=\"{route}\"}}");
+        assert_eq!(metric(&proxy, &denied).await, 2.0, "{route}");
+    }
+    let mut ids = engine.received_ids();
+    ids.sort();
+    assert_eq!(ids, ["BILL-1", "BILL-2", "LAB-1", "LAB-2"]);
+}
