@@ -58,6 +58,9 @@ pub struct RouteShape {
     pub proxy_protocol: bool,
     /// `upstream.tls`: a partner whose TLS can refuse us (an egress route).
     pub partner: bool,
+    /// `upstream.max_connections` is set: exchanges can wait for a pooled connection (a pool
+    /// without a limit never queues).
+    pub queue: bool,
 }
 
 impl RouteShape {
@@ -68,6 +71,7 @@ impl RouteShape {
             allowed_clients: !cfg.allowed_clients.is_empty(),
             proxy_protocol: cfg.proxy_protocol.is_some(),
             partner: cfg.upstream.tls.is_some(),
+            queue: cfg.upstream.max_connections > 0,
         }
     }
 }
@@ -112,15 +116,21 @@ pub struct RouteMetrics {
     pub discarded_bytes: IntCounter,
     /// Repeats of an already relayed ACK, dropped.
     pub upstream_duplicate_acks: IntCounter,
-    /// Exchanges waiting for a pooled connection.
-    pub upstream_queue_waiting: IntGauge,
-    /// Time exchanges waited for a pooled connection.
-    pub upstream_queue_seconds: Histogram,
     /// `acks_total` of AA, AE and AR, in the order of `AckCode::ALL`: counted for every
     /// relayed ACK, so bound once rather than looked up by label each time. The other codes
     /// (enhanced mode's CA, CE, CR and malformed ones) are rare and appear with their first.
     acks: [IntCounter; 3],
     all: Metrics,
+}
+
+/// The series of a limited pool's queue, bound once; a route whose pool has no limit never
+/// queues and has none ([`RouteShape::queue`]).
+#[derive(Clone)]
+pub struct QueueMetrics {
+    /// Exchanges waiting for a pooled connection.
+    pub waiting: IntGauge,
+    /// Time exchanges waited for a pooled connection.
+    pub seconds: Histogram,
 }
 
 /// Handles of one upstream target, bound once.
@@ -214,13 +224,12 @@ impl Metrics {
             message_bytes: self.msg.bytes.with_label_values(&r),
             discarded_bytes: self.msg.discarded_bytes.with_label_values(&r),
             upstream_duplicate_acks: self.up.duplicate_acks.with_label_values(&r),
-            upstream_queue_waiting: self.up.queue_waiting.with_label_values(&r),
-            upstream_queue_seconds: self.up.queue_seconds.with_label_values(&r),
             acks: [AckCode::AA, AckCode::AE, AckCode::AR]
                 .map(|c| self.msg.acks.with_label_values(&[route, c.label()])),
             all: self.clone(),
         };
-        for kind in FailureKind::ALL.iter().filter(|k| **k != FailureKind::Tls) {
+        let by_shape = [FailureKind::Tls, FailureKind::Queue];
+        for kind in FailureKind::ALL.iter().filter(|k| !by_shape.contains(k)) {
             self.up
                 .exchanges_failed
                 .with_label_values(&[route, kind.label()]);
@@ -348,6 +357,11 @@ impl RouteMetrics {
         create(to.proxy_protocol, &all.conn.proxy_protocol, &admitted);
         let tls_kind = FailureKind::Tls.label();
         create(to.partner, &all.up.exchanges_failed, &[tls_kind]);
+        let queue_kind = FailureKind::Queue.label();
+        create(to.queue, &all.up.exchanges_failed, &[queue_kind]);
+        if to.queue {
+            self.queue();
+        }
         if to.allowed_clients {
             all.conn.clients_denied.with_label_values(&[r]);
         }
@@ -370,6 +384,21 @@ impl RouteMetrics {
             remove_series(&all.up.exchanges_failed, &[route[0], ("kind", tls_kind)]);
             remove_series(&all.up.failures, &[route[0], ("kind", tls_kind)]);
             self.remove_roles(&[CertRole::Client, CertRole::UpstreamCa]);
+        }
+        if dropped(|s| s.queue) {
+            remove_series(&all.up.queue_waiting, &route);
+            remove_series(&all.up.queue_seconds, &route);
+            remove_series(&all.up.exchanges_failed, &[route[0], ("kind", queue_kind)]);
+            remove_series(&all.up.failures, &[route[0], ("kind", queue_kind)]);
+        }
+    }
+
+    /// The series of the route's pool queue, created at zero (a pool with a limit).
+    pub fn queue(&self) -> QueueMetrics {
+        let r = [self.route.as_str()];
+        QueueMetrics {
+            waiting: self.all.up.queue_waiting.with_label_values(&r),
+            seconds: self.all.up.queue_seconds.with_label_values(&r),
         }
     }
 
@@ -596,9 +625,10 @@ mod tests {
             let series = format!(
                 "mllp_proxy_upstream_exchanges_failed_total{{kind=\"{kind}\",route=\"lab\"}} 0"
             );
+            // Partner TLS and the pool's queue have theirs on routes that have them.
             assert_eq!(
                 text.contains(&series),
-                *kind != FailureKind::Tls,
+                !matches!(kind, FailureKind::Tls | FailureKind::Queue),
                 "{series}"
             );
         }
@@ -611,7 +641,8 @@ mod tests {
         assert!(text.contains("mllp_proxy_upstream_up{route=\"lab\",target=\"engine:2575\"} 0"));
         assert!(text.contains("mllp_proxy_build_info{version="));
         // Breakdowns of refusals appear with their first event; what the route cannot do
-        // (PROXY protocol, a partner, allowed_clients) has no series.
+        // (PROXY protocol, a partner, allowed_clients, a queue without a pool limit) has no
+        // series.
         for absent in [
             "mllp_proxy_tls_handshake_failures_total",
             "mllp_proxy_messages_rejected_total",
@@ -621,6 +652,8 @@ mod tests {
             "mllp_proxy_proxy_protocol_total",
             "mllp_proxy_clients_denied_total",
             "mllp_proxy_upstream_tls_handshake_failures_total",
+            "mllp_proxy_upstream_queue_waiting",
+            "mllp_proxy_upstream_queue_seconds",
         ] {
             assert!(!text.contains(absent), "{absent} before any event");
         }
@@ -645,6 +678,7 @@ mod tests {
             allowed_clients: true,
             proxy_protocol: true,
             partner: true,
+            queue: true,
         };
         r.reshape(Some(plain), all);
         r.partner("p:1");
@@ -658,6 +692,9 @@ mod tests {
             "mllp_proxy_proxy_protocol_total{result=\"local\",route=\"lab\"}",
             "mllp_proxy_upstream_exchanges_failed_total{kind=\"tls\",route=\"lab\"}",
             "mllp_proxy_upstream_failures_total{kind=\"tls\",route=\"lab\",target=\"p:1\"}",
+            "mllp_proxy_upstream_exchanges_failed_total{kind=\"queue\",route=\"lab\"}",
+            "mllp_proxy_upstream_queue_waiting{route=\"lab\"}",
+            "mllp_proxy_upstream_queue_seconds_count{route=\"lab\"}",
         ] {
             assert_eq!(sample_value(&text, added), Some(0.0), "{added}");
         }

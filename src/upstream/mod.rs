@@ -18,7 +18,7 @@ pub use conn::{Ack, UpstreamConn, Wire};
 use crate::audit::AuditLog;
 use crate::config::{Balance, UpstreamConfig};
 use crate::label::{FailureKind, Label, PartnerRefusal, Side};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{QueueMetrics, RouteMetrics};
 use crate::timer::Deadline;
 use crate::tls::PartnerTls;
 pub use health::Health;
@@ -156,6 +156,8 @@ pub struct Upstream {
     generation: u64,
     /// Where the partner connections' audit records go.
     audit: AuditLog,
+    /// The queue's series, with a limit (`max_connections`); without one nothing queues.
+    queue: Option<QueueMetrics>,
 }
 
 impl Upstream {
@@ -182,6 +184,7 @@ impl Upstream {
             .collect();
         Self {
             partner,
+            queue: (cfg.max_connections > 0).then(|| metrics.queue()),
             pool: Arc::new(Pool::new(cfg.max_connections, threads)),
             cfg,
             max_ack_bytes,
@@ -261,6 +264,7 @@ impl Upstream {
             next: AtomicUsize::new(0),
             generation,
             audit: self.audit.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -298,7 +302,7 @@ impl Upstream {
 
     /// Exchanges waiting for a pooled connection now.
     pub fn queued(&self) -> i64 {
-        self.metrics.upstream_queue_waiting.get()
+        self.queue.as_ref().map_or(0, |q| q.waiting.get())
     }
 
     /// Whether any target is up (for `admin.ready_requires_upstream`).
@@ -355,7 +359,7 @@ impl Upstream {
             Err(_) => {}
         }
         drop(lease);
-        if self.cfg.max_connections == 1 && self.metrics.upstream_queue_waiting.get() > 0 {
+        if self.cfg.max_connections == 1 && self.queued() > 0 {
             // A single-connection engine is the bottleneck: let the exchange waiting for the
             // connection just given back run before this task spends its turn relaying the ACK.
             // (With a larger pool the CPU is the bottleneck, and the extra turn costs more than
@@ -416,19 +420,20 @@ impl Upstream {
         shutdown: &CancellationToken,
         queue_timer: &mut Deadline,
     ) -> Result<Lease<'_>, UpstreamError> {
-        let m = &self.metrics;
         // A free connection: nothing to time or to watch.
         let shard = match self.pool.try_lease() {
             Ok(lease) => {
-                if self.cfg.max_connections > 0 {
-                    m.upstream_queue_seconds.observe(0.0);
+                if let Some(q) = &self.queue {
+                    q.seconds.observe(0.0);
                 }
                 return Ok(lease);
             }
             Err(shard) => shard,
         };
+        // Only a pool with a limit (and so with `queue`) has no free connection.
+        let q = self.queue.as_ref();
         let started = Instant::now();
-        m.upstream_queue_waiting.inc();
+        q.inspect(|q| q.waiting.inc());
         let waited = tokio::select! {
             biased;
             lease = self.pool.wait(shard) => lease.ok_or(UpstreamError::Queue(QueueCause::Closed)),
@@ -437,9 +442,10 @@ impl Upstream {
             }
             _ = shutdown.cancelled() => Err(UpstreamError::Queue(QueueCause::Stopping)),
         };
-        m.upstream_queue_waiting.dec();
-        m.upstream_queue_seconds
-            .observe(started.elapsed().as_secs_f64());
+        q.inspect(|q| {
+            q.waiting.dec();
+            q.seconds.observe(started.elapsed().as_secs_f64());
+        });
         waited
     }
 

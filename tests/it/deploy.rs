@@ -108,6 +108,7 @@ fn metric_names() -> BTreeSet<String> {
         allowed_clients: true,
         proxy_protocol: true,
         partner: true,
+        queue: true,
     };
     let r = m.route("x", every);
     let _target = r.target("t:1");

@@ -17,13 +17,14 @@ use crate::support::*;
 /// here is a change to every gateway's Prometheus: say so in docs/metrics.md.
 const SERIES_PER_ROUTE: &[(&str, usize)] = &[
     // Mutual TLS in, plain MLLP to the engine: the sidecar as it ships.
-    ("ingress", 49),
-    // The same with allowed_clients and behind a load balancer (proxy_protocol).
+    ("ingress", 40),
+    // The same with allowed_clients, behind a load balancer (proxy_protocol) and with a
+    // limited pool (max_connections: its queue): every series a route can have.
     ("balanced", 52),
     // Plain MLLP in and out (a listener on a trusted segment).
-    ("plain", 45),
+    ("plain", 36),
     // Plain MLLP in, mutual TLS to a partner (upstream.tls).
-    ("egress", 51),
+    ("egress", 42),
 ];
 
 /// A configuration with one route of each kind, each with its own engine target.
@@ -44,7 +45,7 @@ routes:
 {tls}
     allowed_clients: [{{ cn: lab-01 }}]
     proxy_protocol: {{ trusted: ["127.0.0.2/32"] }}
-    upstream: {{ {upstream} }}
+    upstream: {{ {upstream}, max_connections: 8 }}
   - name: plain
     listen: "127.0.0.1:0"
     plaintext: true
@@ -111,6 +112,8 @@ async fn each_kind_of_route_has_the_series_it_can_move_and_no_more() {
     assert!(!text.contains("mllp_proxy_proxy_protocol_total{result=\"proxied\",route=\"ingress\""));
     assert!(has("mllp_proxy_clients_denied_total{route=\"balanced\"}"));
     assert!(!has("mllp_proxy_clients_denied_total{route=\"ingress\"}"));
+    assert!(has("mllp_proxy_upstream_queue_waiting{route=\"balanced\"}"));
+    assert!(!has("mllp_proxy_upstream_queue_waiting{route=\"ingress\"}"));
     assert!(has(
         "mllp_proxy_upstream_exchanges_failed_total{kind=\"tls\",route=\"egress\"}"
     ));

@@ -431,3 +431,55 @@ async fn an_engine_that_dies_behind_an_idle_pooled_connection_reads_down_within_
         died.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_series_exist_while_the_pool_has_a_limit_and_count_after_a_reload() {
+    // A pool without a limit never queues: its route has no queue series. A reload that sets
+    // max_connections creates them at zero, and they count that route's waits from then on;
+    // one that takes the limit away removes them again.
+    let World {
+        pki, engine, proxy, ..
+    } = Harness::new().route_yaml("").start_live().await;
+    let waited = "mllp_proxy_upstream_queue_seconds_count{route=\"test\"}";
+    let waiting = "mllp_proxy_upstream_queue_waiting{route=\"test\"}";
+    let queue_failed = "mllp_proxy_upstream_exchanges_failed_total{kind=\"queue\",route=\"test\"}";
+    let scrape = || async { http_get(proxy.admin(), "/metrics").await.expect("scrape") };
+    let has = |text: &str, s: &str| mllp_proxy::metrics::sample_value(text, s).is_some();
+    let mut c = connect(&pki, &proxy, ClientCert::Good).await;
+    assert_eq!(msa(&c.exchange(&adt("Q-0"), T).await.expect("ACK")).0, "AA");
+    let text = scrape().await;
+    assert!(!has(&text, waited) && !has(&text, waiting) && !has(&text, queue_failed));
+
+    let unlimited = std::fs::read_to_string(pki.path("proxy.yaml")).expect("read");
+    let limited = unlimited.replace(
+        "      ack_timeout: 2s\n",
+        "      ack_timeout: 2s\n      max_connections: 1\n",
+    );
+    assert_ne!(limited, unlimited);
+    std::fs::write(pki.path("proxy.yaml"), &limited).expect("write");
+    assert_applied(proxy.reload().await);
+    let text = scrape().await;
+    for s in [waited, waiting, queue_failed] {
+        assert_eq!(
+            mllp_proxy::metrics::sample_value(&text, s),
+            Some(0.0),
+            "{s}"
+        );
+    }
+    for i in 1..4 {
+        let ack = c.exchange(&adt(&format!("Q-{i}")), T).await.expect("ACK");
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    assert_eq!(
+        metric(&proxy, waited).await,
+        3.0,
+        "each leased exchange is timed"
+    );
+
+    std::fs::write(pki.path("proxy.yaml"), &unlimited).expect("write");
+    assert_applied(proxy.reload().await);
+    assert_eq!(msa(&c.exchange(&adt("Q-4"), T).await.expect("ACK")).0, "AA");
+    let text = scrape().await;
+    assert!(!has(&text, waited) && !has(&text, waiting) && !has(&text, queue_failed));
+    assert_eq!(engine.received_ids().len(), 5);
+}
