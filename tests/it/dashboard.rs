@@ -145,9 +145,12 @@ fn encode(q: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_runs_on_a_real_prometheus_and_the_traffic_panels_have_data() {
+    // A pool limit, so that the queue panels have their series (a route without one never
+    // queues and has none).
     let world = Harness::new()
         .health_checks("1s")
         .route_yaml("    validation:\n      message_types: [\"ADT^*\"]\n")
+        .edit(|cfg| cfg.routes[0].upstream.max_connections = 8)
         .start()
         .await;
     // One NAK (an order where only ADT is allowed): the NAK panel's series exists from it.
