@@ -1,6 +1,6 @@
 //! Listener material shared between routes. A gateway typically presents one certificate on
 //! every route; built once per route, its server configuration, client verifier and file
-//! contents cost about 9 KiB a route. Routes whose `tls` settings and files are the same now
+//! contents cost about 6 KiB a route. Routes whose `tls` settings and files are the same now
 //! use one build. Nothing per route lives in it: the allow-list is the route's own, applied
 //! through the handshake's scope ([`super::HANDSHAKE`]).
 
