@@ -7,7 +7,8 @@
 #   A_ENV="VAR=1" B_ENV="VAR=2" bash bench/ab.sh A_BINARY B_BINARY [CONNECTIONS] [MESSAGES]
 # A_YAML / B_YAML: a top-level configuration line for that side only (`audit: { messages: false }`);
 # A_UPSTREAM / B_UPSTREAM: more keys of the route's upstream (`, max_connections: 8`);
-# BENCH_ARGS: more arguments for every `bench` run (`--reconnect`).
+# ROUTE_YAML: more keys of the route on both sides (`    validation: { max_message_bytes: 16777216 }`);
+# BENCH_ARGS: more arguments for every `bench` run (`--reconnect`, `--size 8388608`).
 a_bin=${1:?A binary}
 b_bin=${2:?B binary}
 conns=${3:-64}
@@ -27,6 +28,7 @@ routes:
     listen: "127.0.0.1:${port[$side]}"
     tls: { certificate: $certs/server.crt, private_key: $certs/server.key, client_ca: $certs/ca.crt }
     upstream: { targets: ["127.0.0.1:$engine_port"] $( [ "$side" = A ] && echo "${A_UPSTREAM:-}" || echo "${B_UPSTREAM:-}" ) }
+${ROUTE_YAML:-}
 YAML
     binary=$a_bin; envs=${A_ENV:-}
     [ "$side" = B ] && { binary=$b_bin; envs=${B_ENV:-}; }

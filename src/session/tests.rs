@@ -213,3 +213,73 @@ async fn a_sender_closing_between_frames_is_routine_and_inside_one_is_not() {
     );
     assert_eq!(end.side(), crate::label::Side::Sender);
 }
+
+#[tokio::test]
+async fn a_frame_outgrowing_the_buffer_gets_the_senders_last_large_size_in_one_step() {
+    // Growing by doubling copies a large message up to twice over: a frame that fills its read
+    // buffer gets room for the sender's last large message (and a read buffer more) at once,
+    // and doubles only when there was none or it is larger.
+    let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+    let room = crate::memory::READ_BUFFER;
+    for (large, want) in [(0, 2 * room), (300_000, 300_000 + room), (5_000, 2 * room)] {
+        client.write_all(&[b'x'; 1000]).await.unwrap();
+        let mut buf = BytesMut::with_capacity(room);
+        buf.extend_from_slice(&vec![b'x'; room - 100]);
+        let n = read_more(&mut buf, false, large, &mut server)
+            .await
+            .unwrap();
+        assert_eq!(n, 1000);
+        assert_eq!(buf.capacity(), want, "last large message {large}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_remembers_its_senders_last_large_message_and_frames_stay_whole() {
+    // Only a message larger than a read buffer sets the size; a small one in between leaves
+    // it, an oversize one (thrown away) too. Every frame arrives whole whatever room it got.
+    let mut ctx = context();
+    ctx.cfg.validation.max_message_bytes = 400_000;
+    let ctx = Arc::new(ctx);
+    let (mut client, mut server) = tokio::io::duplex(256 * 1024);
+    let message = |n: usize, fill: u8| {
+        let mut m = b"MSH|^~\\&|".to_vec();
+        m.resize(n, fill);
+        m
+    };
+    let sent = [
+        message(300_000, b'a'),
+        message(1_000, b'b'),
+        message(500_000, b'o'),
+        message(350_000, b'c'),
+        message(20_000, b'd'),
+    ];
+    let wire = sent.clone();
+    let writer = tokio::spawn(async move {
+        for m in &wire {
+            client.write_all(&MllpCodec::frame(m)).await.unwrap();
+        }
+        client
+    });
+    let who = audit::Who {
+        route: "t",
+        peer: "127.0.0.1:1".parse().unwrap(),
+        conn: 1,
+    };
+    let registered = ctx.sessions.register(1, None, who.peer);
+    let mut session = Session::new(ctx.clone(), who, "", registered.live().clone());
+    let stop = CancellationToken::new();
+    let mut stopping = std::pin::pin!(stop.cancelled());
+    let expect_large = [300_003, 300_003, 300_003, 350_003, 20_003];
+    for (m, large) in sent.iter().zip(expect_large) {
+        let frame = session
+            .next_frame(&mut server, &stop, stopping.as_mut())
+            .await
+            .unwrap();
+        match frame {
+            Frame::Message(got) => assert!(got[..] == m[..], "{} bytes", m.len()),
+            Frame::Oversize { len, .. } => assert_eq!(len, m.len()),
+        }
+        assert_eq!(session.large, large, "after {} bytes", m.len());
+    }
+    drop(writer.await.unwrap());
+}
