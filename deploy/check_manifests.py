@@ -28,13 +28,16 @@ def quantity(text):
 
 def sizing(config):
     """docs/changes.md: 64 MiB + 16 KiB per sender connection + every connection mid-message
-    (max_connections x max_message_bytes x 3), summed over the routes."""
+    (max_connections x max_message_bytes x 3), summed over the routes, + the buffers of 8
+    large messages kept for reuse (8 x the largest max_message_bytes, at most 128 MiB)."""
     need = 64 * MIB
+    largest = 0
     for r in config["routes"]:
         conns = r.get("limits", {}).get("max_connections", 1024)
         size = r.get("validation", {}).get("max_message_bytes", 1048576)
         need += conns * (16 << 10) + conns * size * 3
-    return need
+        largest = max(largest, size)
+    return need + min(8 * largest, 128 * MIB)
 
 
 def check_folder(folder, rendered, errors):

@@ -548,13 +548,21 @@ where
         *buf = crate::memory::take_buffer();
     } else if buf.capacity() - buf.len() < 4096 {
         // Chunks of at least 8 KiB keep syscalls few; the codec bounds the total. Growing by
-        // doubling copies a message of 8 MiB up to twice over (7% of the CPU with 8 senders of
-        // 8 MiB messages, in `realloc`); senders of large messages mostly send them alike, so
-        // the frame gets the last one's size in one step (and a read buffer more, so that its
-        // last bytes do not find the room short and double it), and doubles only beyond it.
-        // What that can cost is bounded by a message this session has already held.
+        // doubling copies a message of 8 MiB up to twice over; senders of large messages
+        // mostly send them alike, so the frame gets the last one's size in one step (and a
+        // read buffer more, so that its last bytes do not find the room short and double
+        // it), and doubles only beyond it. What that can cost is bounded by a message this
+        // session has already held. A large buffer another frame left is taken first.
         let room = crate::memory::READ_BUFFER;
-        buf.reserve((large + room).saturating_sub(buf.len()).max(room));
+        let more = (large + room).saturating_sub(buf.len()).max(room);
+        match crate::memory::take_large(buf.len() + more) {
+            Some(mut kept) => {
+                // The codec's scan index counts from the buffer's start: all of it moves.
+                kept.extend_from_slice(buf);
+                *buf = kept;
+            }
+            None => buf.reserve(more),
+        }
     }
     stream.read_buf(buf).await
 }

@@ -219,6 +219,8 @@ async fn a_frame_outgrowing_the_buffer_gets_the_senders_last_large_size_in_one_s
     // Growing by doubling copies a large message up to twice over: a frame that fills its read
     // buffer gets room for the sender's last large message (and a read buffer more) at once,
     // and doubles only when there was none or it is larger.
+    let _one = crate::memory::LARGE_TEST.lock().await;
+    crate::memory::drop_large();
     let (mut client, mut server) = tokio::io::duplex(64 * 1024);
     let room = crate::memory::READ_BUFFER;
     for (large, want) in [(0, 2 * room), (300_000, 300_000 + room), (5_000, 2 * room)] {
@@ -236,7 +238,9 @@ async fn a_frame_outgrowing_the_buffer_gets_the_senders_last_large_size_in_one_s
 #[tokio::test]
 async fn a_session_remembers_its_senders_last_large_message_and_frames_stay_whole() {
     // Only a message larger than a read buffer sets the size; a small one in between leaves
-    // it, an oversize one (thrown away) too. Every frame arrives whole whatever room it got.
+    // it, an oversize one (thrown away) too. Every frame arrives whole whatever room it got,
+    // in a buffer of its own or one an earlier frame left.
+    let _one = crate::memory::LARGE_TEST.lock().await;
     let mut ctx = context();
     ctx.cfg.validation.max_message_bytes = 400_000;
     let ctx = Arc::new(ctx);
