@@ -46,7 +46,7 @@ async fn thousand_messages_over_one_connection_arrive_identical_and_in_order() {
 }
 
 /// An ORU^R01 carrying a document of `len` base64 bytes in OBX-5 (ED), as results with PDFs do.
-fn oru_with_document(id: &str, len: usize) -> Vec<u8> {
+pub(crate) fn oru_with_document(id: &str, len: usize) -> Vec<u8> {
     let doc: String = (0..len).map(|i| (b'A' + (i % 26) as u8) as char).collect();
     format!(
         "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261126120000||ORU^R01^ORU_R01|{id}|P|2.5.1\rPID|1||MRN1^^^HOSP^MR||DOE^JANE\rOBR|1|||PDF^Report\rOBX|1|ED|PDF^Report||^application^pdf^Base64^{doc}||||||F\r"

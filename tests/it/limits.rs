@@ -288,3 +288,58 @@ async fn memory_goes_back_down_after_a_burst_of_idle_connections() {
         rss_kib(pid)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_documents_from_senders_at_once_arrive_whole_and_their_memory_goes_back() {
+    // Four senders at once, each a run of documents that grow and shrink: the proxy gives a
+    // frame its sender's last large size and reuses the buffers other frames left, so every
+    // message must still arrive byte-identical; a few seconds after the last one, the kept
+    // buffers are freed and the RSS is back near its start.
+    let extra = "    validation: { max_message_bytes: 4194304 }\n";
+    let BinaryWorld {
+        pki, engine, proxy, ..
+    } = Harness::new().route_yaml(extra).spawn_json().await;
+    let pid = proxy.child.id();
+    let start = rss_kib(pid);
+    let target = pki.target(proxy.addr, ClientCert::Good);
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..4 {
+        let target = target.clone();
+        senders.spawn(async move {
+            let mut c = MllpClient::connect(&target, T).await.expect("connect");
+            let mut sent = Vec::new();
+            let sizes = [3 << 20, 200_000, 1 << 20, 20_000, 3 << 20, 2 << 20];
+            for (i, len) in sizes.into_iter().enumerate() {
+                let id = format!("S{s}-{i}");
+                let msg = crate::core::oru_with_document(&id, len + s * 1000);
+                let ack = c.exchange(&msg, T).await.expect("ACK");
+                assert_eq!(msa(&ack), ("AA".into(), id));
+                sent.push(msg);
+            }
+            sent
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(r) = senders.join_next().await {
+        sent.extend(r.expect("sender"));
+    }
+    let peak = rss_kib(pid);
+    let received = engine.received();
+    assert_eq!(received.len(), sent.len());
+    for msg in &sent {
+        assert!(
+            received.iter().any(|r| r.as_ref() == msg.as_slice()),
+            "a message of {} bytes did not arrive as sent",
+            msg.len()
+        );
+    }
+    let back = eventually(Duration::from_secs(15), || async {
+        rss_kib(pid) <= start + 6 * 1024
+    })
+    .await;
+    assert!(
+        back,
+        "RSS {} KiB after the documents; {start} KiB at start, {peak} KiB after the last",
+        rss_kib(pid)
+    );
+}
