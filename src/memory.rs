@@ -65,10 +65,10 @@ pub fn give_back(mut buf: BytesMut) {
 }
 
 /// Buffers that grew for a large message, emptied, for the next large message of any session.
-/// Allocating one afresh costs more than copying it: glibc serves multi-megabyte requests from
-/// pages it has to fault in again, or walks its free lists first (8 senders of 8 MiB
-/// messages: 0.78x the CPU per message when each reused its last buffer, 0.93x with only the
-/// copies of growing it removed). Emptied when no large message came for [`CHECK_EVERY`].
+/// A fresh multi-megabyte buffer costs more than its bytes: glibc maps its pages and faults
+/// them in again, or walks its free lists first (8 senders of 8 MiB messages: 0.78x the CPU
+/// per message when each reused its last buffer, 0.93x with only the copies of growing it
+/// removed). Emptied when no large message came for [`CHECK_EVERY`].
 static LARGE_SPARE: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
 
 /// At most this many large buffers kept (docs/changes.md sizes memory with it)...
@@ -80,6 +80,7 @@ const LARGE_SPARE_BYTES: usize = 128 << 20;
 /// Large buffers given back or taken since the pool was last emptied.
 static LARGE_USED: AtomicUsize = AtomicUsize::new(0);
 
+/// Keeps an emptied large buffer for [`take_large`], within the pool's bounds.
 fn keep_large(buf: BytesMut) {
     LARGE_USED.fetch_add(1, Ordering::Relaxed);
     let Ok(mut kept) = LARGE_SPARE.lock() else {
@@ -88,6 +89,17 @@ fn keep_large(buf: BytesMut) {
     let bytes: usize = kept.iter().map(BytesMut::capacity).sum();
     if kept.len() < LARGE_SPARES && bytes + buf.capacity() <= LARGE_SPARE_BYTES {
         kept.push(buf);
+        return;
+    }
+    // Full: a larger buffer takes the place of the smallest. Otherwise a pool filled by
+    // frames that grew by doubling (8 MiB for a message just under it) would be kept while
+    // every later frame, asking for its sender's size plus a read buffer, allocated anew.
+    let Some(smallest) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) else {
+        return;
+    };
+    let freed = kept[smallest].capacity();
+    if freed < buf.capacity() && bytes - freed + buf.capacity() <= LARGE_SPARE_BYTES {
+        kept[smallest] = buf;
     }
 }
 
@@ -95,11 +107,19 @@ fn keep_large(buf: BytesMut) {
 /// smallest that has), for a frame that outgrew its read buffer.
 pub fn take_large(need: usize) -> Option<BytesMut> {
     let mut kept = LARGE_SPARE.lock().ok()?;
-    let best = (0..kept.len())
-        .filter(|&i| kept[i].capacity() >= need)
-        .min_by_key(|&i| kept[i].capacity())?;
     LARGE_USED.fetch_add(1, Ordering::Relaxed);
-    Some(kept.swap_remove(best))
+    let fits = (0..kept.len())
+        .filter(|&i| kept[i].capacity() >= need)
+        .min_by_key(|&i| kept[i].capacity());
+    if let Some(best) = fits {
+        return Some(kept.swap_remove(best));
+    }
+    // None fits, so the caller allocates one that does: the smallest kept is freed first,
+    // as the new one would take its place on its way back, and both need not be resident.
+    if let Some(smallest) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
+        kept.swap_remove(smallest);
+    }
+    None
 }
 
 /// Held by unit tests that use the large buffers, which every test thread shares.
@@ -337,5 +357,36 @@ mod tests {
         drop(buf.split_to(1000).freeze());
         give_back(buf);
         assert_eq!(spares(), before + 1);
+    }
+
+    /// The emptied tail of a frame of `len` bytes in an allocation of `len` + a read buffer,
+    /// the frame let go.
+    fn tail_of(len: usize) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(len + READ_BUFFER);
+        buf.resize(len, b'x');
+        drop(buf.split_to(len));
+        buf
+    }
+
+    #[test]
+    fn kept_large_buffers_too_small_for_the_frames_give_way_to_ones_that_fit() {
+        // Eight buffers of 100 KB fill the pool. Frames of 200 KB find none that fits: the
+        // first miss frees the smallest (the frame's own buffer takes its place on the way
+        // back), and once the pool is full again a larger buffer replaces the smallest.
+        let _one = LARGE_TEST.blocking_lock();
+        drop_large();
+        for _ in 0..LARGE_SPARES {
+            give_back(tail_of(100_000));
+        }
+        assert!(take_large(200_000).is_none(), "nothing of 200 KB was kept");
+        give_back(tail_of(200_000));
+        let fits = take_large(200_000).expect("the 200 KB buffer given back");
+        assert!(fits.capacity() >= 200_000);
+        give_back(tail_of(100_000));
+        give_back(tail_of(300_000));
+        let big = take_large(300_000).expect("the larger buffer in the smallest's place");
+        assert_eq!(drop_large(), (LARGE_SPARES - 1) * (100_000 + READ_BUFFER));
+        drop(big);
+        drop(fits);
     }
 }
