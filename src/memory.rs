@@ -72,7 +72,7 @@ pub fn give_back(mut buf: BytesMut) {
 static LARGE_SPARE: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
 
 /// At most this many large buffers kept (docs/changes.md sizes memory with it)...
-pub const LARGE_SPARES: usize = 8;
+const LARGE_SPARES: usize = 8;
 
 /// ...and at most this many bytes in them: beyond, a buffer given back is freed.
 const LARGE_SPARE_BYTES: usize = 128 << 20;
