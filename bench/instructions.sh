@@ -11,6 +11,7 @@
 #                                                 mutual TLS out to a partner (ack-server)
 #   SUBJECT=pipe bash bench/instructions.sh       bench/pipe, the bare mutual-TLS byte pipe on
 #                                                 the same stack, the floor to compare with
+#   SIZE=16384 bash bench/instructions.sh         messages of that size (default 1024)
 #
 # Needs valgrind (apt-get install valgrind).
 source "$(dirname "$0")/lib.sh"
@@ -62,7 +63,7 @@ YAML
             sleep 0.2
         done
     fi
-    bench_result --to "127.0.0.1:$pport" "${senders[@]}" --connections 64 --messages "$n" --warmup 20 >/dev/null
+    bench_result --to "127.0.0.1:$pport" "${senders[@]}" --connections 64 --messages "$n" --warmup 20 --size "${SIZE:-1024}" >/dev/null
     # The pipe has no SIGINT handler, and a background job's SIGINT is ignored: TERM, which
     # valgrind still turns into a clean exit that writes the profile.
     if $pipe; then kill -TERM "$vpid"; else kill -INT "$vpid"; fi

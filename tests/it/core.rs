@@ -56,8 +56,9 @@ pub(crate) fn oru_with_document(id: &str, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_documents_arrive_byte_identical_between_small_messages() {
-    // Messages above the size the proxy frames by copying are written in place: each arrives
-    // whole, and the small ones around them keep their framing.
+    // Messages above the size the proxy frames by copying (4 KiB) are written in place: each
+    // arrives whole, and the small ones around them keep their framing. 3,000 is copied,
+    // 16,000 (a result with text) is the first written in place.
     let World {
         pki, engine, proxy, ..
     } = Harness::new()
@@ -66,7 +67,10 @@ async fn large_documents_arrive_byte_identical_between_small_messages() {
         .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let mut sent = Vec::new();
-    for (i, len) in [70_000, 1 << 20, 3 << 20, 100].into_iter().enumerate() {
+    for (i, len) in [3_000, 16_000, 70_000, 1 << 20, 3 << 20, 100]
+        .into_iter()
+        .enumerate()
+    {
         sent.push(oru_with_document(&format!("DOC-{i}"), len));
         sent.push(adt(&format!("SMALL-{i}")));
     }
