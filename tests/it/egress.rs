@@ -210,6 +210,38 @@ fn a_route_without_tls_must_say_plaintext() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_every_size_reach_the_partner_whole_over_tls() {
+    // Over 4 KiB a message is written to the partner in place (start block, message, end
+    // block as one vectored write through rustls), below it framed in one buffer: each
+    // arrives byte for byte, the small ones between keeping their framing.
+    let pki = Pki::new();
+    let partner = partner(&pki, "server", true).await;
+    let extra = "    validation: { max_message_bytes: 2097152 }\n";
+    let egress = start_egress(&pki, &egress_yaml(&[partner.target()], MUTUAL, extra)).await;
+    let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
+        .await
+        .expect("plain connect");
+    let mut sent = Vec::new();
+    for (i, len) in [3_000, 16_000, 70_000, 1_500_000].into_iter().enumerate() {
+        sent.push(crate::core::oru_with_document(&format!("DOC-{i}"), len));
+        sent.push(adt(&format!("SMALL-{i}")));
+    }
+    for msg in &sent {
+        let ack = c.exchange(msg, T).await.expect("ACK from the partner");
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    let received = partner.received();
+    assert_eq!(received.len(), sent.len());
+    for (got, want) in received.iter().zip(&sent) {
+        assert!(
+            got.as_ref() == want.as_slice(),
+            "{} bytes differ",
+            want.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_connection_one_opens_a_connection_per_message() {
     let World {
         pki, engine, proxy, ..
