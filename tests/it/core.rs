@@ -66,11 +66,19 @@ async fn large_documents_arrive_byte_identical_between_small_messages() {
         .start()
         .await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
+    let sizes = [3_000, 16_000, 70_000, 1 << 20, 3 << 20, 100];
+    documents_arrive_whole(&mut client, &engine, &sizes).await;
+}
+
+/// Sends a result with a document of each size, each followed by an ADT, one at a time; each
+/// is answered AA, and `engine` received every message byte for byte, in order.
+pub(crate) async fn documents_arrive_whole(
+    client: &mut MllpClient,
+    engine: &Engine,
+    sizes: &[usize],
+) {
     let mut sent = Vec::new();
-    for (i, len) in [3_000, 16_000, 70_000, 1 << 20, 3 << 20, 100]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, &len) in sizes.iter().enumerate() {
         sent.push(oru_with_document(&format!("DOC-{i}"), len));
         sent.push(adt(&format!("SMALL-{i}")));
     }

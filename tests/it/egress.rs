@@ -221,24 +221,8 @@ async fn results_of_every_size_reach_the_partner_whole_over_tls() {
     let mut c = MllpClient::connect(&plain(egress.routes()[0].1), T)
         .await
         .expect("plain connect");
-    let mut sent = Vec::new();
-    for (i, len) in [3_000, 16_000, 70_000, 1_500_000].into_iter().enumerate() {
-        sent.push(crate::core::oru_with_document(&format!("DOC-{i}"), len));
-        sent.push(adt(&format!("SMALL-{i}")));
-    }
-    for msg in &sent {
-        let ack = c.exchange(msg, T).await.expect("ACK from the partner");
-        assert_eq!(msa(&ack).0, "AA");
-    }
-    let received = partner.received();
-    assert_eq!(received.len(), sent.len());
-    for (got, want) in received.iter().zip(&sent) {
-        assert!(
-            got.as_ref() == want.as_slice(),
-            "{} bytes differ",
-            want.len()
-        );
-    }
+    crate::core::documents_arrive_whole(&mut c, &partner, &[3_000, 16_000, 70_000, 1_500_000])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
