@@ -223,10 +223,11 @@ async fn node_hl7_server_gets_each_message_once_with_one_message_per_connection(
         let _: Option<()> = skip("node-hl7-server not installed in tests/interop/node_modules");
         return;
     }
-    let port = unused_addr().await.port();
+    // Port 0: a port picked here and released before node bound it could be handed to
+    // another test's engine meanwhile, and these messages would reach that engine.
     let mut child = Command::new(node)
         .arg(interop("node-server.cjs"))
-        .arg(port.to_string())
+        .arg("0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -239,7 +240,11 @@ async fn node_hl7_server_gets_each_message_once_with_one_message_per_connection(
             let _ = tx.send(line);
         }
     });
-    assert_eq!(rx.recv_timeout(T).expect("node started"), "LISTENING");
+    let started = rx.recv_timeout(T).expect("node started");
+    let port: u16 = started
+        .strip_prefix("LISTENING ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("node-hl7-server did not listen: {started}"));
     let target = format!("127.0.0.1:{port}");
     assert!(
         eventually(T, || async {
