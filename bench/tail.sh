@@ -10,10 +10,17 @@
 #
 # A stall that preempts a session thread shows as run-queue delay on it; wake-ups of the log
 # writer as its voluntary switches.
+#
+# PIN=1: each server alone on CPU 1 (so one session thread, one HAProxy thread), the engine and
+# the load generator on CPU 0: what the server does with a core of its own, without waiting
+# behind them.
 runs=${1:-5}
 conns=${2:-64}
 source "$(dirname "$0")/lib.sh"
 command -v haproxy >/dev/null || { echo "needs haproxy (apt-get install haproxy)" >&2; exit 1; }
+# Everything started from here inherits CPU 0; the servers start there too (so each sizes its
+# threads for one CPU) and are then moved, every thread, to CPU 1.
+[ "${PIN:-0}" = 1 ] && taskset -cp 0 $$ >/dev/null
 
 start_engine
 engine_pid=${pids[-1]}
@@ -24,6 +31,9 @@ ROUTE_YAML="    validation: { mode: strict }
 "$bin" run -c "$work/proxy.yaml" 2>"$work/proxy.log" & pids+=($!); pid[mllp-proxy]=$!
 start_haproxy "${port[haproxy]}" 1000; pid[haproxy]=$haproxy_pid
 wait_port "${port[mllp-proxy]}"; wait_port "${port[haproxy]}"
+if [ "${PIN:-0}" = 1 ]; then
+    for s in mllp-proxy haproxy; do taskset -a -cp 1 "${pid[$s]}" >/dev/null; done
+fi
 sleep 0.5
 
 # threads PID: one line per thread: "name run_ns wait_ns voluntary involuntary".
