@@ -142,7 +142,7 @@ async fn only_a_trusted_source_with_a_header_is_served_and_the_header_names_the_
     assert_eq!(world.engine.received_ids(), ["BEHIND-1", "BEHIND-2"]);
 }
 
-/// HAProxy 2.6 in TCP mode listening on `front`, sending a PROXY header (`send-proxy-v2` or
+/// HAProxy 2.6 in TCP mode on a loopback port, sending a PROXY header (`send-proxy-v2` or
 /// `send-proxy`) to `backend`; stopped when dropped.
 struct Haproxy {
     child: std::process::Child,
@@ -151,33 +151,29 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(front: SocketAddr, backend: SocketAddr, send_proxy: &str) -> Option<Haproxy> {
+    /// Returns it and the address of its frontend.
+    fn start(backend: SocketAddr, send_proxy: &str) -> Option<(Haproxy, SocketAddr)> {
         let bin = required_tool("haproxy", "-v", "haproxy")?;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind {front}\n  default_backend b\nbackend b\n  server s {backend} {send_proxy}\n"
-            ),
-        )
-        .expect("write haproxy.cfg");
-        let child = std::process::Command::new(bin)
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn haproxy");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(front).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "haproxy did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Haproxy { child, _dir: dir })
+        let (child, port) = spawn_listening(false, Duration::from_secs(10), |port| {
+            std::fs::write(
+                &cfg,
+                format!(
+                    "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s {backend} {send_proxy}\n"
+                ),
+            )
+            .expect("write haproxy.cfg");
+            std::process::Command::new(&bin)
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn haproxy")
+        });
+        let front = SocketAddr::from(([127, 0, 0, 1], port));
+        Some((Haproxy { child, _dir: dir }, front))
     }
 }
 
@@ -198,8 +194,7 @@ async fn behind_a_real_haproxy_each_sender_keeps_its_own_address_and_its_own_lim
         let yaml = "    proxy_protocol: { trusted: [\"127.0.0.1/32\"] }\n    limits: { max_connections_per_source: 1 }\n";
         let world = Harness::new().route_yaml(yaml).audit().start().await;
         let (pki, proxy) = (&world.pki, &world.proxy);
-        let front = unused_addr().await;
-        let Some(_haproxy) = Haproxy::start(front, proxy.routes()[0].1, send_proxy) else {
+        let Some((_haproxy, front)) = Haproxy::start(proxy.routes()[0].1, send_proxy) else {
             return;
         };
         // HAProxy relays the readiness probe of its own frontend too, with a header: let it

@@ -102,18 +102,20 @@ impl Prometheus {
             ),
         )
         .expect("write config");
-        let addr = unused_addr().await;
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
+        let (child, port) = spawn_listening(false, Duration::from_secs(30), |port| {
+            Command::new(&binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start prometheus")
+        });
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         Some(Prometheus {
             child,
             addr,

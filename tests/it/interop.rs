@@ -246,3 +246,31 @@ async fn node_hl7_client_is_served_by_a_lenient_route_and_told_why_by_a_strict_o
         assert_eq!(engine.received().len(), forwarded, "{mode}");
     }
 }
+
+/// A peer handed a port that another test took in the meantime cannot bind it, while a
+/// connect to the port succeeds (the other test's server answers). The launcher notices the
+/// peer does not hold the port and starts it again on another.
+#[test]
+fn a_peer_that_cannot_bind_its_port_is_started_again_on_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let mut given = Vec::new();
+    let (mut child, port) = spawn_listening(false, Duration::from_secs(10), |port| {
+        let port = if given.is_empty() { taken_port } else { port };
+        given.push(port);
+        let listen = "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\ntime.sleep(60)";
+        Command::new("python3")
+            .args(["-c", listen, &port.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(given.len(), 2, "{given:?}");
+    assert_eq!(given[0], taken_port);
+    assert_eq!(port, given[1]);
+    assert_ne!(port, taken_port);
+    assert!(!listens(std::process::id(), port, false));
+    assert!(listens(std::process::id(), taken_port, false));
+}

@@ -19,6 +19,7 @@ struct Rsyslog {
     conf: PathBuf,
     out: PathBuf,
     port: u16,
+    udp: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -27,12 +28,11 @@ impl Rsyslog {
     async fn start(pki: &Pki, transport: &str, peer: &str) -> Option<Rsyslog> {
         required_tool("rsyslogd", "-v", "rsyslog")?;
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = unused_addr().await.port();
         let out = dir.path().join("out.log");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).expect("mkdir");
         let p = |n: &str| pki.path(n).display().to_string();
-        let input = match transport {
+        let input = |port: u16| match transport {
             "tls" => format!(
                 "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\nmodule(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"x509/name\" PermittedPeer=[\"{peer}\"])\ninput(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n",
                 p("ca.crt"),
@@ -46,24 +46,28 @@ impl Rsyslog {
                 "module(load=\"imudp\")\ninput(type=\"imudp\" port=\"{port}\" address=\"127.0.0.1\")\n"
             ),
         };
-        let conf = dir.path().join("rsyslog.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "global(workDirectory=\"{}\")\n{input}template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n*.* action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
-                work.display(),
-                out.display()
-            ),
-        )
-        .expect("write rsyslog.conf");
         let mut r = Rsyslog {
             child: None,
-            conf,
+            conf: dir.path().join("rsyslog.conf"),
             out,
-            port,
+            port: 0,
+            udp: transport == "udp",
             _dir: dir,
         };
-        r.run();
+        let (child, port) = spawn_listening(r.udp, T, |port| {
+            std::fs::write(
+                &r.conf,
+                format!(
+                    "global(workDirectory=\"{}\")\n{}template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n*.* action(type=\"omfile\" file=\"{}\" template=\"raw\")\n",
+                    work.display(),
+                    input(port),
+                    r.out.display()
+                ),
+            )
+            .expect("write rsyslog.conf");
+            r.spawn()
+        });
+        (r.child, r.port) = (Some(child), port);
         Some(r)
     }
 
@@ -71,10 +75,10 @@ impl Rsyslog {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts rsyslogd in the foreground and waits for its port (UDP: a moment).
-    fn run(&mut self) {
+    /// rsyslogd in the foreground on the written configuration.
+    fn spawn(&self) -> Child {
         let pid = self.conf.with_file_name("rsyslogd.pid");
-        let child = Command::new("rsyslogd")
+        Command::new("rsyslogd")
             .args(["-n", "-f"])
             .arg(&self.conf)
             .arg("-i")
@@ -82,19 +86,22 @@ impl Rsyslog {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start rsyslogd");
-        self.child = Some(child);
+            .expect("start rsyslogd")
+    }
+
+    /// Starts rsyslogd again after [`Rsyslog::stop`], on its port, and waits until it listens.
+    fn run(&mut self) {
+        let child = self.spawn();
         let deadline = Instant::now() + T;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-            && Instant::now() < deadline
-            && self.conf.to_string_lossy().contains("rsyslog")
-        {
-            if std::fs::read_to_string(&self.conf).is_ok_and(|c| c.contains("imudp")) {
-                std::thread::sleep(Duration::from_millis(500));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        while !listens(child.id(), self.port, self.udp) {
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not listen again on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
     }
 
     /// Stops rsyslogd (SIGTERM: it closes its connections) and waits for it.

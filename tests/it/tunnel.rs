@@ -145,27 +145,26 @@ pub async fn start_stunnel_as(
     cert: &str,
     to: &str,
 ) -> (Reaper, std::net::SocketAddr) {
-    let front = unused_addr().await;
     let conf = pki.path("stunnel.conf");
-    let text = format!(
-        "foreground = yes\npid =\n[mllp]\naccept = {front}\nconnect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-        pki.path(&format!("{cert}.crt")).display(),
-        pki.path(&format!("{cert}.key")).display(),
-        pki.path("ca.crt").display()
-    );
-    std::fs::write(&conf, text).expect("stunnel.conf");
-    let child = Command::new(stunnel)
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start stunnel");
-    let up = eventually(T, || async {
-        tokio::net::TcpStream::connect(front).await.is_ok()
-    })
-    .await;
-    assert!(up, "stunnel did not listen");
-    (Reaper(child), front)
+    let (child, port) = spawn_listening(false, T, |port| {
+        let text = format!(
+            "foreground = yes\npid =\n[mllp]\naccept = 127.0.0.1:{port}\nconnect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+            pki.path(&format!("{cert}.crt")).display(),
+            pki.path(&format!("{cert}.key")).display(),
+            pki.path("ca.crt").display()
+        );
+        std::fs::write(&conf, text).expect("stunnel.conf");
+        Command::new(stunnel)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stunnel")
+    });
+    (
+        Reaper(child),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,3 +143,71 @@ pub fn required_tool(name: &str, arg: &str, package: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: {name} not found (Debian package {package})");
     None
 }
+
+/// Starts a third-party server that cannot bind port 0 and say which it took: `spawn` starts
+/// it on the loopback port it is given. Returns it once that process itself listens there
+/// (TCP, or a bound socket with `udp`), trying another port when it does not within `within`.
+/// A port picked free and released can be taken by another test before the server binds it;
+/// a connect would then reach that test's server, and the server under test, failing to
+/// bind, might exit or run on without a listener.
+pub fn spawn_listening(
+    udp: bool,
+    within: Duration,
+    mut spawn: impl FnMut(u16) -> std::process::Child,
+) -> (std::process::Child, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = spawn(port);
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if listens(child.id(), port, udp) {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("the server did not listen on port {port} (taken meanwhile?); another port");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("the server did not listen on any of five ports");
+}
+
+/// Whether process `pid` holds a loopback socket on `port`: listening TCP, or bound UDP with
+/// `udp` (by the socket inodes in /proc/net and the process's descriptors).
+pub fn listens(pid: u32, port: u16, udp: bool) -> bool {
+    let (tables, state) = match udp {
+        true => (["/proc/net/udp", "/proc/net/udp6"], "07"),
+        false => (["/proc/net/tcp", "/proc/net/tcp6"], "0A"),
+    };
+    let suffix = format!(":{port:04X}");
+    let inodes: Vec<String> = tables
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let ours = f.len() > 9 && f[1].ends_with(&suffix) && f[3] == state;
+                    ours.then(|| format!("socket:[{}]", f[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
+}
