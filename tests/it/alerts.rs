@@ -223,7 +223,7 @@ async fn a_dead_engine_fires_upstream_down_and_all_targets_down_without_traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_standby_fires_upstream_down_while_the_primary_serves() {
-    let standby = unused_addr().await.to_string();
+    let standby = dead_addr().to_string();
     let world = Harness::new()
         .target_after(&standby)
         .health_checks("1s")

@@ -299,7 +299,7 @@ async fn send_tells_each_kind_of_failure_apart() {
         "    allowed_clients:\n      - cn: somebody-else\n",
     ))
     .await;
-    let dead = start_proxy(pki.config(&[unused_addr().await.to_string()], "")).await;
+    let dead = start_proxy(pki.config(&[dead_addr().to_string()], "")).await;
     let full = start_proxy(pki.config(
         &[engine.target()],
         "    limits:\n      max_connections_per_source: 1\n",

@@ -304,10 +304,7 @@ async fn second_target_takes_over_when_the_first_is_down() {
     // Targets are tried in order: the first refuses, the second delivers.
     let World {
         pki, engine, proxy, ..
-    } = Harness::new()
-        .target_before(unused_addr().await)
-        .start()
-        .await;
+    } = Harness::new().target_before(dead_addr()).start().await;
     let mut client = connect(&pki, &proxy, ClientCert::Good).await;
     let ack = client.exchange(&adt("FO-1"), T).await.expect("ACK");
     assert_eq!(msa(&ack), ("AA".into(), "FO-1".into()));

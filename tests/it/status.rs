@@ -100,7 +100,7 @@ async fn status_of(pki: &Pki, proxy: &mllp_proxy::proxy::RunningProxy, json: boo
 /// one message with control ID `CTRL-{name}-7731`.
 async fn four_senders(names: &[&str]) -> (World, Vec<MllpClient>) {
     let h = Harness::new()
-        .target_after(unused_addr().await)
+        .target_after(dead_addr())
         .health_checks("1s")
         .admin_yaml("  tls:\n    certificate: server.crt\n    private_key: server.key\n    client_ca: ca.crt\n");
     for n in names {

@@ -223,7 +223,7 @@ async fn health_checks_report_each_target_before_any_message_without_competing_w
     // With probes on, upstream_up is 1 for a live target and 0 for a dead one before any
     // message is sent. A single-connection engine then carries traffic while probes keep
     // running every 100 ms: it never sees a second connection.
-    let dead = unused_addr().await;
+    let dead = dead_addr();
     let World {
         pki,
         engine: live,

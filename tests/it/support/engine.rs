@@ -94,10 +94,25 @@ impl Drop for Engine {
     }
 }
 
-/// A free loopback port with nothing listening on it (for "connection refused").
+/// A free loopback port, released: for an address bound later (a listener moved on reload, an
+/// engine that comes back). For a target that stays down, [`dead_addr`].
 pub async fn unused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     l.local_addr().expect("addr")
+}
+
+/// A loopback address that refuses connections for as long as the tests run: its port stays
+/// bound (never listening, so a connect is refused) and cannot be handed to another test's
+/// server, as a port picked free and released can.
+pub fn dead_addr() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    // Held until the test binary exits: a handful of descriptors.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A valid ADT^A01 with control ID `id` and a made-up patient.
