@@ -91,16 +91,12 @@ impl Rsyslog {
 
     /// Starts rsyslogd again after [`Rsyslog::stop`], on its port, and waits until it listens.
     fn run(&mut self) {
-        let child = self.spawn();
-        let deadline = Instant::now() + T;
-        while !listens(child.id(), self.port, self.udp) {
-            assert!(
-                Instant::now() < deadline,
-                "rsyslogd did not listen again on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = self.spawn();
+        assert!(
+            comes_to_listen(&mut child, self.port, self.udp, T),
+            "rsyslogd did not listen again on port {}",
+            self.port
+        );
         self.child = Some(child);
     }
 

@@ -161,21 +161,34 @@ pub fn spawn_listening(
             .expect("a free port")
             .port();
         let mut child = spawn(port);
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if listens(child.id(), port, udp) {
-                return (child, port);
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if comes_to_listen(&mut child, port, udp, within) {
+            return (child, port);
         }
         eprintln!("the server did not listen on port {port} (taken meanwhile?); another port");
         let _ = child.kill();
         let _ = child.wait();
     }
     panic!("the server did not listen on any of five ports");
+}
+
+/// Waits until `child` holds `port` ([`listens`]); false once it exits or `within` passes.
+pub fn comes_to_listen(
+    child: &mut std::process::Child,
+    port: u16,
+    udp: bool,
+    within: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if listens(child.id(), port, udp) {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Whether process `pid` holds a loopback socket on `port`: listening TCP, or bound UDP with
