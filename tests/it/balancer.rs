@@ -156,7 +156,7 @@ impl Haproxy {
         let bin = required_tool("haproxy", "-v", "haproxy")?;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("haproxy.cfg");
-        let (child, port) = spawn_listening(false, Duration::from_secs(10), |port| {
+        let (child, front) = spawn_listening(false, Duration::from_secs(10), |port| {
             std::fs::write(
                 &cfg,
                 format!(
@@ -172,7 +172,6 @@ impl Haproxy {
                 .spawn()
                 .expect("spawn haproxy")
         });
-        let front = SocketAddr::from(([127, 0, 0, 1], port));
         Some((Haproxy { child, _dir: dir }, front))
     }
 }

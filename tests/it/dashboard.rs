@@ -102,7 +102,7 @@ impl Prometheus {
             ),
         )
         .expect("write config");
-        let (child, port) = spawn_listening(false, Duration::from_secs(30), |port| {
+        let (child, addr) = spawn_listening(false, Duration::from_secs(30), |port| {
             Command::new(&binary)
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!(
@@ -115,7 +115,6 @@ impl Prometheus {
                 .spawn()
                 .expect("start prometheus")
         });
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         Some(Prometheus {
             child,
             addr,

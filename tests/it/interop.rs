@@ -255,7 +255,7 @@ fn a_peer_that_cannot_bind_its_port_is_started_again_on_another() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_port = taken.local_addr().expect("addr").port();
     let mut given = Vec::new();
-    let (mut child, port) = spawn_listening(false, Duration::from_secs(10), |port| {
+    let (mut child, addr) = spawn_listening(false, Duration::from_secs(10), |port| {
         let port = if given.is_empty() { taken_port } else { port };
         given.push(port);
         let listen = "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\ntime.sleep(60)";
@@ -267,6 +267,7 @@ fn a_peer_that_cannot_bind_its_port_is_started_again_on_another() {
     });
     let _ = child.kill();
     let _ = child.wait();
+    let port = addr.port();
     assert_eq!(given.len(), 2, "{given:?}");
     assert_eq!(given[0], taken_port);
     assert_eq!(port, given[1]);

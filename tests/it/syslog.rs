@@ -54,7 +54,7 @@ impl Rsyslog {
             udp: transport == "udp",
             _dir: dir,
         };
-        let (child, port) = spawn_listening(r.udp, T, |port| {
+        let (child, addr) = spawn_listening(r.udp, T, |port| {
             std::fs::write(
                 &r.conf,
                 format!(
@@ -67,7 +67,7 @@ impl Rsyslog {
             .expect("write rsyslog.conf");
             r.spawn()
         });
-        (r.child, r.port) = (Some(child), port);
+        (r.child, r.port) = (Some(child), addr.port());
         Some(r)
     }
 

@@ -146,7 +146,7 @@ pub async fn start_stunnel_as(
     to: &str,
 ) -> (Reaper, std::net::SocketAddr) {
     let conf = pki.path("stunnel.conf");
-    let (child, port) = spawn_listening(false, T, |port| {
+    let (child, front) = spawn_listening(false, T, |port| {
         let text = format!(
             "foreground = yes\npid =\n[mllp]\naccept = 127.0.0.1:{port}\nconnect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
             pki.path(&format!("{cert}.crt")).display(),
@@ -161,10 +161,7 @@ pub async fn start_stunnel_as(
             .spawn()
             .expect("start stunnel")
     });
-    (
-        Reaper(child),
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-    )
+    (Reaper(child), front)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,7 +146,8 @@ pub fn required_tool(name: &str, arg: &str, package: &str) -> Option<PathBuf> {
 
 /// Starts a third-party server that cannot bind port 0 and say which it took: `spawn` starts
 /// it on the loopback port it is given. Returns it once that process itself listens there
-/// (TCP, or a bound socket with `udp`), trying another port when it does not within `within`.
+/// (TCP, or a bound socket with `udp`), with its address, trying another port when it does not
+/// within `within`.
 /// A port picked free and released can be taken by another test before the server binds it;
 /// a connect would then reach that test's server, and the server under test, failing to
 /// bind, might exit or run on without a listener.
@@ -154,7 +155,7 @@ pub fn spawn_listening(
     udp: bool,
     within: Duration,
     mut spawn: impl FnMut(u16) -> std::process::Child,
-) -> (std::process::Child, u16) {
+) -> (std::process::Child, SocketAddr) {
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -162,7 +163,7 @@ pub fn spawn_listening(
             .port();
         let mut child = spawn(port);
         if comes_to_listen(&mut child, port, udp, within) {
-            return (child, port);
+            return (child, SocketAddr::from(([127, 0, 0, 1], port)));
         }
         eprintln!("the server did not listen on port {port} (taken meanwhile?); another port");
         let _ = child.kill();
